@@ -1,1 +1,24 @@
-fn main() {}
+use event_persister::{Application, Cli, Command};
+use runcast_runtime::{config, shutdown, telemetry};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli: Cli = config::parse_or_exit();
+    telemetry::init(&cli.config.telemetry);
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Migrate => event_persister::schema::migrate_once(&cli.config).await,
+        Command::Run => match Application::build(cli.config).await {
+            Ok(app) => app.run_until_stopped(shutdown::on_signal()).await,
+            Err(err) => Err(err),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == runcast_runtime::ErrorKind::Config => config::exit_config_error(&err),
+        Err(err) => {
+            tracing::error!(cause = %err, "event-persister failed");
+            ExitCode::FAILURE
+        }
+    }
+}

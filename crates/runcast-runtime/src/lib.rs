@@ -1,0 +1,22 @@
+//! # runcast-runtime
+//!
+//! What every Runcast service does the same way, so each `main.rs` only wires:
+//!
+//! - [`config`]: settings from flags and environment variables with defaults, `--help`, and the
+//!   exit code 64 for a bad configuration;
+//! - [`telemetry`]: `tracing` setup (JSON when stdout is not a terminal);
+//! - [`shutdown`]: one cancellation token cancelled by SIGTERM or Ctrl-C;
+//! - [`ops`]: `/healthz`, `/readyz` (named readiness checks) and `/metrics`, and serving them;
+//! - [`postgres`]: a lazily connecting pool and a monitor that keeps the `postgres` check honest;
+//! - [`nats`]: a connection that retries in the background, and idempotent stream provisioning;
+//! - [`error`]: the error type at this crate's boundary, with a [`error::ErrorKind`].
+
+pub mod config;
+pub mod error;
+pub mod nats;
+pub mod ops;
+pub mod postgres;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::{Error, ErrorKind};

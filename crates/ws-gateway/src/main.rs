@@ -1,1 +1,21 @@
-fn main() {}
+use runcast_runtime::{config, shutdown, telemetry};
+use std::process::ExitCode;
+use ws_gateway::{Application, Config};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config: Config = config::parse_or_exit();
+    telemetry::init(&config.telemetry);
+    let result = match Application::build(config).await {
+        Ok(app) => app.run_until_stopped(shutdown::on_signal()).await,
+        Err(err) => Err(err),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == runcast_runtime::ErrorKind::Config => config::exit_config_error(&err),
+        Err(err) => {
+            tracing::error!(cause = %err, "ws-gateway failed");
+            ExitCode::FAILURE
+        }
+    }
+}

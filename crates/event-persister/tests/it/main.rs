@@ -1,0 +1,5 @@
+//! Integration tests against real NATS and PostgreSQL servers started by runcast-testkit.
+
+mod isolation;
+mod lifecycle;
+mod schema;

@@ -1,0 +1,3 @@
+//! Integration tests against real NATS (and PostgreSQL) servers started by runcast-testkit.
+
+mod lifecycle;

@@ -1,0 +1,77 @@
+//! PostgreSQL access shared by the services that read or write the history: a pool that connects
+//! lazily (a service starts while the database is down) and a monitor that keeps the `postgres`
+//! readiness check equal to "a query works right now".
+
+use crate::error::{Error, ErrorKind};
+use crate::ops::ReadyFlag;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long a query may wait for a pooled connection before it fails with `Unavailable`.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PostgresArgs {
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/runcast", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Connections in the pool.
+    #[arg(long, env = "RUNCAST_DB_MAX_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_max_connections: u32,
+}
+
+impl PostgresArgs {
+    /// A pool that has not connected yet; the URL is checked now, the server on first use.
+    pub fn lazy_pool(&self) -> Result<PgPool, Error> {
+        // The URL may hold a password: never echo it.
+        if !(self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://")) {
+            return Err(Error::new(ErrorKind::Config, "DATABASE_URL must start with postgres:// or postgresql://"));
+        }
+        let options = PgConnectOptions::from_str(&self.database_url)
+            .map_err(|err| Error::with_source(ErrorKind::Config, "DATABASE_URL is not a valid PostgreSQL URL", err))?;
+        Ok(PgPoolOptions::new()
+            .max_connections(self.db_max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options))
+    }
+}
+
+/// Classifies a database error for callers: connection trouble is `Unavailable` (retry), the rest
+/// `Internal`.
+pub fn error(context: impl Into<String>, err: sqlx::Error) -> Error {
+    let kind = match &err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+            ErrorKind::Unavailable
+        }
+        sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P")) => {
+            ErrorKind::Unavailable // connection exceptions, admin shutdown
+        }
+        _ => ErrorKind::Internal,
+    };
+    Error::with_source(kind, context, err)
+}
+
+/// Pings the database every `interval` and mirrors the outcome into `flag`, until `shutdown`.
+pub async fn monitor(pool: PgPool, flag: ReadyFlag, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        let ok = matches!(
+            tokio::time::timeout(ACQUIRE_TIMEOUT, sqlx::query("SELECT 1").execute(&pool)).await,
+            Ok(Ok(_))
+        );
+        if ok != flag.is_ready() {
+            if ok {
+                tracing::info!("PostgreSQL reachable");
+            } else {
+                tracing::warn!("PostgreSQL unreachable");
+            }
+        }
+        flag.set(ok);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
