@@ -61,7 +61,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }
                     _ => continue,
                 };
-                builder = builder.field_attribute(format!("{message_path}.{}", field.name()), attribute);
+                builder =
+                    builder.field_attribute(format!("{message_path}.{}", field.name()), attribute);
             }
         }
     }

@@ -9,11 +9,11 @@
 pub mod schema;
 
 use clap::{Parser, Subcommand};
+use runcast_runtime::Error;
 use runcast_runtime::config::{LifecycleArgs, NatsArgs, TelemetryArgs};
 use runcast_runtime::nats::Nats;
 use runcast_runtime::ops::{self, Readiness};
 use runcast_runtime::postgres::{self, PostgresArgs};
-use runcast_runtime::Error;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -75,7 +75,13 @@ impl Application {
         let pool = config.postgres.lazy_pool()?;
         let nats = Nats::connect(&config.nats, SERVICE, &readiness).await?;
         let listener = ops::bind_http(config.http_addr).await?;
-        Ok(Self { config, listener, readiness, nats, pool })
+        Ok(Self {
+            config,
+            listener,
+            readiness,
+            nats,
+            pool,
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -83,20 +89,46 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let Self { config, listener, readiness, nats, pool } = self;
+        let Self {
+            config,
+            listener,
+            readiness,
+            nats,
+            pool,
+        } = self;
         let tasks = TaskTracker::new();
 
         let provisioned = readiness.add_flag("streams");
-        tasks.spawn(nats.spawn_provisioning(config.nats.streams.clone(), provisioned, shutdown.clone()));
+        tasks.spawn(nats.spawn_provisioning(
+            config.nats.streams.clone(),
+            provisioned,
+            shutdown.clone(),
+        ));
 
         let schema_ready = readiness.add_flag("schema");
-        tasks.spawn(schema::keep_up_to_date(pool.clone(), config.partition_days_ahead, schema_ready, shutdown.clone()));
+        tasks.spawn(schema::keep_up_to_date(
+            pool.clone(),
+            config.partition_days_ahead,
+            schema_ready,
+            shutdown.clone(),
+        ));
 
         let reachable = readiness.add_flag("postgres");
-        tasks.spawn(postgres::monitor(pool.clone(), reachable, Duration::from_secs(1), shutdown.clone()));
+        tasks.spawn(postgres::monitor(
+            pool.clone(),
+            reachable,
+            Duration::from_secs(1),
+            shutdown.clone(),
+        ));
 
-        ops::serve_until_stopped(listener, ops::router(readiness), tasks, shutdown, config.lifecycle.shutdown_grace)
-            .await?;
+        ops::serve_until_stopped(
+            listener,
+            ops::router(readiness),
+            tasks,
+            shutdown,
+            config.lifecycle.shutdown_grace,
+        )
+        .await?;
         pool.close().await;
         Ok(())
     }

@@ -54,12 +54,22 @@ impl Application {
         let nats = Nats::connect(&config.nats, SERVICE, &readiness).await?;
         let http = ops::bind_http(config.http_addr).await?;
         let grpc = TcpListener::bind(config.grpc_addr).await.map_err(|err| {
-            Error::with_source(ErrorKind::Config, format!("cannot listen on RUNCAST_GRPC_ADDR={}", config.grpc_addr), err)
+            Error::with_source(
+                ErrorKind::Config,
+                format!("cannot listen on RUNCAST_GRPC_ADDR={}", config.grpc_addr),
+                err,
+            )
         })?;
         if let Ok(bound) = grpc.local_addr() {
             tracing::info!(grpc_addr = %bound, "grpc listener bound");
         }
-        Ok(Self { config, http, grpc, readiness, nats })
+        Ok(Self {
+            config,
+            http,
+            grpc,
+            readiness,
+            nats,
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -71,30 +81,60 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let Self { config, http, grpc, readiness, nats } = self;
+        let Self {
+            config,
+            http,
+            grpc,
+            readiness,
+            nats,
+        } = self;
         let tasks = TaskTracker::new();
 
         let provisioned = readiness.add_flag("streams");
-        tasks.spawn(nats.spawn_provisioning(config.nats.streams.clone(), provisioned, shutdown.clone()));
+        tasks.spawn(nats.spawn_provisioning(
+            config.nats.streams.clone(),
+            provisioned,
+            shutdown.clone(),
+        ));
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        tasks.spawn(mirror_readiness_to_grpc_health(readiness.clone(), health_reporter, shutdown.clone()));
+        tasks.spawn(mirror_readiness_to_grpc_health(
+            readiness.clone(),
+            health_reporter,
+            shutdown.clone(),
+        ));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(runcast_contract::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
-            .map_err(|err| Error::with_source(ErrorKind::Internal, "cannot build the reflection service", err))?;
+            .map_err(|err| {
+                Error::with_source(
+                    ErrorKind::Internal,
+                    "cannot build the reflection service",
+                    err,
+                )
+            })?;
         let grpc_server = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
-            .serve_with_incoming_shutdown(TcpIncoming::from(grpc), shutdown.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(grpc),
+                shutdown.clone().cancelled_owned(),
+            );
         tasks.spawn(async move {
             if let Err(err) = grpc_server.await {
                 tracing::error!(cause = %err, "grpc server failed");
             }
         });
 
-        ops::serve_until_stopped(http, ops::router(readiness), tasks, shutdown, config.lifecycle.shutdown_grace).await
+        ops::serve_until_stopped(
+            http,
+            ops::router(readiness),
+            tasks,
+            shutdown,
+            config.lifecycle.shutdown_grace,
+        )
+        .await
     }
 }
 
@@ -106,7 +146,11 @@ async fn mirror_readiness_to_grpc_health(
 ) {
     let mut last = None;
     loop {
-        let status = if readiness.report().0 { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let status = if readiness.report().0 {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
         if last != Some(status) {
             reporter.set_service_status("", status).await;
             last = Some(status);

@@ -15,7 +15,12 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone, clap::Args)]
 pub struct PostgresArgs {
     /// PostgreSQL connection URL.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/runcast", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/runcast",
+        hide_env_values = true
+    )]
     pub database_url: String,
 
     /// Connections in the pool.
@@ -27,11 +32,21 @@ impl PostgresArgs {
     /// A pool that has not connected yet; the URL is checked now, the server on first use.
     pub fn lazy_pool(&self) -> Result<PgPool, Error> {
         // The URL may hold a password: never echo it.
-        if !(self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://")) {
-            return Err(Error::new(ErrorKind::Config, "DATABASE_URL must start with postgres:// or postgresql://"));
+        if !(self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "DATABASE_URL must start with postgres:// or postgresql://",
+            ));
         }
-        let options = PgConnectOptions::from_str(&self.database_url)
-            .map_err(|err| Error::with_source(ErrorKind::Config, "DATABASE_URL is not a valid PostgreSQL URL", err))?;
+        let options = PgConnectOptions::from_str(&self.database_url).map_err(|err| {
+            Error::with_source(
+                ErrorKind::Config,
+                "DATABASE_URL is not a valid PostgreSQL URL",
+                err,
+            )
+        })?;
         Ok(PgPoolOptions::new()
             .max_connections(self.db_max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -43,10 +58,15 @@ impl PostgresArgs {
 /// `Internal`.
 pub fn error(context: impl Into<String>, err: sqlx::Error) -> Error {
     let kind = match &err {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
-            ErrorKind::Unavailable
-        }
-        sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P")) => {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_) => ErrorKind::Unavailable,
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")) =>
+        {
             ErrorKind::Unavailable // connection exceptions, admin shutdown
         }
         _ => ErrorKind::Internal,
@@ -55,7 +75,12 @@ pub fn error(context: impl Into<String>, err: sqlx::Error) -> Error {
 }
 
 /// Pings the database every `interval` and mirrors the outcome into `flag`, until `shutdown`.
-pub async fn monitor(pool: PgPool, flag: ReadyFlag, interval: Duration, shutdown: CancellationToken) {
+pub async fn monitor(
+    pool: PgPool,
+    flag: ReadyFlag,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         let ok = matches!(
             tokio::time::timeout(ACQUIRE_TIMEOUT, sqlx::query("SELECT 1").execute(&pool)).await,

@@ -45,7 +45,12 @@ impl Application {
         let readiness = Readiness::default();
         let nats = Nats::connect(&config.nats, SERVICE, &readiness).await?;
         let http = ops::bind_http(config.http_addr).await?;
-        Ok(Self { config, http, readiness, nats })
+        Ok(Self {
+            config,
+            http,
+            readiness,
+            nats,
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -53,10 +58,26 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let Self { config, http, readiness, nats } = self;
+        let Self {
+            config,
+            http,
+            readiness,
+            nats,
+        } = self;
         let tasks = TaskTracker::new();
         let provisioned = readiness.add_flag("streams");
-        tasks.spawn(nats.spawn_provisioning(config.nats.streams.clone(), provisioned, shutdown.clone()));
-        ops::serve_until_stopped(http, ops::router(readiness), tasks, shutdown, config.lifecycle.shutdown_grace).await
+        tasks.spawn(nats.spawn_provisioning(
+            config.nats.streams.clone(),
+            provisioned,
+            shutdown.clone(),
+        ));
+        ops::serve_until_stopped(
+            http,
+            ops::router(readiness),
+            tasks,
+            shutdown,
+            config.lifecycle.shutdown_grace,
+        )
+        .await
     }
 }

@@ -5,7 +5,10 @@ use runcast_testkit::PostgresServer;
 use sqlx::PgPool;
 
 async fn fresh_database(server: &PostgresServer) -> PgPool {
-    let url = server.create_database(&runcast_testkit::unique_name("schema")).await.expect("database");
+    let url = server
+        .create_database(&runcast_testkit::unique_name("schema"))
+        .await
+        .expect("database");
     PgPool::connect(&url).await.expect("connects")
 }
 
@@ -35,10 +38,25 @@ async fn migrations_apply_to_an_empty_database_and_again_as_a_no_op() {
 
     schema::migrate(&pool).await.expect("first run applies");
     let applied = applied_migrations(&pool).await;
-    assert_eq!(applied.len(), schema::MIGRATOR.iter().count(), "every migration applied");
-    for table in ["events", "log_lines", "executions", "approvals", "agents", "applied_offsets", "dead_letters"] {
-        let exists: Option<String> =
-            sqlx::query_scalar("SELECT to_regclass($1)::text").bind(table).fetch_one(&pool).await.expect("query");
+    assert_eq!(
+        applied.len(),
+        schema::MIGRATOR.iter().count(),
+        "every migration applied"
+    );
+    for table in [
+        "events",
+        "log_lines",
+        "executions",
+        "approvals",
+        "agents",
+        "applied_offsets",
+        "dead_letters",
+    ] {
+        let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(table)
+            .fetch_one(&pool)
+            .await
+            .expect("query");
         assert_eq!(exists.as_deref(), Some(table), "table {table} exists");
     }
 
@@ -53,7 +71,9 @@ async fn partitions_exist_for_today_and_the_days_ahead_and_topping_up_is_idempot
     schema::migrate(&pool).await.expect("migrates");
 
     let days_ahead = 10;
-    schema::ensure_partitions(&pool, days_ahead).await.expect("creates partitions");
+    schema::ensure_partitions(&pool, days_ahead)
+        .await
+        .expect("creates partitions");
     let today = chrono::Utc::now().date_naive();
     for table in schema::PARTITIONED_TABLES {
         let existing = partitions(&pool, table).await;
@@ -63,7 +83,13 @@ async fn partitions_exist_for_today_and_the_days_ahead_and_topping_up_is_idempot
             assert!(existing.contains(&name), "{name} missing from {existing:?}");
         }
     }
-    assert_eq!(schema::ensure_partitions(&pool, days_ahead).await.expect("again"), 0, "nothing left to create");
+    assert_eq!(
+        schema::ensure_partitions(&pool, days_ahead)
+            .await
+            .expect("again"),
+        0,
+        "nothing left to create"
+    );
 
     // A row for today lands in today's partition, not in the default one.
     sqlx::query(
@@ -83,14 +109,31 @@ async fn partitions_exist_for_today_and_the_days_ahead_and_topping_up_is_idempot
 #[tokio::test]
 async fn the_migrate_subcommand_prepares_the_schema_and_exits_zero() {
     let server = PostgresServer::start().await.expect("postgres");
-    let url = server.create_database(&runcast_testkit::unique_name("cli")).await.expect("database");
-    let mut migrate = runcast_testkit::ServiceProcess::run("event-persister", &["migrate"], &[("DATABASE_URL", &url)])
+    let url = server
+        .create_database(&runcast_testkit::unique_name("cli"))
         .await
-        .expect("runs");
-    let status = migrate.wait_exit(std::time::Duration::from_secs(30)).await.expect("exits");
-    assert!(status.success(), "migrate failed:\n{}", migrate.recent_log());
+        .expect("database");
+    let mut migrate = runcast_testkit::ServiceProcess::run(
+        "event-persister",
+        &["migrate"],
+        &[("DATABASE_URL", &url)],
+    )
+    .await
+    .expect("runs");
+    let status = migrate
+        .wait_exit(std::time::Duration::from_secs(30))
+        .await
+        .expect("exits");
+    assert!(
+        status.success(),
+        "migrate failed:\n{}",
+        migrate.recent_log()
+    );
     let pool = PgPool::connect(&url).await.expect("connects");
-    assert_eq!(applied_migrations(&pool).await.len(), schema::MIGRATOR.iter().count());
+    assert_eq!(
+        applied_migrations(&pool).await.len(),
+        schema::MIGRATOR.iter().count()
+    );
     assert!(!partitions(&pool, "events").await.is_empty());
 }
 
@@ -103,7 +146,14 @@ async fn a_bad_database_url_is_a_configuration_error_naming_the_variable() {
     )
     .await
     .expect("runs");
-    let status = migrate.wait_exit(std::time::Duration::from_secs(10)).await.expect("exits");
+    let status = migrate
+        .wait_exit(std::time::Duration::from_secs(10))
+        .await
+        .expect("exits");
     assert_eq!(status.code(), Some(64));
-    assert!(migrate.recent_log().contains("DATABASE_URL"), "{}", migrate.recent_log());
+    assert!(
+        migrate.recent_log().contains("DATABASE_URL"),
+        "{}",
+        migrate.recent_log()
+    );
 }

@@ -1,0 +1,3 @@
+//! Integration tests against a real NATS JetStream server started by runcast-testkit.
+
+mod provisioning;
