@@ -2,6 +2,7 @@
 //!
 //! What every Runcast service does the same way, so each `main.rs` only wires:
 //!
+//! - [`auth`]: JWT and API-key authentication, roles, and the middleware every API wears;
 //! - [`config`]: settings from flags and environment variables with defaults, `--help`, and the
 //!   exit code 64 for a bad configuration;
 //! - [`telemetry`]: `tracing` setup (JSON when stdout is not a terminal);
@@ -11,6 +12,7 @@
 //! - [`nats`]: a connection that retries in the background, and idempotent stream provisioning;
 //! - [`error`]: the error type at this crate's boundary, with a [`error::ErrorKind`].
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod nats;
