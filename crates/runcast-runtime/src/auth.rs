@@ -52,11 +52,13 @@ impl Role {
     }
 
     pub fn allows(self, action: Action) -> bool {
-        match (self, action) {
-            (Self::Admin, _) | (_, Action::Read) => true,
-            (Self::Submitter, Action::Submit) | (Self::Agent, Action::Report) => true,
-            _ => false,
-        }
+        matches!(
+            (self, action),
+            (Self::Admin, _)
+                | (_, Action::Read)
+                | (Self::Submitter, Action::Submit)
+                | (Self::Agent, Action::Report)
+        )
     }
 }
 
