@@ -1,14 +1,44 @@
 //! # event-persister
 //!
-//! Consumes the Runcast streams and writes the history and read model to PostgreSQL.
+//! Consumes the Runcast streams and writes the history and read model to PostgreSQL, exactly
+//! once in effect: at-least-once delivery from JetStream, idempotent writes into PostgreSQL.
 //!
+//! # Layout
+//!
+//! - [`decode`]: raw message → validated event, or the reason it is poison (pure);
+//! - [`rows`]: the fold of a batch into history, read-model and log rows (pure; shared with
+//!   [`rebuild`], which is why both paths yield the same rows);
+//! - [`store`]: one transaction per batch, bulk `UNNEST` writes, version-guarded upserts;
+//! - [`consumer`]: the durable pull consumer per stream: batches, ack after commit, backoff,
+//!   dead letters;
+//! - [`lag`]: the consumer's ack floor as the low watermark, lag metric and `/readyz` details;
+//! - [`read_model`]: what the api reads: [`read_model::as_of_offset`];
+//! - [`retention`]: dropping expired day partitions, and
+//!   [`retention::delete_events_older_than`] for the api's `DELETE /events`;
+//! - [`rebuild`]: `event-persister rebuild`, the read model recomputed from the history;
 //! - [`schema`]: migrations (embedded from `migrations/`) and the daily partitions of the history;
+//! - [`http`]: `/healthz`, `/readyz` (with lag), `/metrics`;
+//! - [`error`]: this crate's error, whose kind decides retry or dead letter;
 //! - [`Application`]: wiring — HTTP ops endpoints, NATS connection and stream provisioning, the
-//!   schema upkeep loop, graceful shutdown.
+//!   schema upkeep loop, consumers, retention, graceful shutdown.
 
+pub mod consumer;
+pub mod decode;
+pub mod error;
+pub mod http;
+pub mod lag;
+pub mod read_model;
+pub mod rebuild;
+pub mod retention;
+pub mod rows;
 pub mod schema;
+pub mod store;
 
 use clap::{Parser, Subcommand};
+use consumer::{AckFloor, ConsumerSettings, StreamConsumer};
+use lag::{LagBoard, LagMonitor};
+use retention::RetentionPolicy;
+use runcast_contract::StreamKind;
 use runcast_runtime::Error;
 use runcast_runtime::config::{LifecycleArgs, NatsArgs, TelemetryArgs};
 use runcast_runtime::nats::Nats;
@@ -37,6 +67,15 @@ pub enum Command {
     Run,
     /// Apply pending database migrations, create the upcoming partitions, and exit.
     Migrate,
+    /// Recompute the read model from the history in PostgreSQL, and exit.
+    Rebuild {
+        /// Delete the read model first (also drops entities whose history has expired).
+        #[arg(long)]
+        reset: bool,
+        /// History rows read and written per transaction.
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+        page_size: i64,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -49,6 +88,42 @@ pub struct Config {
     #[arg(long, env = "RUNCAST_PARTITION_DAYS_AHEAD", default_value_t = 7, value_parser = clap::value_parser!(u16).range(1..=366))]
     pub partition_days_ahead: u16,
 
+    /// Durable consumer name, shared by every replica (one consumer per stream).
+    #[arg(long, env = "RUNCAST_CONSUMER_NAME", default_value = "event-persister")]
+    pub consumer_name: String,
+
+    /// Most events written per transaction.
+    #[arg(long, env = "RUNCAST_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+
+    /// Longest wait for a batch to fill before writing what has arrived.
+    #[arg(long, env = "RUNCAST_BATCH_WAIT", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub batch_wait: Duration,
+
+    /// How long JetStream waits for an ack before redelivering to another replica.
+    #[arg(long, env = "RUNCAST_ACK_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ack_wait: Duration,
+
+    /// Longest pause between two attempts to write a batch while PostgreSQL is down.
+    #[arg(long, env = "RUNCAST_DB_RETRY_MAX", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub db_retry_max: Duration,
+
+    /// How often lag and the applied offset (`as_of_offset`) are refreshed.
+    #[arg(long, env = "RUNCAST_LAG_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub lag_interval: Duration,
+
+    /// How long the event history is kept in PostgreSQL.
+    #[arg(long, env = "RUNCAST_HISTORY_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub history_retention: Duration,
+
+    /// How long log lines are kept in PostgreSQL.
+    #[arg(long, env = "RUNCAST_LOGS_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub logs_retention: Duration,
+
+    /// How often expired partitions are dropped (one replica at a time).
+    #[arg(long, env = "RUNCAST_RETENTION_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub retention_interval: Duration,
+
     #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
@@ -57,6 +132,58 @@ pub struct Config {
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
     pub lifecycle: LifecycleArgs,
+}
+
+impl Config {
+    /// Settings a duration of zero would break (a busy loop or an instant redelivery).
+    pub fn validate(&self) -> Result<(), Error> {
+        let positive = [
+            ("RUNCAST_BATCH_WAIT", self.batch_wait),
+            ("RUNCAST_ACK_WAIT", self.ack_wait),
+            ("RUNCAST_DB_RETRY_MAX", self.db_retry_max),
+            ("RUNCAST_LAG_INTERVAL", self.lag_interval),
+            ("RUNCAST_HISTORY_RETENTION", self.history_retention),
+            ("RUNCAST_LOGS_RETENTION", self.logs_retention),
+            ("RUNCAST_RETENTION_INTERVAL", self.retention_interval),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| value.is_zero()) {
+            return Err(Error::new(
+                runcast_runtime::ErrorKind::Config,
+                format!("{name} must be longer than zero"),
+            ));
+        }
+        if self.ack_wait <= self.batch_wait {
+            return Err(Error::new(
+                runcast_runtime::ErrorKind::Config,
+                "RUNCAST_ACK_WAIT must be longer than RUNCAST_BATCH_WAIT",
+            ));
+        }
+        if runcast_contract::EntityId::parse("RUNCAST_CONSUMER_NAME", &self.consumer_name).is_err()
+        {
+            return Err(Error::new(
+                runcast_runtime::ErrorKind::Config,
+                "RUNCAST_CONSUMER_NAME must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn consumer_settings(&self) -> ConsumerSettings {
+        ConsumerSettings {
+            name: self.consumer_name.clone(),
+            batch_size: self.batch_size as usize,
+            batch_wait: self.batch_wait,
+            retry_max: self.db_retry_max,
+            ack_wait: self.ack_wait,
+        }
+    }
+
+    pub fn retention_policy(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            history: self.history_retention,
+            logs: self.logs_retention,
+        }
+    }
 }
 
 pub struct Application {
@@ -71,6 +198,7 @@ impl Application {
     /// Binds the HTTP listener and starts connecting. Returns while NATS or PostgreSQL are still
     /// unreachable: `/readyz` says so until they are.
     pub async fn build(config: Config) -> Result<Self, Error> {
+        config.validate()?;
         let readiness = Readiness::default();
         let pool = config.postgres.lazy_pool()?;
         let nats = Nats::connect(&config.nats, SERVICE, &readiness).await?;
@@ -101,7 +229,7 @@ impl Application {
         let provisioned = readiness.add_flag("streams");
         tasks.spawn(nats.spawn_provisioning(
             config.nats.streams.clone(),
-            provisioned,
+            provisioned.clone(),
             shutdown.clone(),
         ));
 
@@ -109,7 +237,7 @@ impl Application {
         tasks.spawn(schema::keep_up_to_date(
             pool.clone(),
             config.partition_days_ahead,
-            schema_ready,
+            schema_ready.clone(),
             shutdown.clone(),
         ));
 
@@ -121,9 +249,43 @@ impl Application {
             shutdown.clone(),
         ));
 
+        let lag_board = LagBoard::default();
+        for kind in StreamKind::ALL {
+            let floor = AckFloor::default();
+            tasks.spawn(
+                StreamConsumer::new(
+                    kind,
+                    nats.clone(),
+                    pool.clone(),
+                    config.consumer_settings(),
+                    floor.clone(),
+                )
+                .run(provisioned.clone(), schema_ready.clone(), shutdown.clone()),
+            );
+            tasks.spawn(
+                LagMonitor {
+                    kind,
+                    nats: nats.clone(),
+                    pool: pool.clone(),
+                    consumer_name: config.consumer_name.clone(),
+                    floor,
+                    board: lag_board.clone(),
+                    interval: config.lag_interval,
+                }
+                .run(provisioned.clone(), shutdown.clone()),
+            );
+        }
+        tasks.spawn(retention::run(
+            pool.clone(),
+            config.retention_policy(),
+            config.retention_interval,
+            schema_ready.clone(),
+            shutdown.clone(),
+        ));
+
         ops::serve_until_stopped(
             listener,
-            ops::router(readiness),
+            http::router(readiness, lag_board),
             tasks,
             shutdown,
             config.lifecycle.shutdown_grace,
@@ -132,4 +294,13 @@ impl Application {
         pool.close().await;
         Ok(())
     }
+}
+
+/// `event-persister rebuild`: migrations, then the read model from the history, then exit.
+pub async fn rebuild_once(config: &Config, page_size: i64, reset: bool) -> Result<(), Error> {
+    let pool = config.postgres.lazy_pool()?;
+    schema::migrate(&pool).await?;
+    let report = rebuild::rebuild(&pool, page_size, reset).await;
+    pool.close().await;
+    report.map(|_| ()).map_err(Error::from)
 }

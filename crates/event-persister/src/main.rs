@@ -8,6 +8,9 @@ async fn main() -> ExitCode {
     telemetry::init(&cli.config.telemetry);
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Migrate => event_persister::schema::migrate_once(&cli.config).await,
+        Command::Rebuild { reset, page_size } => {
+            event_persister::rebuild_once(&cli.config, page_size, reset).await
+        }
         Command::Run => match Application::build(cli.config).await {
             Ok(app) => app.run_until_stopped(shutdown::on_signal()).await,
             Err(err) => Err(err),

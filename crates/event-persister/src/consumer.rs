@@ -1,0 +1,435 @@
+//! One durable pull consumer per stream, shared by every replica (same durable name).
+//!
+//! Each round fetches at most `batch_size` messages, waiting at most `batch_wait` for them, writes
+//! them in one transaction ([`store::write_batch`]) and acks them only after the commit. So a
+//! crash anywhere before the commit loses nothing (the messages are redelivered) and a crash
+//! after it duplicates nothing (the writes are idempotent).
+//!
+//! - PostgreSQL unreachable: the batch is held, un-acked, and retried with capped exponential
+//!   backoff; `+WPI` (in progress) acks keep JetStream from redelivering it meanwhile.
+//! - NATS unreachable: the fetch fails, the loop backs off and fetches again (the client
+//!   reconnects by itself); the consumer is looked up again in case the server lost it.
+//! - A message that does not decode or breaks the contract goes to `dead_letters` in the same
+//!   transaction and is terminated (`AckKind::Term`). A batch PostgreSQL rejects is written again
+//!   one message at a time, so only the message at fault ends in the dead letters.
+
+use crate::decode::{self, Decoded};
+use crate::error::{Error, ErrorKind};
+use crate::rows::Fold;
+use crate::store::{self, DeadLetter};
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use runcast_contract::StreamKind;
+use runcast_runtime::nats::Nats;
+use runcast_runtime::ops::ReadyFlag;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// How the consumers fetch and retry.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Durable consumer name, the same on every replica.
+    pub name: String,
+    pub batch_size: usize,
+    pub batch_wait: Duration,
+    /// Longest pause between two attempts to write a batch.
+    pub retry_max: Duration,
+    /// How long JetStream waits for an ack before it redelivers.
+    pub ack_wait: Duration,
+}
+
+/// The consumer's ack floor, shared between the consumer loop (which records it with each batch)
+/// and the lag monitor (which reads it from JetStream).
+#[derive(Debug, Clone, Default)]
+pub struct AckFloor(Arc<AtomicU64>);
+
+impl AckFloor {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn raise(&self, value: u64) {
+        self.0.fetch_max(value, Ordering::Relaxed);
+    }
+}
+
+/// The durable consumer's configuration. Explicit acks (several replicas share it, so no
+/// ack-all); unlimited deliveries, so nothing is dropped while PostgreSQL is down.
+pub fn consumer_config(settings: &ConsumerSettings, kind: StreamKind) -> pull::Config {
+    pull::Config {
+        durable_name: Some(settings.name.clone()),
+        description: Some(format!(
+            "event-persister: {} into PostgreSQL",
+            kind.base_name()
+        )),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: settings.ack_wait,
+        max_deliver: -1,
+        // Room for a batch in flight on each of several replicas.
+        max_ack_pending: i64::try_from(settings.batch_size.saturating_mul(16)).unwrap_or(i64::MAX),
+        max_batch: i64::try_from(settings.batch_size).unwrap_or(i64::MAX),
+        ..Default::default()
+    }
+}
+
+/// Gets (or creates) the durable consumer of `kind`.
+pub async fn durable_consumer(
+    nats: &Nats,
+    settings: &ConsumerSettings,
+    kind: StreamKind,
+) -> Result<PullConsumer, Error> {
+    let stream_name = nats.topology.stream_name(kind);
+    let unavailable = |what: &str, err: &dyn std::fmt::Display| {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("cannot {what} {stream_name}: {err}"),
+        )
+    };
+    let stream = nats
+        .jetstream
+        .get_stream(&stream_name)
+        .await
+        .map_err(|err| unavailable("look up stream", &err))?;
+    stream
+        .get_or_create_consumer(&settings.name, consumer_config(settings, kind))
+        .await
+        .map_err(|err| unavailable("create the durable consumer on", &err))
+}
+
+/// One message of a batch: decoded, or why it is poison.
+struct Item {
+    message: jetstream::Message,
+    offset: u64,
+    decoded: Result<Decoded, String>,
+}
+
+pub struct StreamConsumer {
+    kind: StreamKind,
+    nats: Nats,
+    pool: PgPool,
+    settings: ConsumerSettings,
+    floor: AckFloor,
+    recorded_floor: u64,
+}
+
+impl StreamConsumer {
+    pub fn new(
+        kind: StreamKind,
+        nats: Nats,
+        pool: PgPool,
+        settings: ConsumerSettings,
+        floor: AckFloor,
+    ) -> Self {
+        Self {
+            kind,
+            nats,
+            pool,
+            settings,
+            floor,
+            recorded_floor: 0,
+        }
+    }
+
+    /// Consumes until `shutdown`. Starts once the streams exist and the schema is up to date.
+    pub async fn run(
+        mut self,
+        streams_ready: ReadyFlag,
+        schema_ready: ReadyFlag,
+        shutdown: CancellationToken,
+    ) {
+        let span = tracing::info_span!("consumer", stream = self.kind.base_name());
+        async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = async { streams_ready.wait().await; schema_ready.wait().await } => {}
+            }
+            let mut backoff = Backoff::new(self.settings.retry_max);
+            'connect: loop {
+                let consumer = match durable_consumer(&self.nats, &self.settings, self.kind).await {
+                    Ok(consumer) => consumer,
+                    Err(err) => {
+                        tracing::warn!(cause = %err, "cannot get the durable consumer yet");
+                        if !backoff.wait(&shutdown).await {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                tracing::info!(consumer = %self.settings.name, "consuming");
+                backoff.reset();
+                loop {
+                    let fetched = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        fetched = self.fetch(&consumer) => fetched,
+                    };
+                    match fetched {
+                        Ok(items) if items.is_empty() => {}
+                        Ok(items) => {
+                            backoff.reset();
+                            if self.persist(items, &shutdown).await.is_err() {
+                                return; // shutdown while retrying: the batch stays un-acked
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(cause = %err, "fetch failed; fetching again");
+                            if !backoff.wait(&shutdown).await {
+                                return;
+                            }
+                            continue 'connect;
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn fetch(&self, consumer: &PullConsumer) -> Result<Vec<Item>, Error> {
+        let mut messages = consumer
+            .batch()
+            .max_messages(self.settings.batch_size)
+            .expires(self.settings.batch_wait)
+            .messages()
+            .await
+            .map_err(|err| {
+                Error::with_source(ErrorKind::Unavailable, "cannot request a batch", err)
+            })?;
+        let mut items = Vec::with_capacity(self.settings.batch_size);
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(message) => {
+                    let offset = message.info().map(|info| info.stream_sequence).unwrap_or(0);
+                    let decoded =
+                        decode::decode(self.kind, offset, &message.payload).map_err(|v| v.0);
+                    items.push(Item {
+                        message,
+                        offset,
+                        decoded,
+                    });
+                }
+                // What arrived before the error is still worth writing.
+                Err(err) if !items.is_empty() => {
+                    tracing::debug!(cause = %err, "batch ended early");
+                    break;
+                }
+                Err(err) => {
+                    return Err(Error::with_source(
+                        ErrorKind::Unavailable,
+                        "batch failed",
+                        err,
+                    ));
+                }
+            }
+        }
+        Ok(items)
+    }
+
+    /// Writes the batch (retrying until it is written or `shutdown`), then acks it.
+    #[tracing::instrument(skip_all, fields(messages = items.len(), first_offset = items.first().map(|i| i.offset)))]
+    async fn persist(
+        &mut self,
+        mut items: Vec<Item>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        let started = Instant::now();
+        if let Err(err) = self.write_retrying(&items, shutdown).await? {
+            tracing::warn!(cause = %err, "PostgreSQL rejected the batch; writing its messages one by one");
+            for item in &mut items {
+                if let Err(err) = self
+                    .write_retrying(std::slice::from_ref(item), shutdown)
+                    .await?
+                {
+                    item.decoded = Err(format!("PostgreSQL rejected the event: {err}"));
+                    if let Err(err) = self
+                        .write_retrying(std::slice::from_ref(item), shutdown)
+                        .await?
+                    {
+                        // Cannot even be kept as a dead letter: terminate it rather than block
+                        // the stream forever.
+                        tracing::error!(cause = %err, offset = item.offset, "cannot store a dead letter");
+                    }
+                }
+            }
+        }
+        let stream = self.kind.base_name();
+        let (mut written, mut dead) = (0u64, 0u64);
+        for item in &items {
+            let acked = if item.decoded.is_ok() {
+                written += 1;
+                item.message.ack().await
+            } else {
+                dead += 1;
+                tracing::warn!(offset = item.offset, subject = %item.message.subject, cause = item.decoded.as_ref().err().map(String::as_str).unwrap_or_default(), "message moved to dead letters");
+                item.message.ack_with(AckKind::Term).await
+            };
+            if let Err(err) = acked {
+                // Harmless: the message comes back and is written again as a no-op.
+                tracing::debug!(cause = %err, offset = item.offset, "ack failed");
+            }
+        }
+        metrics::counter!("runcast_persister_events_written_total", "stream" => stream)
+            .increment(written);
+        if dead > 0 {
+            metrics::counter!("runcast_persister_dead_letters_total", "stream" => stream)
+                .increment(dead);
+        }
+        metrics::histogram!("runcast_persister_batch_duration_seconds", "stream" => stream)
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// One transaction for `items`, retried with backoff while PostgreSQL is unavailable.
+    /// The inner error is a rejection of the data itself.
+    async fn write_retrying(
+        &mut self,
+        items: &[Item],
+        shutdown: &CancellationToken,
+    ) -> Result<Result<(), Error>, Cancelled> {
+        let stream = self.kind.base_name();
+        let mut fold = Fold::default();
+        let mut dead_letters = Vec::new();
+        for item in items {
+            match &item.decoded {
+                Ok(decoded) => fold.add(decoded, true),
+                Err(reason) => dead_letters.push(dead_letter(stream, item, reason)),
+            }
+        }
+        let mut backoff = Backoff::new(self.settings.retry_max);
+        loop {
+            let floor = self.floor.get();
+            let applied = (floor > self.recorded_floor).then_some((stream, floor));
+            match store::write_batch(&self.pool, &fold, &dead_letters, applied).await {
+                Ok(()) => {
+                    self.recorded_floor = self.recorded_floor.max(floor);
+                    return Ok(Ok(()));
+                }
+                Err(err) if err.kind() == ErrorKind::Rejected => return Ok(Err(err)),
+                Err(err) => {
+                    metrics::counter!("runcast_persister_write_retries_total", "stream" => stream)
+                        .increment(1);
+                    tracing::warn!(cause = %err, retry_in = ?backoff.next_delay(), "cannot write the batch; holding it");
+                    // Keep JetStream from redelivering what we still hold.
+                    for item in items {
+                        let _ = item.message.ack_with(AckKind::Progress).await;
+                    }
+                    if !backoff.wait(shutdown).await {
+                        return Err(Cancelled);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Shutdown came while a batch was still un-acked.
+#[derive(Debug)]
+pub struct Cancelled;
+
+fn dead_letter(stream: &'static str, item: &Item, reason: &str) -> DeadLetter {
+    let headers = item
+        .message
+        .headers
+        .as_ref()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|(name, values)| {
+                    let values: Vec<&str> = values.iter().map(|v| v.as_str()).collect();
+                    (name.to_string(), serde_json::json!(values))
+                })
+                .collect::<serde_json::Map<_, _>>()
+        })
+        .unwrap_or_default();
+    DeadLetter {
+        stream,
+        subject: item.message.subject.to_string(),
+        stream_offset: i64::try_from(item.offset).unwrap_or(i64::MAX),
+        raw: item.message.payload.to_vec(),
+        headers: serde_json::Value::Object(headers),
+        error: reason.to_owned(),
+    }
+}
+
+/// Capped exponential backoff whose waits end early on shutdown.
+pub(crate) struct Backoff {
+    delay: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+
+    pub(crate) fn new(max: Duration) -> Self {
+        Self {
+            delay: Self::FIRST.min(max),
+            max,
+        }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.delay = Self::FIRST.min(self.max);
+    }
+
+    pub(crate) fn next_delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// The current delay; the next one is twice as long, up to the cap.
+    pub(crate) fn advance(&mut self) -> Duration {
+        let delay = self.delay;
+        self.delay = (self.delay * 2).min(self.max);
+        delay
+    }
+
+    /// Sleeps for the current delay and doubles it; false when `shutdown` came first.
+    pub(crate) async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let delay = self.advance();
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_up_to_its_cap_and_stops_on_shutdown() {
+        let mut backoff = Backoff::new(Duration::from_millis(500));
+        let shutdown = CancellationToken::new();
+        let mut delays = Vec::new();
+        for _ in 0..5 {
+            delays.push(backoff.next_delay());
+            assert!(backoff.wait(&shutdown).await);
+        }
+        assert_eq!(delays, [100, 200, 400, 500, 500].map(Duration::from_millis));
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), Duration::from_millis(100));
+        shutdown.cancel();
+        assert!(!backoff.wait(&shutdown).await);
+    }
+
+    #[test]
+    fn the_consumer_never_drops_and_never_acks_for_others() {
+        let settings = ConsumerSettings {
+            name: "event-persister".into(),
+            batch_size: 500,
+            batch_wait: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+            ack_wait: Duration::from_secs(30),
+        };
+        let config = consumer_config(&settings, StreamKind::Logs);
+        assert_eq!(config.ack_policy, AckPolicy::Explicit);
+        assert_eq!(config.max_deliver, -1);
+        assert_eq!(config.durable_name.as_deref(), Some("event-persister"));
+        assert!(config.max_ack_pending >= 2 * 500);
+    }
+}
