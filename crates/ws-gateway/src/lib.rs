@@ -6,6 +6,12 @@
 //! - [`Application`]: wiring — the HTTP listener (ops endpoints), the NATS connection and stream
 //!   provisioning, graceful shutdown.
 
+pub mod channel;
+pub mod filter;
+pub mod hub;
+pub mod outbound;
+pub mod protocol;
+
 use clap::Parser;
 use runcast_runtime::Error;
 use runcast_runtime::config::{LifecycleArgs, NatsArgs, TelemetryArgs};
