@@ -199,6 +199,8 @@ impl Application {
     /// unreachable: `/readyz` says so until they are.
     pub async fn build(config: Config) -> Result<Self, Error> {
         config.validate()?;
+        // Install the recorder now: metrics recorded before the first scrape would be lost.
+        ops::metrics_handle();
         let readiness = Readiness::default();
         let pool = config.postgres.lazy_pool()?;
         let nats = Nats::connect(&config.nats, SERVICE, &readiness).await?;

@@ -1,5 +1,13 @@
 //! Integration tests against real NATS and PostgreSQL servers started by runcast-testkit.
 
+mod crash;
 mod isolation;
 mod lifecycle;
+mod load;
+mod poison;
+mod postgres_outage;
+mod rebuild;
+mod replicas;
+mod retention;
 mod schema;
+mod support;
