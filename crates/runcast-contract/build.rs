@@ -9,11 +9,8 @@ use prost_types::field_descriptor_proto::{Label, Type};
 use std::path::PathBuf;
 
 const PROTO_ROOT: &str = "../../proto";
-const PROTO_FILES: &[&str] = &[
-    "runcast/v1/events.proto",
-    "runcast/v1/execution_service.proto",
-    "runcast/v1/agent_service.proto",
-];
+const PROTO_FILES: &[&str] =
+    &["runcast/v1/events.proto", "runcast/v1/execution_service.proto", "runcast/v1/agent_service.proto"];
 const PACKAGE: &str = ".runcast.v1";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,10 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("runcast_descriptor.bin"), fds.encode_to_vec())?;
 
     let mut builder = tonic_prost_build::configure()
-        .message_attribute(
-            PACKAGE,
-            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
-        )
+        .message_attribute(PACKAGE, "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
         .enum_attribute(
             ".runcast.v1.Event.payload",
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = \"snake_case\")]",
@@ -54,15 +48,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         )
                     }
                     (Type::Message, ".google.protobuf.Timestamp") if !repeated => {
-                        "#[serde(with = \"crate::json::timestamp\", skip_serializing_if = \"Option::is_none\")]".to_owned()
+                        "#[serde(with = \"crate::json::timestamp\", skip_serializing_if = \"Option::is_none\")]"
+                            .to_owned()
                     }
                     (Type::Message, ".google.protobuf.Struct") if !repeated => {
-                        "#[serde(with = \"crate::json::structure\", skip_serializing_if = \"Option::is_none\")]".to_owned()
+                        "#[serde(with = \"crate::json::structure\", skip_serializing_if = \"Option::is_none\")]"
+                            .to_owned()
                     }
                     _ => continue,
                 };
-                builder =
-                    builder.field_attribute(format!("{message_path}.{}", field.name()), attribute);
+                builder = builder.field_attribute(format!("{message_path}.{}", field.name()), attribute);
             }
         }
     }

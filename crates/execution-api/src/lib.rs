@@ -1,21 +1,48 @@
 //! # execution-api
 //!
-//! The command and query API of Runcast and the only writer of execution events.
+//! The command and query API of Runcast (gRPC and REST) and the only writer of execution events.
 //!
-//! - [`Application`]: wiring — the gRPC listener (`grpc.health.v1.Health`, server reflection),
-//!   the HTTP listener (ops endpoints), the NATS connection and stream provisioning, shutdown.
+//! - [`domain`]: the execution state machine, pure and exhaustively tested;
+//! - [`requests`], [`validate`]: requests checked and turned into domain commands (shared by both
+//!   front ends);
+//! - [`store`]: JetStream as the event store — last event per subject, compare-and-set appends;
+//! - [`commands`]: read, decide, append, retry on a lost race; [`logs`] and [`agents`] do the same
+//!   for log lines and agent presence;
+//! - [`queries`]: lists and history from the PostgreSQL read model; [`watch`]: live follow;
+//! - [`sweeper`]: `agent.offline` and `approval.expired`, from one replica at a time;
+//! - [`grpc`], [`rest`]: the two front ends; [`policy`]: who may call what; [`error`]: the one
+//!   mapping of errors to gRPC statuses and HTTP responses;
+//! - [`Application`]: wiring — listeners, auth layer, NATS, PostgreSQL, sweepers, shutdown.
+
+pub mod agents;
+pub mod commands;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod logs;
+pub mod policy;
+pub mod queries;
+pub mod requests;
+pub mod rest;
+pub mod store;
+pub mod sweeper;
+pub mod validate;
+pub mod watch;
 
 use clap::Parser;
+use runcast_contract::v1::agent_service_server::AgentServiceServer;
+use runcast_contract::v1::execution_service_server::ExecutionServiceServer;
+use runcast_runtime::auth::{self, AuthArgs, AuthState, Authenticator};
 use runcast_runtime::config::{LifecycleArgs, NatsArgs, TelemetryArgs};
 use runcast_runtime::nats::Nats;
 use runcast_runtime::ops::{self, Readiness};
+use runcast_runtime::postgres::PostgresArgs;
 use runcast_runtime::{Error, ErrorKind};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 pub const SERVICE: &str = "execution-api";
@@ -31,12 +58,32 @@ pub struct Config {
     #[arg(long, env = "RUNCAST_HTTP_ADDR", default_value = "0.0.0.0:8081")]
     pub http_addr: SocketAddr,
 
+    /// Origins allowed to call the REST API from a browser (comma list; `*` for any; empty: none).
+    #[arg(long, env = "RUNCAST_CORS_ORIGINS", default_value = "")]
+    pub cors_origins: String,
+
+    /// How often the sweepers look for silent agents and expired approvals.
+    #[arg(long, env = "RUNCAST_SWEEP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Duration,
+
     #[command(flatten)]
     pub nats: NatsArgs,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
     pub lifecycle: LifecycleArgs,
+}
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    pub executions: commands::Executions,
+    pub queries: queries::Queries,
+    pub shutdown: CancellationToken,
 }
 
 pub struct Application {
@@ -45,12 +92,17 @@ pub struct Application {
     grpc: TcpListener,
     readiness: Readiness,
     nats: Nats,
+    pool: sqlx::PgPool,
+    authenticator: Authenticator,
 }
 
 impl Application {
-    /// Binds both listeners (port 0 picks free ports) and starts connecting to NATS.
+    /// Checks the configuration, binds both listeners (port 0 picks free ports) and starts
+    /// connecting to NATS and PostgreSQL (neither has to be up yet).
     pub async fn build(config: Config) -> Result<Self, Error> {
+        let authenticator = Authenticator::from_args(&config.auth)?;
         let readiness = Readiness::default();
+        let pool = config.postgres.lazy_pool()?;
         let nats = Nats::connect(&config.nats, SERVICE, &readiness).await?;
         let http = ops::bind_http(config.http_addr).await?;
         let grpc = TcpListener::bind(config.grpc_addr).await.map_err(|err| {
@@ -63,13 +115,7 @@ impl Application {
         if let Ok(bound) = grpc.local_addr() {
             tracing::info!(grpc_addr = %bound, "grpc listener bound");
         }
-        Ok(Self {
-            config,
-            http,
-            grpc,
-            readiness,
-            nats,
-        })
+        Ok(Self { config, http, grpc, readiness, nats, pool, authenticator })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -81,61 +127,74 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let Self {
-            config,
-            http,
-            grpc,
-            readiness,
-            nats,
-        } = self;
+        let Self { config, http, grpc, readiness, nats, pool, authenticator } = self;
         let tasks = TaskTracker::new();
 
+        // Readiness is NATS only: writes and GetExecution must keep working while PostgreSQL is down.
         let provisioned = readiness.add_flag("streams");
-        tasks.spawn(nats.spawn_provisioning(
-            config.nats.streams.clone(),
-            provisioned,
-            shutdown.clone(),
-        ));
+        tasks.spawn(nats.spawn_provisioning(config.nats.streams.clone(), provisioned, shutdown.clone()));
+
+        let store = store::EventStore::new(nats.jetstream.clone(), nats.topology.clone());
+        let app = App {
+            executions: commands::Executions::new(store.clone()),
+            queries: queries::Queries::new(pool.clone()),
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(sweeper::run(store, pool.clone(), config.sweep_interval, shutdown.clone()));
+
+        let auth_state = AuthState { authenticator, policy: policy::policy };
+        let auth_layer = axum::middleware::from_fn_with_state(auth_state, auth::layer);
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        tasks.spawn(mirror_readiness_to_grpc_health(
-            readiness.clone(),
-            health_reporter,
-            shutdown.clone(),
-        ));
+        tasks.spawn(mirror_readiness_to_grpc_health(readiness.clone(), health_reporter, shutdown.clone()));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(runcast_contract::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
-            .map_err(|err| {
-                Error::with_source(
-                    ErrorKind::Internal,
-                    "cannot build the reflection service",
-                    err,
-                )
-            })?;
-        let grpc_server = tonic::transport::Server::builder()
-            .add_service(health_service)
+            .map_err(|err| Error::with_source(ErrorKind::Internal, "cannot build the reflection service", err))?;
+        let grpc_router = tonic::service::Routes::new(health_service)
             .add_service(reflection)
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(grpc),
-                shutdown.clone().cancelled_owned(),
-            );
+            .add_service(ExecutionServiceServer::new(app.clone()))
+            .add_service(AgentServiceServer::new(app.clone()))
+            .into_axum_router()
+            .layer(auth_layer.clone());
+        let grpc_shutdown = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(err) = grpc_server.await {
+            if let Err(err) =
+                axum::serve(grpc, grpc_router).with_graceful_shutdown(grpc_shutdown.cancelled_owned()).await
+            {
                 tracing::error!(cause = %err, "grpc server failed");
             }
         });
 
-        ops::serve_until_stopped(
-            http,
-            ops::router(readiness),
-            tasks,
-            shutdown,
-            config.lifecycle.shutdown_grace,
-        )
-        .await
+        let http_router =
+            rest::router(app).layer(auth_layer).layer(cors(&config.cors_origins)?).merge(ops::router(readiness));
+        let result =
+            ops::serve_until_stopped(http, http_router, tasks, shutdown, config.lifecycle.shutdown_grace).await;
+        pool.close().await;
+        result
     }
+}
+
+fn cors(origins: &str) -> Result<tower_http::cors::CorsLayer, Error> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    let layer = CorsLayer::new().allow_methods(Any).allow_headers(Any);
+    let origins: Vec<&str> = origins.split(',').map(str::trim).filter(|o| !o.is_empty()).collect();
+    Ok(match origins.as_slice() {
+        [] => layer,
+        ["*"] => layer.allow_origin(Any),
+        list => {
+            let values = list
+                .iter()
+                .map(|origin| {
+                    origin.parse().map_err(|_| {
+                        Error::new(ErrorKind::Config, format!("RUNCAST_CORS_ORIGINS: {origin:?} is not a valid origin"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            layer.allow_origin(AllowOrigin::list(values))
+        }
+    })
 }
 
 /// `grpc.health.v1.Health` answers SERVING exactly when `/readyz` would answer 200.
@@ -146,11 +205,7 @@ async fn mirror_readiness_to_grpc_health(
 ) {
     let mut last = None;
     loop {
-        let status = if readiness.report().0 {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
+        let status = if readiness.report().0 { ServingStatus::Serving } else { ServingStatus::NotServing };
         if last != Some(status) {
             reporter.set_service_status("", status).await;
             last = Some(status);

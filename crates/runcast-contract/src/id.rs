@@ -24,10 +24,7 @@ impl EntityId {
             "is empty".to_owned()
         } else if value.len() > MAX_ID_LEN {
             format!("is {} bytes long", value.len())
-        } else if let Some(bad) = value
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
-        {
+        } else if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
             format!("contains {bad:?}")
         } else {
             return Ok(Self(value.to_owned()));
@@ -58,17 +55,8 @@ mod tests {
 
     #[test]
     fn accepts_the_allowed_alphabet_up_to_64_characters() {
-        for ok in [
-            "a",
-            "exec-01_X",
-            "0",
-            &"z".repeat(64),
-            "01935f6e-8c1a-7c3e-9f00-000000000001",
-        ] {
-            assert_eq!(
-                EntityId::parse("execution_id", ok).map(|id| id.to_string()),
-                Ok(ok.to_owned())
-            );
+        for ok in ["a", "exec-01_X", "0", &"z".repeat(64), "01935f6e-8c1a-7c3e-9f00-000000000001"] {
+            assert_eq!(EntityId::parse("execution_id", ok).map(|id| id.to_string()), Ok(ok.to_owned()));
         }
     }
 

@@ -12,30 +12,20 @@ use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub fn serialize_enum<E: WireEnum, S: Serializer>(
-    raw: &i32,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
+pub fn serialize_enum<E: WireEnum, S: Serializer>(raw: &i32, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(wire_name_of::<E>(*raw))
 }
 
-pub fn deserialize_enum<'de, E: WireEnum, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<i32, D::Error> {
+pub fn deserialize_enum<'de, E: WireEnum, D: Deserializer<'de>>(deserializer: D) -> Result<i32, D::Error> {
     let name = String::deserialize(deserializer)?;
     parse_wire_name::<E>(&name).map_err(D::Error::custom)
 }
 
-pub fn serialize_enums<E: WireEnum, S: Serializer>(
-    raw: &[i32],
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
+pub fn serialize_enums<E: WireEnum, S: Serializer>(raw: &[i32], serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_seq(raw.iter().map(|value| wire_name_of::<E>(*value)))
 }
 
-pub fn deserialize_enums<'de, E: WireEnum, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<i32>, D::Error> {
+pub fn deserialize_enums<'de, E: WireEnum, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<i32>, D::Error> {
     Vec::<String>::deserialize(deserializer)?
         .iter()
         .map(|name| parse_wire_name::<E>(name).map_err(D::Error::custom))
@@ -49,35 +39,23 @@ fn wire_name_of<E: WireEnum>(raw: i32) -> &'static str {
 
 /// Parses a wire name into the protobuf value, with an error a person can act on.
 pub fn parse_wire_name<E: WireEnum>(name: &str) -> Result<i32, String> {
-    E::from_wire_name(name).map(Into::into).ok_or_else(|| {
-        format!(
-            "unknown {} '{}': expected one of {}",
-            E::WHAT,
-            name.escape_debug(),
-            E::expected()
-        )
-    })
+    E::from_wire_name(name)
+        .map(Into::into)
+        .ok_or_else(|| format!("unknown {} '{}': expected one of {}", E::WHAT, name.escape_debug(), E::expected()))
 }
 
 /// `Option<google.protobuf.Timestamp>` as an RFC 3339 string.
 pub mod timestamp {
     use super::*;
 
-    pub fn serialize<S: Serializer>(
-        value: &Option<Timestamp>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(value: &Option<Timestamp>, serializer: S) -> Result<S::Ok, S::Error> {
         match value {
-            Some(ts) => {
-                serializer.serialize_str(&to_rfc3339(ts).map_err(serde::ser::Error::custom)?)
-            }
+            Some(ts) => serializer.serialize_str(&to_rfc3339(ts).map_err(serde::ser::Error::custom)?),
             None => serializer.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<Timestamp>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Timestamp>, D::Error> {
         Option::<String>::deserialize(deserializer)?
             .map(|text| from_rfc3339(&text).map_err(D::Error::custom))
             .transpose()
@@ -96,72 +74,44 @@ pub fn to_datetime(ts: &Timestamp) -> Result<DateTime<Utc>, String> {
 }
 
 pub fn from_datetime(time: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: time.timestamp(),
-        nanos: time.timestamp_subsec_nanos() as i32,
-    }
+    Timestamp { seconds: time.timestamp(), nanos: time.timestamp_subsec_nanos() as i32 }
 }
 
 pub fn from_rfc3339(text: &str) -> Result<Timestamp, String> {
     DateTime::parse_from_rfc3339(text)
         .map(|time| from_datetime(time.with_timezone(&Utc)))
-        .map_err(|err| {
-            format!(
-                "'{}' is not an RFC 3339 timestamp ({err})",
-                text.escape_debug()
-            )
-        })
+        .map_err(|err| format!("'{}' is not an RFC 3339 timestamp ({err})", text.escape_debug()))
 }
 
 /// `Option<google.protobuf.Struct>` as a plain JSON object.
 pub mod structure {
     use super::*;
 
-    pub fn serialize<S: Serializer>(
-        value: &Option<Struct>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(value: &Option<Struct>, serializer: S) -> Result<S::Ok, S::Error> {
         value.as_ref().map(struct_to_json).serialize(serializer)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<Struct>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Struct>, D::Error> {
         match Option::<serde_json::Value>::deserialize(deserializer)? {
             None | Some(serde_json::Value::Null) => Ok(None),
             Some(serde_json::Value::Object(map)) => Ok(Some(object_to_struct(map))),
-            Some(other) => Err(D::Error::custom(format!(
-                "expected a JSON object, got {other}"
-            ))),
+            Some(other) => Err(D::Error::custom(format!("expected a JSON object, got {other}"))),
         }
     }
 }
 
 pub fn struct_to_json(value: &Struct) -> serde_json::Value {
-    serde_json::Value::Object(
-        value
-            .fields
-            .iter()
-            .map(|(k, v)| (k.clone(), value_to_json(v)))
-            .collect(),
-    )
+    serde_json::Value::Object(value.fields.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect())
 }
 
 pub fn object_to_struct(map: serde_json::Map<String, serde_json::Value>) -> Struct {
-    Struct {
-        fields: map
-            .into_iter()
-            .map(|(k, v)| (k, json_to_value(v)))
-            .collect(),
-    }
+    Struct { fields: map.into_iter().map(|(k, v)| (k, json_to_value(v))).collect() }
 }
 
 fn value_to_json(value: &Value) -> serde_json::Value {
     match &value.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
-        Some(Kind::NumberValue(n)) => {
-            serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, Into::into)
-        }
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, Into::into),
         Some(Kind::StringValue(s)) => s.clone().into(),
         Some(Kind::BoolValue(b)) => (*b).into(),
         Some(Kind::StructValue(s)) => struct_to_json(s),
@@ -175,9 +125,9 @@ fn json_to_value(value: serde_json::Value) -> Value {
         serde_json::Value::Bool(b) => Kind::BoolValue(b),
         serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
         serde_json::Value::String(s) => Kind::StringValue(s),
-        serde_json::Value::Array(items) => Kind::ListValue(ListValue {
-            values: items.into_iter().map(json_to_value).collect(),
-        }),
+        serde_json::Value::Array(items) => {
+            Kind::ListValue(ListValue { values: items.into_iter().map(json_to_value).collect() })
+        }
         serde_json::Value::Object(map) => Kind::StructValue(object_to_struct(map)),
     };
     Value { kind: Some(kind) }
@@ -198,17 +148,11 @@ impl<'de> Deserialize<'de> for event::State {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = serde_json::Value::deserialize(deserializer)?;
         if value.get("execution_id").is_some() {
-            Execution::deserialize(value)
-                .map(Self::Execution)
-                .map_err(D::Error::custom)
+            Execution::deserialize(value).map(Self::Execution).map_err(D::Error::custom)
         } else if value.get("agent_id").is_some() {
-            Agent::deserialize(value)
-                .map(Self::Agent)
-                .map_err(D::Error::custom)
+            Agent::deserialize(value).map(Self::Agent).map_err(D::Error::custom)
         } else {
-            Err(D::Error::custom(
-                "state must carry an execution_id or an agent_id",
-            ))
+            Err(D::Error::custom("state must carry an execution_id or an agent_id"))
         }
     }
 }
@@ -300,25 +244,18 @@ mod tests {
             })
         };
         let agent = |status: AgentStatus| {
-            Payload::AgentReported(AgentReported {
-                status: status.into(),
-                cpu_percent: 99.5,
-                ..Default::default()
-            })
+            Payload::AgentReported(AgentReported { status: status.into(), cpu_percent: 99.5, ..Default::default() })
         };
         use EventType as T;
         let (payload, state) = match event_type {
             T::Unspecified => unreachable!("not an event type"),
             T::ExecutionCreated => (
-                Payload::ExecutionCreated(ExecutionCreated {
-                    idempotency_key: "k1".into(),
-                }),
+                Payload::ExecutionCreated(ExecutionCreated { idempotency_key: "k1".into() }),
                 Some(execution_state(ExecutionStatus::Pending)),
             ),
-            T::ExecutionStarted => (
-                status_change(ExecutionStatus::Running),
-                Some(execution_state(ExecutionStatus::Running)),
-            ),
+            T::ExecutionStarted => {
+                (status_change(ExecutionStatus::Running), Some(execution_state(ExecutionStatus::Running)))
+            }
             T::ExecutionProgress => (
                 Payload::ProgressReported(ProgressReported {
                     percent: 40,
@@ -327,75 +264,37 @@ mod tests {
                 }),
                 Some(execution_state(ExecutionStatus::Running)),
             ),
-            T::ExecutionPaused => (
-                status_change(ExecutionStatus::Paused),
-                Some(execution_state(ExecutionStatus::Paused)),
-            ),
-            T::ExecutionResumed => (
-                status_change(ExecutionStatus::Running),
-                Some(execution_state(ExecutionStatus::Running)),
-            ),
-            T::ExecutionBlocked => (
-                status_change(ExecutionStatus::Blocked),
-                Some(execution_state(ExecutionStatus::Blocked)),
-            ),
-            T::ExecutionCompleted => (
-                status_change(ExecutionStatus::Completed),
-                Some(execution_state(ExecutionStatus::Completed)),
-            ),
-            T::ExecutionFailed => (
-                status_change(ExecutionStatus::Failed),
-                Some(execution_state(ExecutionStatus::Failed)),
-            ),
-            T::ExecutionCancelled => (
-                status_change(ExecutionStatus::Cancelled),
-                Some(execution_state(ExecutionStatus::Cancelled)),
-            ),
-            T::StepStarted => (
-                step(StepStatus::Running),
-                Some(execution_state(ExecutionStatus::Running)),
-            ),
-            T::StepCompleted => (
-                step(StepStatus::Completed),
-                Some(execution_state(ExecutionStatus::Running)),
-            ),
-            T::StepFailed => (
-                step(StepStatus::Failed),
-                Some(execution_state(ExecutionStatus::Running)),
-            ),
-            T::StepSkipped => (
-                step(StepStatus::Skipped),
-                Some(execution_state(ExecutionStatus::Running)),
-            ),
-            T::ApprovalRequired => (
-                approval(ApprovalStatus::Pending),
-                Some(execution_state(ExecutionStatus::Blocked)),
-            ),
-            T::ApprovalGranted => (
-                approval(ApprovalStatus::Granted),
-                Some(execution_state(ExecutionStatus::Running)),
-            ),
-            T::ApprovalDenied => (
-                approval(ApprovalStatus::Denied),
-                Some(execution_state(ExecutionStatus::Failed)),
-            ),
-            T::ApprovalExpired => (
-                approval(ApprovalStatus::Expired),
-                Some(execution_state(ExecutionStatus::Failed)),
-            ),
+            T::ExecutionPaused => {
+                (status_change(ExecutionStatus::Paused), Some(execution_state(ExecutionStatus::Paused)))
+            }
+            T::ExecutionResumed => {
+                (status_change(ExecutionStatus::Running), Some(execution_state(ExecutionStatus::Running)))
+            }
+            T::ExecutionBlocked => {
+                (status_change(ExecutionStatus::Blocked), Some(execution_state(ExecutionStatus::Blocked)))
+            }
+            T::ExecutionCompleted => {
+                (status_change(ExecutionStatus::Completed), Some(execution_state(ExecutionStatus::Completed)))
+            }
+            T::ExecutionFailed => {
+                (status_change(ExecutionStatus::Failed), Some(execution_state(ExecutionStatus::Failed)))
+            }
+            T::ExecutionCancelled => {
+                (status_change(ExecutionStatus::Cancelled), Some(execution_state(ExecutionStatus::Cancelled)))
+            }
+            T::StepStarted => (step(StepStatus::Running), Some(execution_state(ExecutionStatus::Running))),
+            T::StepCompleted => (step(StepStatus::Completed), Some(execution_state(ExecutionStatus::Running))),
+            T::StepFailed => (step(StepStatus::Failed), Some(execution_state(ExecutionStatus::Running))),
+            T::StepSkipped => (step(StepStatus::Skipped), Some(execution_state(ExecutionStatus::Running))),
+            T::ApprovalRequired => (approval(ApprovalStatus::Pending), Some(execution_state(ExecutionStatus::Blocked))),
+            T::ApprovalGranted => (approval(ApprovalStatus::Granted), Some(execution_state(ExecutionStatus::Running))),
+            T::ApprovalDenied => (approval(ApprovalStatus::Denied), Some(execution_state(ExecutionStatus::Failed))),
+            T::ApprovalExpired => (approval(ApprovalStatus::Expired), Some(execution_state(ExecutionStatus::Failed))),
             T::LogAppended => (
                 Payload::LogsAppended(LogsAppended {
                     lines: vec![
-                        LogLine {
-                            line_number: 1,
-                            text: "hello".into(),
-                            stream: LogStream::Stdout.into(),
-                        },
-                        LogLine {
-                            line_number: 2,
-                            text: "oops ✗".into(),
-                            stream: LogStream::Stderr.into(),
-                        },
+                        LogLine { line_number: 1, text: "hello".into(), stream: LogStream::Stdout.into() },
+                        LogLine { line_number: 2, text: "oops ✗".into(), stream: LogStream::Stderr.into() },
                     ],
                 }),
                 None,
@@ -408,21 +307,9 @@ mod tests {
         Event {
             event_id: "01935f6e-8c1a-7c3e-9f00-000000000001".into(),
             tenant_id: "acme".into(),
-            execution_id: if is_agent {
-                String::new()
-            } else {
-                "exec-1".into()
-            },
-            agent_id: if is_agent {
-                "agent-7".into()
-            } else {
-                String::new()
-            },
-            workflow_id: if is_agent {
-                String::new()
-            } else {
-                "nightly".into()
-            },
+            execution_id: if is_agent { String::new() } else { "exec-1".into() },
+            agent_id: if is_agent { "agent-7".into() } else { String::new() },
+            workflow_id: if is_agent { String::new() } else { "nightly".into() },
             version: 3,
             occurred_at: ts(1_790_000_010, 123_456_789),
             r#type: event_type.into(),
@@ -441,12 +328,7 @@ mod tests {
             let back: Event = serde_json::from_value(json.clone()).expect("deserializes");
             assert_eq!(back, event, "JSON round trip of {}", event_type.wire_name());
             let decoded = Event::decode(event.encode_to_vec().as_slice()).expect("decodes");
-            assert_eq!(
-                decoded,
-                event,
-                "protobuf round trip of {}",
-                event_type.wire_name()
-            );
+            assert_eq!(decoded, event, "protobuf round trip of {}", event_type.wire_name());
         }
     }
 
@@ -462,10 +344,7 @@ mod tests {
         assert_eq!(json["state"]["input"]["tags"][1], serde_json::Value::Null);
         assert_eq!(json["payload"]["status_changed"]["to"], "running");
         assert_eq!(json["payload"]["status_changed"]["from"], "running");
-        assert!(
-            json["state"].get("finished_at").is_none(),
-            "unset timestamps are omitted"
-        );
+        assert!(json["state"].get("finished_at").is_none(), "unset timestamps are omitted");
 
         let agent = serde_json::to_value(sample(EventType::AgentHeartbeat)).expect("serializes");
         assert_eq!(agent["state"]["agent_id"], "agent-7");
@@ -474,54 +353,32 @@ mod tests {
 
     #[test]
     fn bad_json_names_the_problem() {
-        let err =
-            serde_json::from_value::<Event>(serde_json::json!({"type": "execution.exploded"}))
-                .expect_err("unknown type");
-        assert!(
-            err.to_string()
-                .contains("unknown event type 'execution.exploded'"),
-            "{err}"
-        );
+        let err = serde_json::from_value::<Event>(serde_json::json!({"type": "execution.exploded"}))
+            .expect_err("unknown type");
+        assert!(err.to_string().contains("unknown event type 'execution.exploded'"), "{err}");
 
-        let err = serde_json::from_value::<UpdateExecutionStatusRequest>(
-            serde_json::json!({"status": "RUNNING"}),
-        )
-        .expect_err("enum names are lowercase");
-        assert!(
-            err.to_string().contains("expected one of pending, running"),
-            "{err}"
-        );
+        let err = serde_json::from_value::<UpdateExecutionStatusRequest>(serde_json::json!({"status": "RUNNING"}))
+            .expect_err("enum names are lowercase");
+        assert!(err.to_string().contains("expected one of pending, running"), "{err}");
 
         let err = serde_json::from_value::<Event>(serde_json::json!({"occurred_at": "yesterday"}))
             .expect_err("bad timestamp");
         assert!(err.to_string().contains("RFC 3339"), "{err}");
 
-        let err =
-            serde_json::from_value::<CreateExecutionRequest>(serde_json::json!({"input": [1, 2]}))
-                .expect_err("input must be an object");
+        let err = serde_json::from_value::<CreateExecutionRequest>(serde_json::json!({"input": [1, 2]}))
+            .expect_err("input must be an object");
         assert!(err.to_string().contains("expected a JSON object"), "{err}");
 
-        let err =
-            serde_json::from_value::<Event>(serde_json::json!({"state": {"status": "running"}}))
-                .expect_err("state without an id");
-        assert!(
-            err.to_string().contains("execution_id or an agent_id"),
-            "{err}"
-        );
+        let err = serde_json::from_value::<Event>(serde_json::json!({"state": {"status": "running"}}))
+            .expect_err("state without an id");
+        assert!(err.to_string().contains("execution_id or an agent_id"), "{err}");
     }
 
     #[test]
     fn missing_fields_take_their_defaults_and_lists_of_enums_parse() {
         let request: ListExecutionsRequest =
-            serde_json::from_value(serde_json::json!({"statuses": ["running", "blocked"]}))
-                .expect("parses");
-        assert_eq!(
-            request.statuses,
-            [
-                i32::from(ExecutionStatus::Running),
-                i32::from(ExecutionStatus::Blocked)
-            ]
-        );
+            serde_json::from_value(serde_json::json!({"statuses": ["running", "blocked"]})).expect("parses");
+        assert_eq!(request.statuses, [i32::from(ExecutionStatus::Running), i32::from(ExecutionStatus::Blocked)]);
         assert_eq!(request.page_size, 0);
         assert_eq!(
             serde_json::to_value(&request).expect("serializes")["statuses"],
@@ -531,19 +388,7 @@ mod tests {
 
     #[test]
     fn timestamps_outside_the_representable_range_are_errors_not_panics() {
-        assert!(
-            to_rfc3339(&Timestamp {
-                seconds: i64::MAX,
-                nanos: 0
-            })
-            .is_err()
-        );
-        assert!(
-            to_rfc3339(&Timestamp {
-                seconds: 0,
-                nanos: -1
-            })
-            .is_err()
-        );
+        assert!(to_rfc3339(&Timestamp { seconds: i64::MAX, nanos: 0 }).is_err());
+        assert!(to_rfc3339(&Timestamp { seconds: 0, nanos: -1 }).is_err());
     }
 }

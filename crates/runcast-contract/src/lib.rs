@@ -22,8 +22,7 @@ pub mod v1 {
 }
 
 /// The encoded `FileDescriptorSet` of every runcast proto, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/runcast_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/runcast_descriptor.bin"));
 
 pub use id::{EntityId, InvalidId};
 pub use topology::{StreamKind, Topology};

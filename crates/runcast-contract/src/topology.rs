@@ -50,9 +50,7 @@ impl Topology {
         if prefix.is_empty() {
             return Ok(Self::unprefixed());
         }
-        Ok(Self {
-            prefix: Some(EntityId::parse("stream prefix", prefix)?),
-        })
+        Ok(Self { prefix: Some(EntityId::parse("stream prefix", prefix)?) })
     }
 
     pub fn prefix(&self) -> Option<&str> {
@@ -62,11 +60,7 @@ impl Topology {
     pub fn stream_name(&self, kind: StreamKind) -> String {
         match &self.prefix {
             // Stream names may not contain '.', so the prefix is joined with '_'.
-            Some(prefix) => format!(
-                "{}_{}",
-                prefix.as_str().to_ascii_uppercase(),
-                kind.base_name()
-            ),
+            Some(prefix) => format!("{}_{}", prefix.as_str().to_ascii_uppercase(), kind.base_name()),
             None => kind.base_name().to_owned(),
         }
     }
@@ -105,10 +99,8 @@ mod tests {
     #[test]
     fn unprefixed_names_are_the_designed_ones() {
         let topology = Topology::unprefixed();
-        let names: Vec<_> = StreamKind::ALL
-            .iter()
-            .map(|k| (topology.stream_name(*k), topology.stream_subjects(*k)))
-            .collect();
+        let names: Vec<_> =
+            StreamKind::ALL.iter().map(|k| (topology.stream_name(*k), topology.stream_subjects(*k))).collect();
         assert_eq!(
             names,
             [
@@ -117,40 +109,19 @@ mod tests {
                 ("AGENTS".to_owned(), "agents.>".to_owned())
             ]
         );
-        assert_eq!(
-            topology.entity_subject(StreamKind::Executions, &id("acme"), &id("e-1")),
-            "exec.acme.e-1"
-        );
-        assert_eq!(
-            topology.entity_subject(StreamKind::Logs, &id("acme"), &id("e-1")),
-            "logs.acme.e-1"
-        );
-        assert_eq!(
-            topology.entity_subject(StreamKind::Agents, &id("acme"), &id("a_9")),
-            "agents.acme.a_9"
-        );
-        assert_eq!(
-            topology.tenant_subjects(StreamKind::Executions, &id("acme")),
-            "exec.acme.*"
-        );
+        assert_eq!(topology.entity_subject(StreamKind::Executions, &id("acme"), &id("e-1")), "exec.acme.e-1");
+        assert_eq!(topology.entity_subject(StreamKind::Logs, &id("acme"), &id("e-1")), "logs.acme.e-1");
+        assert_eq!(topology.entity_subject(StreamKind::Agents, &id("acme"), &id("a_9")), "agents.acme.a_9");
+        assert_eq!(topology.tenant_subjects(StreamKind::Executions, &id("acme")), "exec.acme.*");
     }
 
     #[test]
     fn a_prefix_moves_streams_and_subjects_out_of_each_others_way() {
         let topology = Topology::with_prefix("t42").expect("valid prefix");
         assert_eq!(topology.stream_name(StreamKind::Logs), "T42_LOGS");
-        assert_eq!(
-            topology.stream_subjects(StreamKind::Executions),
-            "t42.exec.>"
-        );
-        assert_eq!(
-            topology.entity_subject(StreamKind::Agents, &id("acme"), &id("a")),
-            "t42.agents.acme.a"
-        );
-        assert_eq!(
-            Topology::with_prefix("").expect("empty is none"),
-            Topology::unprefixed()
-        );
+        assert_eq!(topology.stream_subjects(StreamKind::Executions), "t42.exec.>");
+        assert_eq!(topology.entity_subject(StreamKind::Agents, &id("acme"), &id("a")), "t42.agents.acme.a");
+        assert_eq!(Topology::with_prefix("").expect("empty is none"), Topology::unprefixed());
     }
 
     #[test]

@@ -14,20 +14,12 @@ pub trait WireEnum: Copy + Sized + Into<i32> + TryFrom<i32> + 'static {
     fn wire_name(self) -> &'static str;
 
     fn from_wire_name(name: &str) -> Option<Self> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|value| value.wire_name() == name)
+        Self::ALL.iter().copied().find(|value| value.wire_name() == name)
     }
 
     /// The accepted names, for error messages ("expected one of …").
     fn expected() -> String {
-        Self::ALL
-            .iter()
-            .skip(1)
-            .map(|v| v.wire_name())
-            .collect::<Vec<_>>()
-            .join(", ")
+        Self::ALL.iter().skip(1).map(|v| v.wire_name()).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -163,11 +155,7 @@ mod tests {
 
     #[test]
     fn event_types_are_exactly_the_designed_ones() {
-        let names: Vec<_> = EventType::ALL
-            .iter()
-            .skip(1)
-            .map(|t| t.wire_name())
-            .collect();
+        let names: Vec<_> = EventType::ALL.iter().skip(1).map(|t| t.wire_name()).collect();
         assert_eq!(names, DESIGN_EVENT_TYPES);
     }
 
@@ -182,12 +170,7 @@ mod tests {
                     assert_eq!(E::from_wire_name(name), Some(value));
                 }
             }
-            assert_eq!(
-                seen.len(),
-                E::ALL.len(),
-                "ALL of {} misses a value",
-                E::WHAT
-            );
+            assert_eq!(seen.len(), E::ALL.len(), "ALL of {} misses a value", E::WHAT);
         }
         check::<EventType>();
         check::<ExecutionStatus>();
@@ -206,11 +189,7 @@ mod tests {
 
     #[test]
     fn terminal_statuses() {
-        let terminal: Vec<_> = ExecutionStatus::ALL
-            .iter()
-            .filter(|s| s.is_terminal())
-            .map(|s| s.wire_name())
-            .collect();
+        let terminal: Vec<_> = ExecutionStatus::ALL.iter().filter(|s| s.is_terminal()).map(|s| s.wire_name()).collect();
         assert_eq!(terminal, ["completed", "failed", "cancelled"]);
     }
 

@@ -54,10 +54,7 @@ impl Role {
     pub fn allows(self, action: Action) -> bool {
         matches!(
             (self, action),
-            (Self::Admin, _)
-                | (_, Action::Read)
-                | (Self::Submitter, Action::Submit)
-                | (Self::Agent, Action::Report)
+            (Self::Admin, _) | (_, Action::Read) | (Self::Submitter, Action::Submit) | (Self::Agent, Action::Report)
         )
     }
 }
@@ -128,17 +125,11 @@ pub struct AuthError {
 
 impl AuthError {
     pub fn unauthenticated(message: impl Into<String>) -> Self {
-        Self {
-            kind: AuthErrorKind::Unauthenticated,
-            message: message.into(),
-        }
+        Self { kind: AuthErrorKind::Unauthenticated, message: message.into() }
     }
 
     pub fn permission_denied(message: impl Into<String>) -> Self {
-        Self {
-            kind: AuthErrorKind::PermissionDenied,
-            message: message.into(),
-        }
+        Self { kind: AuthErrorKind::PermissionDenied, message: message.into() }
     }
 
     pub fn kind(&self) -> AuthErrorKind {
@@ -227,10 +218,7 @@ impl Authenticator {
         }
         if let Some(path) = &args.jwt_public_key_file {
             let pem = std::fs::read(path).map_err(|err| {
-                config_error(
-                    "RUNCAST_JWT_PUBLIC_KEY_FILE",
-                    format!("cannot read {}: {err}", path.display()),
-                )
+                config_error("RUNCAST_JWT_PUBLIC_KEY_FILE", format!("cannot read {}: {err}", path.display()))
             })?;
             let (algorithm, key) = if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
                 (Algorithm::RS256, key)
@@ -239,35 +227,21 @@ impl Authenticator {
             } else {
                 return Err(config_error(
                     "RUNCAST_JWT_PUBLIC_KEY_FILE",
-                    format!(
-                        "{} is neither an RSA nor an EC public key in PEM",
-                        path.display()
-                    ),
+                    format!("{} is neither an RSA nor an EC public key in PEM", path.display()),
                 ));
             };
-            tokens.push(TokenKey {
-                kid: None,
-                algorithm,
-                key,
-            });
+            tokens.push(TokenKey { kid: None, algorithm, key });
         }
         if let Some(path) = &args.jwt_jwks_file {
             let text = std::fs::read(path).map_err(|err| {
-                config_error(
-                    "RUNCAST_JWT_JWKS_FILE",
-                    format!("cannot read {}: {err}", path.display()),
-                )
+                config_error("RUNCAST_JWT_JWKS_FILE", format!("cannot read {}: {err}", path.display()))
             })?;
             let set: JwkSet = serde_json::from_slice(&text).map_err(|err| {
-                config_error(
-                    "RUNCAST_JWT_JWKS_FILE",
-                    format!("{} is not a JWKS document: {err}", path.display()),
-                )
+                config_error("RUNCAST_JWT_JWKS_FILE", format!("{} is not a JWKS document: {err}", path.display()))
             })?;
             for jwk in &set.keys {
-                let key = DecodingKey::from_jwk(jwk).map_err(|err| {
-                    config_error("RUNCAST_JWT_JWKS_FILE", format!("unusable key: {err}"))
-                })?;
+                let key = DecodingKey::from_jwk(jwk)
+                    .map_err(|err| config_error("RUNCAST_JWT_JWKS_FILE", format!("unusable key: {err}")))?;
                 let algorithm = match &jwk.algorithm {
                     jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
                     jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
@@ -278,27 +252,16 @@ impl Authenticator {
                         ));
                     }
                 };
-                tokens.push(TokenKey {
-                    kid: jwk.common.key_id.clone(),
-                    algorithm,
-                    key,
-                });
+                tokens.push(TokenKey { kid: jwk.common.key_id.clone(), algorithm, key });
             }
         }
         let mut api_keys = HashMap::new();
         if let Some(path) = &args.api_keys_file {
             let text = std::fs::read(path).map_err(|err| {
-                config_error(
-                    "RUNCAST_API_KEYS_FILE",
-                    format!("cannot read {}: {err}", path.display()),
-                )
+                config_error("RUNCAST_API_KEYS_FILE", format!("cannot read {}: {err}", path.display()))
             })?;
-            let file: ApiKeyFile = serde_json::from_slice(&text).map_err(|err| {
-                config_error(
-                    "RUNCAST_API_KEYS_FILE",
-                    format!("{}: {err}", path.display()),
-                )
-            })?;
+            let file: ApiKeyFile = serde_json::from_slice(&text)
+                .map_err(|err| config_error("RUNCAST_API_KEYS_FILE", format!("{}: {err}", path.display())))?;
             for entry in file.keys {
                 let mut hash = [0u8; 32];
                 hex::decode_to_slice(entry.sha256.trim(), &mut hash).map_err(|err| {
@@ -311,12 +274,7 @@ impl Authenticator {
                     .map_err(|err| config_error("RUNCAST_API_KEYS_FILE", err))?;
                 api_keys.insert(
                     hash,
-                    Principal {
-                        subject: entry.sub,
-                        tenant,
-                        roles: parse_roles(&entry.roles),
-                        expires_at: None,
-                    },
+                    Principal { subject: entry.sub, tenant, roles: parse_roles(&entry.roles), expires_at: None },
                 );
             }
         }
@@ -326,27 +284,19 @@ impl Authenticator {
                 "no way to authenticate is configured: set RUNCAST_JWT_SECRET, RUNCAST_JWT_PUBLIC_KEY_FILE, RUNCAST_JWT_JWKS_FILE or RUNCAST_API_KEYS_FILE",
             ));
         }
-        Ok(Self {
-            inner: Arc::new(Keys {
-                tokens,
-                api_keys,
-                leeway: args.jwt_leeway_seconds,
-            }),
-        })
+        Ok(Self { inner: Arc::new(Keys { tokens, api_keys, leeway: args.jwt_leeway_seconds }) })
     }
 
     /// Verifies a JWT.
     pub fn verify_token(&self, token: &str) -> Result<Principal, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|err| {
-            AuthError::unauthenticated(format!("the bearer token is not a JWT: {err}"))
-        })?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|err| AuthError::unauthenticated(format!("the bearer token is not a JWT: {err}")))?;
         let candidates: Vec<_> = self
             .inner
             .tokens
             .iter()
             .filter(|key| {
-                key.algorithm == header.alg
-                    && (header.kid.is_none() || key.kid.is_none() || key.kid == header.kid)
+                key.algorithm == header.alg && (header.kid.is_none() || key.kid.is_none() || key.kid == header.kid)
             })
             .collect();
         if candidates.is_empty() {
@@ -382,36 +332,25 @@ impl Authenticator {
     /// Looks an API key up by its SHA-256.
     pub fn verify_api_key(&self, key: &str) -> Result<Principal, AuthError> {
         let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        self.inner
-            .api_keys
-            .get(&hash)
-            .cloned()
-            .ok_or_else(|| AuthError::unauthenticated("unknown API key"))
+        self.inner.api_keys.get(&hash).cloned().ok_or_else(|| AuthError::unauthenticated("unknown API key"))
     }
 
     /// `Authorization: Bearer <jwt>` or `X-API-Key: <key>`.
     pub fn authenticate_headers(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
         if let Some(value) = headers.get(header::AUTHORIZATION) {
-            let value = value
-                .to_str()
-                .map_err(|_| AuthError::unauthenticated("the Authorization header is not text"))?;
+            let value =
+                value.to_str().map_err(|_| AuthError::unauthenticated("the Authorization header is not text"))?;
             let token = value
                 .strip_prefix("Bearer ")
                 .or_else(|| value.strip_prefix("bearer "))
-                .ok_or_else(|| {
-                    AuthError::unauthenticated("the Authorization header must be `Bearer <token>`")
-                })?;
+                .ok_or_else(|| AuthError::unauthenticated("the Authorization header must be `Bearer <token>`"))?;
             return self.verify_token(token.trim());
         }
         if let Some(value) = headers.get("x-api-key") {
-            let key = value
-                .to_str()
-                .map_err(|_| AuthError::unauthenticated("the X-API-Key header is not text"))?;
+            let key = value.to_str().map_err(|_| AuthError::unauthenticated("the X-API-Key header is not text"))?;
             return self.verify_api_key(key.trim());
         }
-        Err(AuthError::unauthenticated(
-            "no credentials: send `Authorization: Bearer <token>` or `X-API-Key: <key>`",
-        ))
+        Err(AuthError::unauthenticated("no credentials: send `Authorization: Bearer <token>` or `X-API-Key: <key>`"))
     }
 }
 
@@ -423,74 +362,72 @@ fn parse_roles(names: &[String]) -> Vec<Role> {
 fn principal_from_claims(claims: Claims) -> Result<Principal, AuthError> {
     let tenant = EntityId::parse("tenant", &claims.tenant)
         .map_err(|err| AuthError::unauthenticated(format!("the token's {err}")))?;
-    Ok(Principal {
-        subject: claims.sub,
-        tenant,
-        roles: parse_roles(&claims.roles),
-        expires_at: Some(claims.exp),
-    })
+    Ok(Principal { subject: claims.sub, tenant, roles: parse_roles(&claims.roles), expires_at: Some(claims.exp) })
 }
 
-/// The middleware: authenticates every request whose path is not in `public`, puts the
-/// [`Principal`] in the request extensions, and refuses the rest — as a gRPC status for gRPC
-/// requests, as a JSON error for everything else.
+/// What a request needs, decided by a service's policy from its method and path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No credentials needed (health, reflection, the OpenAPI document).
+    Public,
+    /// An authenticated principal allowed to perform the action.
+    Requires(Action),
+}
+
+/// A service's authorization table: one function from method and path to [`Access`], so every
+/// rule of a service is in one place and no handler checks roles itself.
+pub type Policy = fn(&axum::http::Method, &str) -> Access;
+
+/// The middleware: authenticates the request, checks the policy's action, puts the [`Principal`]
+/// in the request extensions, and refuses the rest — as a gRPC status for gRPC requests, as a JSON
+/// error for everything else.
 pub async fn layer(State(auth): State<AuthState>, mut request: Request, next: Next) -> Response {
-    let path = request.uri().path();
-    if auth
-        .public_prefixes
-        .iter()
-        .any(|prefix| path.starts_with(prefix))
-    {
-        return next.run(request).await;
-    }
-    match auth.authenticator.authenticate_headers(request.headers()) {
+    let action = match (auth.policy)(request.method(), request.uri().path()) {
+        Access::Public => return next.run(request).await,
+        Access::Requires(action) => action,
+    };
+    let verdict = auth
+        .authenticator
+        .authenticate_headers(request.headers())
+        .and_then(|principal| principal.require(action).map(|()| principal));
+    match verdict {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
-        Err(err) if is_grpc(request.headers()) => grpc_error(16, &err.to_string()),
-        Err(err) => json_error(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHENTICATED",
-            &err.to_string(),
-        ),
+        Err(err) => {
+            let (grpc_code, status, code) = match err.kind() {
+                AuthErrorKind::Unauthenticated => (16, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+                AuthErrorKind::PermissionDenied => (7, StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
+            };
+            if is_grpc(request.headers()) {
+                grpc_error(grpc_code, &err.to_string())
+            } else {
+                json_error(status, code, &err.to_string())
+            }
+        }
     }
 }
 
-/// State of [`layer`]: the authenticator and the path prefixes that need no credentials.
+/// State of [`layer`].
 #[derive(Clone)]
 pub struct AuthState {
     pub authenticator: Authenticator,
-    pub public_prefixes: &'static [&'static str],
+    pub policy: Policy,
 }
 
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 /// A trailers-only gRPC error response.
 pub fn grpc_error(code: u16, message: &str) -> Response {
     let mut response = StatusCode::OK.into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert("grpc-status", HeaderValue::from(code));
     // grpc-message is percent-encoded; keep it to printable ASCII.
-    let printable: String = message
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect();
+    let printable: String = message.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
     let encoded = printable.replace('%', "%25");
     if let Ok(value) = HeaderValue::from_str(&encoded) {
         headers.insert("grpc-message", value);
@@ -500,11 +437,7 @@ pub fn grpc_error(code: u16, message: &str) -> Response {
 
 /// `{"error": {"code": "...", "message": "..."}}` with `status`.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": { "code": code, "message": message } })),
-    )
-        .into_response()
+    (status, axum::Json(serde_json::json!({ "error": { "code": code, "message": message } }))).into_response()
 }
 
 #[cfg(test)]
@@ -530,30 +463,19 @@ mod tests {
             "sub": "alice", "tenant": tenant, "roles": roles,
             "exp": chrono_now() + exp_in,
         });
-        encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .expect("encodes")
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).expect("encodes")
     }
 
     fn chrono_now() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
     }
 
     #[test]
     fn role_matrix() {
         use Action::*;
         use Role::*;
-        let allowed = |role: Role| {
-            [Read, Submit, Report, Administer]
-                .into_iter()
-                .filter(|a| role.allows(*a))
-                .collect::<Vec<_>>()
-        };
+        let allowed =
+            |role: Role| [Read, Submit, Report, Administer].into_iter().filter(|a| role.allows(*a)).collect::<Vec<_>>();
         assert_eq!(allowed(Viewer), [Read]);
         assert_eq!(allowed(Submitter), [Read, Submit]);
         assert_eq!(allowed(Agent), [Read, Report]);
@@ -562,16 +484,13 @@ mod tests {
 
     #[test]
     fn a_valid_token_yields_its_principal() {
-        let principal = authenticator()
-            .verify_token(&token(SECRET, "acme", &["submitter", "custom"], 60))
-            .expect("valid");
+        let principal =
+            authenticator().verify_token(&token(SECRET, "acme", &["submitter", "custom"], 60)).expect("valid");
         assert_eq!(principal.subject, "alice");
         assert_eq!(principal.tenant.as_str(), "acme");
         assert_eq!(principal.roles, [Role::Submitter]);
         assert!(principal.require(Action::Submit).is_ok());
-        let denied = principal
-            .require(Action::Administer)
-            .expect_err("not admin");
+        let denied = principal.require(Action::Administer).expect_err("not admin");
         assert_eq!(denied.kind(), AuthErrorKind::PermissionDenied);
         assert!(denied.to_string().contains("admin"), "{denied}");
     }
@@ -588,10 +507,7 @@ mod tests {
         for (token, reason) in cases {
             let err = auth.verify_token(&token).expect_err(reason);
             assert_eq!(err.kind(), AuthErrorKind::Unauthenticated);
-            assert!(
-                err.to_string().contains(reason),
-                "{err} should mention {reason}"
-            );
+            assert!(err.to_string().contains(reason), "{err} should mention {reason}");
         }
     }
 
@@ -601,8 +517,12 @@ mod tests {
         let key = "rk_live_0123456789";
         let file = dir.path().join("keys.json");
         let hash = hex::encode(Sha256::digest(key.as_bytes()));
-        std::fs::write(&file, serde_json::json!({"keys": [{"sha256": hash, "sub": "ci", "tenant": "acme", "roles": ["agent"]}]}).to_string())
-            .expect("write");
+        std::fs::write(
+            &file,
+            serde_json::json!({"keys": [{"sha256": hash, "sub": "ci", "tenant": "acme", "roles": ["agent"]}]})
+                .to_string(),
+        )
+        .expect("write");
         let auth = Authenticator::from_args(&AuthArgs {
             jwt_secret: Some(SECRET.into()),
             jwt_public_key_file: None,
@@ -613,38 +533,19 @@ mod tests {
         .expect("configured");
 
         let mut headers = HeaderMap::new();
-        assert!(
-            auth.authenticate_headers(&headers)
-                .expect_err("none")
-                .to_string()
-                .contains("no credentials")
-        );
+        assert!(auth.authenticate_headers(&headers).expect_err("none").to_string().contains("no credentials"));
         headers.insert("x-api-key", HeaderValue::from_static("rk_live_0123456789"));
         let principal = auth.authenticate_headers(&headers).expect("api key");
-        assert_eq!(
-            (principal.subject.as_str(), principal.roles.as_slice()),
-            ("ci", [Role::Agent].as_slice())
-        );
+        assert_eq!((principal.subject.as_str(), principal.roles.as_slice()), ("ci", [Role::Agent].as_slice()));
         headers.insert("x-api-key", HeaderValue::from_static("wrong"));
         assert!(auth.authenticate_headers(&headers).is_err());
 
         let mut headers = HeaderMap::new();
         let bearer = format!("Bearer {}", token(SECRET, "acme", &["viewer"], 60));
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(&bearer).expect("header"),
-        );
-        assert_eq!(
-            auth.authenticate_headers(&headers).expect("bearer").roles,
-            [Role::Viewer]
-        );
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&bearer).expect("header"));
+        assert_eq!(auth.authenticate_headers(&headers).expect("bearer").roles, [Role::Viewer]);
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert!(
-            auth.authenticate_headers(&headers)
-                .expect_err("basic")
-                .to_string()
-                .contains("Bearer")
-        );
+        assert!(auth.authenticate_headers(&headers).expect_err("basic").to_string().contains("Bearer"));
     }
 
     #[test]
@@ -663,9 +564,7 @@ mod tests {
     }
 
     fn testdata(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata")
-            .join(name)
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name)
     }
 
     fn signed(algorithm: Algorithm, private_pem: &str, kid: Option<&str>) -> String {
@@ -695,22 +594,13 @@ mod tests {
     #[test]
     fn rs256_and_es256_tokens_verify_with_pem_public_keys() {
         let rsa = with_files(Some("rsa_public.pem"), None);
-        assert_eq!(
-            rsa.verify_token(&signed(Algorithm::RS256, "rsa_private.pem", None))
-                .expect("rs256")
-                .subject,
-            "svc"
-        );
-        let err = rsa
-            .verify_token(&signed(Algorithm::ES256, "ec_private.pem", None))
-            .expect_err("wrong algorithm");
+        assert_eq!(rsa.verify_token(&signed(Algorithm::RS256, "rsa_private.pem", None)).expect("rs256").subject, "svc");
+        let err = rsa.verify_token(&signed(Algorithm::ES256, "ec_private.pem", None)).expect_err("wrong algorithm");
         assert!(err.to_string().contains("ES256"), "{err}");
 
         let ec = with_files(Some("ec_public.pem"), None);
         assert_eq!(
-            ec.verify_token(&signed(Algorithm::ES256, "ec_private.pem", None))
-                .expect("es256")
-                .roles,
+            ec.verify_token(&signed(Algorithm::ES256, "ec_private.pem", None)).expect("es256").roles,
             [Role::Agent]
         );
         // An HS256 token signed with the public key as secret (the classic confusion attack) fails.
@@ -727,21 +617,7 @@ mod tests {
     #[test]
     fn jwks_keys_are_chosen_by_kid() {
         let auth = with_files(None, Some("jwks.json"));
-        assert!(
-            auth.verify_token(&signed(
-                Algorithm::RS256,
-                "rsa_private.pem",
-                Some("test-rsa-1")
-            ))
-            .is_ok()
-        );
-        assert!(
-            auth.verify_token(&signed(
-                Algorithm::RS256,
-                "rsa_private.pem",
-                Some("rotated-away")
-            ))
-            .is_err()
-        );
+        assert!(auth.verify_token(&signed(Algorithm::RS256, "rsa_private.pem", Some("test-rsa-1"))).is_ok());
+        assert!(auth.verify_token(&signed(Algorithm::RS256, "rsa_private.pem", Some("rotated-away"))).is_err());
     }
 }

@@ -63,9 +63,8 @@ pub struct NatsArgs {
 
 impl NatsArgs {
     pub fn topology(&self) -> Result<Topology, Error> {
-        Topology::with_prefix(&self.stream_prefix).map_err(|err| {
-            Error::with_source(ErrorKind::Config, "RUNCAST_STREAM_PREFIX is invalid", err)
-        })
+        Topology::with_prefix(&self.stream_prefix)
+            .map_err(|err| Error::with_source(ErrorKind::Config, "RUNCAST_STREAM_PREFIX is invalid", err))
     }
 }
 
@@ -109,11 +108,7 @@ impl Default for StreamLimits {
 /// Parses a listen address, naming the variable when it is wrong.
 pub fn listen_addr(variable: &'static str, value: &str) -> Result<SocketAddr, Error> {
     value.parse().map_err(|err| {
-        Error::with_source(
-            ErrorKind::Config,
-            format!("{variable}={value:?} is not a host:port address"),
-            err,
-        )
+        Error::with_source(ErrorKind::Config, format!("{variable}={value:?} is not a host:port address"), err)
     })
 }
 
@@ -135,10 +130,7 @@ mod tests {
         assert_eq!(cli.nats.streams.max_age, defaults.max_age);
         assert_eq!(cli.nats.streams.duplicate_window, defaults.duplicate_window);
         assert_eq!(cli.nats.streams.max_bytes, -1);
-        assert_eq!(
-            cli.nats.topology().expect("no prefix"),
-            Topology::unprefixed()
-        );
+        assert_eq!(cli.nats.topology().expect("no prefix"), Topology::unprefixed());
     }
 
     #[test]

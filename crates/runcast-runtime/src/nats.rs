@@ -24,11 +24,7 @@ pub struct Nats {
 impl Nats {
     /// Starts connecting. Returns at once, even while the server is unreachable; the `nats`
     /// readiness check passes while the connection is up.
-    pub async fn connect(
-        args: &NatsArgs,
-        service: &'static str,
-        readiness: &Readiness,
-    ) -> Result<Self, Error> {
+    pub async fn connect(args: &NatsArgs, service: &'static str, readiness: &Readiness) -> Result<Self, Error> {
         let topology = args.topology()?;
         let client = async_nats::ConnectOptions::new()
             .name(service)
@@ -48,23 +44,13 @@ impl Nats {
             .connect(args.nats_url.as_str())
             .await
             .map_err(|err| {
-                Error::with_source(
-                    ErrorKind::Config,
-                    format!("NATS_URL={:?} is not usable", args.nats_url),
-                    err,
-                )
+                Error::with_source(ErrorKind::Config, format!("NATS_URL={:?} is not usable", args.nats_url), err)
             })?;
         let watched = client.clone();
-        readiness.add_check("nats", move || {
-            watched.connection_state() == async_nats::connection::State::Connected
-        });
+        readiness.add_check("nats", move || watched.connection_state() == async_nats::connection::State::Connected);
         let mut jetstream = jetstream::new(client.clone());
         jetstream.set_timeout(REQUEST_TIMEOUT);
-        Ok(Self {
-            client,
-            jetstream,
-            topology,
-        })
+        Ok(Self { client, jetstream, topology })
     }
 
     /// Provisions the streams, retrying with capped backoff until it works or `shutdown` fires.
@@ -101,11 +87,7 @@ impl Nats {
 
 /// The configuration of one stream: its limits, deduplication window, direct get for reads of
 /// the last event of a subject.
-pub fn stream_config(
-    topology: &Topology,
-    kind: StreamKind,
-    limits: &StreamLimits,
-) -> stream::Config {
+pub fn stream_config(topology: &Topology, kind: StreamKind, limits: &StreamLimits) -> stream::Config {
     stream::Config {
         name: topology.stream_name(kind),
         subjects: vec![topology.stream_subjects(kind)],
@@ -134,19 +116,14 @@ pub async fn provision_streams(
     for kind in StreamKind::ALL {
         let config = stream_config(topology, kind, limits);
         let name = config.name.clone();
-        jetstream
-            .create_or_update_stream(config)
-            .await
-            .map_err(|err| {
-                let kind = match err.kind() {
-                    jetstream::context::CreateStreamErrorKind::TimedOut => ErrorKind::Unavailable,
-                    jetstream::context::CreateStreamErrorKind::JetStreamUnavailable => {
-                        ErrorKind::Unavailable
-                    }
-                    _ => ErrorKind::Internal,
-                };
-                Error::with_source(kind, format!("cannot create or update stream {name}"), err)
-            })?;
+        jetstream.create_or_update_stream(config).await.map_err(|err| {
+            let kind = match err.kind() {
+                jetstream::context::CreateStreamErrorKind::TimedOut => ErrorKind::Unavailable,
+                jetstream::context::CreateStreamErrorKind::JetStreamUnavailable => ErrorKind::Unavailable,
+                _ => ErrorKind::Internal,
+            };
+            Error::with_source(kind, format!("cannot create or update stream {name}"), err)
+        })?;
         names.push(name);
     }
     Ok(names)

@@ -42,18 +42,13 @@ impl Readiness {
     /// Whether everything is ready, and each check's result.
     pub fn report(&self) -> (bool, BTreeMap<&'static str, bool>) {
         let checks: Vec<_> = self.lock().clone();
-        let results: BTreeMap<_, _> = checks
-            .iter()
-            .map(|(name, check)| (*name, check()))
-            .collect();
+        let results: BTreeMap<_, _> = checks.iter().map(|(name, check)| (*name, check())).collect();
         (results.values().all(|ok| *ok), results)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(&'static str, Check)>> {
         // A panic while holding this lock cannot leave the list half-updated (push is atomic).
-        self.checks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.checks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -111,27 +106,15 @@ pub fn router(readiness: Readiness) -> Router {
 
 async fn readyz(State(readiness): State<Readiness>) -> Response {
     let (ready, checks) = readiness.report();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        axum::Json(serde_json::json!({ "ready": ready, "checks": checks })),
-    )
-        .into_response()
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(serde_json::json!({ "ready": ready, "checks": checks }))).into_response()
 }
 
 /// Binds the HTTP listener. Port 0 picks a free port; the bound address is logged with the
 /// `http_addr` field, which is how test harnesses find it.
 pub async fn bind_http(addr: SocketAddr) -> Result<TcpListener, crate::Error> {
     let listener = TcpListener::bind(addr).await.map_err(|err| {
-        crate::Error::with_source(
-            crate::ErrorKind::Config,
-            format!("cannot listen on RUNCAST_HTTP_ADDR={addr}"),
-            err,
-        )
+        crate::Error::with_source(crate::ErrorKind::Config, format!("cannot listen on RUNCAST_HTTP_ADDR={addr}"), err)
     })?;
     if let Ok(bound) = listener.local_addr() {
         tracing::info!(http_addr = %bound, "http listener bound");
@@ -148,8 +131,7 @@ pub async fn serve_until_stopped(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> Result<(), crate::Error> {
-    let server =
-        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let served = tokio::spawn(async move { server.await });
     shutdown.cancelled().await;
     tasks.close();

@@ -32,21 +32,11 @@ impl PostgresArgs {
     /// A pool that has not connected yet; the URL is checked now, the server on first use.
     pub fn lazy_pool(&self) -> Result<PgPool, Error> {
         // The URL may hold a password: never echo it.
-        if !(self.database_url.starts_with("postgres://")
-            || self.database_url.starts_with("postgresql://"))
-        {
-            return Err(Error::new(
-                ErrorKind::Config,
-                "DATABASE_URL must start with postgres:// or postgresql://",
-            ));
+        if !(self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://")) {
+            return Err(Error::new(ErrorKind::Config, "DATABASE_URL must start with postgres:// or postgresql://"));
         }
-        let options = PgConnectOptions::from_str(&self.database_url).map_err(|err| {
-            Error::with_source(
-                ErrorKind::Config,
-                "DATABASE_URL is not a valid PostgreSQL URL",
-                err,
-            )
-        })?;
+        let options = PgConnectOptions::from_str(&self.database_url)
+            .map_err(|err| Error::with_source(ErrorKind::Config, "DATABASE_URL is not a valid PostgreSQL URL", err))?;
         Ok(PgPoolOptions::new()
             .max_connections(self.db_max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -58,14 +48,11 @@ impl PostgresArgs {
 /// `Internal`.
 pub fn error(context: impl Into<String>, err: sqlx::Error) -> Error {
     let kind = match &err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Tls(_) => ErrorKind::Unavailable,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+            ErrorKind::Unavailable
+        }
         sqlx::Error::Database(db)
-            if db
-                .code()
-                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")) =>
+            if db.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P")) =>
         {
             ErrorKind::Unavailable // connection exceptions, admin shutdown
         }
@@ -75,17 +62,10 @@ pub fn error(context: impl Into<String>, err: sqlx::Error) -> Error {
 }
 
 /// Pings the database every `interval` and mirrors the outcome into `flag`, until `shutdown`.
-pub async fn monitor(
-    pool: PgPool,
-    flag: ReadyFlag,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
+pub async fn monitor(pool: PgPool, flag: ReadyFlag, interval: Duration, shutdown: CancellationToken) {
     loop {
-        let ok = matches!(
-            tokio::time::timeout(ACQUIRE_TIMEOUT, sqlx::query("SELECT 1").execute(&pool)).await,
-            Ok(Ok(_))
-        );
+        let ok =
+            matches!(tokio::time::timeout(ACQUIRE_TIMEOUT, sqlx::query("SELECT 1").execute(&pool)).await, Ok(Ok(_)));
         if ok != flag.is_ready() {
             if ok {
                 tracing::info!("PostgreSQL reachable");

@@ -44,15 +44,9 @@ impl HarnessError {
 /// A name unique to this process and call, valid as a stream prefix and a database name.
 pub fn unique_name(kind: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.subsec_nanos());
-    format!(
-        "{kind}{}x{}x{:x}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        nanos
-    )
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.subsec_nanos());
+    format!("{kind}{}x{}x{:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), nanos)
 }
 
 /// A real NATS JetStream server and a real PostgreSQL server.
@@ -78,10 +72,7 @@ impl Infra {
     pub async fn isolate(&self) -> Result<Isolation> {
         let name = unique_name("t");
         let database_url = self.postgres.create_database(&name).await?;
-        Ok(Isolation {
-            stream_prefix: name,
-            database_url,
-        })
+        Ok(Isolation { stream_prefix: name, database_url })
     }
 }
 
@@ -97,9 +88,7 @@ where
             return Ok(value);
         }
         if Instant::now() >= deadline {
-            return Err(HarnessError(format!(
-                "timed out after {timeout:?} waiting for {what}"
-            )));
+            return Err(HarnessError(format!("timed out after {timeout:?} waiting for {what}")));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -108,10 +97,7 @@ where
 /// Binds port 0 on loopback and returns the port the kernel picked (for servers that cannot
 /// pick their own). Another process could take it in between; callers retry on a bind failure.
 pub(crate) fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|err| HarnessError::io("cannot bind a free port", err))?;
-    listener
-        .local_addr()
-        .map(|addr| addr.port())
-        .map_err(|err| HarnessError::io("cannot read a bound port", err))
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|err| HarnessError::io("cannot bind a free port", err))?;
+    listener.local_addr().map(|addr| addr.port()).map_err(|err| HarnessError::io("cannot read a bound port", err))
 }

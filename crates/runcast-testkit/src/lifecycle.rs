@@ -28,6 +28,7 @@ pub async fn check(binary: &str, uses_postgres: bool) -> Result<()> {
             ("NATS_URL", nats_url.as_str()),
             ("DATABASE_URL", isolation.database_url.as_str()),
             ("RUNCAST_STREAM_PREFIX", isolation.stream_prefix.as_str()),
+            ("RUNCAST_JWT_SECRET", "lifecycle-test-secret"),
         ],
     )
     .await?;
@@ -39,25 +40,14 @@ pub async fn check(binary: &str, uses_postgres: bool) -> Result<()> {
     // 1. Dependencies down: alive, not ready, retrying rather than exiting.
     expect_status(&http, &service.http_url("/healthz"), 200).await?;
     expect_status(&http, &service.http_url("/readyz"), 503).await?;
-    let log_shows_retry = |service: &ServiceProcess| {
-        service
-            .recent_log()
-            .contains("cannot provision streams yet")
-    };
-    eventually(
-        "a logged retry of stream provisioning",
-        READY_TIMEOUT,
-        || {
-            let retried = log_shows_retry(&service);
-            async move { retried.then_some(()) }
-        },
-    )
+    let log_shows_retry = |service: &ServiceProcess| service.recent_log().contains("cannot provision streams yet");
+    eventually("a logged retry of stream provisioning", READY_TIMEOUT, || {
+        let retried = log_shows_retry(&service);
+        async move { retried.then_some(()) }
+    })
     .await?;
     if !service.is_running() {
-        return Err(HarnessError(format!(
-            "{binary} exited while NATS was down:\n{}",
-            service.recent_log()
-        )));
+        return Err(HarnessError(format!("{binary} exited while NATS was down:\n{}", service.recent_log())));
     }
 
     // 2. Dependencies up: ready.
@@ -83,28 +73,18 @@ pub async fn check(binary: &str, uses_postgres: bool) -> Result<()> {
     service.signal(nix::sys::signal::Signal::SIGTERM)?;
     let status = service.wait_exit(EXIT_TIMEOUT).await?;
     if !status.success() {
-        return Err(HarnessError(format!(
-            "{binary} exited with {status} after SIGTERM:\n{}",
-            service.recent_log()
-        )));
+        return Err(HarnessError(format!("{binary} exited with {status} after SIGTERM:\n{}", service.recent_log())));
     }
     Ok(())
 }
 
 async fn expect_status(http: &reqwest::Client, url: &str, expected: u16) -> Result<()> {
-    let status = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|err| HarnessError(format!("GET {url} failed: {err}")))?
-        .status()
-        .as_u16();
+    let status =
+        http.get(url).send().await.map_err(|err| HarnessError(format!("GET {url} failed: {err}")))?.status().as_u16();
     if status == expected {
         Ok(())
     } else {
-        Err(HarnessError(format!(
-            "GET {url} answered {status}, expected {expected}"
-        )))
+        Err(HarnessError(format!("GET {url} answered {status}, expected {expected}")))
     }
 }
 
@@ -119,9 +99,7 @@ async fn wait_for_readiness(
     let url = service.http_url("/readyz");
     let what = format!(
         "{url} to answer {expected}{}",
-        failing_check
-            .map(|c| format!(" with {c} failing"))
-            .unwrap_or_default()
+        failing_check.map(|c| format!(" with {c} failing")).unwrap_or_default()
     );
     eventually(&what, READY_TIMEOUT, || {
         let request = http.get(&url).send();
@@ -138,10 +116,5 @@ async fn wait_for_readiness(
         }
     })
     .await
-    .map_err(|err| {
-        HarnessError(format!(
-            "{err}\n--- service log ---\n{}",
-            service.recent_log()
-        ))
-    })
+    .map_err(|err| HarnessError(format!("{err}\n--- service log ---\n{}", service.recent_log())))
 }

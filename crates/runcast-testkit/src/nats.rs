@@ -22,15 +22,8 @@ impl NatsServer {
         let dir = tempfile::Builder::new()
             .prefix("runcast-nats-")
             .tempdir()
-            .map_err(|err| {
-                HarnessError::io("cannot create a temporary folder for nats-server", err)
-            })?;
-        let mut server = Self {
-            child: None,
-            port: 0,
-            dir,
-            binary,
-        };
+            .map_err(|err| HarnessError::io("cannot create a temporary folder for nats-server", err))?;
+        let mut server = Self { child: None, port: 0, dir, binary };
         // Port -1: the server picks a free port and writes it to the ports file.
         server.spawn(-1)?;
         let ports_dir = server.dir.path().join("ports");
@@ -47,25 +40,15 @@ impl NatsServer {
     fn spawn(&mut self, port: i32) -> Result<()> {
         let dir = self.dir.path();
         let ports_dir = dir.join("ports");
-        std::fs::create_dir_all(&ports_dir)
-            .map_err(|err| HarnessError::io("cannot create the ports folder", err))?;
+        std::fs::create_dir_all(&ports_dir).map_err(|err| HarnessError::io("cannot create the ports folder", err))?;
         let log = std::fs::File::options()
             .create(true)
             .append(true)
             .open(dir.join("nats.log"))
             .map_err(|err| HarnessError::io("cannot open the nats-server log", err))?;
-        let stderr = log
-            .try_clone()
-            .map_err(|err| HarnessError::io("cannot reuse the nats-server log", err))?;
+        let stderr = log.try_clone().map_err(|err| HarnessError::io("cannot reuse the nats-server log", err))?;
         let child = Command::new(&self.binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-js",
-                "--ports_file_dir",
-            ])
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "--ports_file_dir"])
             .arg(&ports_dir)
             .arg("-sd")
             .arg(dir.join("jetstream"))
@@ -73,31 +56,21 @@ impl NatsServer {
             .stdout(log)
             .stderr(stderr)
             .spawn()
-            .map_err(|err| {
-                HarnessError::io(format!("cannot start {}", self.binary.display()), err)
-            })?;
+            .map_err(|err| HarnessError::io(format!("cannot start {}", self.binary.display()), err))?;
         self.child = Some(child);
         Ok(())
     }
 
     async fn wait_until_accepting(&self) -> Result<()> {
         let url = self.url();
-        eventually(
-            &format!("nats-server to accept connections at {url}"),
-            START_TIMEOUT,
-            || {
-                let url = url.clone();
-                async move {
-                    let client = async_nats::connect(&url).await.ok()?;
-                    // JetStream answers only once its store is ready.
-                    async_nats::jetstream::new(client)
-                        .query_account()
-                        .await
-                        .ok()
-                        .map(|_| ())
-                }
-            },
-        )
+        eventually(&format!("nats-server to accept connections at {url}"), START_TIMEOUT, || {
+            let url = url.clone();
+            async move {
+                let client = async_nats::connect(&url).await.ok()?;
+                // JetStream answers only once its store is ready.
+                async_nats::jetstream::new(client).query_account().await.ok().map(|_| ())
+            }
+        })
         .await
     }
 
@@ -138,12 +111,9 @@ impl Drop for NatsServer {
 }
 
 fn read_client_port(ports_dir: &Path) -> Option<u16> {
-    let entry = std::fs::read_dir(ports_dir)
-        .ok()?
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
-    let ports: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok()?;
+    let entry =
+        std::fs::read_dir(ports_dir).ok()?.flatten().find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
+    let ports: serde_json::Value = serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok()?;
     let url = ports.get("nats")?.get(0)?.as_str()?;
     url.rsplit(':').next()?.parse().ok()
 }

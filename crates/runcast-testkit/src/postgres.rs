@@ -36,21 +36,12 @@ impl PostgresServer {
         let dir = tempfile::Builder::new()
             .prefix("runcast-pg-")
             .tempdir()
-            .map_err(|err| {
-                HarnessError::io("cannot create a temporary folder for PostgreSQL", err)
-            })?;
+            .map_err(|err| HarnessError::io("cannot create a temporary folder for PostgreSQL", err))?;
         if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(dir.path(), Some(uid.as_raw()), Some(gid.as_raw())).map_err(
-                |err| HarnessError::io("cannot hand the data folder to the unprivileged user", err),
-            )?;
+            std::os::unix::fs::chown(dir.path(), Some(uid.as_raw()), Some(gid.as_raw()))
+                .map_err(|err| HarnessError::io("cannot hand the data folder to the unprivileged user", err))?;
         }
-        let mut server = Self {
-            child: None,
-            port: 0,
-            dir,
-            install,
-            run_as,
-        };
+        let mut server = Self { child: None, port: 0, dir, install, run_as };
         server.initdb()?;
         for attempt in 1..=PORT_ATTEMPTS {
             server.port = free_port()?;
@@ -59,16 +50,10 @@ impl PostgresServer {
                 Ok(()) => return Ok(server),
                 // The port may have been taken between picking and binding: try another.
                 Err(err) if attempt < PORT_ATTEMPTS && server.has_exited() => {
-                    eprintln!(
-                        "postgres did not start on port {} ({err}); retrying",
-                        server.port
-                    );
+                    eprintln!("postgres did not start on port {} ({err}); retrying", server.port);
                 }
                 Err(err) => {
-                    return Err(HarnessError(format!(
-                        "{err}\n--- postgres log ---\n{}",
-                        server.log()
-                    )));
+                    return Err(HarnessError(format!("{err}\n--- postgres log ---\n{}", server.log())));
                 }
             }
         }
@@ -93,26 +78,13 @@ impl PostgresServer {
             .command("initdb")
             .arg("-D")
             .arg(self.data_dir())
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-                "--no-instructions",
-            ])
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"])
             .output()
             .map_err(|err| HarnessError::io("cannot run initdb", err))?;
         if output.status.success() {
             Ok(())
         } else {
-            Err(HarnessError(format!(
-                "initdb failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            )))
+            Err(HarnessError(format!("initdb failed: {}", String::from_utf8_lossy(&output.stderr))))
         }
     }
 
@@ -122,9 +94,7 @@ impl PostgresServer {
             .append(true)
             .open(self.dir.path().join("postgres.log"))
             .map_err(|err| HarnessError::io("cannot open the postgres log", err))?;
-        let stderr = log
-            .try_clone()
-            .map_err(|err| HarnessError::io("cannot reuse the postgres log", err))?;
+        let stderr = log.try_clone().map_err(|err| HarnessError::io("cannot reuse the postgres log", err))?;
         let child = self
             .command("postgres")
             .arg("-D")
@@ -132,14 +102,7 @@ impl PostgresServer {
             .args(["-p", &self.port.to_string(), "-k"])
             .arg(self.dir.path())
             // Test data is disposable: trade durability for speed.
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-            ])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
             .stdout(log)
             .stderr(stderr)
@@ -150,21 +113,15 @@ impl PostgresServer {
     }
 
     fn has_exited(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_none_or(|child| matches!(child.try_wait(), Ok(Some(_))))
+        self.child.as_mut().is_none_or(|child| matches!(child.try_wait(), Ok(Some(_))))
     }
 
     async fn wait_until_accepting(&mut self) -> Result<()> {
         let url = self.admin_url();
-        eventually(
-            &format!("postgres to accept connections on port {}", self.port),
-            START_TIMEOUT,
-            || {
-                let url = url.clone();
-                async move { sqlx::PgConnection::connect(&url).await.ok().map(|_| ()) }
-            },
-        )
+        eventually(&format!("postgres to accept connections on port {}", self.port), START_TIMEOUT, || {
+            let url = url.clone();
+            async move { sqlx::PgConnection::connect(&url).await.ok().map(|_| ()) }
+        })
         .await
     }
 
@@ -198,10 +155,7 @@ impl PostgresServer {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGQUIT,
-                );
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGQUIT);
             }
             let _ = child.wait();
         }
@@ -232,18 +186,17 @@ fn unprivileged_user() -> Result<Option<(Uid, Gid)>> {
     }
     let user = User::from_name("nobody")
         .map_err(|err| HarnessError(format!("cannot look up user nobody: {err}")))?
-        .ok_or_else(|| HarnessError("running as root, PostgreSQL needs an unprivileged user, and there is no user `nobody`".into()))?;
+        .ok_or_else(|| {
+            HarnessError("running as root, PostgreSQL needs an unprivileged user, and there is no user `nobody`".into())
+        })?;
     Ok(Some((user.uid, user.gid)))
 }
 
 /// `install` if every folder above it can be entered by others, else a copy that can.
 fn reachable_by_everyone(install: PathBuf) -> Result<PathBuf> {
-    let canonical = install
-        .canonicalize()
-        .map_err(|err| HarnessError::io(format!("cannot resolve {}", install.display()), err))?;
-    let enterable = |dir: &Path| {
-        std::fs::metadata(dir).is_ok_and(|meta| meta.permissions().mode() & 0o001 != 0)
-    };
+    let canonical =
+        install.canonicalize().map_err(|err| HarnessError::io(format!("cannot resolve {}", install.display()), err))?;
+    let enterable = |dir: &Path| std::fs::metadata(dir).is_ok_and(|meta| meta.permissions().mode() & 0o001 != 0);
     if canonical.ancestors().all(enterable) {
         return Ok(canonical);
     }
@@ -260,11 +213,7 @@ fn reachable_by_everyone(install: PathBuf) -> Result<PathBuf> {
         .status()
         .map_err(|err| HarnessError::io("cannot copy the PostgreSQL installation", err))?;
     if !status.success() {
-        return Err(HarnessError(format!(
-            "copying {} to {} failed",
-            canonical.display(),
-            staging.display()
-        )));
+        return Err(HarnessError(format!("copying {} to {} failed", canonical.display(), staging.display())));
     }
     let _ = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755));
     if std::fs::rename(&staging, &copy).is_err() {

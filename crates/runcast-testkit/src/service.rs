@@ -51,9 +51,8 @@ impl ServiceProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .map_err(|err| HarnessError::io(format!("cannot start {}", path.display()), err))?;
+        let mut child =
+            command.spawn().map_err(|err| HarnessError::io(format!("cannot start {}", path.display()), err))?;
 
         let (addrs_tx, addrs) = watch::channel(HashMap::new());
         let log = Arc::new(Mutex::new(VecDeque::with_capacity(KEPT_LOG_LINES)));
@@ -67,30 +66,16 @@ impl ServiceProcess {
             )));
         }
         if let Some(stderr) = child.stderr.take() {
-            log_readers.push(tokio::spawn(read_log(
-                binary.to_owned(),
-                BufReader::new(stderr),
-                log.clone(),
-                None,
-            )));
+            log_readers.push(tokio::spawn(read_log(binary.to_owned(), BufReader::new(stderr), log.clone(), None)));
         }
-        Ok(Self {
-            name: binary.to_owned(),
-            child,
-            addrs,
-            log,
-            log_readers,
-        })
+        Ok(Self { name: binary.to_owned(), child, addrs, log, log_readers })
     }
 
     /// The address the service logged under `field`, waiting for it up to the start timeout.
     pub async fn addr(&mut self, field: &str) -> Result<SocketAddr> {
-        let waited = tokio::time::timeout(
-            START_TIMEOUT,
-            self.addrs.wait_for(|addrs| addrs.contains_key(field)),
-        )
-        .await
-        .map(|found| found.map(|addrs| addrs.get(field).copied()));
+        let waited = tokio::time::timeout(START_TIMEOUT, self.addrs.wait_for(|addrs| addrs.contains_key(field)))
+            .await
+            .map(|found| found.map(|addrs| addrs.get(field).copied()));
         match waited {
             Ok(Ok(Some(addr))) => Ok(addr),
             Ok(Ok(None)) => Err(self.failure(&format!("lost {field}"))),
@@ -111,9 +96,7 @@ impl ServiceProcess {
 
     /// Sends a signal (SIGTERM to ask for a graceful stop, SIGKILL to crash it).
     pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
-        let pid = self
-            .pid()
-            .ok_or_else(|| self.failure("has already exited"))?;
+        let pid = self.pid().ok_or_else(|| self.failure("has already exited"))?;
         let pid = i32::try_from(pid).map_err(|_| self.failure("has a pid out of range"))?;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
             .map_err(|err| self.failure(&format!("cannot be signalled: {err}")))
@@ -133,29 +116,19 @@ impl ServiceProcess {
                 }
                 Ok(status)
             }
-            Ok(Err(err)) => Err(HarnessError::io(
-                format!("cannot wait for {}", self.name),
-                err,
-            )),
+            Ok(Err(err)) => Err(HarnessError::io(format!("cannot wait for {}", self.name), err)),
             Err(_) => Err(self.failure(&format!("did not exit within {timeout:?}"))),
         }
     }
 
     /// The last lines the service logged.
     pub fn recent_log(&self) -> String {
-        let log = self
-            .log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let log = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         log.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
     fn failure(&self, what: &str) -> HarnessError {
-        HarnessError(format!(
-            "{} {what}\n--- last log lines ---\n{}",
-            self.name,
-            self.recent_log()
-        ))
+        HarnessError(format!("{} {what}\n--- last log lines ---\n{}", self.name, self.recent_log()))
     }
 }
 
@@ -175,9 +148,7 @@ async fn read_log<R: tokio::io::AsyncRead + Unpin>(
                 });
             }
         }
-        let mut log = log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut log = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if log.len() == KEPT_LOG_LINES {
             log.pop_front();
         }
@@ -187,8 +158,7 @@ async fn read_log<R: tokio::io::AsyncRead + Unpin>(
 
 /// `*_addr` fields of a JSON log line that parse as socket addresses.
 fn bound_addrs(line: &str) -> Vec<(String, SocketAddr)> {
-    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(line)
-    else {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(line) else {
         return Vec::new();
     };
     fields
@@ -205,13 +175,7 @@ mod tests {
     #[test]
     fn reads_bound_addresses_from_json_log_lines() {
         let line = r#"{"level":"INFO","message":"http listener bound","http_addr":"127.0.0.1:4321","other":"x"}"#;
-        assert_eq!(
-            bound_addrs(line),
-            [(
-                "http_addr".to_owned(),
-                "127.0.0.1:4321".parse().expect("addr")
-            )]
-        );
+        assert_eq!(bound_addrs(line), [("http_addr".to_owned(), "127.0.0.1:4321".parse().expect("addr"))]);
         assert!(bound_addrs("not json").is_empty());
         assert!(bound_addrs(r#"{"http_addr":"nowhere"}"#).is_empty());
     }

