@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+/// Extra time a fetch gets beyond its `expires` before it counts as failed.
+const FETCH_SLACK: Duration = Duration::from_secs(5);
+
 /// How the consumers fetch and retry.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -63,10 +66,7 @@ impl AckFloor {
 pub fn consumer_config(settings: &ConsumerSettings, kind: StreamKind) -> pull::Config {
     pull::Config {
         durable_name: Some(settings.name.clone()),
-        description: Some(format!(
-            "event-persister: {} into PostgreSQL",
-            kind.base_name()
-        )),
+        description: Some(format!("event-persister: {} into PostgreSQL", kind.base_name())),
         ack_policy: AckPolicy::Explicit,
         ack_wait: settings.ack_wait,
         max_deliver: -1,
@@ -85,16 +85,9 @@ pub async fn durable_consumer(
 ) -> Result<PullConsumer, Error> {
     let stream_name = nats.topology.stream_name(kind);
     let unavailable = |what: &str, err: &dyn std::fmt::Display| {
-        Error::new(
-            ErrorKind::Unavailable,
-            format!("cannot {what} {stream_name}: {err}"),
-        )
+        Error::new(ErrorKind::Unavailable, format!("cannot {what} {stream_name}: {err}"))
     };
-    let stream = nats
-        .jetstream
-        .get_stream(&stream_name)
-        .await
-        .map_err(|err| unavailable("look up stream", &err))?;
+    let stream = nats.jetstream.get_stream(&stream_name).await.map_err(|err| unavailable("look up stream", &err))?;
     stream
         .get_or_create_consumer(&settings.name, consumer_config(settings, kind))
         .await
@@ -118,30 +111,12 @@ pub struct StreamConsumer {
 }
 
 impl StreamConsumer {
-    pub fn new(
-        kind: StreamKind,
-        nats: Nats,
-        pool: PgPool,
-        settings: ConsumerSettings,
-        floor: AckFloor,
-    ) -> Self {
-        Self {
-            kind,
-            nats,
-            pool,
-            settings,
-            floor,
-            recorded_floor: 0,
-        }
+    pub fn new(kind: StreamKind, nats: Nats, pool: PgPool, settings: ConsumerSettings, floor: AckFloor) -> Self {
+        Self { kind, nats, pool, settings, floor, recorded_floor: 0 }
     }
 
     /// Consumes until `shutdown`. Starts once the streams exist and the schema is up to date.
-    pub async fn run(
-        mut self,
-        streams_ready: ReadyFlag,
-        schema_ready: ReadyFlag,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn run(mut self, streams_ready: ReadyFlag, schema_ready: ReadyFlag, shutdown: CancellationToken) {
         let span = tracing::info_span!("consumer", stream = self.kind.base_name());
         async move {
             tokio::select! {
@@ -163,16 +138,19 @@ impl StreamConsumer {
                 tracing::info!(consumer = %self.settings.name, "consuming");
                 backoff.reset();
                 loop {
-                    let fetched = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        fetched = self.fetch(&consumer) => fetched,
-                    };
+                    // A fetch is not cancelled by shutdown: it ends within `batch_wait`, and what
+                    // it brought is written and acked before the loop stops (no message waits
+                    // out `ack_wait` for redelivery after a graceful stop).
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    let fetched = self.fetch(&consumer).await;
                     match fetched {
                         Ok(items) if items.is_empty() => {}
                         Ok(items) => {
                             backoff.reset();
                             if self.persist(items, &shutdown).await.is_err() {
-                                return; // shutdown while retrying: the batch stays un-acked
+                                return; // shutdown while retrying: the batch was nak'ed
                             }
                         }
                         Err(err) => {
@@ -191,27 +169,29 @@ impl StreamConsumer {
     }
 
     async fn fetch(&self, consumer: &PullConsumer) -> Result<Vec<Item>, Error> {
+        // The client ends a batch a little after `expires` even when the server goes silent;
+        // this bound holds even if it did not.
+        let limit = self.settings.batch_wait + FETCH_SLACK;
+        tokio::time::timeout(limit, self.fetch_batch(consumer)).await.unwrap_or_else(|_| {
+            Err(Error::new(ErrorKind::Unavailable, format!("no answer to a fetch within {limit:?}")))
+        })
+    }
+
+    async fn fetch_batch(&self, consumer: &PullConsumer) -> Result<Vec<Item>, Error> {
         let mut messages = consumer
             .batch()
             .max_messages(self.settings.batch_size)
             .expires(self.settings.batch_wait)
             .messages()
             .await
-            .map_err(|err| {
-                Error::with_source(ErrorKind::Unavailable, "cannot request a batch", err)
-            })?;
+            .map_err(|err| Error::with_source(ErrorKind::Unavailable, "cannot request a batch", err))?;
         let mut items = Vec::with_capacity(self.settings.batch_size);
         while let Some(message) = messages.next().await {
             match message {
                 Ok(message) => {
                     let offset = message.info().map(|info| info.stream_sequence).unwrap_or(0);
-                    let decoded =
-                        decode::decode(self.kind, offset, &message.payload).map_err(|v| v.0);
-                    items.push(Item {
-                        message,
-                        offset,
-                        decoded,
-                    });
+                    let decoded = decode::decode(self.kind, offset, &message.payload).map_err(|v| v.0);
+                    items.push(Item { message, offset, decoded });
                 }
                 // What arrived before the error is still worth writing.
                 Err(err) if !items.is_empty() => {
@@ -219,11 +199,7 @@ impl StreamConsumer {
                     break;
                 }
                 Err(err) => {
-                    return Err(Error::with_source(
-                        ErrorKind::Unavailable,
-                        "batch failed",
-                        err,
-                    ));
+                    return Err(Error::with_source(ErrorKind::Unavailable, "batch failed", err));
                 }
             }
         }
@@ -232,24 +208,14 @@ impl StreamConsumer {
 
     /// Writes the batch (retrying until it is written or `shutdown`), then acks it.
     #[tracing::instrument(skip_all, fields(messages = items.len(), first_offset = items.first().map(|i| i.offset)))]
-    async fn persist(
-        &mut self,
-        mut items: Vec<Item>,
-        shutdown: &CancellationToken,
-    ) -> Result<(), Cancelled> {
+    async fn persist(&mut self, mut items: Vec<Item>, shutdown: &CancellationToken) -> Result<(), Cancelled> {
         let started = Instant::now();
         if let Err(err) = self.write_retrying(&items, shutdown).await? {
             tracing::warn!(cause = %err, "PostgreSQL rejected the batch; writing its messages one by one");
             for item in &mut items {
-                if let Err(err) = self
-                    .write_retrying(std::slice::from_ref(item), shutdown)
-                    .await?
-                {
+                if let Err(err) = self.write_retrying(std::slice::from_ref(item), shutdown).await? {
                     item.decoded = Err(format!("PostgreSQL rejected the event: {err}"));
-                    if let Err(err) = self
-                        .write_retrying(std::slice::from_ref(item), shutdown)
-                        .await?
-                    {
+                    if let Err(err) = self.write_retrying(std::slice::from_ref(item), shutdown).await? {
                         // Cannot even be kept as a dead letter: terminate it rather than block
                         // the stream forever.
                         tracing::error!(cause = %err, offset = item.offset, "cannot store a dead letter");
@@ -273,11 +239,9 @@ impl StreamConsumer {
                 tracing::debug!(cause = %err, offset = item.offset, "ack failed");
             }
         }
-        metrics::counter!("runcast_persister_events_written_total", "stream" => stream)
-            .increment(written);
+        metrics::counter!("runcast_persister_events_written_total", "stream" => stream).increment(written);
         if dead > 0 {
-            metrics::counter!("runcast_persister_dead_letters_total", "stream" => stream)
-                .increment(dead);
+            metrics::counter!("runcast_persister_dead_letters_total", "stream" => stream).increment(dead);
         }
         metrics::histogram!("runcast_persister_batch_duration_seconds", "stream" => stream)
             .record(started.elapsed().as_secs_f64());
@@ -311,14 +275,17 @@ impl StreamConsumer {
                 }
                 Err(err) if err.kind() == ErrorKind::Rejected => return Ok(Err(err)),
                 Err(err) => {
-                    metrics::counter!("runcast_persister_write_retries_total", "stream" => stream)
-                        .increment(1);
+                    metrics::counter!("runcast_persister_write_retries_total", "stream" => stream).increment(1);
                     tracing::warn!(cause = %err, retry_in = ?backoff.next_delay(), "cannot write the batch; holding it");
                     // Keep JetStream from redelivering what we still hold.
                     for item in items {
                         let _ = item.message.ack_with(AckKind::Progress).await;
                     }
                     if !backoff.wait(shutdown).await {
+                        // Hand the batch back at once rather than after `ack_wait`.
+                        for item in items {
+                            let _ = item.message.ack_with(AckKind::Nak(None)).await;
+                        }
                         return Err(Cancelled);
                     }
                 }
@@ -366,10 +333,7 @@ impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
 
     pub(crate) fn new(max: Duration) -> Self {
-        Self {
-            delay: Self::FIRST.min(max),
-            max,
-        }
+        Self { delay: Self::FIRST.min(max), max }
     }
 
     pub(crate) fn reset(&mut self) {

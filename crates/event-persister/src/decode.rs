@@ -4,9 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use prost::Message as _;
-use runcast_contract::v1::{
-    AgentStatus, Event, EventType, ExecutionStatus, event::Payload, event::State,
-};
+use runcast_contract::v1::{AgentStatus, Event, EventType, ExecutionStatus, event::Payload, event::State};
 use runcast_contract::{EntityId, StreamKind};
 use uuid::Uuid;
 
@@ -44,9 +42,7 @@ pub fn timestamp(
     value: Option<&prost_types::Timestamp>,
 ) -> Result<Option<DateTime<Utc>>, ContractViolation> {
     let Some(value) = value else { return Ok(None) };
-    let nanos = u32::try_from(value.nanos)
-        .ok()
-        .filter(|nanos| *nanos < 1_000_000_000);
+    let nanos = u32::try_from(value.nanos).ok().filter(|nanos| *nanos < 1_000_000_000);
     nanos
         .and_then(|nanos| DateTime::from_timestamp(value.seconds, nanos))
         // PostgreSQL timestamptz ends in 294276 AD; keep well inside.
@@ -56,19 +52,12 @@ pub fn timestamp(
 }
 
 fn id(field: &'static str, value: &str) -> Result<(), ContractViolation> {
-    EntityId::parse(field, value)
-        .map(|_| ())
-        .map_err(|err| violation(err.to_string()))
+    EntityId::parse(field, value).map(|_| ()).map_err(|err| violation(err.to_string()))
 }
 
 /// Decodes and validates one message of `stream` at `offset`.
-pub fn decode(
-    stream: StreamKind,
-    offset: u64,
-    payload: &[u8],
-) -> Result<Decoded, ContractViolation> {
-    let mut event = Event::decode(payload)
-        .map_err(|err| violation(format!("not a runcast.v1.Event: {err}")))?;
+pub fn decode(stream: StreamKind, offset: u64, payload: &[u8]) -> Result<Decoded, ContractViolation> {
+    let mut event = Event::decode(payload).map_err(|err| violation(format!("not a runcast.v1.Event: {err}")))?;
     let event_id = Uuid::parse_str(&event.event_id)
         .map_err(|_| violation(format!("event_id {:?} is not a UUID", event.event_id)))?;
     id("tenant_id", &event.tenant_id)?;
@@ -83,8 +72,8 @@ pub fn decode(
             stream.base_name()
         )));
     }
-    let occurred_at = timestamp("occurred_at", event.occurred_at.as_ref())?
-        .ok_or_else(|| violation("occurred_at is missing"))?;
+    let occurred_at =
+        timestamp("occurred_at", event.occurred_at.as_ref())?.ok_or_else(|| violation("occurred_at is missing"))?;
     i64::try_from(offset).map_err(|_| violation("offset out of range"))?;
 
     match stream {
@@ -99,22 +88,12 @@ pub fn decode(
         Some(State::Agent(state)) => state.offset = offset,
         None => {}
     }
-    Ok(Decoded {
-        stream,
-        offset,
-        event_id,
-        occurred_at,
-        event_type,
-        event,
-    })
+    Ok(Decoded { stream, offset, event_id, occurred_at, event_type, event })
 }
 
 fn version(event: &Event) -> Result<(), ContractViolation> {
     if event.version == 0 || i64::try_from(event.version).is_err() {
-        return Err(violation(format!(
-            "version {} is out of range",
-            event.version
-        )));
+        return Err(violation(format!("version {} is out of range", event.version)));
     }
     Ok(())
 }
@@ -123,35 +102,22 @@ fn validate_execution(event: &Event) -> Result<(), ContractViolation> {
     id("execution_id", &event.execution_id)?;
     version(event)?;
     let Some(State::Execution(state)) = &event.state else {
-        return Err(violation(
-            "an execution event must carry the execution state",
-        ));
+        return Err(violation("an execution event must carry the execution state"));
     };
     if state.execution_id != event.execution_id || state.tenant_id != event.tenant_id {
         return Err(violation("state belongs to another execution"));
     }
     if state.version != event.version {
-        return Err(violation(format!(
-            "state version {} differs from event version {}",
-            state.version, event.version
-        )));
+        return Err(violation(format!("state version {} differs from event version {}", state.version, event.version)));
     }
     if !state.workflow_id.is_empty() {
         id("workflow_id", &state.workflow_id)?;
     }
-    if ExecutionStatus::try_from(state.status)
-        .map_or(true, |status| status == ExecutionStatus::Unspecified)
-    {
-        return Err(violation(format!(
-            "unknown execution status {}",
-            state.status
-        )));
+    if ExecutionStatus::try_from(state.status).map_or(true, |status| status == ExecutionStatus::Unspecified) {
+        return Err(violation(format!("unknown execution status {}", state.status)));
     }
     if state.progress > 100 {
-        return Err(violation(format!(
-            "progress {} is above 100",
-            state.progress
-        )));
+        return Err(violation(format!("progress {} is above 100", state.progress)));
     }
     for (field, value) in [
         ("created_at", state.created_at.as_ref()),
@@ -169,11 +135,7 @@ fn validate_execution(event: &Event) -> Result<(), ContractViolation> {
         timestamp("requested_at", approval.requested_at.as_ref())?;
         timestamp("resolved_at", approval.resolved_at.as_ref())?;
     }
-    let mut ids: Vec<&str> = state
-        .approvals
-        .iter()
-        .map(|a| a.approval_id.as_str())
-        .collect();
+    let mut ids: Vec<&str> = state.approvals.iter().map(|a| a.approval_id.as_str()).collect();
     ids.sort_unstable();
     if ids.windows(2).any(|pair| pair[0] == pair[1]) {
         return Err(violation("two approvals share an approval_id"));
@@ -186,15 +148,9 @@ fn validate_logs(event: &Event) -> Result<(), ContractViolation> {
     let Some(Payload::LogsAppended(logs)) = &event.payload else {
         return Err(violation("a log.appended event must carry logs_appended"));
     };
-    if let Some(line) = logs
-        .lines
-        .iter()
-        .find(|line| line.line_number == 0 || i64::try_from(line.line_number).is_err())
+    if let Some(line) = logs.lines.iter().find(|line| line.line_number == 0 || i64::try_from(line.line_number).is_err())
     {
-        return Err(violation(format!(
-            "line_number {} is out of range",
-            line.line_number
-        )));
+        return Err(violation(format!("line_number {} is out of range", line.line_number)));
     }
     Ok(())
 }
@@ -209,13 +165,9 @@ fn validate_agent(event: &Event) -> Result<(), ContractViolation> {
         return Err(violation("state belongs to another agent"));
     }
     if state.version != event.version {
-        return Err(violation(format!(
-            "state version {} differs from event version {}",
-            state.version, event.version
-        )));
+        return Err(violation(format!("state version {} differs from event version {}", state.version, event.version)));
     }
-    if AgentStatus::try_from(state.status).map_or(true, |status| status == AgentStatus::Unspecified)
-    {
+    if AgentStatus::try_from(state.status).map_or(true, |status| status == AgentStatus::Unspecified) {
         return Err(violation(format!("unknown agent status {}", state.status)));
     }
     if i32::try_from(state.timeout_seconds).is_err() {
@@ -229,9 +181,7 @@ fn validate_agent(event: &Event) -> Result<(), ContractViolation> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use runcast_contract::v1::{
-        Agent, Approval, ApprovalStatus, Execution, ExecutionCreated, LogLine, LogsAppended,
-    };
+    use runcast_contract::v1::{Agent, Approval, ApprovalStatus, Execution, ExecutionCreated, LogLine, LogsAppended};
 
     pub(crate) fn ts(seconds: i64) -> prost_types::Timestamp {
         prost_types::Timestamp { seconds, nanos: 0 }
@@ -245,16 +195,9 @@ pub(crate) mod tests {
             workflow_id: "wf".into(),
             version,
             occurred_at: Some(ts(1_795_000_000 + i64::try_from(version).unwrap_or(0))),
-            r#type: if version == 1 {
-                EventType::ExecutionCreated.into()
-            } else {
-                EventType::ExecutionProgress.into()
-            },
-            payload: (version == 1).then(|| {
-                Payload::ExecutionCreated(ExecutionCreated {
-                    idempotency_key: format!("key-{execution}"),
-                })
-            }),
+            r#type: if version == 1 { EventType::ExecutionCreated.into() } else { EventType::ExecutionProgress.into() },
+            payload: (version == 1)
+                .then(|| Payload::ExecutionCreated(ExecutionCreated { idempotency_key: format!("key-{execution}") })),
             state: Some(State::Execution(Execution {
                 execution_id: execution.into(),
                 tenant_id: "acme".into(),
@@ -279,29 +222,19 @@ pub(crate) mod tests {
     #[test]
     fn a_valid_execution_event_decodes_with_its_offset_filled_in() {
         let event = execution_event("e1", 1, ExecutionStatus::Pending);
-        let decoded =
-            decode(StreamKind::Executions, 42, &event.encode_to_vec()).expect("valid event");
+        let decoded = decode(StreamKind::Executions, 42, &event.encode_to_vec()).expect("valid event");
         assert_eq!(decoded.offset, 42);
         assert_eq!(decoded.event.offset, 42);
-        let Some(State::Execution(state)) = &decoded.event.state else {
-            panic!("state kept")
-        };
+        let Some(State::Execution(state)) = &decoded.event.state else { panic!("state kept") };
         assert_eq!(state.offset, 42);
         assert_eq!(decoded.event_type, EventType::ExecutionCreated);
-        assert_eq!(
-            Event::decode(decoded.body().as_slice()).ok(),
-            Some(decoded.event)
-        );
+        assert_eq!(Event::decode(decoded.body().as_slice()).ok(), Some(decoded.event));
     }
 
     #[test]
     fn garbage_and_contract_violations_are_refused_with_a_reason() {
         let cases: Vec<(StreamKind, Vec<u8>, &str)> = vec![
-            (
-                StreamKind::Executions,
-                b"\xff\xff\xff".to_vec(),
-                "not a runcast.v1.Event",
-            ),
+            (StreamKind::Executions, b"\xff\xff\xff".to_vec(), "not a runcast.v1.Event"),
             (
                 StreamKind::Logs,
                 execution_event("e1", 1, ExecutionStatus::Pending).encode_to_vec(),
@@ -309,38 +242,22 @@ pub(crate) mod tests {
             ),
             (
                 StreamKind::Executions,
-                Event {
-                    event_id: "nope".into(),
-                    ..execution_event("e1", 1, ExecutionStatus::Pending)
-                }
-                .encode_to_vec(),
+                Event { event_id: "nope".into(), ..execution_event("e1", 1, ExecutionStatus::Pending) }.encode_to_vec(),
                 "not a UUID",
             ),
             (
                 StreamKind::Executions,
-                Event {
-                    tenant_id: "a.b".into(),
-                    ..execution_event("e1", 1, ExecutionStatus::Pending)
-                }
-                .encode_to_vec(),
+                Event { tenant_id: "a.b".into(), ..execution_event("e1", 1, ExecutionStatus::Pending) }.encode_to_vec(),
                 "tenant_id",
             ),
             (
                 StreamKind::Executions,
-                Event {
-                    version: 2,
-                    ..execution_event("e1", 1, ExecutionStatus::Pending)
-                }
-                .encode_to_vec(),
+                Event { version: 2, ..execution_event("e1", 1, ExecutionStatus::Pending) }.encode_to_vec(),
                 "differs from event version",
             ),
             (
                 StreamKind::Executions,
-                Event {
-                    state: None,
-                    ..execution_event("e1", 1, ExecutionStatus::Pending)
-                }
-                .encode_to_vec(),
+                Event { state: None, ..execution_event("e1", 1, ExecutionStatus::Pending) }.encode_to_vec(),
                 "must carry the execution state",
             ),
             (
@@ -350,11 +267,7 @@ pub(crate) mod tests {
             ),
             (
                 StreamKind::Executions,
-                Event {
-                    occurred_at: None,
-                    ..execution_event("e1", 1, ExecutionStatus::Pending)
-                }
-                .encode_to_vec(),
+                Event { occurred_at: None, ..execution_event("e1", 1, ExecutionStatus::Pending) }.encode_to_vec(),
                 "occurred_at is missing",
             ),
         ];
@@ -373,19 +286,13 @@ pub(crate) mod tests {
             occurred_at: Some(ts(1_795_000_000)),
             r#type: EventType::LogAppended.into(),
             payload: Some(Payload::LogsAppended(LogsAppended {
-                lines: vec![LogLine {
-                    line_number: 1,
-                    text: "hello".into(),
-                    stream: 1,
-                }],
+                lines: vec![LogLine { line_number: 1, text: "hello".into(), stream: 1 }],
             })),
             ..Default::default()
         };
         decode(StreamKind::Logs, 1, &logs.encode_to_vec()).expect("valid logs");
         let mut bad = logs.clone();
-        bad.payload = Some(Payload::LogsAppended(LogsAppended {
-            lines: vec![LogLine::default()],
-        }));
+        bad.payload = Some(Payload::LogsAppended(LogsAppended { lines: vec![LogLine::default()] }));
         assert!(decode(StreamKind::Logs, 1, &bad.encode_to_vec()).is_err());
 
         let agent = Event {

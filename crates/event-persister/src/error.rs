@@ -25,11 +25,7 @@ pub struct Error {
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            source: None,
-        }
+        Self { kind, message: message.into(), source: None }
     }
 
     pub fn with_source(
@@ -37,23 +33,15 @@ impl Error {
         message: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            source: Some(source.into()),
-        }
+        Self { kind, message: message.into(), source: Some(source.into()) }
     }
 
     /// Classifies a database error.
     pub fn database(context: impl Into<String>, err: sqlx::Error) -> Self {
         let kind = match &err {
             sqlx::Error::Database(db) => match db.code() {
-                Some(code) if code.starts_with("22") || code.starts_with("23") => {
-                    ErrorKind::Rejected
-                }
-                Some(code) if code.starts_with("08") || code.starts_with("57P") => {
-                    ErrorKind::Unavailable
-                }
+                Some(code) if code.starts_with("22") || code.starts_with("23") => ErrorKind::Rejected,
+                Some(code) if code.starts_with("08") || code.starts_with("57P") => ErrorKind::Unavailable,
                 _ => ErrorKind::Internal,
             },
             sqlx::Error::Io(_)

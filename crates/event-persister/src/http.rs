@@ -27,11 +27,7 @@ pub fn router(readiness: Readiness, lag: LagBoard) -> Router {
 
 async fn readyz(State(state): State<Ops>) -> Response {
     let (ready, checks) = state.readiness.report();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = serde_json::json!({
         "ready": ready,
         "checks": checks,

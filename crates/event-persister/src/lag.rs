@@ -33,9 +33,7 @@ impl LagBoard {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, u64>> {
         // An insert cannot leave the map half-written: a poisoned lock is still consistent.
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -66,8 +64,7 @@ impl LagMonitor {
                     self.floor.raise(floor);
                     self.board.set(stream, lag);
                     metrics::gauge!("runcast_persister_lag", "stream" => stream).set(lag as f64);
-                    metrics::gauge!("runcast_persister_applied_offset", "stream" => stream)
-                        .set(floor as f64);
+                    metrics::gauge!("runcast_persister_applied_offset", "stream" => stream).set(floor as f64);
                     if floor > recorded {
                         match store::advance_applied_offset(&self.pool, stream, floor).await {
                             Ok(()) => recorded = floor,
@@ -87,10 +84,7 @@ impl LagMonitor {
     }
 
     /// (ack floor, lag) of the durable consumer.
-    async fn observe(
-        &self,
-        stream_name: &str,
-    ) -> Result<(u64, u64), Box<dyn std::error::Error + Send + Sync>> {
+    async fn observe(&self, stream_name: &str) -> Result<(u64, u64), Box<dyn std::error::Error + Send + Sync>> {
         let mut stream = self.nats.jetstream.get_stream(stream_name).await?;
         let head = stream.info().await?.state.last_sequence;
         let info = stream.consumer_info(&self.consumer_name).await?;

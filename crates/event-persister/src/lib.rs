@@ -52,6 +52,9 @@ use tokio_util::task::TaskTracker;
 
 pub const SERVICE: &str = "event-persister";
 
+/// Longest `RUNCAST_BATCH_WAIT`: shutdown lets the fetch in progress finish, within the grace.
+pub const MAX_BATCH_WAIT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Parser)]
 #[command(name = SERVICE, version, about = "Writes the Runcast event history and read model to PostgreSQL.")]
 pub struct Cli {
@@ -147,9 +150,14 @@ impl Config {
             ("RUNCAST_RETENTION_INTERVAL", self.retention_interval),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| value.is_zero()) {
+            return Err(Error::new(runcast_runtime::ErrorKind::Config, format!("{name} must be longer than zero")));
+        }
+        if self.batch_wait > MAX_BATCH_WAIT {
             return Err(Error::new(
                 runcast_runtime::ErrorKind::Config,
-                format!("{name} must be longer than zero"),
+                format!(
+                    "RUNCAST_BATCH_WAIT must be at most {MAX_BATCH_WAIT:?}: a stopping persister finishes its fetch"
+                ),
             ));
         }
         if self.ack_wait <= self.batch_wait {
@@ -158,8 +166,7 @@ impl Config {
                 "RUNCAST_ACK_WAIT must be longer than RUNCAST_BATCH_WAIT",
             ));
         }
-        if runcast_contract::EntityId::parse("RUNCAST_CONSUMER_NAME", &self.consumer_name).is_err()
-        {
+        if runcast_contract::EntityId::parse("RUNCAST_CONSUMER_NAME", &self.consumer_name).is_err() {
             return Err(Error::new(
                 runcast_runtime::ErrorKind::Config,
                 "RUNCAST_CONSUMER_NAME must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'",
@@ -179,10 +186,7 @@ impl Config {
     }
 
     pub fn retention_policy(&self) -> RetentionPolicy {
-        RetentionPolicy {
-            history: self.history_retention,
-            logs: self.logs_retention,
-        }
+        RetentionPolicy { history: self.history_retention, logs: self.logs_retention }
     }
 }
 
@@ -205,13 +209,7 @@ impl Application {
         let pool = config.postgres.lazy_pool()?;
         let nats = Nats::connect(&config.nats, SERVICE, &readiness).await?;
         let listener = ops::bind_http(config.http_addr).await?;
-        Ok(Self {
-            config,
-            listener,
-            readiness,
-            nats,
-            pool,
-        })
+        Ok(Self { config, listener, readiness, nats, pool })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -219,21 +217,11 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let Self {
-            config,
-            listener,
-            readiness,
-            nats,
-            pool,
-        } = self;
+        let Self { config, listener, readiness, nats, pool } = self;
         let tasks = TaskTracker::new();
 
         let provisioned = readiness.add_flag("streams");
-        tasks.spawn(nats.spawn_provisioning(
-            config.nats.streams.clone(),
-            provisioned.clone(),
-            shutdown.clone(),
-        ));
+        tasks.spawn(nats.spawn_provisioning(config.nats.streams.clone(), provisioned.clone(), shutdown.clone()));
 
         let schema_ready = readiness.add_flag("schema");
         tasks.spawn(schema::keep_up_to_date(
@@ -244,25 +232,17 @@ impl Application {
         ));
 
         let reachable = readiness.add_flag("postgres");
-        tasks.spawn(postgres::monitor(
-            pool.clone(),
-            reachable,
-            Duration::from_secs(1),
-            shutdown.clone(),
-        ));
+        tasks.spawn(postgres::monitor(pool.clone(), reachable, Duration::from_secs(1), shutdown.clone()));
 
         let lag_board = LagBoard::default();
         for kind in StreamKind::ALL {
             let floor = AckFloor::default();
             tasks.spawn(
-                StreamConsumer::new(
-                    kind,
-                    nats.clone(),
-                    pool.clone(),
-                    config.consumer_settings(),
-                    floor.clone(),
-                )
-                .run(provisioned.clone(), schema_ready.clone(), shutdown.clone()),
+                StreamConsumer::new(kind, nats.clone(), pool.clone(), config.consumer_settings(), floor.clone()).run(
+                    provisioned.clone(),
+                    schema_ready.clone(),
+                    shutdown.clone(),
+                ),
             );
             tasks.spawn(
                 LagMonitor {

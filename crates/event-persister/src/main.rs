@@ -8,9 +8,7 @@ async fn main() -> ExitCode {
     telemetry::init(&cli.config.telemetry);
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Migrate => event_persister::schema::migrate_once(&cli.config).await,
-        Command::Rebuild { reset, page_size } => {
-            event_persister::rebuild_once(&cli.config, page_size, reset).await
-        }
+        Command::Rebuild { reset, page_size } => event_persister::rebuild_once(&cli.config, page_size, reset).await,
         Command::Run => match Application::build(cli.config).await {
             Ok(app) => app.run_until_stopped(shutdown::on_signal()).await,
             Err(err) => Err(err),
@@ -18,9 +16,7 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) if err.kind() == runcast_runtime::ErrorKind::Config => {
-            config::exit_config_error(&err)
-        }
+        Err(err) if err.kind() == runcast_runtime::ErrorKind::Config => config::exit_config_error(&err),
         Err(err) => {
             tracing::error!(cause = %err, "event-persister failed");
             ExitCode::FAILURE

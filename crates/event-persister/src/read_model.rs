@@ -13,11 +13,10 @@ use sqlx::PgPool;
 /// batch; that is the safe direction (a client replays a few events and merges them by
 /// `version`). Lists of executions use `StreamKind::Executions`.
 pub async fn as_of_offset(pool: &PgPool, stream: StreamKind) -> Result<u64, Error> {
-    let offset: Option<i64> =
-        sqlx::query_scalar("SELECT applied_offset FROM applied_offsets WHERE stream = $1")
-            .bind(stream.base_name())
-            .fetch_optional(pool)
-            .await
-            .map_err(|err| Error::database("cannot read the applied offset", err))?;
+    let offset: Option<i64> = sqlx::query_scalar("SELECT applied_offset FROM applied_offsets WHERE stream = $1")
+        .bind(stream.base_name())
+        .fetch_optional(pool)
+        .await
+        .map_err(|err| Error::database("cannot read the applied offset", err))?;
     Ok(offset.map_or(0, |offset| u64::try_from(offset).unwrap_or(0)))
 }

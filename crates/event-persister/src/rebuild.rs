@@ -24,9 +24,7 @@ pub struct RebuildReport {
 }
 
 fn stream_kind(name: &str) -> Option<StreamKind> {
-    StreamKind::ALL
-        .into_iter()
-        .find(|kind| kind.base_name() == name)
+    StreamKind::ALL.into_iter().find(|kind| kind.base_name() == name)
 }
 
 #[tracing::instrument(skip(pool), err)]
@@ -70,20 +68,11 @@ pub async fn rebuild(pool: &PgPool, page_size: i64, reset: bool) -> Result<Rebui
                 }
             }
         }
-        let mut tx = pool
-            .begin()
-            .await
-            .map_err(|err| Error::database("cannot begin a transaction", err))?;
+        let mut tx = pool.begin().await.map_err(|err| Error::database("cannot begin a transaction", err))?;
         store::write_read_model(&mut tx, &fold, Mode::Rebuild).await?;
         store::insert_log_lines(&mut tx, &fold).await?;
-        tx.commit()
-            .await
-            .map_err(|err| Error::database("cannot commit a rebuild page", err))?;
+        tx.commit().await.map_err(|err| Error::database("cannot commit a rebuild page", err))?;
     }
-    tracing::info!(
-        events = report.events,
-        skipped = report.skipped,
-        "read model rebuilt"
-    );
+    tracing::info!(events = report.events, skipped = report.skipped, "read model rebuilt");
     Ok(report)
 }

@@ -64,16 +64,10 @@ pub fn partition_expired(day: NaiveDate, cutoff: DateTime<Utc>) -> bool {
 /// dropped, the rest of the older rows deleted. Waits for a running retention pass to finish.
 /// This is what `DELETE /events?older_than=` does; log lines keep their own retention.
 #[tracing::instrument(skip(pool), err)]
-pub async fn delete_events_older_than(
-    pool: &PgPool,
-    cutoff: DateTime<Utc>,
-) -> Result<Deleted, Error> {
-    let mut conn = locked(pool, true).await?.ok_or_else(|| {
-        Error::new(
-            ErrorKind::Internal,
-            "advisory lock not granted while waiting for it",
-        )
-    })?;
+pub async fn delete_events_older_than(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Deleted, Error> {
+    let mut conn = locked(pool, true)
+        .await?
+        .ok_or_else(|| Error::new(ErrorKind::Internal, "advisory lock not granted while waiting for it"))?;
     let outcome = delete_older_than(&mut conn, "events", cutoff, RowScope::Everywhere).await;
     unlock(conn).await;
     outcome
@@ -93,20 +87,8 @@ pub async fn enforce(
     let outcome = async {
         let history_cutoff = now - to_chrono(policy.history);
         let logs_cutoff = now - to_chrono(policy.logs);
-        let events = delete_older_than(
-            &mut conn,
-            "events",
-            history_cutoff,
-            RowScope::DefaultPartition,
-        )
-        .await?;
-        let logs = delete_older_than(
-            &mut conn,
-            "log_lines",
-            logs_cutoff,
-            RowScope::DefaultPartition,
-        )
-        .await?;
+        let events = delete_older_than(&mut conn, "events", history_cutoff, RowScope::DefaultPartition).await?;
+        let logs = delete_older_than(&mut conn, "log_lines", logs_cutoff, RowScope::DefaultPartition).await?;
         Ok((events, logs))
     }
     .await;
@@ -122,31 +104,18 @@ fn to_chrono(duration: Duration) -> chrono::Duration {
 /// commits on its own and the `DROP`s hold the table lock only briefly). `wait`: block for the
 /// lock, or give up at once.
 async fn locked(pool: &PgPool, wait: bool) -> Result<Option<PoolConnection<Postgres>>, Error> {
-    let mut conn = pool
-        .acquire()
-        .await
-        .map_err(|err| Error::database("cannot get a connection for retention", err))?;
+    let mut conn = pool.acquire().await.map_err(|err| Error::database("cannot get a connection for retention", err))?;
     let granted: bool = if wait {
-        sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
-            .bind(LOCK_KEY)
-            .execute(&mut *conn)
-            .await
-            .map(|_| true)
+        sqlx::query("SELECT pg_advisory_lock(hashtext($1))").bind(LOCK_KEY).execute(&mut *conn).await.map(|_| true)
     } else {
-        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-            .bind(LOCK_KEY)
-            .fetch_one(&mut *conn)
-            .await
+        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))").bind(LOCK_KEY).fetch_one(&mut *conn).await
     }
     .map_err(|err| Error::database("cannot take the retention lock", err))?;
     Ok(granted.then_some(conn))
 }
 
 async fn unlock(mut conn: PoolConnection<Postgres>) {
-    let released = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
-        .bind(LOCK_KEY)
-        .execute(&mut *conn)
-        .await;
+    let released = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))").bind(LOCK_KEY).execute(&mut *conn).await;
     if released.is_err() {
         // Closing the session is what releases the lock for sure.
         drop(conn.detach());
@@ -176,12 +145,10 @@ async fn delete_older_than(
             continue;
         }
         // The name matched `{table}_pYYYYMMDD` above: nothing in it needs quoting.
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP TABLE IF EXISTS \"{partition}\""
-        )))
-        .execute(&mut **conn)
-        .await
-        .map_err(|err| Error::database(format!("cannot drop partition {partition}"), err))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS \"{partition}\"")))
+            .execute(&mut **conn)
+            .await
+            .map_err(|err| Error::database(format!("cannot drop partition {partition}"), err))?;
         tracing::info!(partition = %partition, "dropped expired partition");
         deleted.partitions_dropped.push(partition);
     }
@@ -189,13 +156,11 @@ async fn delete_older_than(
         RowScope::DefaultPartition => format!("{table}_default"),
         RowScope::Everywhere => table.to_owned(),
     };
-    let result = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM {target} WHERE occurred_at < $1"
-    )))
-    .bind(cutoff)
-    .execute(&mut **conn)
-    .await
-    .map_err(|err| Error::database(format!("cannot delete old rows of {table}"), err))?;
+    let result = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {target} WHERE occurred_at < $1")))
+        .bind(cutoff)
+        .execute(&mut **conn)
+        .await
+        .map_err(|err| Error::database(format!("cannot delete old rows of {table}"), err))?;
     deleted.rows_deleted = result.rows_affected();
     metrics::counter!("runcast_persister_retention_partitions_dropped_total", "table" => table)
         .increment(deleted.partitions_dropped.len() as u64);
@@ -256,11 +221,7 @@ mod tests {
     #[test]
     fn a_partition_expires_once_its_whole_day_is_before_the_cutoff() {
         let day = NaiveDate::from_ymd_opt(2026, 11, 2).expect("date");
-        let at = |d: u32, h: u32| {
-            Utc.with_ymd_and_hms(2026, 11, d, h, 0, 0)
-                .single()
-                .expect("t")
-        };
+        let at = |d: u32, h: u32| Utc.with_ymd_and_hms(2026, 11, d, h, 0, 0).single().expect("t");
         assert!(!partition_expired(day, at(2, 23)));
         assert!(partition_expired(day, at(3, 0)));
         assert!(partition_expired(day, at(5, 12)));

@@ -11,8 +11,7 @@ use chrono::{DateTime, Utc};
 use prost::Message as _;
 use runcast_contract::WireEnum;
 use runcast_contract::v1::{
-    Agent, AgentStatus, ApprovalStatus, Execution, ExecutionStatus, LogStream, event::Payload,
-    event::State,
+    Agent, AgentStatus, ApprovalStatus, Execution, ExecutionStatus, LogStream, event::Payload, event::State,
 };
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -157,53 +156,40 @@ impl Fold {
                 if let Some(Payload::ExecutionCreated(created)) = payload
                     && !created.idempotency_key.is_empty()
                 {
-                    self.idempotency_keys
-                        .insert(key.clone(), created.idempotency_key.clone());
+                    self.idempotency_keys.insert(key.clone(), created.idempotency_key.clone());
                 }
-                let newer = self
-                    .executions
-                    .get(&key)
-                    .is_none_or(|row| row.version < to_i64(state.version));
+                let newer = self.executions.get(&key).is_none_or(|row| row.version < to_i64(state.version));
                 if newer {
-                    self.executions
-                        .insert(key, execution_row(state, decoded.occurred_at));
+                    self.executions.insert(key, execution_row(state, decoded.occurred_at));
                 }
             }
             (Some(State::Agent(state)), _) => {
                 let key = (state.tenant_id.clone(), state.agent_id.clone());
-                let newer = self
-                    .agents
-                    .get(&key)
-                    .is_none_or(|row| row.version < to_i64(state.version));
+                let newer = self.agents.get(&key).is_none_or(|row| row.version < to_i64(state.version));
                 if newer {
-                    self.agents
-                        .insert(key, agent_row(state, decoded.occurred_at));
+                    self.agents.insert(key, agent_row(state, decoded.occurred_at));
                 }
             }
             (None, Some(Payload::LogsAppended(logs))) => {
-                self.log_lines
-                    .extend(logs.lines.iter().map(|line| LogLineRow {
-                        occurred_at: decoded.occurred_at,
-                        tenant_id: event.tenant_id.clone(),
-                        execution_id: event.execution_id.clone(),
-                        line_number: to_i64(line.line_number),
-                        stream_offset: to_i64(decoded.offset),
-                        log_stream: match LogStream::try_from(line.stream) {
-                            Ok(LogStream::Stderr) => "stderr",
-                            _ => "stdout",
-                        },
-                        text: line.text.clone(),
-                    }));
+                self.log_lines.extend(logs.lines.iter().map(|line| LogLineRow {
+                    occurred_at: decoded.occurred_at,
+                    tenant_id: event.tenant_id.clone(),
+                    execution_id: event.execution_id.clone(),
+                    line_number: to_i64(line.line_number),
+                    stream_offset: to_i64(decoded.offset),
+                    log_stream: match LogStream::try_from(line.stream) {
+                        Ok(LogStream::Stderr) => "stderr",
+                        _ => "stdout",
+                    },
+                    text: line.text.clone(),
+                }));
             }
             (None, _) => {}
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.history.is_empty()
-            && self.executions.is_empty()
-            && self.agents.is_empty()
-            && self.log_lines.is_empty()
+        self.history.is_empty() && self.executions.is_empty() && self.agents.is_empty() && self.log_lines.is_empty()
     }
 
     pub fn history(&self) -> &[HistoryRow] {
@@ -212,10 +198,9 @@ impl Fold {
 
     /// The latest state of each execution, sorted by key, with the idempotency keys seen.
     pub fn executions(&self) -> impl Iterator<Item = ExecutionRow> + '_ {
-        self.executions.iter().map(|(key, row)| ExecutionRow {
-            idempotency_key: self.idempotency_keys.get(key).cloned(),
-            ..row.clone()
-        })
+        self.executions
+            .iter()
+            .map(|(key, row)| ExecutionRow { idempotency_key: self.idempotency_keys.get(key).cloned(), ..row.clone() })
     }
 
     /// Idempotency keys of executions whose created event is in the fold (tenant, execution, key).
@@ -305,12 +290,7 @@ mod tests {
 
     #[test]
     fn the_fold_keeps_the_highest_version_whatever_the_order() {
-        let events = [
-            decoded("e1", 1, 1),
-            decoded("e2", 1, 2),
-            decoded("e1", 3, 5),
-            decoded("e1", 2, 4),
-        ];
+        let events = [decoded("e1", 1, 1), decoded("e2", 1, 2), decoded("e1", 3, 5), decoded("e1", 2, 4)];
         let mut in_order = Fold::default();
         let mut reversed = Fold::default();
         for event in &events {
@@ -322,14 +302,7 @@ mod tests {
         let rows: Vec<_> = in_order.executions().collect();
         assert_eq!(rows, reversed.executions().collect::<Vec<_>>());
         assert_eq!(rows.len(), 2);
-        assert_eq!(
-            (
-                rows[0].execution_id.as_str(),
-                rows[0].version,
-                rows[0].last_offset
-            ),
-            ("e1", 3, 5)
-        );
+        assert_eq!((rows[0].execution_id.as_str(), rows[0].version, rows[0].last_offset), ("e1", 3, 5));
         // The created event was not the latest, its key still reaches the row.
         assert_eq!(rows[0].idempotency_key.as_deref(), Some("key-e1"));
         assert_eq!(in_order.history().len(), 4);

@@ -20,9 +20,7 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(3600);
 /// advisory lock) and again on an up-to-date database (no-op).
 pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
     MIGRATOR.run(pool).await.map_err(|err| match err {
-        sqlx::migrate::MigrateError::Execute(inner) => {
-            postgres::error("cannot apply migrations", inner)
-        }
+        sqlx::migrate::MigrateError::Execute(inner) => postgres::error("cannot apply migrations", inner),
         other => Error::with_source(ErrorKind::Internal, "cannot apply migrations", other),
     })
 }
@@ -50,22 +48,14 @@ pub async fn migrate_once(config: &Config) -> Result<(), Error> {
     let pool = config.postgres.lazy_pool()?;
     migrate(&pool).await?;
     let created = ensure_partitions(&pool, config.partition_days_ahead).await?;
-    tracing::info!(
-        partitions_created = created,
-        "database schema is up to date"
-    );
+    tracing::info!(partitions_created = created, "database schema is up to date");
     pool.close().await;
     Ok(())
 }
 
 /// Brings the schema up to date as soon as the database is reachable (retrying with capped
 /// backoff), raises `ready`, then tops partitions up every hour until `shutdown`.
-pub async fn keep_up_to_date(
-    pool: PgPool,
-    days_ahead: u16,
-    ready: ReadyFlag,
-    shutdown: CancellationToken,
-) {
+pub async fn keep_up_to_date(pool: PgPool, days_ahead: u16, ready: ReadyFlag, shutdown: CancellationToken) {
     let mut delay = Duration::from_millis(200);
     loop {
         let outcome = async {
@@ -76,10 +66,7 @@ pub async fn keep_up_to_date(
         let wait = match outcome {
             Ok(created) => {
                 if created > 0 || !ready.is_ready() {
-                    tracing::info!(
-                        partitions_created = created,
-                        "database schema is up to date"
-                    );
+                    tracing::info!(partitions_created = created, "database schema is up to date");
                 }
                 ready.set(true);
                 delay = Duration::from_millis(200);

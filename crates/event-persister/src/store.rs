@@ -44,10 +44,7 @@ pub async fn write_batch(
     dead_letters: &[DeadLetter],
     applied: Option<(&str, u64)>,
 ) -> Result<(), Error> {
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(|err| Error::database("cannot begin a transaction", err))?;
+    let mut tx = pool.begin().await.map_err(|err| Error::database("cannot begin a transaction", err))?;
     insert_history(&mut tx, fold).await?;
     write_read_model(&mut tx, fold, Mode::Live).await?;
     insert_log_lines(&mut tx, fold).await?;
@@ -55,9 +52,7 @@ pub async fn write_batch(
     if let Some((stream, offset)) = applied {
         advance_applied_offset(&mut *tx, stream, offset).await?;
     }
-    tx.commit()
-        .await
-        .map_err(|err| Error::database("cannot commit the batch", err))
+    tx.commit().await.map_err(|err| Error::database("cannot commit the batch", err))
 }
 
 async fn insert_history(tx: &mut Transaction<'_, Postgres>, fold: &Fold) -> Result<(), Error> {
@@ -114,11 +109,7 @@ async fn insert_history(tx: &mut Transaction<'_, Postgres>, fold: &Fold) -> Resu
 }
 
 /// Upserts executions (with their approvals) and agents.
-pub async fn write_read_model(
-    tx: &mut Transaction<'_, Postgres>,
-    fold: &Fold,
-    mode: Mode,
-) -> Result<(), Error> {
+pub async fn write_read_model(tx: &mut Transaction<'_, Postgres>, fold: &Fold, mode: Mode) -> Result<(), Error> {
     let executions: Vec<ExecutionRow> = fold.executions().collect();
     upsert_executions(tx, &executions, mode).await?;
     record_idempotency_keys(tx, fold).await?;
@@ -126,39 +117,19 @@ pub async fn write_read_model(
     upsert_agents(tx, fold, mode).await
 }
 
-async fn upsert_executions(
-    tx: &mut Transaction<'_, Postgres>,
-    rows: &[ExecutionRow],
-    mode: Mode,
-) -> Result<(), Error> {
+async fn upsert_executions(tx: &mut Transaction<'_, Postgres>, rows: &[ExecutionRow], mode: Mode) -> Result<(), Error> {
     if rows.is_empty() {
         return Ok(());
     }
     let n = rows.len();
-    let (mut tenant, mut execution, mut workflow, mut status) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut version, mut offset, mut progress, mut current_step) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut steps, mut approvals, mut labels, mut error) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut key, mut state, mut created, mut updated) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
+    let (mut tenant, mut execution, mut workflow, mut status) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut version, mut offset, mut progress, mut current_step) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut steps, mut approvals, mut labels, mut error) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut key, mut state, mut created, mut updated) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut started, mut finished) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for row in rows {
         tenant.push(row.tenant_id.as_str());
@@ -227,10 +198,7 @@ async fn upsert_executions(
 
 /// The created event may arrive after a later version of its execution (redelivery, another
 /// replica): the version guard then skipped the row, but the key still belongs on it.
-async fn record_idempotency_keys(
-    tx: &mut Transaction<'_, Postgres>,
-    fold: &Fold,
-) -> Result<(), Error> {
+async fn record_idempotency_keys(tx: &mut Transaction<'_, Postgres>, fold: &Fold) -> Result<(), Error> {
     let (mut tenant, mut execution, mut key) = (Vec::new(), Vec::new(), Vec::new());
     for (t, e, k) in fold.idempotency_keys() {
         tenant.push(t);
@@ -329,33 +297,15 @@ async fn upsert_approvals(
     Ok(())
 }
 
-async fn upsert_agents(
-    tx: &mut Transaction<'_, Postgres>,
-    fold: &Fold,
-    mode: Mode,
-) -> Result<(), Error> {
+async fn upsert_agents(tx: &mut Transaction<'_, Postgres>, fold: &Fold, mode: Mode) -> Result<(), Error> {
     let rows: Vec<_> = fold.agents().collect();
     if rows.is_empty() {
         return Ok(());
     }
-    let (mut tenant, mut agent, mut status, mut cpu, mut memory, mut gpu, mut running) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    let (mut labels, mut timeout, mut version, mut offset, mut state, mut heartbeat, mut since) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
+    let (mut tenant, mut agent, mut status, mut cpu, mut memory, mut gpu, mut running) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut labels, mut timeout, mut version, mut offset, mut state, mut heartbeat, mut since) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for row in rows {
         tenant.push(row.tenant_id.as_str());
         agent.push(row.agent_id.as_str());
@@ -413,10 +363,7 @@ async fn upsert_agents(
     Ok(())
 }
 
-pub async fn insert_log_lines(
-    tx: &mut Transaction<'_, Postgres>,
-    fold: &Fold,
-) -> Result<(), Error> {
+pub async fn insert_log_lines(tx: &mut Transaction<'_, Postgres>, fold: &Fold) -> Result<(), Error> {
     let rows = fold.log_lines();
     if rows.is_empty() {
         return Ok(());
@@ -459,10 +406,7 @@ pub async fn insert_log_lines(
     Ok(())
 }
 
-async fn insert_dead_letters(
-    tx: &mut Transaction<'_, Postgres>,
-    rows: &[DeadLetter],
-) -> Result<(), Error> {
+async fn insert_dead_letters(tx: &mut Transaction<'_, Postgres>, rows: &[DeadLetter]) -> Result<(), Error> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -491,11 +435,7 @@ async fn insert_dead_letters(
 }
 
 /// Moves the stream's low watermark forward (never back).
-pub async fn advance_applied_offset<'c, E>(
-    executor: E,
-    stream: &str,
-    offset: u64,
-) -> Result<(), Error>
+pub async fn advance_applied_offset<'c, E>(executor: E, stream: &str, offset: u64) -> Result<(), Error>
 where
     E: sqlx::Executor<'c, Database = Postgres>,
 {

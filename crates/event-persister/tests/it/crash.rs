@@ -24,10 +24,7 @@ async fn a_persister_killed_mid_load_resumes_without_losing_or_duplicating_anyth
     .await
     .expect("progress before the crash");
     persister.signal(Signal::SIGKILL).expect("kill -9");
-    persister
-        .wait_exit(std::time::Duration::from_secs(10))
-        .await
-        .expect("killed");
+    persister.wait_exit(std::time::Duration::from_secs(10)).await.expect("killed");
     let at_crash = world.history_count().await;
     assert!(at_crash < total, "the crash came too late to mean anything");
 
@@ -39,10 +36,7 @@ async fn a_persister_killed_mid_load_resumes_without_losing_or_duplicating_anyth
     let mut offsets: Vec<i64> = history.iter().map(|(_, offset, _)| *offset).collect();
     offsets.dedup();
     assert_eq!(offsets.len(), history.len(), "no offset twice");
-    let mut expected: Vec<i64> = published
-        .iter()
-        .map(|p| i64::try_from(p.offset).expect("offset"))
-        .collect();
+    let mut expected: Vec<i64> = published.iter().map(|p| i64::try_from(p.offset).expect("offset")).collect();
     expected.sort_unstable();
     assert_eq!(offsets, expected, "every offset once");
     eventually("the read model equal to the fold", WAIT, || async {

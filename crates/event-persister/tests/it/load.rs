@@ -16,21 +16,11 @@ async fn ten_thousand_events_land_once_each_and_the_read_model_is_their_fold() {
 
     let expected: Vec<(String, i64, String)> = published
         .iter()
-        .map(|p| {
-            (
-                "EXECUTIONS".to_owned(),
-                i64::try_from(p.offset).expect("offset"),
-                p.event.event_id.clone(),
-            )
-        })
+        .map(|p| ("EXECUTIONS".to_owned(), i64::try_from(p.offset).expect("offset"), p.event.event_id.clone()))
         .collect();
     let mut expected = expected;
     expected.sort();
-    assert_eq!(
-        world.history().await,
-        expected,
-        "each event once, at its offset"
-    );
+    assert_eq!(world.history().await, expected, "each event once, at its offset");
 
     let last_offset = published.iter().map(|p| p.offset).max().expect("events");
     eventually("every execution at its last version", WAIT, || async {
@@ -43,9 +33,7 @@ async fn ten_thousand_events_land_once_each_and_the_read_model_is_their_fold() {
 
     // The low watermark reaches the head, and the api reads it through the library.
     eventually("as_of_offset at the head", WAIT, || async {
-        let offset = event_persister::read_model::as_of_offset(&world.pool, StreamKind::Executions)
-            .await
-            .ok()?;
+        let offset = event_persister::read_model::as_of_offset(&world.pool, StreamKind::Executions).await.ok()?;
         (offset == last_offset).then_some(())
     })
     .await
@@ -54,31 +42,15 @@ async fn ten_thousand_events_land_once_each_and_the_read_model_is_their_fold() {
     // Lag is on /readyz and /metrics.
     let http = reqwest::Client::new();
     eventually("lag 0 on /readyz", WAIT, || async {
-        let body: serde_json::Value = http
-            .get(persister.http_url("/readyz"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let body: serde_json::Value = http.get(persister.http_url("/readyz")).send().await.ok()?.json().await.ok()?;
         (body["details"]["lag"]["EXECUTIONS"] == 0 && body["ready"] == true).then_some(())
     })
     .await
     .expect("readyz details");
-    let metrics = http
-        .get(persister.http_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    for name in [
-        "runcast_persister_events_written_total",
-        "runcast_persister_lag",
-        "runcast_persister_batch_duration_seconds",
-    ] {
+    let metrics = http.get(persister.http_url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    for name in
+        ["runcast_persister_events_written_total", "runcast_persister_lag", "runcast_persister_batch_duration_seconds"]
+    {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
 }

@@ -4,6 +4,7 @@ mod crash;
 mod isolation;
 mod lifecycle;
 mod load;
+mod nats_outage;
 mod poison;
 mod postgres_outage;
 mod rebuild;

@@ -29,30 +29,13 @@ async fn poison_messages_go_to_dead_letters_and_the_stream_moves_on() {
     let subject = world.subject(StreamKind::Executions, "acme", "exec-1");
     let events = support::execution_events("acme", "exec-1", 6, chrono::Utc::now().timestamp());
 
-    let mut published = world
-        .publish(
-            events[..2]
-                .iter()
-                .map(|e| (subject.clone(), e.clone()))
-                .collect(),
-        )
-        .await;
+    let mut published = world.publish(events[..2].iter().map(|e| (subject.clone(), e.clone())).collect()).await;
     let garbage = b"\xde\xad\xbe\xef not protobuf".to_vec();
     let garbage_offset = publish_raw(&world, &subject, "garbage-1", garbage.clone()).await;
     let mut wrong_version = events[2].clone();
     wrong_version.version = 99; // its state says 3
-    let wrong_offset =
-        publish_raw(&world, &subject, "wrong-1", wrong_version.encode_to_vec()).await;
-    published.extend(
-        world
-            .publish(
-                events[2..]
-                    .iter()
-                    .map(|e| (subject.clone(), e.clone()))
-                    .collect(),
-            )
-            .await,
-    );
+    let wrong_offset = publish_raw(&world, &subject, "wrong-1", wrong_version.encode_to_vec()).await;
+    published.extend(world.publish(events[2..].iter().map(|e| (subject.clone(), e.clone())).collect()).await);
 
     // A log line PostgreSQL refuses (NUL in text) between two good ones.
     let logs = world.subject(StreamKind::Logs, "acme", "exec-1");
@@ -74,10 +57,8 @@ async fn poison_messages_go_to_dead_letters_and_the_stream_moves_on() {
     })
     .await
     .expect("valid events persisted");
-    let log_lines: i64 = sqlx::query_scalar("SELECT count(*) FROM log_lines")
-        .fetch_one(&world.pool)
-        .await
-        .expect("count");
+    let log_lines: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM log_lines").fetch_one(&world.pool).await.expect("count");
     assert_eq!(log_lines, 4, "the lines around the refused one are stored");
 
     let dead: Vec<(String, String, i64, Vec<u8>, String)> = sqlx::query_as(
@@ -90,12 +71,7 @@ async fn poison_messages_go_to_dead_letters_and_the_stream_moves_on() {
     let (stream, dead_subject, offset, raw, error) = &dead[0];
     assert_eq!(
         (stream.as_str(), dead_subject.as_str(), *offset, raw),
-        (
-            "EXECUTIONS",
-            subject.as_str(),
-            i64::try_from(garbage_offset).expect("offset"),
-            &garbage
-        )
+        ("EXECUTIONS", subject.as_str(), i64::try_from(garbage_offset).expect("offset"), &garbage)
     );
     assert!(error.contains("not a runcast.v1.Event"), "{error}");
     assert_eq!(dead[1].2, i64::try_from(wrong_offset).expect("offset"));
@@ -103,21 +79,13 @@ async fn poison_messages_go_to_dead_letters_and_the_stream_moves_on() {
     assert_eq!(dead[1].3, wrong_version.encode_to_vec());
     assert_eq!(
         (dead[2].0.as_str(), dead[2].1.as_str(), dead[2].2),
-        (
-            "LOGS",
-            logs.as_str(),
-            i64::try_from(log_offsets[1].offset).expect("offset")
-        )
+        ("LOGS", logs.as_str(), i64::try_from(log_offsets[1].offset).expect("offset"))
     );
     assert!(dead[2].4.contains("rejected"), "{}", dead[2].4);
 
     // Terminated, not left pending or redelivered.
     for kind in [StreamKind::Executions, StreamKind::Logs] {
-        let mut stream = world
-            .jetstream
-            .get_stream(world.topology.stream_name(kind))
-            .await
-            .expect("stream");
+        let mut stream = world.jetstream.get_stream(world.topology.stream_name(kind)).await.expect("stream");
         eventually("nothing pending on the consumer", WAIT, || {
             let info = stream.consumer_info("event-persister");
             async move {
@@ -130,8 +98,7 @@ async fn poison_messages_go_to_dead_letters_and_the_stream_moves_on() {
         let _ = stream.info().await;
     }
     eventually("the dead letter metric", WAIT, || async {
-        (support::metric(&persister, "runcast_persister_dead_letters_total").await == 3.0)
-            .then_some(())
+        (support::metric(&persister, "runcast_persister_dead_letters_total").await == 3.0).then_some(())
     })
     .await
     .expect("metric");

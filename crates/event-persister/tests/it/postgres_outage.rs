@@ -16,10 +16,7 @@ async fn events_published_while_postgres_is_down_all_arrive_once_it_is_back() {
 
     // The test server runs with synchronous_commit=off and stops like a crash: flush the WAL
     // first, or its last acked commits could vanish (production commits synchronously).
-    sqlx::query("CHECKPOINT")
-        .execute(&world.pool)
-        .await
-        .expect("checkpoint");
+    sqlx::query("CHECKPOINT").execute(&world.pool).await.expect("checkpoint");
     world.infra.postgres.stop();
     published.extend(world.publish(later).await);
     // The persister noticed and holds its batch (not acking, not dropping) through several

@@ -15,15 +15,8 @@ async fn rebuild_reproduces_the_live_read_model_exactly() {
     for agent in ["agent-1", "agent-2"] {
         let subject = world.subject(StreamKind::Agents, "acme", agent);
         for version in 1..=3 {
-            let status = if version == 3 {
-                AgentStatus::Busy
-            } else {
-                AgentStatus::Online
-            };
-            events.push((
-                subject.clone(),
-                support::agent_event("acme", agent, version, status),
-            ));
+            let status = if version == 3 { AgentStatus::Busy } else { AgentStatus::Online };
+            events.push((subject.clone(), support::agent_event("acme", agent, version, status)));
         }
     }
     let logs = world.subject(StreamKind::Logs, "acme", "exec-1");
@@ -36,28 +29,15 @@ async fn rebuild_reproduces_the_live_read_model_exactly() {
     })
     .await
     .expect("live path done");
-    let agents: Vec<(String, String, i64, Vec<String>)> = sqlx::query_as(
-        "SELECT agent_id, status, version, running_execution_ids FROM agents ORDER BY agent_id",
-    )
-    .fetch_all(&world.pool)
-    .await
-    .expect("agents");
+    let agents: Vec<(String, String, i64, Vec<String>)> =
+        sqlx::query_as("SELECT agent_id, status, version, running_execution_ids FROM agents ORDER BY agent_id")
+            .fetch_all(&world.pool)
+            .await
+            .expect("agents");
     assert_eq!(agents.len(), 2);
-    assert_eq!(
-        agents[0],
-        (
-            "agent-1".to_owned(),
-            "busy".to_owned(),
-            3,
-            vec!["exec-1".to_owned(), "exec-2".to_owned()]
-        )
-    );
+    assert_eq!(agents[0], ("agent-1".to_owned(), "busy".to_owned(), 3, vec!["exec-1".to_owned(), "exec-2".to_owned()]));
     let live = support::read_model_snapshot(&world.pool).await;
-    assert_eq!(
-        live.len(),
-        100 + 100 + 2 + 6,
-        "executions, approvals, agents, log lines"
-    );
+    assert_eq!(live.len(), 100 + 100 + 2 + 6, "executions, approvals, agents, log lines");
 
     // Damage it in every way: a row ahead of the history, a missing row, lost tables.
     for damage in [
@@ -67,10 +47,7 @@ async fn rebuild_reproduces_the_live_read_model_exactly() {
         "DELETE FROM log_lines",
         "UPDATE approvals SET status = 'denied'",
     ] {
-        sqlx::query(damage)
-            .execute(&world.pool)
-            .await
-            .expect("damage");
+        sqlx::query(damage).execute(&world.pool).await.expect("damage");
     }
     assert_ne!(support::read_model_snapshot(&world.pool).await, live);
     drop(persister);
@@ -82,14 +59,7 @@ async fn rebuild_reproduces_the_live_read_model_exactly() {
     )
     .await
     .expect("runs");
-    let status = rebuild
-        .wait_exit(Duration::from_secs(60))
-        .await
-        .expect("exits");
-    assert!(
-        status.success(),
-        "rebuild failed:\n{}",
-        rebuild.recent_log()
-    );
+    let status = rebuild.wait_exit(Duration::from_secs(60)).await.expect("exits");
+    assert!(status.success(), "rebuild failed:\n{}", rebuild.recent_log());
     assert_eq!(support::read_model_snapshot(&world.pool).await, live);
 }

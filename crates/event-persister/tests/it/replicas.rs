@@ -22,16 +22,7 @@ async fn two_replicas_on_one_consumer_reach_the_same_state_as_one() {
     let events = support::load(&two, 200, 20);
     let mirrored: Vec<_> = events
         .iter()
-        .map(|(_, event)| {
-            (
-                one.subject(
-                    StreamKind::Executions,
-                    &event.tenant_id,
-                    &event.execution_id,
-                ),
-                event.clone(),
-            )
-        })
+        .map(|(_, event)| (one.subject(StreamKind::Executions, &event.tenant_id, &event.execution_id), event.clone()))
         .collect();
     let (published, _) = tokio::join!(two.publish(events), one.publish(mirrored));
     two.wait_for_history(4000).await;
@@ -58,9 +49,7 @@ async fn two_replicas_on_one_consumer_reach_the_same_state_as_one() {
 
     let head = published.iter().map(|p| p.offset).max().expect("events");
     eventually("the shared low watermark at the head", WAIT, || async {
-        let offset = event_persister::read_model::as_of_offset(&two.pool, StreamKind::Executions)
-            .await
-            .ok()?;
+        let offset = event_persister::read_model::as_of_offset(&two.pool, StreamKind::Executions).await.ok()?;
         (offset == head).then_some(())
     })
     .await

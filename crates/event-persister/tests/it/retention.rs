@@ -18,31 +18,22 @@ async fn partitions(world: &World, table: &str) -> Vec<String> {
 }
 
 fn partition(table: &str, days_ago: i64) -> String {
-    format!(
-        "{table}_p{}",
-        (Utc::now() - Duration::days(days_ago)).format("%Y%m%d")
-    )
+    format!("{table}_p{}", (Utc::now() - Duration::days(days_ago)).format("%Y%m%d"))
 }
 
 #[tokio::test]
 async fn retention_drops_expired_partitions_keeps_today_and_deletes_the_rest_on_demand() {
     let world = World::start().await;
     // The persister's own pass must not race the test's: give it a year.
-    let _persister = world
-        .persister(&[
-            ("RUNCAST_HISTORY_RETENTION", "365d"),
-            ("RUNCAST_LOGS_RETENTION", "365d"),
-        ])
-        .await;
+    let _persister =
+        world.persister(&[("RUNCAST_HISTORY_RETENTION", "365d"), ("RUNCAST_LOGS_RETENTION", "365d")]).await;
     for (table, days) in [("events", 40), ("log_lines", 10)] {
-        sqlx::query(
-            "SELECT runcast_ensure_daily_partitions($1::regclass, (now() AT TIME ZONE 'UTC')::date - $2, 1)",
-        )
-        .bind(table)
-        .bind(days)
-        .execute(&world.pool)
-        .await
-        .expect("old partition");
+        sqlx::query("SELECT runcast_ensure_daily_partitions($1::regclass, (now() AT TIME ZONE 'UTC')::date - $2, 1)")
+            .bind(table)
+            .bind(days)
+            .execute(&world.pool)
+            .await
+            .expect("old partition");
     }
 
     // 40-day-old events, an hour-old load, fresh events; 10-day-old and fresh logs.
@@ -53,73 +44,45 @@ async fn retention_drops_expired_partitions_keeps_today_and_deletes_the_rest_on_
         .map(|e| (subject("old"), e))
         .collect();
     events.extend(support::load(&world, 10, 5));
-    events.extend(
-        support::execution_events("acme", "fresh", 2, now)
-            .into_iter()
-            .map(|e| (subject("fresh"), e)),
-    );
+    events.extend(support::execution_events("acme", "fresh", 2, now).into_iter().map(|e| (subject("fresh"), e)));
     let mut old_log = support::log_event("acme", "old", 1, 3);
-    old_log.occurred_at = Some(prost_types::Timestamp {
-        seconds: now - 10 * 86_400,
-        nanos: 0,
-    });
+    old_log.occurred_at = Some(prost_types::Timestamp { seconds: now - 10 * 86_400, nanos: 0 });
     let logs = world.subject(StreamKind::Logs, "acme", "old");
     events.push((logs.clone(), old_log));
     events.push((logs, support::log_event("acme", "old", 4, 2)));
     world.publish(events).await;
     world.wait_for_history(3 + 50 + 2 + 2).await;
-    let old_rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM {}",
-        partition("events", 40)
-    )))
-    .fetch_one(&world.pool)
-    .await
-    .expect("old rows");
-    assert_eq!(
-        old_rows, 3,
-        "the old events landed in their day's partition"
-    );
+    let old_rows: i64 =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {}", partition("events", 40))))
+            .fetch_one(&world.pool)
+            .await
+            .expect("old rows");
+    assert_eq!(old_rows, 3, "the old events landed in their day's partition");
 
     // The periodic pass: whole partitions past the defaults (30 days history, 7 days logs).
     let policy = RetentionPolicy {
         history: std::time::Duration::from_secs(30 * 86_400),
         logs: std::time::Duration::from_secs(7 * 86_400),
     };
-    let (events, logs) = retention::enforce(&world.pool, policy, Utc::now())
-        .await
-        .expect("retention")
-        .expect("lock free");
+    let (events, logs) =
+        retention::enforce(&world.pool, policy, Utc::now()).await.expect("retention").expect("lock free");
     assert_eq!(events.partitions_dropped, [partition("events", 40)]);
     assert_eq!(logs.partitions_dropped, [partition("log_lines", 10)]);
-    assert!(
-        partitions(&world, "events")
-            .await
-            .contains(&partition("events", 0))
-    );
-    assert!(
-        !partitions(&world, "events")
-            .await
-            .contains(&partition("events", 40))
-    );
+    assert!(partitions(&world, "events").await.contains(&partition("events", 0)));
+    assert!(!partitions(&world, "events").await.contains(&partition("events", 40)));
     assert_eq!(world.history_count().await, 50 + 2 + 2, "today's rows stay");
-    let lines: i64 = sqlx::query_scalar("SELECT count(*) FROM log_lines")
-        .fetch_one(&world.pool)
-        .await
-        .expect("lines");
+    let lines: i64 = sqlx::query_scalar("SELECT count(*) FROM log_lines").fetch_one(&world.pool).await.expect("lines");
     assert_eq!(lines, 2);
 
     // DELETE /events?older_than=30 minutes ago: the hour-old load goes row by row.
     let deleted =
-        retention::delete_events_older_than(&world.pool, Utc::now() - Duration::minutes(30))
-            .await
-            .expect("delete");
+        retention::delete_events_older_than(&world.pool, Utc::now() - Duration::minutes(30)).await.expect("delete");
     // The hour-old load, and the 10-day-old log.appended event (history of the LOGS stream).
     assert_eq!(deleted.rows_deleted, 50 + 1);
-    let left: Vec<String> = sqlx::query_scalar(
-        "SELECT execution_id FROM events WHERE stream = 'EXECUTIONS' ORDER BY 1",
-    )
-    .fetch_all(&world.pool)
-    .await
-    .expect("left");
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT execution_id FROM events WHERE stream = 'EXECUTIONS' ORDER BY 1")
+            .fetch_all(&world.pool)
+            .await
+            .expect("left");
     assert_eq!(left, ["fresh", "fresh"]);
 }

@@ -5,10 +5,7 @@ use runcast_testkit::PostgresServer;
 use sqlx::PgPool;
 
 async fn fresh_database(server: &PostgresServer) -> PgPool {
-    let url = server
-        .create_database(&runcast_testkit::unique_name("schema"))
-        .await
-        .expect("database");
+    let url = server.create_database(&runcast_testkit::unique_name("schema")).await.expect("database");
     PgPool::connect(&url).await.expect("connects")
 }
 
@@ -38,25 +35,10 @@ async fn migrations_apply_to_an_empty_database_and_again_as_a_no_op() {
 
     schema::migrate(&pool).await.expect("first run applies");
     let applied = applied_migrations(&pool).await;
-    assert_eq!(
-        applied.len(),
-        schema::MIGRATOR.iter().count(),
-        "every migration applied"
-    );
-    for table in [
-        "events",
-        "log_lines",
-        "executions",
-        "approvals",
-        "agents",
-        "applied_offsets",
-        "dead_letters",
-    ] {
-        let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
-            .bind(table)
-            .fetch_one(&pool)
-            .await
-            .expect("query");
+    assert_eq!(applied.len(), schema::MIGRATOR.iter().count(), "every migration applied");
+    for table in ["events", "log_lines", "executions", "approvals", "agents", "applied_offsets", "dead_letters"] {
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass($1)::text").bind(table).fetch_one(&pool).await.expect("query");
         assert_eq!(exists.as_deref(), Some(table), "table {table} exists");
     }
 
@@ -71,9 +53,7 @@ async fn partitions_exist_for_today_and_the_days_ahead_and_topping_up_is_idempot
     schema::migrate(&pool).await.expect("migrates");
 
     let days_ahead = 10;
-    schema::ensure_partitions(&pool, days_ahead)
-        .await
-        .expect("creates partitions");
+    schema::ensure_partitions(&pool, days_ahead).await.expect("creates partitions");
     let today = chrono::Utc::now().date_naive();
     for table in schema::PARTITIONED_TABLES {
         let existing = partitions(&pool, table).await;
@@ -83,13 +63,7 @@ async fn partitions_exist_for_today_and_the_days_ahead_and_topping_up_is_idempot
             assert!(existing.contains(&name), "{name} missing from {existing:?}");
         }
     }
-    assert_eq!(
-        schema::ensure_partitions(&pool, days_ahead)
-            .await
-            .expect("again"),
-        0,
-        "nothing left to create"
-    );
+    assert_eq!(schema::ensure_partitions(&pool, days_ahead).await.expect("again"), 0, "nothing left to create");
 
     // A row for today lands in today's partition, not in the default one.
     sqlx::query(
@@ -99,61 +73,59 @@ async fn partitions_exist_for_today_and_the_days_ahead_and_topping_up_is_idempot
     .execute(&pool)
     .await
     .expect("insert");
-    let partition: String = sqlx::query_scalar("SELECT tableoid::regclass::text FROM events")
-        .fetch_one(&pool)
-        .await
-        .expect("row");
+    let partition: String =
+        sqlx::query_scalar("SELECT tableoid::regclass::text FROM events").fetch_one(&pool).await.expect("row");
     assert_eq!(partition, format!("events_p{}", today.format("%Y%m%d")));
 }
 
 #[tokio::test]
 async fn the_migrate_subcommand_prepares_the_schema_and_exits_zero() {
     let server = PostgresServer::start().await.expect("postgres");
-    let url = server
-        .create_database(&runcast_testkit::unique_name("cli"))
+    let url = server.create_database(&runcast_testkit::unique_name("cli")).await.expect("database");
+    let mut migrate = runcast_testkit::ServiceProcess::run("event-persister", &["migrate"], &[("DATABASE_URL", &url)])
         .await
-        .expect("database");
-    let mut migrate = runcast_testkit::ServiceProcess::run(
-        "event-persister",
-        &["migrate"],
-        &[("DATABASE_URL", &url)],
-    )
-    .await
-    .expect("runs");
-    let status = migrate
-        .wait_exit(std::time::Duration::from_secs(30))
-        .await
-        .expect("exits");
-    assert!(
-        status.success(),
-        "migrate failed:\n{}",
-        migrate.recent_log()
-    );
+        .expect("runs");
+    let status = migrate.wait_exit(std::time::Duration::from_secs(30)).await.expect("exits");
+    assert!(status.success(), "migrate failed:\n{}", migrate.recent_log());
     let pool = PgPool::connect(&url).await.expect("connects");
-    assert_eq!(
-        applied_migrations(&pool).await.len(),
-        schema::MIGRATOR.iter().count()
-    );
+    assert_eq!(applied_migrations(&pool).await.len(), schema::MIGRATOR.iter().count());
     assert!(!partitions(&pool, "events").await.is_empty());
 }
 
 #[tokio::test]
 async fn a_bad_database_url_is_a_configuration_error_naming_the_variable() {
-    let mut migrate = runcast_testkit::ServiceProcess::run(
-        "event-persister",
-        &["migrate"],
-        &[("DATABASE_URL", "mysql://nope")],
-    )
-    .await
-    .expect("runs");
-    let status = migrate
-        .wait_exit(std::time::Duration::from_secs(10))
-        .await
-        .expect("exits");
+    let mut migrate =
+        runcast_testkit::ServiceProcess::run("event-persister", &["migrate"], &[("DATABASE_URL", "mysql://nope")])
+            .await
+            .expect("runs");
+    let status = migrate.wait_exit(std::time::Duration::from_secs(10)).await.expect("exits");
     assert_eq!(status.code(), Some(64));
-    assert!(
-        migrate.recent_log().contains("DATABASE_URL"),
-        "{}",
-        migrate.recent_log()
-    );
+    assert!(migrate.recent_log().contains("DATABASE_URL"), "{}", migrate.recent_log());
+}
+
+#[tokio::test]
+async fn rows_waiting_in_the_default_partition_move_into_their_day_when_it_is_created() {
+    let server = PostgresServer::start().await.expect("postgres");
+    let pool = fresh_database(&server).await;
+    schema::migrate(&pool).await.expect("migrates");
+    // An event 20 days ahead arrives before its partition exists (the migration makes 8).
+    schema::ensure_partitions(&pool, 1).await.expect("partitions");
+    sqlx::query(
+        "INSERT INTO events (occurred_at, event_id, stream, stream_offset, tenant_id, event_type, version, body)
+         VALUES (now() + interval '20 days', gen_random_uuid(), 'EXECUTIONS', 1, 'acme', 'execution.created', 1, '\\x00')",
+    )
+    .execute(&pool)
+    .await
+    .expect("insert");
+    let where_it_is = || async {
+        sqlx::query_scalar::<_, String>("SELECT tableoid::regclass::text FROM events")
+            .fetch_one(&pool)
+            .await
+            .expect("row")
+    };
+    assert_eq!(where_it_is().await, "events_default");
+
+    schema::ensure_partitions(&pool, 21).await.expect("creating the day of a stray row works");
+    let day = chrono::Utc::now().date_naive() + chrono::Duration::days(20);
+    assert_eq!(where_it_is().await, format!("events_p{}", day.format("%Y%m%d")));
 }

@@ -6,8 +6,8 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use prost::Message as _;
 use runcast_contract::v1::{
-    Agent, AgentStatus, Approval, ApprovalStatus, Event, EventType, Execution, ExecutionStatus,
-    LogLine, LogsAppended, event::Payload, event::State,
+    Agent, AgentStatus, Approval, ApprovalStatus, Event, EventType, Execution, ExecutionStatus, LogLine, LogsAppended,
+    event::Payload, event::State,
 };
 use runcast_contract::{EntityId, StreamKind, Topology};
 use runcast_runtime::config::StreamLimits;
@@ -38,31 +38,16 @@ impl World {
 
     pub async fn on(infra: Infra, isolation: Isolation) -> Self {
         let topology = Topology::with_prefix(&isolation.stream_prefix).expect("prefix");
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connect(infra.nats.url())
-            .await
-            .expect("nats");
+        let client =
+            async_nats::ConnectOptions::new().retry_on_initial_connect().connect(infra.nats.url()).await.expect("nats");
         let jetstream = jetstream::new(client);
         runcast_runtime::nats::provision_streams(&jetstream, &topology, &StreamLimits::default())
             .await
             .expect("streams");
-        let pool = PgPool::connect(&isolation.database_url)
-            .await
-            .expect("postgres");
-        event_persister::schema::migrate(&pool)
-            .await
-            .expect("migrates");
-        event_persister::schema::ensure_partitions(&pool, 2)
-            .await
-            .expect("partitions");
-        Self {
-            infra,
-            isolation,
-            topology,
-            jetstream,
-            pool,
-        }
+        let pool = PgPool::connect(&isolation.database_url).await.expect("postgres");
+        event_persister::schema::migrate(&pool).await.expect("migrates");
+        event_persister::schema::ensure_partitions(&pool, 2).await.expect("partitions");
+        Self { infra, isolation, topology, jetstream, pool }
     }
 
     /// The persister process on this world, with short waits so tests run fast.
@@ -71,19 +56,14 @@ impl World {
         let mut env = vec![
             ("NATS_URL", nats_url.as_str()),
             ("DATABASE_URL", self.isolation.database_url.as_str()),
-            (
-                "RUNCAST_STREAM_PREFIX",
-                self.isolation.stream_prefix.as_str(),
-            ),
+            ("RUNCAST_STREAM_PREFIX", self.isolation.stream_prefix.as_str()),
             ("RUNCAST_BATCH_WAIT", "50ms"),
             ("RUNCAST_LAG_INTERVAL", "200ms"),
             ("RUNCAST_DB_RETRY_MAX", "1s"),
             ("RUNCAST_SHUTDOWN_GRACE", "5s"),
         ];
         env.extend_from_slice(extra);
-        ServiceProcess::spawn("event-persister", &env)
-            .await
-            .expect("persister starts")
+        ServiceProcess::spawn("event-persister", &env).await.expect("persister starts")
     }
 
     pub fn subject(&self, kind: StreamKind, tenant: &str, entity: &str) -> String {
@@ -101,10 +81,7 @@ impl World {
     }
 
     pub async fn history_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM events")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap_or(-1)
+        sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&self.pool).await.unwrap_or(-1)
     }
 
     /// Waits until the history holds `count` rows.
@@ -120,12 +97,10 @@ impl World {
 
     /// (stream, offset, event_id) of every history row, in order.
     pub async fn history(&self) -> Vec<(String, i64, String)> {
-        sqlx::query_as(
-            "SELECT stream, stream_offset, event_id::text FROM events ORDER BY stream, stream_offset",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .expect("history")
+        sqlx::query_as("SELECT stream, stream_offset, event_id::text FROM events ORDER BY stream, stream_offset")
+            .fetch_all(&self.pool)
+            .await
+            .expect("history")
     }
 
     pub async fn executions(&self) -> BTreeMap<(String, String), ExecutionView> {
@@ -140,10 +115,7 @@ pub async fn metric(service: &runcast_testkit::ServiceProcess, name: &str) -> f6
     };
     let text = response.text().await.unwrap_or_default();
     text.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
+        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -154,10 +126,7 @@ pub async fn publish(js: &jetstream::Context, events: Vec<(String, Event)>) -> V
     for (subject, event) in events {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", event.event_id.as_str());
-        let ack = js
-            .publish_with_headers(subject, headers, event.encode_to_vec().into())
-            .await
-            .expect("publish");
+        let ack = js.publish_with_headers(subject, headers, event.encode_to_vec().into()).await.expect("publish");
         pending.push_back((event, ack));
         if pending.len() >= PUBLISH_WINDOW
             && let Some((event, ack)) = pending.pop_front()
@@ -214,21 +183,19 @@ pub async fn read_executions(pool: &PgPool) -> BTreeMap<(String, String), Execut
     .expect("approvals");
     let mut views: BTreeMap<_, _> = rows
         .into_iter()
-        .map(
-            |(tenant, execution, version, last_offset, status, key, state)| {
-                (
-                    (tenant, execution),
-                    ExecutionView {
-                        version,
-                        last_offset,
-                        status,
-                        idempotency_key: key,
-                        state: Execution::decode(state.as_slice()).expect("state decodes"),
-                        approvals: Vec::new(),
-                    },
-                )
-            },
-        )
+        .map(|(tenant, execution, version, last_offset, status, key, state)| {
+            (
+                (tenant, execution),
+                ExecutionView {
+                    version,
+                    last_offset,
+                    status,
+                    idempotency_key: key,
+                    state: Execution::decode(state.as_slice()).expect("state decodes"),
+                    approvals: Vec::new(),
+                },
+            )
+        })
         .collect();
     for (tenant, execution, approval, status, version) in approvals {
         if let Some(view) = views.get_mut(&(tenant, execution)) {
@@ -261,11 +228,7 @@ pub fn expected_executions(published: &[Published]) -> BTreeMap<(String, String)
             .iter()
             .map(|a| {
                 let status = ApprovalStatus::try_from(a.status).expect("status");
-                (
-                    a.approval_id.clone(),
-                    runcast_contract::WireEnum::wire_name(status).to_owned(),
-                    version,
-                )
+                (a.approval_id.clone(), runcast_contract::WireEnum::wire_name(status).to_owned(), version)
             })
             .collect();
         views.insert(
@@ -273,10 +236,8 @@ pub fn expected_executions(published: &[Published]) -> BTreeMap<(String, String)
             ExecutionView {
                 version,
                 last_offset: i64::try_from(item.offset).expect("offset"),
-                status: runcast_contract::WireEnum::wire_name(
-                    ExecutionStatus::try_from(state.status).expect("status"),
-                )
-                .to_owned(),
+                status: runcast_contract::WireEnum::wire_name(ExecutionStatus::try_from(state.status).expect("status"))
+                    .to_owned(),
                 idempotency_key: None,
                 state,
                 approvals,
@@ -300,12 +261,7 @@ pub async fn read_model_snapshot(pool: &PgPool) -> Vec<String> {
         "SELECT to_jsonb(x)::text FROM agents x ORDER BY tenant_id, agent_id",
         "SELECT to_jsonb(x)::text FROM log_lines x ORDER BY tenant_id, execution_id, line_number",
     ] {
-        rows.extend(
-            sqlx::query_scalar::<_, String>(query)
-                .fetch_all(pool)
-                .await
-                .expect("snapshot"),
-        );
+        rows.extend(sqlx::query_scalar::<_, String>(query).fetch_all(pool).await.expect("snapshot"));
     }
     rows
 }
@@ -338,11 +294,9 @@ pub fn execution_events(tenant: &str, execution: &str, count: u64, at: i64) -> V
         let (kind, payload) = match version {
             1 => (
                 EventType::ExecutionCreated,
-                Some(Payload::ExecutionCreated(
-                    runcast_contract::v1::ExecutionCreated {
-                        idempotency_key: format!("key-{execution}"),
-                    },
-                )),
+                Some(Payload::ExecutionCreated(runcast_contract::v1::ExecutionCreated {
+                    idempotency_key: format!("key-{execution}"),
+                })),
             ),
             2 => {
                 state.status = ExecutionStatus::Running.into();
@@ -403,10 +357,7 @@ pub fn load(world: &World, executions: usize, per_execution: u64) -> Vec<(String
     let scripts: Vec<(String, Vec<Event>)> = (0..executions)
         .map(|n| {
             let id = format!("exec-{n}");
-            (
-                world.subject(StreamKind::Executions, "acme", &id),
-                execution_events("acme", &id, per_execution, at),
-            )
+            (world.subject(StreamKind::Executions, "acme", &id), execution_events("acme", &id, per_execution, at))
         })
         .collect();
     let mut events = Vec::with_capacity(executions * per_execution as usize);
@@ -427,11 +378,7 @@ pub fn log_event(tenant: &str, execution: &str, first_line: u64, lines: u64) -> 
         r#type: EventType::LogAppended.into(),
         payload: Some(Payload::LogsAppended(LogsAppended {
             lines: (first_line..first_line + lines)
-                .map(|n| LogLine {
-                    line_number: n,
-                    text: format!("line {n}"),
-                    stream: 1,
-                })
+                .map(|n| LogLine { line_number: n, text: format!("line {n}"), stream: 1 })
                 .collect(),
         })),
         ..Default::default()
@@ -446,11 +393,7 @@ pub fn agent_event(tenant: &str, agent: &str, version: u64, status: AgentStatus)
         agent_id: agent.into(),
         version,
         occurred_at: Some(at),
-        r#type: if version == 1 {
-            EventType::AgentOnline.into()
-        } else {
-            EventType::AgentHeartbeat.into()
-        },
+        r#type: if version == 1 { EventType::AgentOnline.into() } else { EventType::AgentHeartbeat.into() },
         state: Some(State::Agent(Agent {
             agent_id: agent.into(),
             tenant_id: tenant.into(),
