@@ -88,10 +88,15 @@ pub async fn durable_consumer(
         Error::new(ErrorKind::Unavailable, format!("cannot {what} {stream_name}: {err}"))
     };
     let stream = nats.jetstream.get_stream(&stream_name).await.map_err(|err| unavailable("look up stream", &err))?;
-    stream
-        .get_or_create_consumer(&settings.name, consumer_config(settings, kind))
-        .await
-        .map_err(|err| unavailable("create the durable consumer on", &err))
+    // Create-or-update, so a changed batch size or ack wait reaches an existing consumer; if the
+    // server refuses the update, keep consuming with the consumer as it is.
+    match stream.create_consumer(consumer_config(settings, kind)).await {
+        Ok(consumer) => Ok(consumer),
+        Err(err) => {
+            tracing::warn!(cause = %err, "cannot create or update the durable consumer; using it as it is");
+            stream.get_consumer(&settings.name).await.map_err(|err| unavailable("get the durable consumer on", &err))
+        }
+    }
 }
 
 /// One message of a batch: decoded, or why it is poison.
@@ -189,8 +194,14 @@ impl StreamConsumer {
         while let Some(message) = messages.next().await {
             match message {
                 Ok(message) => {
-                    let offset = message.info().map(|info| info.stream_sequence).unwrap_or(0);
-                    let decoded = decode::decode(self.kind, offset, &message.payload).map_err(|v| v.0);
+                    let (offset, decoded) = match message.info() {
+                        Ok(info) => (
+                            info.stream_sequence,
+                            decode::decode(self.kind, info.stream_sequence, &message.payload).map_err(|v| v.0),
+                        ),
+                        // Cannot happen for a pull consumer's message; never store offset 0.
+                        Err(err) => (0, Err(format!("no JetStream metadata: {err}"))),
+                    };
                     items.push(Item { message, offset, decoded });
                 }
                 // What arrived before the error is still worth writing.
