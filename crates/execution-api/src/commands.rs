@@ -82,16 +82,16 @@ impl Executions {
         for attempt in 0..MAX_ATTEMPTS {
             let last = self.store.last(StreamKind::Executions, tenant, execution_id).await?;
             let current = last.as_ref().and_then(execution_of);
-            if let (Some(expected), Some(current)) = (expected_version, current) {
-                if current.version != expected {
-                    return Err(ApiError::new(
-                        ApiErrorKind::Aborted,
-                        format!(
-                            "execution {execution_id} is at version {}, not {expected}: reload it and decide again",
-                            current.version
-                        ),
-                    ));
-                }
+            if let (Some(expected), Some(current)) = (expected_version, current)
+                && current.version != expected
+            {
+                return Err(ApiError::new(
+                    ApiErrorKind::Aborted,
+                    format!(
+                        "execution {execution_id} is at version {}, not {expected}: reload it and decide again",
+                        current.version
+                    ),
+                ));
             }
             let now = now();
             let change = match decide(current, &command, now) {

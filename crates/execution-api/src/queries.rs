@@ -78,6 +78,10 @@ impl Queries {
         Self { pool }
     }
 
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Every event of `stream` at or below this offset is reflected in the read model. Read before
     /// the rows, so the rows are at least that fresh.
     pub async fn as_of_offset(&self, stream: StreamKind) -> Result<u64, ApiError> {

@@ -28,7 +28,7 @@ pub fn router(app: App) -> Router {
         .route("/api/v1/executions/{id}/pause", post(pause_execution))
         .route("/api/v1/executions/{id}/resume", post(resume_execution))
         .route("/api/v1/executions/{id}/approvals/{approval_id}", post(resolve_approval))
-        .route("/api/v1/events", get(list_events))
+        .route("/api/v1/events", get(list_events).delete(delete_events))
         .route("/api/v1/agents", get(list_agents))
         .with_state(app)
 }
@@ -259,4 +259,36 @@ mod tests {
         let err = wire_list::<EventType>("type", Some("execution.started,bogus")).expect_err("unknown");
         assert!(err.to_string().starts_with("type unknown event type 'bogus'"), "{err}");
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DeleteEventsQuery {
+    older_than: Option<String>,
+}
+
+/// Retention on demand (admin): whole daily partitions where they lie entirely before the cutoff,
+/// row deletes for the rest — the mechanism the persister's own retention uses.
+async fn delete_events(
+    State(app): State<App>,
+    Query(query): Query<DeleteEventsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let cutoff = rfc3339("older_than", query.older_than.as_deref())?.ok_or_else(|| {
+        ApiError::invalid("older_than", "is required: an RFC 3339 timestamp, e.g. 2026-01-01T00:00:00Z")
+    })?;
+    if cutoff > chrono::Utc::now() {
+        return Err(ApiError::invalid("older_than", "is in the future: it would delete events still being written"));
+    }
+    let deleted = event_persister::retention::delete_events_older_than(app.queries.pool(), cutoff).await.map_err(
+        |err| match err.kind() {
+            event_persister::error::ErrorKind::Unavailable => {
+                ApiError::unavailable(format!("cannot delete events: {err}"))
+            }
+            _ => ApiError::internal(format!("cannot delete events: {err}")),
+        },
+    )?;
+    Ok(Json(serde_json::json!({
+        "partitions_dropped": deleted.partitions_dropped,
+        "rows_deleted": deleted.rows_deleted,
+    })))
 }

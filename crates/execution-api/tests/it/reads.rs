@@ -1,0 +1,201 @@
+//! Reads: lists and history from the read model (with the real persister), pagination,
+//! `as_of_offset`, REST shapes, and `WatchExecution` with resume.
+
+use crate::support::{Stack, admin, executions, http};
+use futures::StreamExt as _;
+use runcast_contract::v1::*;
+use std::collections::HashSet;
+use std::time::Duration;
+
+fn set(execution_id: &str, status: ExecutionStatus) -> UpdateExecutionStatusRequest {
+    UpdateExecutionStatusRequest { execution_id: execution_id.into(), status: status.into(), ..Default::default() }
+}
+
+#[tokio::test]
+async fn lists_page_through_the_read_model_with_filters_and_a_low_watermark() {
+    let stack = Stack::start().await;
+    let _persister = stack.persister().await;
+    let mut api = stack.api(&[]).await;
+    let mut client = executions(&mut api, Some(&admin())).await;
+    let mut created = Vec::new();
+    for n in 0..7 {
+        let workflow = if n % 2 == 0 { "even" } else { "odd" };
+        let execution = client
+            .create_execution(CreateExecutionRequest { workflow_id: workflow.into(), ..Default::default() })
+            .await
+            .expect("create")
+            .into_inner();
+        created.push(execution);
+    }
+    let running = client
+        .update_execution_status(set(&created[0].execution_id, ExecutionStatus::Running))
+        .await
+        .expect("run")
+        .into_inner();
+
+    let everything = runcast_testkit::eventually("the read model to catch up", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let wanted = running.offset;
+        async move {
+            let page = client
+                .list_executions(ListExecutionsRequest { page_size: 100, ..Default::default() })
+                .await
+                .ok()?
+                .into_inner();
+            (page.as_of_offset >= wanted).then_some(page)
+        }
+    })
+    .await
+    .expect("caught up");
+    assert_eq!(everything.executions.len(), 7, "as_of_offset covers every write");
+
+    // Pages of 3: every execution exactly once, newest first.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_executions(ListExecutionsRequest { page_size: 3, page_token: token.clone(), ..Default::default() })
+            .await
+            .expect("page")
+            .into_inner();
+        assert!(page.executions.len() <= 3);
+        seen.extend(page.executions.into_iter().map(|e| e.execution_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 7);
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 7, "no duplicates across pages");
+    let expected: Vec<_> = created.iter().rev().map(|e| e.execution_id.clone()).collect();
+    assert_eq!(seen, expected, "newest first");
+
+    let odd = client
+        .list_executions(ListExecutionsRequest { workflow_id: "odd".into(), ..Default::default() })
+        .await
+        .expect("filter")
+        .into_inner();
+    assert_eq!(odd.executions.len(), 3);
+    let running_only = client
+        .list_executions(ListExecutionsRequest {
+            statuses: vec![ExecutionStatus::Running.into()],
+            ..Default::default()
+        })
+        .await
+        .expect("filter")
+        .into_inner();
+    assert_eq!(
+        running_only.executions.iter().map(|e| e.execution_id.as_str()).collect::<Vec<_>>(),
+        [created[0].execution_id.as_str()]
+    );
+
+    // REST: the same list shape and names.
+    let body: serde_json::Value = http()
+        .get(api.http_url("/api/v1/executions?statuses=running&limit=5"))
+        .bearer_auth(admin())
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["items"][0]["status"], "running");
+    assert_eq!(body["items"][0]["execution_id"], created[0].execution_id);
+    assert!(body["as_of_offset"].as_u64().expect("number") >= running.offset);
+    assert_eq!(body["next_cursor"], "");
+
+    // History of one execution, oldest first, with offsets.
+    let events = client
+        .list_events(ListEventsRequest { execution_id: created[0].execution_id.clone(), ..Default::default() })
+        .await
+        .expect("events")
+        .into_inner()
+        .events;
+    let types: Vec<_> = events.iter().map(|e| e.r#type).collect();
+    assert_eq!(types, [i32::from(EventType::ExecutionCreated), i32::from(EventType::ExecutionStarted)]);
+    assert!(events[0].offset < events[1].offset);
+    let rest: serde_json::Value = http()
+        .get(api.http_url(&format!("/api/v1/events?execution_id={}&type=execution.started", created[0].execution_id)))
+        .bearer_auth(admin())
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(rest["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(rest["items"][0]["type"], "execution.started");
+    let bad = http()
+        .get(api.http_url("/api/v1/events?type=execution.exploded"))
+        .bearer_auth(admin())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(bad.status().as_u16(), 400);
+}
+
+#[tokio::test]
+async fn watch_streams_the_state_then_events_and_resumes_from_an_offset_without_gap_or_duplicate() {
+    let stack = Stack::start().await;
+    let mut api = stack.api(&[]).await;
+    let mut client = executions(&mut api, Some(&admin())).await;
+    let id = client
+        .create_execution(CreateExecutionRequest { workflow_id: "wf".into(), ..Default::default() })
+        .await
+        .expect("create")
+        .into_inner()
+        .execution_id;
+    let mut watch = client
+        .watch_execution(WatchExecutionRequest { execution_id: id.clone(), from_offset: 0 })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first =
+        tokio::time::timeout(Duration::from_secs(10), watch.next()).await.expect("state").expect("item").expect("ok");
+    assert_eq!(first.r#type, i32::from(EventType::ExecutionCreated), "the current state first");
+
+    client.update_execution_status(set(&id, ExecutionStatus::Running)).await.expect("run");
+    let started =
+        tokio::time::timeout(Duration::from_secs(10), watch.next()).await.expect("live").expect("item").expect("ok");
+    assert_eq!(started.r#type, i32::from(EventType::ExecutionStarted));
+    drop(watch);
+
+    // While nobody watches: five more events.
+    for percent in [10, 20, 30, 40, 50] {
+        client
+            .report_progress(ReportProgressRequest { execution_id: id.clone(), percent, ..Default::default() })
+            .await
+            .expect("progress");
+    }
+    let mut resumed = client
+        .watch_execution(WatchExecutionRequest { execution_id: id.clone(), from_offset: started.offset })
+        .await
+        .expect("resume")
+        .into_inner();
+    let mut missed = Vec::new();
+    for _ in 0..5 {
+        let event = tokio::time::timeout(Duration::from_secs(10), resumed.next())
+            .await
+            .expect("replayed")
+            .expect("item")
+            .expect("ok");
+        missed.push(event);
+    }
+    let percents: Vec<_> = missed
+        .iter()
+        .map(|e| match &e.payload {
+            Some(event::Payload::ProgressReported(p)) => p.percent,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(percents, [10, 20, 30, 40, 50], "exactly the missing events, in order");
+    assert!(missed.windows(2).all(|w| w[0].offset < w[1].offset));
+    assert!(missed[0].offset > started.offset, "nothing at or before the resume offset");
+
+    client.update_execution_status(set(&id, ExecutionStatus::Completed)).await.expect("complete");
+    let last =
+        tokio::time::timeout(Duration::from_secs(10), resumed.next()).await.expect("live").expect("item").expect("ok");
+    assert_eq!(last.r#type, i32::from(EventType::ExecutionCompleted));
+    let end = tokio::time::timeout(Duration::from_secs(10), resumed.next()).await.expect("ends");
+    assert!(end.is_none(), "the stream ends after a terminal event");
+}

@@ -1,0 +1,155 @@
+//! A running stack for one test: servers, isolation, api replicas, clients with tokens.
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use runcast_contract::v1::agent_service_client::AgentServiceClient;
+use runcast_contract::v1::execution_service_client::ExecutionServiceClient;
+use runcast_testkit::{Infra, Isolation, ServiceProcess};
+use std::time::Duration;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub const SECRET: &str = "integration-test-secret";
+pub const TENANT: &str = "acme";
+
+pub fn token_for(tenant: &str, roles: &[&str], ttl_seconds: i64) -> String {
+    let exp = chrono::Utc::now().timestamp() + ttl_seconds;
+    let claims = serde_json::json!({"sub": format!("{tenant}-user"), "tenant": tenant, "roles": roles, "exp": exp});
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes()))
+        .expect("token")
+}
+
+pub fn admin() -> String {
+    token_for(TENANT, &["admin"], 3600)
+}
+
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Executions = ExecutionServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Agents = AgentServiceClient<InterceptedService<Channel, Bearer>>;
+
+pub struct Stack {
+    pub infra: Infra,
+    pub isolation: Isolation,
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        let infra = Infra::start().await.expect("servers");
+        let isolation = infra.isolate().await.expect("isolation");
+        Self { infra, isolation }
+    }
+
+    fn env<'a>(&'a self, nats_url: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut env = vec![
+            ("NATS_URL", nats_url),
+            ("DATABASE_URL", self.isolation.database_url.as_str()),
+            ("RUNCAST_STREAM_PREFIX", self.isolation.stream_prefix.as_str()),
+            ("RUNCAST_JWT_SECRET", SECRET),
+        ];
+        env.extend_from_slice(extra);
+        env
+    }
+
+    /// An execution-api process, ready (streams provisioned).
+    pub async fn api(&self, extra: &[(&str, &str)]) -> ServiceProcess {
+        let nats_url = self.infra.nats.url();
+        let mut api = ServiceProcess::spawn("execution-api", &self.env(&nats_url, extra)).await.expect("api starts");
+        wait_ready(&api).await;
+        api.addr("grpc_addr").await.expect("grpc listener");
+        api
+    }
+
+    /// An event-persister process, ready (schema migrated).
+    pub async fn persister(&self) -> ServiceProcess {
+        let nats_url = self.infra.nats.url();
+        let persister =
+            ServiceProcess::spawn("event-persister", &self.env(&nats_url, &[])).await.expect("persister starts");
+        wait_ready(&persister).await;
+        persister
+    }
+}
+
+pub async fn wait_ready(service: &ServiceProcess) {
+    let url = service.http_url("/readyz");
+    runcast_testkit::eventually(&format!("{url} to be ready"), Duration::from_secs(30), || {
+        let url = url.clone();
+        async move { reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}\n{}", service.recent_log()));
+}
+
+async fn channel(api: &mut ServiceProcess) -> Channel {
+    let addr = api.addr("grpc_addr").await.expect("grpc addr");
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("grpc connects")
+}
+
+fn bearer(token: Option<&str>) -> Bearer {
+    Bearer(token.map(|t| format!("Bearer {t}").parse().expect("ascii token")))
+}
+
+pub async fn executions(api: &mut ServiceProcess, token: Option<&str>) -> Executions {
+    ExecutionServiceClient::with_interceptor(channel(api).await, bearer(token))
+}
+
+pub async fn agents(api: &mut ServiceProcess, token: Option<&str>) -> Agents {
+    AgentServiceClient::with_interceptor(channel(api).await, bearer(token))
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("client")
+}
+
+/// Every event stored on an execution's subject, in order, decoded.
+pub async fn events_of(stack: &Stack, execution_id: &str) -> Vec<runcast_contract::v1::Event> {
+    use futures::StreamExt as _;
+    use prost::Message as _;
+    let topology = runcast_contract::Topology::with_prefix(&stack.isolation.stream_prefix).expect("prefix");
+    let tenant = runcast_contract::EntityId::parse("tenant_id", TENANT).expect("id");
+    let id = runcast_contract::EntityId::parse("execution_id", execution_id).expect("id");
+    let subject = topology.entity_subject(runcast_contract::StreamKind::Executions, &tenant, &id);
+    let js = async_nats::jetstream::new(async_nats::connect(stack.infra.nats.url()).await.expect("nats"));
+    let mut stream =
+        js.get_stream(topology.stream_name(runcast_contract::StreamKind::Executions)).await.expect("stream");
+    let count = stream.info().await.expect("info").state.messages;
+    if count == 0 {
+        return Vec::new();
+    }
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subject.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let last = stream.direct_get_last_for_subject(subject).await.map(|m| m.sequence).unwrap_or(0);
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut events = Vec::new();
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+        let sequence = message.info().expect("info").stream_sequence;
+        let mut event = runcast_contract::v1::Event::decode(message.payload.as_ref()).expect("decodes");
+        event.offset = sequence;
+        events.push(event);
+        if sequence >= last {
+            break;
+        }
+    }
+    events
+}
