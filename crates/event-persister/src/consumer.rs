@@ -197,7 +197,9 @@ impl StreamConsumer {
                     let (offset, decoded) = match message.info() {
                         Ok(info) => (
                             info.stream_sequence,
-                            decode::decode(self.kind, info.stream_sequence, &message.payload).map_err(|v| v.0),
+                            decode::decode(self.kind, info.stream_sequence, &message.payload)
+                                .and_then(|decoded| decode::check_subject(&decoded, &message.subject).map(|()| decoded))
+                                .map_err(|v| v.0),
                         ),
                         // Cannot happen for a pull consumer's message; never store offset 0.
                         Err(err) => (0, Err(format!("no JetStream metadata: {err}"))),

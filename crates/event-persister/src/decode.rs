@@ -91,6 +91,26 @@ pub fn decode(stream: StreamKind, offset: u64, payload: &[u8]) -> Result<Decoded
     Ok(Decoded { stream, offset, event_id, occurred_at, event_type, event })
 }
 
+/// The subject must name the event's own tenant and entity (`….{tenant}.{entity}`): the gateway
+/// authorizes subscriptions by subject, the api's queries by the stored tenant, and the two must
+/// never disagree.
+pub fn check_subject(decoded: &Decoded, subject: &str) -> Result<(), ContractViolation> {
+    let event = &decoded.event;
+    let entity = match decoded.stream {
+        StreamKind::Agents => &event.agent_id,
+        StreamKind::Executions | StreamKind::Logs => &event.execution_id,
+    };
+    let mut tokens = subject.rsplit('.');
+    let (subject_entity, subject_tenant) = (tokens.next(), tokens.next());
+    if subject_entity != Some(entity.as_str()) || subject_tenant != Some(event.tenant_id.as_str()) {
+        return Err(violation(format!(
+            "subject {subject:?} does not name the event's tenant {:?} and entity {entity:?}",
+            event.tenant_id
+        )));
+    }
+    Ok(())
+}
+
 fn version(event: &Event) -> Result<(), ContractViolation> {
     if event.version == 0 || i64::try_from(event.version).is_err() {
         return Err(violation(format!("version {} is out of range", event.version)));
@@ -274,6 +294,17 @@ pub(crate) mod tests {
         for (stream, bytes, expected) in cases {
             let err = decode(stream, 1, &bytes).expect_err(expected);
             assert!(err.0.contains(expected), "{err} should mention {expected}");
+        }
+    }
+
+    #[test]
+    fn the_subject_must_name_the_events_tenant_and_entity() {
+        let event = execution_event("e1", 1, ExecutionStatus::Pending);
+        let decoded = decode(StreamKind::Executions, 1, &event.encode_to_vec()).expect("valid");
+        check_subject(&decoded, "exec.acme.e1").expect("its own subject");
+        check_subject(&decoded, "t42.exec.acme.e1").expect("with a test prefix");
+        for other in ["exec.acme.e2", "exec.other.e1", "e1", ""] {
+            assert!(check_subject(&decoded, other).is_err(), "{other}");
         }
     }
 

@@ -32,6 +32,9 @@ async fn poison_messages_go_to_dead_letters_and_the_stream_moves_on() {
     let mut published = world.publish(events[..2].iter().map(|e| (subject.clone(), e.clone())).collect()).await;
     let garbage = b"\xde\xad\xbe\xef not protobuf".to_vec();
     let garbage_offset = publish_raw(&world, &subject, "garbage-1", garbage.clone()).await;
+    // A valid event of another execution, on exec-1's subject.
+    let stranger = support::execution_events("acme", "exec-9", 1, chrono::Utc::now().timestamp()).remove(0);
+    let misrouted_offset = publish_raw(&world, &subject, "misrouted-1", stranger.encode_to_vec()).await;
     let mut wrong_version = events[2].clone();
     wrong_version.version = 99; // its state says 3
     let wrong_offset = publish_raw(&world, &subject, "wrong-1", wrong_version.encode_to_vec()).await;
@@ -67,21 +70,24 @@ async fn poison_messages_go_to_dead_letters_and_the_stream_moves_on() {
     .fetch_all(&world.pool)
     .await
     .expect("dead letters");
-    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert_eq!(dead.len(), 4, "{dead:?}");
     let (stream, dead_subject, offset, raw, error) = &dead[0];
     assert_eq!(
         (stream.as_str(), dead_subject.as_str(), *offset, raw),
         ("EXECUTIONS", subject.as_str(), i64::try_from(garbage_offset).expect("offset"), &garbage)
     );
     assert!(error.contains("not a runcast.v1.Event"), "{error}");
-    assert_eq!(dead[1].2, i64::try_from(wrong_offset).expect("offset"));
-    assert!(dead[1].4.contains("version"), "{}", dead[1].4);
-    assert_eq!(dead[1].3, wrong_version.encode_to_vec());
+    assert_eq!(dead[1].2, i64::try_from(misrouted_offset).expect("offset"));
+    assert!(dead[1].4.contains("does not name the event's tenant"), "{}", dead[1].4);
+    assert_eq!(dead[2].2, i64::try_from(wrong_offset).expect("offset"));
+    assert!(dead[2].4.contains("version"), "{}", dead[2].4);
+    assert_eq!(dead[2].3, wrong_version.encode_to_vec());
     assert_eq!(
-        (dead[2].0.as_str(), dead[2].1.as_str(), dead[2].2),
+        (dead[3].0.as_str(), dead[3].1.as_str(), dead[3].2),
         ("LOGS", logs.as_str(), i64::try_from(log_offsets[1].offset).expect("offset"))
     );
-    assert!(dead[2].4.contains("rejected"), "{}", dead[2].4);
+    assert!(dead[3].4.contains("rejected"), "{}", dead[3].4);
+    assert!(world.executions().await.keys().all(|(_, id)| id != "exec-9"), "the stranger is not applied");
 
     // Terminated, not left pending or redelivered.
     for kind in [StreamKind::Executions, StreamKind::Logs] {
@@ -98,7 +104,7 @@ async fn poison_messages_go_to_dead_letters_and_the_stream_moves_on() {
         let _ = stream.info().await;
     }
     eventually("the dead letter metric", WAIT, || async {
-        (support::metric(&persister, "runcast_persister_dead_letters_total").await == 3.0).then_some(())
+        (support::metric(&persister, "runcast_persister_dead_letters_total").await == 4.0).then_some(())
     })
     .await
     .expect("metric");
