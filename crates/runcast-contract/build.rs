@@ -1,7 +1,7 @@
 //! Compiles `proto/runcast/v1` with protox (pure Rust: no system `protoc`) and generates the
 //! prost types, the tonic services and the serde impls behind the JSON form of the contract.
 //!
-//! Serde attributes are derived from the descriptors rather than listed by hand, so a new enum,
+//! Serde (and OpenAPI schema) attributes are derived from the descriptors rather than listed by hand, so a new enum,
 //! timestamp or struct field gets its JSON mapping without anyone remembering to add it.
 
 use prost::Message as _;
@@ -20,11 +20,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("runcast_descriptor.bin"), fds.encode_to_vec())?;
 
     let mut builder = tonic_prost_build::configure()
-        .message_attribute(PACKAGE, "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
+        .message_attribute(
+            PACKAGE,
+            "#[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)] #[serde(default)]",
+        )
         .enum_attribute(
             ".runcast.v1.Event.payload",
-            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = \"snake_case\")]",
-        );
+            "#[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)] #[serde(rename_all = \"snake_case\")]",
+        )
+        // `state` is the entity itself in JSON (see json.rs): an execution or an agent. Serde impls
+        // are hand-written; `untagged` here only tells the schema so.
+        .enum_attribute(".runcast.v1.Event.state", "#[derive(utoipa::ToSchema)] #[serde(untagged)]");
 
     for file in &fds.file {
         for message in &file.message_type {
@@ -37,22 +43,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let attribute = match (field.r#type(), field.type_name()) {
                     (Type::Enum, enum_path) => {
                         let rust_type = enum_path.trim_start_matches(&format!("{PACKAGE}."));
-                        let (ser, de) = if repeated {
-                            ("serialize_enums", "deserialize_enums")
+                        let (ser, de, schema) = if repeated {
+                            ("serialize_enums", "deserialize_enums", "Vec<String>")
                         } else {
-                            ("serialize_enum", "deserialize_enum")
+                            ("serialize_enum", "deserialize_enum", "String")
                         };
                         format!(
                             "#[serde(serialize_with = \"crate::json::{ser}::<crate::v1::{rust_type}, _>\", \
-                             deserialize_with = \"crate::json::{de}::<crate::v1::{rust_type}, _>\")]"
+                             deserialize_with = \"crate::json::{de}::<crate::v1::{rust_type}, _>\")] \
+                             #[schema(value_type = {schema})]"
                         )
                     }
                     (Type::Message, ".google.protobuf.Timestamp") if !repeated => {
-                        "#[serde(with = \"crate::json::timestamp\", skip_serializing_if = \"Option::is_none\")]"
+                        "#[serde(with = \"crate::json::timestamp\", skip_serializing_if = \"Option::is_none\")] \
+                         #[schema(value_type = Option<String>, format = DateTime, default = json!(null))]"
                             .to_owned()
                     }
                     (Type::Message, ".google.protobuf.Struct") if !repeated => {
-                        "#[serde(with = \"crate::json::structure\", skip_serializing_if = \"Option::is_none\")]"
+                        "#[serde(with = \"crate::json::structure\", skip_serializing_if = \"Option::is_none\")] \
+                         #[schema(value_type = Option<Object>, default = json!(null))]"
                             .to_owned()
                     }
                     _ => continue,

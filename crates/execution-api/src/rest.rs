@@ -1,17 +1,21 @@
 //! The REST/JSON mirror under `/api/v1` (DESIGN §3): the same requests as gRPC, as JSON with the
 //! same snake_case names, the same core, the same errors (`{"error": {"code", "message"}}`).
 //! List responses are `{"items": [...], "next_cursor": "...", "as_of_offset": N}`.
+//!
+//! The OpenAPI document at `/api/v1/openapi.json` is generated from these handlers' annotations
+//! and the contract types' schemas (derived in runcast-contract's build.rs), never written by hand.
 
 use crate::App;
 use crate::domain::state_machine::Command;
 use crate::error::ApiError;
+use crate::policy::OPENAPI_PATH;
 use crate::queries::{EventFilter, ExecutionFilter, Page};
 use crate::{requests, validate};
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Extension, Json, Router};
 use runcast_contract::v1::{
     AgentStatus, CreateExecutionRequest, EventType, Execution, ExecutionStatus, ResolveApprovalRequest,
@@ -19,21 +23,72 @@ use runcast_contract::v1::{
 use runcast_contract::{WireEnum, json::parse_wire_name};
 use runcast_runtime::auth::Principal;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn router(app: App) -> Router {
-    Router::new()
-        .route("/api/v1/executions", post(create_execution).get(list_executions))
-        .route("/api/v1/executions/{id}", get(get_execution))
-        .route("/api/v1/executions/{id}/cancel", post(cancel_execution))
-        .route("/api/v1/executions/{id}/pause", post(pause_execution))
-        .route("/api/v1/executions/{id}/resume", post(resume_execution))
-        .route("/api/v1/executions/{id}/approvals/{approval_id}", post(resolve_approval))
-        .route("/api/v1/events", get(list_events).delete(delete_events))
-        .route("/api/v1/agents", get(list_agents))
-        .with_state(app)
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Runcast execution API",
+        description = "Commands and queries for executions and agents. Every list carries `as_of_offset`: \
+                       subscribe to the live stream from it and nothing is missed."
+    ),
+    modifiers(&Credentials),
+    security(("bearer" = []), ("api_key" = []))
+)]
+struct ApiDoc;
+
+/// Bearer JWTs and API keys, as the auth layer accepts them.
+struct Credentials;
+
+impl utoipa::Modify for Credentials {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+        components
+            .add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))));
+    }
 }
 
-#[derive(Serialize)]
+/// The REST routes and, at [`OPENAPI_PATH`], their OpenAPI document.
+pub fn router(app: App) -> Router {
+    let (router, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(create_execution, list_executions))
+        .routes(routes!(get_execution))
+        .routes(routes!(cancel_execution))
+        .routes(routes!(pause_execution))
+        .routes(routes!(resume_execution))
+        .routes(routes!(resolve_approval))
+        .routes(routes!(list_events, delete_events))
+        .routes(routes!(list_agents))
+        .with_state(app)
+        .split_for_parts();
+    let document = std::sync::Arc::new(document);
+    router.route(OPENAPI_PATH, get(move || async move { Json(document.as_ref().clone()) }))
+}
+
+/// The body of every error response.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // documents the shape `runcast_runtime::auth::json_error` writes
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+struct ErrorDetail {
+    /// `INVALID_ARGUMENT`, `NOT_FOUND`, `FAILED_PRECONDITION`, `ABORTED`, `UNAUTHENTICATED`,
+    /// `PERMISSION_DENIED`, `UNAVAILABLE` or `INTERNAL`.
+    code: String,
+    /// What went wrong and what to do about it.
+    message: String,
+}
+
+#[derive(Serialize, ToSchema)]
 struct ListResponse<T> {
     items: Vec<T>,
     next_cursor: String,
@@ -75,6 +130,8 @@ fn rfc3339(field: &str, value: Option<&str>) -> Result<Option<chrono::DateTime<c
         .transpose()
 }
 
+#[utoipa::path(post, path = "/api/v1/executions", tag = "executions", request_body = CreateExecutionRequest,
+    responses((status = 201, description = "Created, or the execution an earlier create with the same idempotency_key made", body = Execution), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody), (status = 503, description = "NATS unreachable", body = ErrorBody)))]
 async fn create_execution(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
@@ -85,6 +142,8 @@ async fn create_execution(
     Ok((StatusCode::CREATED, Json(execution)))
 }
 
+#[utoipa::path(get, path = "/api/v1/executions/{id}", tag = "executions", params(("id" = String, Path, description = "execution_id")),
+    responses((status = 200, description = "The current state, read from the stream (reads its own writes)", body = Execution), (status = 404, description = "No such execution in your tenant", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody)))]
 async fn get_execution(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
@@ -94,7 +153,7 @@ async fn get_execution(
     Ok(Json(app.executions.get(&principal.tenant, &id).await?))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(default)]
 struct ReasonBody {
     reason: String,
@@ -117,6 +176,9 @@ async fn control(
     Ok(Json(app.executions.execute(&principal.tenant, &id, command(reason), None).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/executions/{id}/cancel", tag = "executions", params(("id" = String, Path, description = "execution_id")),
+    request_body(content = ReasonBody, description = "Optional"),
+    responses((status = 200, body = Execution), (status = 404, body = ErrorBody), (status = 409, description = "Illegal transition (FAILED_PRECONDITION) or lost race (ABORTED)", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody)))]
 async fn cancel_execution(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
@@ -126,6 +188,9 @@ async fn cancel_execution(
     control(&app, &principal, &id, payload, |reason| Command::Cancel { reason }).await
 }
 
+#[utoipa::path(post, path = "/api/v1/executions/{id}/pause", tag = "executions", params(("id" = String, Path, description = "execution_id")),
+    request_body(content = ReasonBody, description = "Optional"),
+    responses((status = 200, body = Execution), (status = 404, body = ErrorBody), (status = 409, description = "Illegal transition (FAILED_PRECONDITION) or lost race (ABORTED)", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody)))]
 async fn pause_execution(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
@@ -135,6 +200,9 @@ async fn pause_execution(
     control(&app, &principal, &id, payload, |reason| Command::Pause { reason }).await
 }
 
+#[utoipa::path(post, path = "/api/v1/executions/{id}/resume", tag = "executions", params(("id" = String, Path, description = "execution_id")),
+    request_body(content = ReasonBody, description = "Optional"),
+    responses((status = 200, body = Execution), (status = 404, body = ErrorBody), (status = 409, description = "Illegal transition (FAILED_PRECONDITION) or lost race (ABORTED)", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody)))]
 async fn resume_execution(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
@@ -144,13 +212,16 @@ async fn resume_execution(
     control(&app, &principal, &id, payload, |reason| Command::Resume { reason }).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Resolution {
     granted: bool,
     #[serde(default)]
     comment: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/executions/{id}/approvals/{approval_id}", tag = "executions",
+    params(("id" = String, Path, description = "execution_id"), ("approval_id" = String, Path)), request_body = Resolution,
+    responses((status = 200, body = Execution), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody)))]
 async fn resolve_approval(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
@@ -168,15 +239,22 @@ async fn resolve_approval(
     Ok(Json(app.executions.execute(&principal.tenant, &id, command, None).await?))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(default)]
 struct ListExecutionsQuery {
+    /// Only executions of this workflow.
     workflow_id: Option<String>,
+    /// Comma list of statuses, e.g. `running,blocked`.
     statuses: Option<String>,
+    /// Page size (default 50, at most 500).
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/executions", tag = "executions", params(ListExecutionsQuery),
+    responses((status = 200, description = "Newest first", body = ListResponse<Execution>), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody), (status = 503, description = "PostgreSQL unreachable", body = ErrorBody)))]
 async fn list_executions(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
@@ -191,19 +269,30 @@ async fn list_executions(
     Ok(Json(app.queries.list_executions(&principal.tenant, &filter).await?.into()))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(default)]
 struct ListEventsQuery {
+    /// Only events of this execution.
     execution_id: Option<String>,
+    /// Only events of this workflow's executions.
     workflow_id: Option<String>,
+    /// Comma list of event types, e.g. `execution.started,step.failed`.
     #[serde(rename = "type")]
+    #[param(rename = "type")]
     types: Option<String>,
+    /// RFC 3339: events at or after.
     since: Option<String>,
+    /// RFC 3339: events before.
     until: Option<String>,
+    /// Page size (default 50, at most 500).
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", params(ListEventsQuery),
+    responses((status = 200, description = "Oldest first", body = ListResponse<runcast_contract::v1::Event>), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn list_events(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
@@ -221,14 +310,20 @@ async fn list_events(
     Ok(Json(app.queries.list_events(&principal.tenant, &filter).await?.into()))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(default)]
 struct ListAgentsQuery {
+    /// Comma list of agent statuses, e.g. `online,busy`.
     statuses: Option<String>,
+    /// Page size (default 50, at most 500).
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents", params(ListAgentsQuery),
+    responses((status = 200, body = ListResponse<runcast_contract::v1::Agent>), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn list_agents(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
@@ -261,14 +356,18 @@ mod tests {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(default)]
 struct DeleteEventsQuery {
+    /// RFC 3339 cutoff: every event that occurred before it is deleted.
     older_than: Option<String>,
 }
 
 /// Retention on demand (admin): whole daily partitions where they lie entirely before the cutoff,
 /// row deletes for the rest — the mechanism the persister's own retention uses.
+#[utoipa::path(delete, path = "/api/v1/events", tag = "events", params(DeleteEventsQuery),
+    responses((status = 200, description = "What was deleted: partitions_dropped, rows_deleted"), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_events(
     State(app): State<App>,
     Query(query): Query<DeleteEventsQuery>,

@@ -199,3 +199,36 @@ async fn watch_streams_the_state_then_events_and_resumes_from_an_offset_without_
     let end = tokio::time::timeout(Duration::from_secs(10), resumed.next()).await.expect("ends");
     assert!(end.is_none(), "the stream ends after a terminal event");
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_public_and_describes_the_rest_api_with_the_contract_names() {
+    let stack = Stack::start().await;
+    let api = stack.api(&[]).await;
+    let response = http().get(api.http_url("/api/v1/openapi.json")).send().await.expect("sent");
+    assert!(response.status().is_success(), "no credentials needed");
+    let document: serde_json::Value = response.json().await.expect("json");
+    assert!(document["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    for (path, method) in [
+        ("/api/v1/executions", "post"),
+        ("/api/v1/executions", "get"),
+        ("/api/v1/executions/{id}", "get"),
+        ("/api/v1/executions/{id}/cancel", "post"),
+        ("/api/v1/events", "get"),
+        ("/api/v1/events", "delete"),
+        ("/api/v1/agents", "get"),
+    ] {
+        assert!(document["paths"][path][method].is_object(), "{method} {path} is documented");
+    }
+    let execution = &document["components"]["schemas"]["Execution"]["properties"];
+    assert_eq!(execution["status"]["type"], "string", "enums are strings in JSON");
+    assert_eq!(execution["created_at"]["format"], "date-time");
+    assert!(execution["execution_id"].is_object() && execution["as_of_offset"].is_null());
+    let list_params: Vec<_> = document["paths"]["/api/v1/events"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(list_params.contains(&"type") && list_params.contains(&"cursor"), "{list_params:?}");
+    assert!(document["components"]["securitySchemes"]["bearer"].is_object());
+}
