@@ -52,19 +52,14 @@ impl Channel {
             ("logs", Some(_)) => Ok(Self::Logs(id_of("execution_id")?)),
             ("agents", None) => Ok(Self::Agents),
             ("agents", Some(_)) => Ok(Self::Agent(id_of("agent_id")?)),
-            _ => Err(InvalidChannel(format!(
-                "unknown channel '{}': {ACCEPTED}",
-                name.escape_debug()
-            ))),
+            _ => Err(InvalidChannel(format!("unknown channel '{}': {ACCEPTED}", name.escape_debug()))),
         }
     }
 
     /// The stream whose offsets this channel's `since_offset` and `offset` speak.
     pub fn stream(&self) -> StreamKind {
         match self {
-            Self::Executions | Self::Execution(_) | Self::Workflow(_) | Self::Approvals => {
-                StreamKind::Executions
-            }
+            Self::Executions | Self::Execution(_) | Self::Workflow(_) | Self::Approvals => StreamKind::Executions,
             Self::Logs(_) => StreamKind::Logs,
             Self::Agents | Self::Agent(_) => StreamKind::Agents,
         }
@@ -142,13 +137,7 @@ impl Routing {
         }
         let workflow = EntityId::parse("workflow_id", &event.workflow_id).ok();
         let event_type = EventType::try_from(event.r#type).unwrap_or(EventType::Unspecified);
-        Some(Self {
-            stream,
-            tenant,
-            entity,
-            workflow,
-            event_type,
-        })
+        Some(Self { stream, tenant, entity, workflow, event_type })
     }
 
     /// Every channel this event is delivered on, at most four.
@@ -199,26 +188,12 @@ mod tests {
 
     #[test]
     fn every_designed_channel_parses_and_prints_back() {
-        for name in [
-            "executions",
-            "executions:e-1",
-            "workflows:wf_9",
-            "approvals",
-            "logs:e-1",
-            "agents",
-            "agents:a1",
-        ] {
+        for name in ["executions", "executions:e-1", "workflows:wf_9", "approvals", "logs:e-1", "agents", "agents:a1"] {
             let channel = Channel::parse(name).expect(name);
             assert_eq!(channel.to_string(), name);
         }
-        assert_eq!(
-            Channel::parse("logs:e-1").expect("logs").stream(),
-            StreamKind::Logs
-        );
-        assert_eq!(
-            Channel::parse("approvals").expect("approvals").stream(),
-            StreamKind::Executions
-        );
+        assert_eq!(Channel::parse("logs:e-1").expect("logs").stream(), StreamKind::Logs);
+        assert_eq!(Channel::parse("approvals").expect("approvals").stream(), StreamKind::Executions);
     }
 
     #[test]
@@ -239,27 +214,15 @@ mod tests {
 
     #[test]
     fn an_event_belongs_to_its_tenant_wide_entity_workflow_and_approval_channels() {
-        let event = Event {
-            workflow_id: "wf".into(),
-            r#type: EventType::ApprovalRequired.into(),
-            ..Default::default()
-        };
-        let routing =
-            Routing::from_subject(StreamKind::Executions, "t1.exec.acme.e-1", &event).expect("ok");
+        let event =
+            Event { workflow_id: "wf".into(), r#type: EventType::ApprovalRequired.into(), ..Default::default() };
+        let routing = Routing::from_subject(StreamKind::Executions, "t1.exec.acme.e-1", &event).expect("ok");
         assert_eq!(routing.tenant, id("acme"));
         assert_eq!(
             routing.channels(),
-            [
-                Channel::Executions,
-                Channel::Execution(id("e-1")),
-                Channel::Workflow(id("wf")),
-                Channel::Approvals
-            ]
+            [Channel::Executions, Channel::Execution(id("e-1")), Channel::Workflow(id("wf")), Channel::Approvals]
         );
-        let log = Event {
-            r#type: EventType::LogAppended.into(),
-            ..Default::default()
-        };
+        let log = Event { r#type: EventType::LogAppended.into(), ..Default::default() };
         let routing = Routing::from_subject(StreamKind::Logs, "logs.acme.e-1", &log).expect("ok");
         assert_eq!(routing.channels(), [Channel::Logs(id("e-1"))]);
         assert!(Routing::from_subject(StreamKind::Logs, "exec.acme.e-1", &log).is_none());
@@ -270,11 +233,7 @@ mod tests {
     fn replay_subjects_are_as_narrow_as_the_channel() {
         let topology = Topology::with_prefix("p").expect("prefix");
         let tenant = id("acme");
-        let subject = |name: &str| {
-            Channel::parse(name)
-                .expect(name)
-                .replay_subject(&topology, &tenant)
-        };
+        let subject = |name: &str| Channel::parse(name).expect(name).replay_subject(&topology, &tenant);
         assert_eq!(subject("executions:e1"), "p.exec.acme.e1");
         assert_eq!(subject("workflows:w"), "p.exec.acme.*");
         assert_eq!(subject("logs:e1"), "p.logs.acme.e1");

@@ -59,10 +59,7 @@ impl Filters {
         }
         let ids = |field: &'static str, list: &[String]| {
             list.iter()
-                .map(|value| {
-                    EntityId::parse(field, value)
-                        .map_err(|err| InvalidFilter(format!("filters.{err}")))
-                })
+                .map(|value| EntityId::parse(field, value).map_err(|err| InvalidFilter(format!("filters.{err}"))))
                 .collect::<Result<Vec<_>, _>>()
         };
         let statuses = raw
@@ -87,15 +84,13 @@ impl Filters {
             .types
             .iter()
             .map(|name| {
-                EventType::from_wire_name(name)
-                    .filter(|t| *t != EventType::Unspecified)
-                    .ok_or_else(|| {
-                        InvalidFilter(format!(
-                            "filters.types: unknown event type '{}': expected one of {}",
-                            name.escape_debug(),
-                            EventType::expected()
-                        ))
-                    })
+                EventType::from_wire_name(name).filter(|t| *t != EventType::Unspecified).ok_or_else(|| {
+                    InvalidFilter(format!(
+                        "filters.types: unknown event type '{}': expected one of {}",
+                        name.escape_debug(),
+                        EventType::expected()
+                    ))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
@@ -115,13 +110,7 @@ impl Filters {
     ) -> Result<Self, InvalidFilter> {
         let split = |value: Option<&str>| -> Vec<String> {
             value
-                .map(|v| {
-                    v.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
+                .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
                 .unwrap_or_default()
         };
         Self::parse(RawFilters {
@@ -140,20 +129,10 @@ impl Filters {
     }
 
     pub fn matches(&self, event: &Event) -> bool {
-        if !self.workflow_ids.is_empty()
-            && !self
-                .workflow_ids
-                .iter()
-                .any(|id| id.as_str() == event.workflow_id)
-        {
+        if !self.workflow_ids.is_empty() && !self.workflow_ids.iter().any(|id| id.as_str() == event.workflow_id) {
             return false;
         }
-        if !self.execution_ids.is_empty()
-            && !self
-                .execution_ids
-                .iter()
-                .any(|id| id.as_str() == event.execution_id)
-        {
+        if !self.execution_ids.is_empty() && !self.execution_ids.iter().any(|id| id.as_str() == event.execution_id) {
             return false;
         }
         if !self.types.is_empty() && !self.types.iter().any(|t| i32::from(*t) == event.r#type) {
@@ -164,13 +143,9 @@ impl Filters {
             // a state (log lines) have none, so a status filter excludes them.
             let status = match &event.state {
                 Some(event::State::Execution(execution)) => {
-                    ExecutionStatus::try_from(execution.status)
-                        .ok()
-                        .map(Status::Execution)
+                    ExecutionStatus::try_from(execution.status).ok().map(Status::Execution)
                 }
-                Some(event::State::Agent(agent)) => {
-                    AgentStatus::try_from(agent.status).ok().map(Status::Agent)
-                }
+                Some(event::State::Agent(agent)) => AgentStatus::try_from(agent.status).ok().map(Status::Agent),
                 None => None,
             };
             if !status.is_some_and(|status| self.statuses.contains(&status)) {
@@ -186,20 +161,12 @@ mod tests {
     use super::*;
     use runcast_contract::v1::{Agent, Execution};
 
-    fn execution_event(
-        workflow: &str,
-        execution: &str,
-        kind: EventType,
-        status: ExecutionStatus,
-    ) -> Event {
+    fn execution_event(workflow: &str, execution: &str, kind: EventType, status: ExecutionStatus) -> Event {
         Event {
             workflow_id: workflow.into(),
             execution_id: execution.into(),
             r#type: kind.into(),
-            state: Some(event::State::Execution(Execution {
-                status: status.into(),
-                ..Default::default()
-            })),
+            state: Some(event::State::Execution(Execution { status: status.into(), ..Default::default() })),
             ..Default::default()
         }
     }
@@ -217,18 +184,8 @@ mod tests {
 
     #[test]
     fn each_list_selects_and_lists_combine_with_and() {
-        let started = execution_event(
-            "wf1",
-            "e1",
-            EventType::ExecutionStarted,
-            ExecutionStatus::Running,
-        );
-        let failed = execution_event(
-            "wf2",
-            "e2",
-            EventType::ExecutionFailed,
-            ExecutionStatus::Failed,
-        );
+        let started = execution_event("wf1", "e1", EventType::ExecutionStarted, ExecutionStatus::Running);
+        let failed = execution_event("wf2", "e2", EventType::ExecutionFailed, ExecutionStatus::Failed);
         let f = filters(serde_json::json!({"statuses": ["failed"]})).expect("valid");
         assert!(!f.matches(&started) && f.matches(&failed));
         let f = filters(serde_json::json!({"types": ["execution.started"]})).expect("valid");
@@ -237,8 +194,7 @@ mod tests {
         assert!(!f.matches(&started) && f.matches(&failed));
         let f = filters(serde_json::json!({"execution_ids": ["e1"]})).expect("valid");
         assert!(f.matches(&started) && !f.matches(&failed));
-        let f = filters(serde_json::json!({"execution_ids": ["e1"], "statuses": ["failed"]}))
-            .expect("valid");
+        let f = filters(serde_json::json!({"execution_ids": ["e1"], "statuses": ["failed"]})).expect("valid");
         assert!(!f.matches(&started) && !f.matches(&failed));
     }
 
@@ -246,44 +202,23 @@ mod tests {
     fn agent_statuses_filter_agent_events_and_logs_never_match_a_status() {
         let agent = Event {
             r#type: EventType::AgentOnline.into(),
-            state: Some(event::State::Agent(Agent {
-                status: AgentStatus::Busy.into(),
-                ..Default::default()
-            })),
+            state: Some(event::State::Agent(Agent { status: AgentStatus::Busy.into(), ..Default::default() })),
             ..Default::default()
         };
         let f = filters(serde_json::json!({"statuses": ["busy"]})).expect("valid");
         assert!(f.matches(&agent));
-        let log = Event {
-            r#type: EventType::LogAppended.into(),
-            ..Default::default()
-        };
+        let log = Event { r#type: EventType::LogAppended.into(), ..Default::default() };
         assert!(!f.matches(&log));
     }
 
     #[test]
     fn bad_values_are_refused_with_the_field_named() {
         for (json, needle) in [
-            (
-                serde_json::json!({"statuses": ["RUNNING"]}),
-                "filters.statuses",
-            ),
-            (
-                serde_json::json!({"statuses": ["unspecified"]}),
-                "filters.statuses",
-            ),
-            (
-                serde_json::json!({"types": ["execution_started"]}),
-                "filters.types",
-            ),
-            (
-                serde_json::json!({"workflow_ids": ["a.b"]}),
-                "filters.workflow_ids",
-            ),
-            (
-                serde_json::json!({"execution_ids": vec!["x"; 101]}),
-                "at most 100",
-            ),
+            (serde_json::json!({"statuses": ["RUNNING"]}), "filters.statuses"),
+            (serde_json::json!({"statuses": ["unspecified"]}), "filters.statuses"),
+            (serde_json::json!({"types": ["execution_started"]}), "filters.types"),
+            (serde_json::json!({"workflow_ids": ["a.b"]}), "filters.workflow_ids"),
+            (serde_json::json!({"execution_ids": vec!["x"; 101]}), "at most 100"),
         ] {
             let err = filters(json).expect_err(needle);
             assert!(err.0.contains(needle), "{err} should mention {needle}");
@@ -294,11 +229,6 @@ mod tests {
     #[test]
     fn the_query_form_splits_on_commas() {
         let f = Filters::from_query(None, Some("e1, e2"), Some("running"), None).expect("valid");
-        assert!(f.matches(&execution_event(
-            "w",
-            "e2",
-            EventType::ExecutionStarted,
-            ExecutionStatus::Running
-        )));
+        assert!(f.matches(&execution_event("w", "e2", EventType::ExecutionStarted, ExecutionStatus::Running)));
     }
 }

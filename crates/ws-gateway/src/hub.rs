@@ -52,11 +52,8 @@ impl Dispatch<'_> {
 
     /// Progress and heartbeats may be replaced by a newer one of the same entity.
     fn coalesce_key(&self) -> Option<Arc<str>> {
-        matches!(
-            self.routing.event_type,
-            EventType::ExecutionProgress | EventType::AgentHeartbeat
-        )
-        .then(|| Arc::from(self.routing.entity.as_str()))
+        matches!(self.routing.event_type, EventType::ExecutionProgress | EventType::AgentHeartbeat)
+            .then(|| Arc::from(self.routing.entity.as_str()))
     }
 
     /// The frame for one subscriber; `bytes` is the channel's shared encoding.
@@ -74,13 +71,7 @@ impl Dispatch<'_> {
     }
 
     fn encode(&self, channel: &str) -> Bytes {
-        protocol::event_frame(
-            self.event_type(),
-            &self.timestamp(),
-            channel,
-            self.offset,
-            &self.data,
-        )
+        protocol::event_frame(self.event_type(), &self.timestamp(), channel, self.offset, &self.data)
     }
 }
 
@@ -107,17 +98,14 @@ pub struct Subscriber {
 
 impl Subscriber {
     fn lock(&self) -> MutexGuard<'_, SubState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A live event (from the hub).
     fn offer(&self, offset: u64, frame: Frame) {
         let mut state = self.lock();
-        if offset <= state.last_offset {
-            return;
-        }
+        // While replaying, everything is held: the replay may still move `last_offset` (even
+        // backwards, when the offset turns out not to be recoverable); go_live deduplicates.
         if let Some(pending) = &mut state.pending {
             if pending.len() >= self.pending_capacity {
                 // The client cannot even keep up with its replay: same outcome as a full queue.
@@ -128,11 +116,20 @@ impl Subscriber {
             }
             return;
         }
+        if offset <= state.last_offset {
+            return;
+        }
         state.last_offset = offset;
         drop(state);
         if self.outbound.push_event(frame) == Pushed::Overflowed {
             metrics::counter!("runcast_ws_queue_overflows_total").increment(1);
         }
+    }
+
+    /// Sets the position the subscriber continues after (before a replay starts, or to the head
+    /// when the requested offset cannot be recovered).
+    pub fn set_position(&self, offset: u64) {
+        self.lock().last_offset = offset;
     }
 
     /// A replayed event: waits for room in the queue. `false` when the connection is gone or has
@@ -176,9 +173,7 @@ impl Subscriber {
     /// Whether an event on the subscriber's stream belongs to it (replay uses the same test as
     /// dispatch).
     pub fn wants(&self, routing: &Routing, event: &Event) -> bool {
-        routing.tenant == self.tenant
-            && routing.belongs_to(&self.channel)
-            && self.filters.matches(event)
+        routing.tenant == self.tenant && routing.belongs_to(&self.channel) && self.filters.matches(event)
     }
 }
 
@@ -217,15 +212,11 @@ impl Hub {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
-        self.index
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
-        self.index
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn head(&self, stream: StreamKind) -> u64 {
@@ -269,14 +260,8 @@ impl Hub {
         // event can fall between the head and the registration.
         let head = self.head(channel.stream());
         let state = match start {
-            Start::Live => SubState {
-                last_offset: head,
-                pending: None,
-            },
-            Start::Replay { after } => SubState {
-                last_offset: after,
-                pending: Some(VecDeque::new()),
-            },
+            Start::Live => SubState { last_offset: head, pending: None },
+            Start::Replay { after } => SubState { last_offset: after, pending: Some(VecDeque::new()) },
         };
         let subscriber = Arc::new(Subscriber {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -288,12 +273,7 @@ impl Hub {
             pending_capacity: self.pending_capacity,
             state: Mutex::new(state),
         });
-        index
-            .entry(tenant)
-            .or_default()
-            .entry(channel)
-            .or_default()
-            .push(subscriber.clone());
+        index.entry(tenant).or_default().entry(channel).or_default().push(subscriber.clone());
         (subscriber, head)
     }
 
@@ -326,9 +306,7 @@ impl Hub {
                     if !subscriber.filters.matches(dispatch.event) {
                         continue;
                     }
-                    let bytes = shared
-                        .get_or_insert_with(|| dispatch.encode(&subscriber.channel_name))
-                        .clone();
+                    let bytes = shared.get_or_insert_with(|| dispatch.encode(&subscriber.channel_name)).clone();
                     subscriber.offer(dispatch.offset, dispatch.frame(subscriber, bytes));
                 }
             }
@@ -379,12 +357,8 @@ mod tests {
             r#type: kind.into(),
             ..Default::default()
         };
-        let routing = Routing::from_subject(
-            StreamKind::Executions,
-            &format!("exec.{tenant}.{execution}"),
-            &event,
-        )
-        .expect("routable");
+        let routing = Routing::from_subject(StreamKind::Executions, &format!("exec.{tenant}.{execution}"), &event)
+            .expect("routable");
         Published { routing, event }
     }
 
@@ -401,10 +375,7 @@ mod tests {
     fn drain(outbound: &Outbound) -> Vec<serde_json::Value> {
         let mut frames = Vec::new();
         outbound.pop_batch(usize::MAX, &mut frames);
-        frames
-            .iter()
-            .map(|f| serde_json::from_slice(&f.bytes).expect("json"))
-            .collect()
+        frames.iter().map(|f| serde_json::from_slice(&f.bytes).expect("json")).collect()
     }
 
     #[test]
@@ -414,56 +385,18 @@ mod tests {
         let one = Outbound::new(16);
         let other_tenant = Outbound::new(16);
         let filtered = Outbound::new(16);
-        hub.subscribe(
-            id("acme"),
-            Channel::Executions,
-            Filters::default(),
-            all.clone(),
-            Start::Live,
-        );
-        hub.subscribe(
-            id("acme"),
-            Channel::Execution(id("e2")),
-            Filters::default(),
-            one.clone(),
-            Start::Live,
-        );
-        hub.subscribe(
-            id("globex"),
-            Channel::Executions,
-            Filters::default(),
-            other_tenant.clone(),
-            Start::Live,
-        );
-        let types = Filters::parse(RawFilters {
-            types: vec!["execution.failed".into()],
-            ..Default::default()
-        })
-        .expect("valid");
-        hub.subscribe(
-            id("acme"),
-            Channel::Executions,
-            types,
-            filtered.clone(),
-            Start::Live,
-        );
+        hub.subscribe(id("acme"), Channel::Executions, Filters::default(), all.clone(), Start::Live);
+        hub.subscribe(id("acme"), Channel::Execution(id("e2")), Filters::default(), one.clone(), Start::Live);
+        hub.subscribe(id("globex"), Channel::Executions, Filters::default(), other_tenant.clone(), Start::Live);
+        let types =
+            Filters::parse(RawFilters { types: vec!["execution.failed".into()], ..Default::default() }).expect("valid");
+        hub.subscribe(id("acme"), Channel::Executions, types, filtered.clone(), Start::Live);
 
-        dispatch(
-            &hub,
-            &published("acme", "e1", EventType::ExecutionStarted),
-            1,
-        );
-        dispatch(
-            &hub,
-            &published("acme", "e2", EventType::ExecutionFailed),
-            2,
-        );
+        dispatch(&hub, &published("acme", "e1", EventType::ExecutionStarted), 1);
+        dispatch(&hub, &published("acme", "e2", EventType::ExecutionFailed), 2);
 
         let got = drain(&all);
-        assert_eq!(
-            got.iter().map(|v| v["offset"].as_u64()).collect::<Vec<_>>(),
-            [Some(1), Some(2)]
-        );
+        assert_eq!(got.iter().map(|v| v["offset"].as_u64()).collect::<Vec<_>>(), [Some(1), Some(2)]);
         assert_eq!(got[0]["channel"], "executions");
         assert_eq!(got[0]["type"], "execution.started");
         let got = drain(&one);
@@ -479,11 +412,7 @@ mod tests {
     fn replay_then_live_has_no_gap_and_no_duplicate() {
         let hub = Hub::new(16);
         let outbound = Outbound::new(64);
-        dispatch(
-            &hub,
-            &published("acme", "e1", EventType::ExecutionStarted),
-            10,
-        );
+        dispatch(&hub, &published("acme", "e1", EventType::ExecutionStarted), 10);
         let (subscriber, head) = hub.subscribe(
             id("acme"),
             Channel::Executions,
@@ -493,21 +422,11 @@ mod tests {
         );
         assert_eq!(head, 10);
         // Live events arrive while the replay runs: held, not delivered.
-        dispatch(
-            &hub,
-            &published("acme", "e1", EventType::ExecutionProgress),
-            11,
-        );
-        dispatch(
-            &hub,
-            &published("acme", "e1", EventType::ExecutionProgress),
-            12,
-        );
+        dispatch(&hub, &published("acme", "e1", EventType::ExecutionProgress), 11);
+        dispatch(&hub, &published("acme", "e1", EventType::ExecutionProgress), 12);
         assert!(outbound.is_empty());
         // The replay reads 8..=11 (it overlaps the live feed by one).
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("rt");
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("rt");
         for offset in 8..=11 {
             let p = published("acme", "e1", EventType::StepStarted);
             let d = Dispatch {
@@ -523,16 +442,9 @@ mod tests {
             bytes: protocol::control("subscribed", serde_json::json!({"offset": offset})),
             kind: FrameKind::Control { kind: "subscribed" },
         });
-        dispatch(
-            &hub,
-            &published("acme", "e1", EventType::ExecutionCompleted),
-            13,
-        );
+        dispatch(&hub, &published("acme", "e1", EventType::ExecutionCompleted), 13);
         let got = drain(&outbound);
-        let offsets: Vec<_> = got
-            .iter()
-            .map(|v| v["offset"].as_u64().unwrap_or(0))
-            .collect();
+        let offsets: Vec<_> = got.iter().map(|v| v["offset"].as_u64().unwrap_or(0)).collect();
         assert_eq!(offsets, [8, 9, 10, 11, 11, 12, 13]);
         assert_eq!(got[4]["type"], "subscribed");
     }
@@ -541,34 +453,13 @@ mod tests {
     fn unsubscribing_stops_delivery_and_empties_the_index() {
         let hub = Hub::new(16);
         let outbound = Outbound::new(16);
-        let (subscriber, _) = hub.subscribe(
-            id("acme"),
-            Channel::Approvals,
-            Filters::default(),
-            outbound.clone(),
-            Start::Live,
-        );
-        dispatch(
-            &hub,
-            &published("acme", "e1", EventType::ApprovalRequired),
-            1,
-        );
-        dispatch(
-            &hub,
-            &published("acme", "e1", EventType::ExecutionStarted),
-            2,
-        );
-        assert_eq!(
-            drain(&outbound).len(),
-            1,
-            "only approval events are on approvals"
-        );
+        let (subscriber, _) =
+            hub.subscribe(id("acme"), Channel::Approvals, Filters::default(), outbound.clone(), Start::Live);
+        dispatch(&hub, &published("acme", "e1", EventType::ApprovalRequired), 1);
+        dispatch(&hub, &published("acme", "e1", EventType::ExecutionStarted), 2);
+        assert_eq!(drain(&outbound).len(), 1, "only approval events are on approvals");
         hub.unsubscribe(&subscriber);
-        dispatch(
-            &hub,
-            &published("acme", "e1", EventType::ApprovalGranted),
-            3,
-        );
+        dispatch(&hub, &published("acme", "e1", EventType::ApprovalGranted), 3);
         assert!(outbound.is_empty());
         assert!(hub.subscriptions_by_kind().is_empty());
     }

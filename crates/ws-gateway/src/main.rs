@@ -12,9 +12,7 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) if err.kind() == runcast_runtime::ErrorKind::Config => {
-            config::exit_config_error(&err)
-        }
+        Err(err) if err.kind() == runcast_runtime::ErrorKind::Config => config::exit_config_error(&err),
         Err(err) => {
             tracing::error!(cause = %err, "ws-gateway failed");
             ExitCode::FAILURE

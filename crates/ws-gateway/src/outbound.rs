@@ -99,19 +99,13 @@ impl Outbound {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every critical section leaves the state consistent before anything can panic.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Queues an event frame without waiting (the live path: never blocks the hub).
     pub fn push_event(&self, frame: Frame) -> Pushed {
         let FrameKind::Event(meta) = &frame.kind else {
-            return if self.push_control(frame) {
-                Pushed::Queued
-            } else {
-                Pushed::Dropped
-            };
+            return if self.push_control(frame) { Pushed::Queued } else { Pushed::Dropped };
         };
         let mut state = self.lock();
         if state.overflowed || state.closing {
@@ -139,9 +133,7 @@ impl Outbound {
             return Pushed::Overflowed;
         }
         if let Some(entity) = &meta.coalesce {
-            state
-                .coalescable
-                .insert((meta.subscription, entity.clone()), ());
+            state.coalescable.insert((meta.subscription, entity.clone()), ());
         }
         state.events += 1;
         state.frames.push_back(frame);
@@ -197,10 +189,7 @@ impl Outbound {
             return;
         }
         state.closing = true;
-        state.frames.push_back(Frame {
-            bytes: Bytes::new(),
-            kind: FrameKind::Close { code, reason },
-        });
+        state.frames.push_back(Frame { bytes: Bytes::new(), kind: FrameKind::Close { code, reason } });
         drop(state);
         self.ready.notify_one();
         self.room.notify_waiters();
@@ -217,9 +206,7 @@ impl Outbound {
             if let FrameKind::Event(meta) = &frame.kind {
                 state.events = state.events.saturating_sub(1);
                 if let Some(entity) = &meta.coalesce {
-                    state
-                        .coalescable
-                        .remove(&(meta.subscription, entity.clone()));
+                    state.coalescable.remove(&(meta.subscription, entity.clone()));
                 }
                 state.delivered.insert(meta.subscription, meta.offset);
             }
@@ -262,9 +249,7 @@ impl Outbound {
             return;
         }
         state.overflowed = true;
-        state
-            .frames
-            .retain(|queued| !matches!(queued.kind, FrameKind::Event(_)));
+        state.frames.retain(|queued| !matches!(queued.kind, FrameKind::Event(_)));
         state.events = 0;
         state.coalescable.clear();
         drop(state);
@@ -304,10 +289,7 @@ mod tests {
     }
 
     fn control(kind: &'static str) -> Frame {
-        Frame {
-            bytes: Bytes::from_static(b"{}"),
-            kind: FrameKind::Control { kind },
-        }
+        Frame { bytes: Bytes::from_static(b"{}"), kind: FrameKind::Control { kind } }
     }
 
     fn offsets(frames: &[Frame]) -> Vec<u64> {
@@ -375,10 +357,8 @@ mod tests {
         assert!(!waiting.is_finished());
         let mut frames = Vec::new();
         queue.pop_batch(10, &mut frames);
-        let pushed = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
-            .await
-            .expect("resumes")
-            .expect("no panic");
+        let pushed =
+            tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.expect("resumes").expect("no panic");
         assert_eq!(pushed, Some(()));
         queue.close(1001, "bye");
         assert_eq!(queue.push_event_waiting(event(1, 3, None)).await, None);

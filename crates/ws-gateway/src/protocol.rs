@@ -114,11 +114,7 @@ pub struct ProtocolError {
 
 impl ProtocolError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            id: None,
-        }
+        Self { code, message: message.into(), id: None }
     }
 
     fn with_id(mut self, id: Option<Value>) -> Self {
@@ -163,23 +159,16 @@ impl ClientMessage {
     pub fn parse_json(text: &[u8]) -> Result<Self, ProtocolError> {
         // Two passes so that the error says which problem it is: not JSON at all, no/unknown
         // `type`, or a bad field of a known type.
-        let value: Value = serde_json::from_slice(text).map_err(|err| {
-            ProtocolError::new(ErrorCode::InvalidJson, format!("not valid JSON: {err}"))
-        })?;
+        let value: Value = serde_json::from_slice(text)
+            .map_err(|err| ProtocolError::new(ErrorCode::InvalidJson, format!("not valid JSON: {err}")))?;
         let Some(object) = value.as_object() else {
-            return Err(ProtocolError::new(
-                ErrorCode::InvalidMessage,
-                "a message is a JSON object with a \"type\"",
-            ));
+            return Err(ProtocolError::new(ErrorCode::InvalidMessage, "a message is a JSON object with a \"type\""));
         };
         let id = object.get("id").cloned();
         if let Some(id) = &id
             && !(id.is_string() || id.is_number())
         {
-            return Err(ProtocolError::new(
-                ErrorCode::InvalidMessage,
-                "\"id\" must be a string or a number",
-            ));
+            return Err(ProtocolError::new(ErrorCode::InvalidMessage, "\"id\" must be a string or a number"));
         }
         match object.get("type").and_then(Value::as_str) {
             Some("subscribe" | "unsubscribe" | "ping" | "auth") => {}
@@ -194,16 +183,13 @@ impl ClientMessage {
                 .with_id(id));
             }
             None => {
-                return Err(ProtocolError::new(
-                    ErrorCode::InvalidMessage,
-                    "a message needs a string \"type\"",
-                )
-                .with_id(id));
+                return Err(
+                    ProtocolError::new(ErrorCode::InvalidMessage, "a message needs a string \"type\"").with_id(id)
+                );
             }
         }
-        let raw: RawMessage = serde_json::from_value(value).map_err(|err| {
-            ProtocolError::new(ErrorCode::InvalidMessage, err.to_string()).with_id(id.clone())
-        })?;
+        let raw: RawMessage = serde_json::from_value(value)
+            .map_err(|err| ProtocolError::new(ErrorCode::InvalidMessage, err.to_string()).with_id(id.clone()))?;
         raw.validate().map_err(|err| err.with_id(id))
     }
 }
@@ -211,34 +197,24 @@ impl ClientMessage {
 impl RawMessage {
     fn validate(self) -> Result<ClientMessage, ProtocolError> {
         let channel = |name: Option<String>| -> Result<Channel, ProtocolError> {
-            let name = name.ok_or_else(|| {
-                ProtocolError::new(ErrorCode::InvalidMessage, "\"channel\" is required")
-            })?;
-            Channel::parse(&name).map_err(|InvalidChannel(message)| {
-                ProtocolError::new(ErrorCode::UnknownChannel, message)
-            })
+            let name = name.ok_or_else(|| ProtocolError::new(ErrorCode::InvalidMessage, "\"channel\" is required"))?;
+            Channel::parse(&name)
+                .map_err(|InvalidChannel(message)| ProtocolError::new(ErrorCode::UnknownChannel, message))
         };
         match self.kind.as_str() {
             "subscribe" => Ok(ClientMessage::Subscribe(SubscribeRequest {
                 channel: channel(self.channel)?,
-                filters: Filters::parse(self.filters.unwrap_or_default()).map_err(
-                    |InvalidFilter(message)| ProtocolError::new(ErrorCode::InvalidFilter, message),
-                )?,
+                filters: Filters::parse(self.filters.unwrap_or_default())
+                    .map_err(|InvalidFilter(message)| ProtocolError::new(ErrorCode::InvalidFilter, message))?,
                 since_offset: self.since_offset,
                 snapshot: self.snapshot.unwrap_or(false),
                 id: self.id,
             })),
-            "unsubscribe" => Ok(ClientMessage::Unsubscribe {
-                channel: channel(self.channel)?,
-                id: self.id,
-            }),
+            "unsubscribe" => Ok(ClientMessage::Unsubscribe { channel: channel(self.channel)?, id: self.id }),
             "ping" => Ok(ClientMessage::Ping { id: self.id }),
             "auth" => match self.token.filter(|t| !t.is_empty()) {
                 Some(token) => Ok(ClientMessage::Auth { token, id: self.id }),
-                None => Err(ProtocolError::new(
-                    ErrorCode::InvalidMessage,
-                    "\"token\" is required",
-                )),
+                None => Err(ProtocolError::new(ErrorCode::InvalidMessage, "\"token\" is required")),
             },
             _ => Err(ProtocolError::new(ErrorCode::UnknownType, "unknown type")),
         }
@@ -265,10 +241,7 @@ pub fn control(kind: &'static str, fields: Value) -> Bytes {
 }
 
 pub fn error_message(err: &ProtocolError) -> Bytes {
-    control(
-        "error",
-        json!({"code": err.code.as_str(), "message": err.message, "id": err.id}),
-    )
+    control("error", json!({"code": err.code.as_str(), "message": err.message, "id": err.id}))
 }
 
 /// The JSON of one event, encoded once per event and shared by every channel and recipient.
@@ -278,13 +251,7 @@ pub fn event_data(event: &runcast_contract::v1::Event) -> Result<Bytes, serde_js
 
 /// `{"type", "timestamp", "channel", "offset", "data"}` around already encoded event JSON:
 /// string assembly, so the event itself is not serialized again per channel.
-pub fn event_frame(
-    event_type: &str,
-    timestamp: &str,
-    channel: &str,
-    offset: u64,
-    data: &[u8],
-) -> Bytes {
+pub fn event_frame(event_type: &str, timestamp: &str, channel: &str, offset: u64, data: &[u8]) -> Bytes {
     let mut frame = Vec::with_capacity(data.len() + channel.len() + 96);
     frame.extend_from_slice(b"{\"type\":\"");
     frame.extend_from_slice(event_type.as_bytes());
@@ -315,25 +282,14 @@ mod tests {
             r#"{"type":"subscribe","channel":"executions:e1","filters":{"statuses":["running"]},"since_offset":41,"snapshot":true,"id":"r1"}"#,
         )
         .expect("valid");
-        let ClientMessage::Subscribe(request) = message else {
-            panic!("subscribe expected")
-        };
+        let ClientMessage::Subscribe(request) = message else { panic!("subscribe expected") };
         assert_eq!(request.channel.to_string(), "executions:e1");
         assert_eq!(request.since_offset, Some(41));
         assert!(request.snapshot);
         assert_eq!(request.id, Some(json!("r1")));
-        assert!(matches!(
-            parse(r#"{"type":"ping"}"#),
-            Ok(ClientMessage::Ping { id: None })
-        ));
-        assert!(matches!(
-            parse(r#"{"type":"unsubscribe","channel":"agents"}"#),
-            Ok(ClientMessage::Unsubscribe { .. })
-        ));
-        assert!(matches!(
-            parse(r#"{"type":"auth","token":"abc","id":7}"#),
-            Ok(ClientMessage::Auth { .. })
-        ));
+        assert!(matches!(parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping { id: None })));
+        assert!(matches!(parse(r#"{"type":"unsubscribe","channel":"agents"}"#), Ok(ClientMessage::Unsubscribe { .. })));
+        assert!(matches!(parse(r#"{"type":"auth","token":"abc","id":7}"#), Ok(ClientMessage::Auth { .. })));
     }
 
     #[test]
@@ -343,26 +299,14 @@ mod tests {
             ("[1,2]", ErrorCode::InvalidMessage),
             (r#"{"channel":"executions"}"#, ErrorCode::InvalidMessage),
             (r#"{"type":"publish","id":"x"}"#, ErrorCode::UnknownType),
-            (
-                r#"{"type":"subscribe","id":"x"}"#,
-                ErrorCode::InvalidMessage,
-            ),
-            (
-                r#"{"type":"subscribe","channel":"jobs","id":"x"}"#,
-                ErrorCode::UnknownChannel,
-            ),
+            (r#"{"type":"subscribe","id":"x"}"#, ErrorCode::InvalidMessage),
+            (r#"{"type":"subscribe","channel":"jobs","id":"x"}"#, ErrorCode::UnknownChannel),
             (
                 r#"{"type":"subscribe","channel":"executions","filters":{"types":["nope"]},"id":"x"}"#,
                 ErrorCode::InvalidFilter,
             ),
-            (
-                r#"{"type":"subscribe","channel":"executions","since_offset":-1,"id":"x"}"#,
-                ErrorCode::InvalidMessage,
-            ),
-            (
-                r#"{"type":"subscribe","channel":"executions","extra":1,"id":"x"}"#,
-                ErrorCode::InvalidMessage,
-            ),
+            (r#"{"type":"subscribe","channel":"executions","since_offset":-1,"id":"x"}"#, ErrorCode::InvalidMessage),
+            (r#"{"type":"subscribe","channel":"executions","extra":1,"id":"x"}"#, ErrorCode::InvalidMessage),
             (r#"{"type":"auth","id":"x"}"#, ErrorCode::InvalidMessage),
             (r#"{"type":"ping","id":{"a":1}}"#, ErrorCode::InvalidMessage),
         ] {
@@ -377,13 +321,7 @@ mod tests {
     #[test]
     fn frames_are_valid_json_of_the_designed_shape() {
         let data = br#"{"event_id":"e"}"#;
-        let frame = event_frame(
-            "execution.started",
-            "2026-01-01T00:00:00Z",
-            "executions",
-            12,
-            data,
-        );
+        let frame = event_frame("execution.started", "2026-01-01T00:00:00Z", "executions", 12, data);
         let value: Value = serde_json::from_slice(&frame).expect("json");
         assert_eq!(value["type"], "execution.started");
         assert_eq!(value["channel"], "executions");

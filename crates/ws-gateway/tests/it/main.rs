@@ -1,3 +1,12 @@
-//! Integration tests against real NATS (and PostgreSQL) servers started by runcast-testkit.
+//! Integration tests against real NATS (and PostgreSQL) servers started by runcast-testkit: the
+//! gateway in-process on port 0 (`helpers::World::gateway`) or as a process (drain, memory).
 
+mod abuse;
+mod auth;
+mod drain;
+mod fanout;
+mod filters;
+mod helpers;
 mod lifecycle;
+mod resume;
+mod slow;

@@ -1,0 +1,104 @@
+//! A client that stops reading gets `resync`; a normal client on the same replica receives every
+//! event; the replica's memory stays bounded.
+
+use crate::helpers::*;
+use runcast_contract::v1::{EventType, ExecutionStatus};
+use runcast_testkit::ServiceProcess;
+use serde_json::json;
+
+/// The `offset` of an event frame, from its envelope (`…"channel":"…","offset":N,"data":…`).
+fn envelope_offset(text: &str) -> Option<u64> {
+    let start = text.find("\",\"offset\":")? + "\",\"offset\":".len();
+    let end = start + text[start..].find(',')?;
+    text[start..end].parse().ok()
+}
+
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_gets_resync_while_a_normal_one_gets_every_event() {
+    const EVENTS: usize = 50_000;
+    let world = World::start().await;
+    let nats_url = world.infra.nats.url();
+    let mut process = ServiceProcess::spawn(
+        "ws-gateway",
+        &[
+            ("NATS_URL", nats_url.as_str()),
+            ("RUNCAST_STREAM_PREFIX", world.isolation.stream_prefix.as_str()),
+            ("DATABASE_URL", world.isolation.database_url.as_str()),
+            ("RUNCAST_JWT_SECRET", SECRET),
+            ("RUNCAST_WS_QUEUE_CAPACITY", "4096"),
+        ],
+    )
+    .await
+    .expect("gateway process starts");
+    let addr = process.addr("http_addr").await.expect("address");
+    let gateway = Gateway { addr, shutdown: Default::default() };
+    runcast_testkit::eventually("the gateway to be ready", WAIT, || {
+        let url = gateway.url("/readyz");
+        async move { (reqwest::get(url).await.ok()?.status() == 200).then_some(()) }
+    })
+    .await
+    .expect("ready");
+    let pid = process.pid().expect("running");
+    let token = token("acme", "alice", 600);
+
+    let mut stalled = gateway.connect(&token).await;
+    stalled.subscribe(json!({"type": "subscribe", "channel": "executions"})).await;
+    let mut normal = gateway.connect(&token).await;
+    normal.subscribe(json!({"type": "subscribe", "channel": "executions"})).await;
+    let baseline = resident_kib(pid);
+
+    let reader = tokio::spawn(async move {
+        let mut last = 0u64;
+        let mut count = 0usize;
+        while count < EVENTS {
+            // Only the envelope is read (a full JSON parse per event would make the test client
+            // itself the slow one in a debug build).
+            let text = normal.next_text().await;
+            assert!(!text.contains("\"type\":\"resync\""), "the normal client keeps up");
+            if let Some(offset) = envelope_offset(&text) {
+                assert!(offset > last, "in order, no duplicate");
+                last = offset;
+                count += 1;
+            }
+        }
+        count
+    });
+    let payload = "x".repeat(200);
+    let published = world
+        .publish_many((0..EVENTS).map(|i| {
+            let mut event = execution_event(
+                "acme",
+                &format!("e-{}", i % 100),
+                "wf",
+                EventType::StepStarted,
+                ExecutionStatus::Running,
+            );
+            if let Some(runcast_contract::v1::event::State::Execution(state)) = &mut event.state {
+                state.current_step = payload.clone();
+            }
+            event
+        }))
+        .await;
+    assert_eq!(published.len(), EVENTS);
+    let peak = resident_kib(pid);
+    assert_eq!(reader.await.expect("reader"), EVENTS);
+
+    // The stalled client reads again: what the kernel buffered, then the resync.
+    let resync = stalled.until("resync").await;
+    assert_eq!(resync["channel"], "executions");
+    let offset = resync["offset"].as_u64().expect("offset");
+    assert!(offset < published[EVENTS - 1], "{resync}");
+    // Everything it could not take was dropped: the queue is bounded, so memory is too.
+    assert!(peak.saturating_sub(baseline) < 200 * 1024, "resident memory grew from {baseline} KiB to {peak} KiB");
+    let stats = gateway.stats().await;
+    assert!(stats["resyncs"].as_u64().unwrap_or(0) >= 1, "{stats}");
+}
