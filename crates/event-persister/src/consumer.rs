@@ -281,7 +281,15 @@ impl StreamConsumer {
         loop {
             let floor = self.floor.get();
             let applied = (floor > self.recorded_floor).then_some((stream, floor));
-            match store::write_batch(&self.pool, &fold, &dead_letters, applied).await {
+            // A write that hangs (a half-open connection) must not hold the batch past its ack
+            // wait: give up on it, roll back (by dropping it) and try again.
+            let limit = self.settings.ack_wait / 2;
+            let written = tokio::time::timeout(limit, store::write_batch(&self.pool, &fold, &dead_letters, applied))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::new(ErrorKind::Unavailable, format!("the write took longer than {limit:?}")))
+                });
+            match written {
                 Ok(()) => {
                     self.recorded_floor = self.recorded_floor.max(floor);
                     return Ok(Ok(()));

@@ -160,6 +160,12 @@ impl Config {
                 ),
             ));
         }
+        if self.db_retry_max + runcast_runtime::postgres::ACQUIRE_TIMEOUT >= self.ack_wait {
+            return Err(Error::new(
+                runcast_runtime::ErrorKind::Config,
+                "RUNCAST_DB_RETRY_MAX must be shorter than RUNCAST_ACK_WAIT minus 3s, or held batches are redelivered",
+            ));
+        }
         if self.ack_wait <= self.batch_wait {
             return Err(Error::new(
                 runcast_runtime::ErrorKind::Config,
