@@ -46,10 +46,11 @@ cleanup() {
   for name in ws-gateway execution-api event-persister; do
     [[ -f "$run/$name.pid" ]] && kill -TERM "$(cat "$run/$name.pid")" 2>/dev/null || true
   done
-  for name in ws-gateway execution-api event-persister postgres nats; do stop_pidfile "$run/$name.pid"; done
+  for name in simulate ws-gateway execution-api event-persister postgres nats; do stop_pidfile "$run/$name.pid"; done
   log "stopped; data kept in .data/ (make clean-data deletes it)"
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap 'cleanup; exit 0' INT TERM
 
 wait_for() { # description, command...
   local what="$1"; shift
@@ -104,7 +105,17 @@ for addr in "$PERSISTER_ADDR" "$API_HTTP_ADDR" "$GATEWAY_ADDR"; do
   wait_for "http://$addr/readyz" curl -fsS "http://$addr/readyz"
 done
 
-token="$(python3 scripts/dev-token.py --tenant dev --roles admin --ttl 86400)"
+export RUNCAST_API_URL="http://$API_GRPC_ADDR" RUNCAST_GATEWAY_URL="ws://$GATEWAY_ADDR" RUNCAST_TENANT=dev
+token="$(target/debug/runcast token --tenant dev --roles admin --ttl 24h)"
+
+# A small simulated fleet, so the first thing a newcomer sees is live traffic (SIMULATE=0: none).
+simulation="off (SIMULATE=0)"
+if [[ "${SIMULATE:-1}" != 0 ]]; then
+  target/debug/runcast simulate --agents 3 --rate 0.5 >>"$data/logs/simulate.log" 2>&1 &
+  echo $! >"$run/simulate.pid"
+  simulation="3 simulated agents (log: .data/logs/simulate.log; SIMULATE=0 turns it off)"
+fi
+
 cat <<TXT
 
   Runcast is running.
@@ -116,6 +127,10 @@ cat <<TXT
 
   Dev token (tenant "dev", role admin, 24 h; RUNCAST_JWT_SECRET=$RUNCAST_JWT_SECRET):
     $token
+
+  Simulation: $simulation
+  Watch it live:
+    RUNCAST_JWT_SECRET=$RUNCAST_JWT_SECRET RUNCAST_GATEWAY_URL=$RUNCAST_GATEWAY_URL target/debug/runcast watch
 
   Ctrl-C stops everything. Logs of NATS and PostgreSQL: .data/logs/
 TXT

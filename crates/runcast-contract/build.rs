@@ -9,8 +9,12 @@ use prost_types::field_descriptor_proto::{Label, Type};
 use std::path::PathBuf;
 
 const PROTO_ROOT: &str = "../../proto";
-const PROTO_FILES: &[&str] =
-    &["runcast/v1/events.proto", "runcast/v1/execution_service.proto", "runcast/v1/agent_service.proto"];
+const PROTO_FILES: &[&str] = &[
+    "runcast/v1/events.proto",
+    "runcast/v1/execution_service.proto",
+    "runcast/v1/agent_service.proto",
+    "runcast/v1/gateway.proto",
+];
 const PACKAGE: &str = ".runcast.v1";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

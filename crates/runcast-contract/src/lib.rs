@@ -2,6 +2,7 @@
 //!
 //! The names external clients depend on (DESIGN §2–§4), in one place:
 //!
+//! - [`client`]: credentials for gRPC clients of the api;
 //! - [`v1`]: the generated `runcast.v1` protobuf types and gRPC services;
 //! - [`wire`]: the strings of enums in JSON, REST and WebSocket (`"execution.started"`, `"running"`);
 //! - [`json`]: the serde glue that gives the generated types that JSON form;
@@ -10,6 +11,7 @@
 //!
 //! Pure code: no I/O, so everything here is unit-tested.
 
+pub mod client;
 pub mod id;
 pub mod json;
 pub mod topology;

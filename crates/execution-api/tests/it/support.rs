@@ -1,11 +1,11 @@
 //! A running stack for one test: servers, isolation, api replicas, clients with tokens.
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use runcast_contract::client::Bearer;
 use runcast_contract::v1::agent_service_client::AgentServiceClient;
 use runcast_contract::v1::execution_service_client::ExecutionServiceClient;
 use runcast_testkit::{Infra, Isolation, ServiceProcess};
 use std::time::Duration;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -21,18 +21,6 @@ pub fn token_for(tenant: &str, roles: &[&str], ttl_seconds: i64) -> String {
 
 pub fn admin() -> String {
     token_for(TENANT, &["admin"], 3600)
-}
-
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
 }
 
 pub type Executions = ExecutionServiceClient<InterceptedService<Channel, Bearer>>;
@@ -102,7 +90,7 @@ async fn channel(api: &mut ServiceProcess) -> Channel {
 }
 
 fn bearer(token: Option<&str>) -> Bearer {
-    Bearer(token.map(|t| format!("Bearer {t}").parse().expect("ascii token")))
+    Bearer::new(token).expect("ascii token")
 }
 
 pub async fn executions(api: &mut ServiceProcess, token: Option<&str>) -> Executions {
