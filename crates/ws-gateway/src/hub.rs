@@ -11,13 +11,13 @@
 use crate::channel::{Channel, Routing};
 use crate::filter::Filters;
 use crate::outbound::{EventMeta, Frame, FrameKind, Outbound, Pushed};
-use crate::protocol;
+use crate::protocol::{self, Protocol};
 use bytes::Bytes;
 use runcast_contract::v1::{Event, EventType};
 use runcast_contract::{EntityId, StreamKind, WireEnum};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Instant;
 
 fn stream_index(kind: StreamKind) -> usize {
@@ -28,16 +28,31 @@ fn stream_index(kind: StreamKind) -> usize {
     }
 }
 
-/// One event as it leaves the upstream: decoded, routed, its JSON encoded once.
+/// One event as it leaves the upstream: decoded, routed, its JSON encoded once (and its
+/// protobuf form once, the first time a protobuf subscriber needs it).
 pub struct Dispatch<'a> {
-    pub routing: &'a Routing,
-    pub event: &'a Event,
-    pub offset: u64,
-    pub data: Bytes,
-    pub received: Option<Instant>,
+    routing: &'a Routing,
+    event: &'a Event,
+    offset: u64,
+    data: Bytes,
+    proto: OnceLock<Bytes>,
+    received: Option<Instant>,
 }
 
-impl Dispatch<'_> {
+impl<'a> Dispatch<'a> {
+    /// `event.offset` must already be `offset`; `data` is the event's JSON.
+    pub fn new(routing: &'a Routing, event: &'a Event, offset: u64, data: Bytes, received: Option<Instant>) -> Self {
+        Self { routing, event, offset, data, proto: OnceLock::new(), received }
+    }
+
+    pub fn routing(&self) -> &Routing {
+        self.routing
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
     fn event_type(&self) -> &'static str {
         self.routing.event_type.wire_name()
     }
@@ -70,8 +85,17 @@ impl Dispatch<'_> {
         }
     }
 
-    fn encode(&self, channel: &str) -> Bytes {
-        protocol::event_frame(self.event_type(), &self.timestamp(), channel, self.offset, &self.data)
+    fn encode(&self, channel: &str, protocol: Protocol) -> Bytes {
+        match protocol {
+            Protocol::Json => {
+                protocol::event_frame(self.event_type(), &self.timestamp(), channel, self.offset, &self.data)
+            }
+            Protocol::Proto => {
+                use prost::Message as _;
+                let event = self.proto.get_or_init(|| Bytes::from(self.event.encode_to_vec()));
+                protocol::event_frame_proto(self.event_type(), self.event.occurred_at, channel, self.offset, event)
+            }
+        }
     }
 }
 
@@ -91,6 +115,7 @@ pub struct Subscriber {
     pub channel: Channel,
     pub channel_name: String,
     pub filters: Filters,
+    pub protocol: Protocol,
     pub outbound: Arc<Outbound>,
     pending_capacity: usize,
     state: Mutex<SubState>,
@@ -142,7 +167,7 @@ impl Subscriber {
             }
             state.last_offset = dispatch.offset;
         }
-        let frame = dispatch.frame(self, dispatch.encode(&self.channel_name));
+        let frame = dispatch.frame(self, dispatch.encode(&self.channel_name, self.protocol));
         self.outbound.push_event_waiting(frame).await.is_some()
     }
 
@@ -253,6 +278,7 @@ impl Hub {
         channel: Channel,
         filters: Filters,
         outbound: Arc<Outbound>,
+        protocol: Protocol,
         start: Start,
     ) -> (Arc<Subscriber>, u64) {
         let mut index = self.write();
@@ -269,6 +295,7 @@ impl Hub {
             channel_name: channel.to_string(),
             channel: channel.clone(),
             filters,
+            protocol,
             outbound,
             pending_capacity: self.pending_capacity,
             state: Mutex::new(state),
@@ -301,12 +328,15 @@ impl Hub {
                 let Some(subscribers) = channels.get(&channel) else {
                     continue;
                 };
-                let mut shared: Option<Bytes> = None;
+                // One encoding per protocol per channel, shared by every recipient.
+                let mut shared: [Option<Bytes>; Protocol::COUNT] = Default::default();
                 for subscriber in subscribers {
                     if !subscriber.filters.matches(dispatch.event) {
                         continue;
                     }
-                    let bytes = shared.get_or_insert_with(|| dispatch.encode(&subscriber.channel_name)).clone();
+                    let bytes = shared[subscriber.protocol.index()]
+                        .get_or_insert_with(|| dispatch.encode(&subscriber.channel_name, subscriber.protocol))
+                        .clone();
                     subscriber.offer(dispatch.offset, dispatch.frame(subscriber, bytes));
                 }
             }
@@ -363,13 +393,13 @@ mod tests {
     }
 
     fn dispatch(hub: &Hub, p: &Published, offset: u64) {
-        hub.dispatch(&Dispatch {
-            routing: &p.routing,
-            event: &p.event,
+        hub.dispatch(&Dispatch::new(
+            &p.routing,
+            &p.event,
             offset,
-            data: protocol::event_data(&p.event).expect("encodes"),
-            received: None,
-        });
+            protocol::event_data(&p.event).expect("encodes"),
+            None,
+        ));
     }
 
     fn drain(outbound: &Outbound) -> Vec<serde_json::Value> {
@@ -385,12 +415,26 @@ mod tests {
         let one = Outbound::new(16);
         let other_tenant = Outbound::new(16);
         let filtered = Outbound::new(16);
-        hub.subscribe(id("acme"), Channel::Executions, Filters::default(), all.clone(), Start::Live);
-        hub.subscribe(id("acme"), Channel::Execution(id("e2")), Filters::default(), one.clone(), Start::Live);
-        hub.subscribe(id("globex"), Channel::Executions, Filters::default(), other_tenant.clone(), Start::Live);
+        hub.subscribe(id("acme"), Channel::Executions, Filters::default(), all.clone(), Protocol::Json, Start::Live);
+        hub.subscribe(
+            id("acme"),
+            Channel::Execution(id("e2")),
+            Filters::default(),
+            one.clone(),
+            Protocol::Json,
+            Start::Live,
+        );
+        hub.subscribe(
+            id("globex"),
+            Channel::Executions,
+            Filters::default(),
+            other_tenant.clone(),
+            Protocol::Json,
+            Start::Live,
+        );
         let types =
             Filters::parse(RawFilters { types: vec!["execution.failed".into()], ..Default::default() }).expect("valid");
-        hub.subscribe(id("acme"), Channel::Executions, types, filtered.clone(), Start::Live);
+        hub.subscribe(id("acme"), Channel::Executions, types, filtered.clone(), Protocol::Json, Start::Live);
 
         dispatch(&hub, &published("acme", "e1", EventType::ExecutionStarted), 1);
         dispatch(&hub, &published("acme", "e2", EventType::ExecutionFailed), 2);
@@ -418,6 +462,7 @@ mod tests {
             Channel::Executions,
             Filters::default(),
             outbound.clone(),
+            Protocol::Json,
             Start::Replay { after: 7 },
         );
         assert_eq!(head, 10);
@@ -429,17 +474,12 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("rt");
         for offset in 8..=11 {
             let p = published("acme", "e1", EventType::StepStarted);
-            let d = Dispatch {
-                routing: &p.routing,
-                event: &p.event,
-                offset,
-                data: protocol::event_data(&p.event).expect("encodes"),
-                received: None,
-            };
+            let d = Dispatch::new(&p.routing, &p.event, offset, protocol::event_data(&p.event).expect("encodes"), None);
             assert!(runtime.block_on(subscriber.replayed(&d)));
         }
         subscriber.go_live(|offset| Frame {
-            bytes: protocol::control("subscribed", serde_json::json!({"offset": offset})),
+            bytes: protocol::Control { offset: Some(offset), ..protocol::Control::new("subscribed") }
+                .encode(Protocol::Json),
             kind: FrameKind::Control { kind: "subscribed" },
         });
         dispatch(&hub, &published("acme", "e1", EventType::ExecutionCompleted), 13);
@@ -453,8 +493,14 @@ mod tests {
     fn unsubscribing_stops_delivery_and_empties_the_index() {
         let hub = Hub::new(16);
         let outbound = Outbound::new(16);
-        let (subscriber, _) =
-            hub.subscribe(id("acme"), Channel::Approvals, Filters::default(), outbound.clone(), Start::Live);
+        let (subscriber, _) = hub.subscribe(
+            id("acme"),
+            Channel::Approvals,
+            Filters::default(),
+            outbound.clone(),
+            Protocol::Json,
+            Start::Live,
+        );
         dispatch(&hub, &published("acme", "e1", EventType::ApprovalRequired), 1);
         dispatch(&hub, &published("acme", "e1", EventType::ExecutionStarted), 2);
         assert_eq!(drain(&outbound).len(), 1, "only approval events are on approvals");

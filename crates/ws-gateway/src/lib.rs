@@ -146,6 +146,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, Error> {
+        // Installs the Prometheus recorder now: metrics recorded before it exists are lost.
+        let _ = ops::metrics_handle();
         let authenticator = Authenticator::from_args(&config.auth)?;
         let history = config.postgres.lazy_pool()?;
         let readiness = Readiness::default();

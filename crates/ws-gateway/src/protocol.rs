@@ -7,11 +7,39 @@ use crate::channel::{Channel, InvalidChannel};
 use crate::filter::{Filters, InvalidFilter, RawFilters};
 use bytes::Bytes;
 use chrono::{SecondsFormat, Utc};
+use runcast_contract::v1::{GatewayClientMessage, GatewayServerMessage};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The JSON subprotocol (the default when a client names none).
 pub const JSON_SUBPROTOCOL: &str = "runcast.v1.json";
+/// The protobuf subprotocol: binary frames of `GatewayClientMessage` / `GatewayServerMessage`.
+pub const PROTO_SUBPROTOCOL: &str = "runcast.v1.proto";
+
+/// How one connection's messages are encoded. SSE is always JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Json,
+    Proto,
+}
+
+impl Protocol {
+    pub const COUNT: usize = 2;
+
+    pub fn index(self) -> usize {
+        match self {
+            Self::Json => 0,
+            Self::Proto => 1,
+        }
+    }
+
+    pub fn from_subprotocol(name: Option<&str>) -> Self {
+        match name {
+            Some(PROTO_SUBPROTOCOL) => Self::Proto,
+            _ => Self::Json,
+        }
+    }
+}
 
 /// Every `code` an `error` message can carry. The connection stays open after each of them; the
 /// abusive cases additionally close it with a [`CloseCode`].
@@ -170,27 +198,48 @@ impl ClientMessage {
         {
             return Err(ProtocolError::new(ErrorCode::InvalidMessage, "\"id\" must be a string or a number"));
         }
-        match object.get("type").and_then(Value::as_str) {
-            Some("subscribe" | "unsubscribe" | "ping" | "auth") => {}
-            Some(other) => {
-                return Err(ProtocolError::new(
-                    ErrorCode::UnknownType,
-                    format!(
-                        "unknown message type '{}': expected subscribe, unsubscribe, ping or auth",
-                        other.escape_debug()
-                    ),
-                )
-                .with_id(id));
-            }
-            None => {
-                return Err(
-                    ProtocolError::new(ErrorCode::InvalidMessage, "a message needs a string \"type\"").with_id(id)
-                );
-            }
-        }
+        check_type(object.get("type").and_then(Value::as_str)).map_err(|err| err.with_id(id.clone()))?;
         let raw: RawMessage = serde_json::from_value(value)
             .map_err(|err| ProtocolError::new(ErrorCode::InvalidMessage, err.to_string()).with_id(id.clone()))?;
         raw.validate().map_err(|err| err.with_id(id))
+    }
+
+    /// Parses and validates one binary frame of the protobuf subprotocol: the same fields as the
+    /// JSON form, so the same validation.
+    pub fn parse_proto(frame: &[u8]) -> Result<Self, ProtocolError> {
+        use prost::Message as _;
+        let message = GatewayClientMessage::decode(frame).map_err(|err| {
+            ProtocolError::new(ErrorCode::InvalidMessage, format!("not a runcast.v1.GatewayClientMessage: {err}"))
+        })?;
+        let non_empty = |text: String| (!text.is_empty()).then_some(text);
+        let id = non_empty(message.id).map(Value::String);
+        check_type(Some(message.r#type.as_str()).filter(|t| !t.is_empty())).map_err(|err| err.with_id(id.clone()))?;
+        let raw = RawMessage {
+            kind: message.r#type,
+            channel: non_empty(message.channel),
+            filters: message.filters.map(|f| RawFilters {
+                workflow_ids: f.workflow_ids,
+                execution_ids: f.execution_ids,
+                statuses: f.statuses,
+                types: f.types,
+            }),
+            since_offset: message.since_offset,
+            snapshot: Some(message.snapshot),
+            id: id.clone(),
+            token: non_empty(message.token),
+        };
+        raw.validate().map_err(|err| err.with_id(id))
+    }
+}
+
+fn check_type(kind: Option<&str>) -> Result<(), ProtocolError> {
+    match kind {
+        Some("subscribe" | "unsubscribe" | "ping" | "auth") => Ok(()),
+        Some(other) => Err(ProtocolError::new(
+            ErrorCode::UnknownType,
+            format!("unknown message type '{}': expected subscribe, unsubscribe, ping or auth", other.escape_debug()),
+        )),
+        None => Err(ProtocolError::new(ErrorCode::InvalidMessage, "a message needs a string \"type\"")),
     }
 }
 
@@ -225,23 +274,99 @@ pub fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// A control message as JSON bytes: `{"type", "timestamp", …fields}`.
-pub fn control(kind: &'static str, fields: Value) -> Bytes {
-    let mut object = serde_json::Map::with_capacity(8);
-    object.insert("type".into(), kind.into());
-    object.insert("timestamp".into(), now_rfc3339().into());
-    if let Value::Object(fields) = fields {
-        for (key, value) in fields {
-            if !value.is_null() {
-                object.insert(key, value);
-            }
-        }
-    }
-    Bytes::from(Value::Object(object).to_string())
+/// A control message (`subscribed`, `unsubscribed`, `pong`, `snapshot`, `error`, `resync`,
+/// `reconnect`), encodable in either protocol. Unset fields are left out.
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    pub kind: &'static str,
+    pub channel: Option<String>,
+    pub offset: Option<u64>,
+    pub id: Option<Value>,
+    pub recovered: Option<bool>,
+    pub replayed: Option<u64>,
+    pub code: Option<&'static str>,
+    pub message: Option<String>,
+    pub reason: Option<String>,
+    /// `snapshot` only: the entity's state (`Some(None)`: the entity has no events yet).
+    pub state: Option<Option<runcast_contract::v1::event::State>>,
 }
 
-pub fn error_message(err: &ProtocolError) -> Bytes {
-    control("error", json!({"code": err.code.as_str(), "message": err.message, "id": err.id}))
+impl Control {
+    pub fn new(kind: &'static str) -> Self {
+        Self { kind, ..Self::default() }
+    }
+
+    pub fn error(err: &ProtocolError) -> Self {
+        Self {
+            code: Some(err.code.as_str()),
+            message: Some(err.message.clone()),
+            id: err.id.clone(),
+            ..Self::new("error")
+        }
+    }
+
+    pub fn encode(&self, protocol: Protocol) -> Bytes {
+        match protocol {
+            Protocol::Json => self.json(),
+            Protocol::Proto => self.proto(),
+        }
+    }
+
+    fn json(&self) -> Bytes {
+        let mut object = serde_json::Map::with_capacity(8);
+        object.insert("type".into(), self.kind.into());
+        object.insert("timestamp".into(), now_rfc3339().into());
+        let mut put = |key: &str, value: Option<Value>| {
+            if let Some(value) = value {
+                object.insert(key.into(), value);
+            }
+        };
+        put("channel", self.channel.clone().map(Value::from));
+        put("offset", self.offset.map(Value::from));
+        put("recovered", self.recovered.map(Value::from));
+        put("replayed", self.replayed.map(Value::from));
+        put("code", self.code.map(Value::from));
+        put("message", self.message.clone().map(Value::from));
+        put("reason", self.reason.clone().map(Value::from));
+        put("data", self.state.as_ref().map(|state| serde_json::to_value(state).unwrap_or(Value::Null)));
+        put("id", self.id.clone());
+        Bytes::from(Value::Object(object).to_string())
+    }
+
+    fn proto(&self) -> Bytes {
+        use prost::Message as _;
+        use runcast_contract::v1::event::State;
+        let (execution, agent) = match self.state.clone().flatten() {
+            Some(State::Execution(execution)) => (Some(execution), None),
+            Some(State::Agent(agent)) => (None, Some(agent)),
+            None => (None, None),
+        };
+        GatewayServerMessage {
+            r#type: self.kind.to_owned(),
+            timestamp: Some(runcast_contract::json::from_datetime(Utc::now())),
+            channel: self.channel.clone().unwrap_or_default(),
+            offset: self.offset.unwrap_or_default(),
+            id: self.id.as_ref().map(id_text).unwrap_or_default(),
+            recovered: self.recovered,
+            replayed: self.replayed,
+            execution,
+            agent,
+            code: self.code.unwrap_or_default().to_owned(),
+            message: self.message.clone().unwrap_or_default(),
+            reason: self.reason.clone().unwrap_or_default(),
+            event: None,
+        }
+        .encode_to_vec()
+        .into()
+    }
+}
+
+/// A JSON `id` (string or number) as the protobuf string field.
+fn id_text(id: &Value) -> String {
+    match id {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// The JSON of one event, encoded once per event and shared by every channel and recipient.
@@ -268,9 +393,77 @@ pub fn event_frame(event_type: &str, timestamp: &str, channel: &str, offset: u64
     Bytes::from(frame)
 }
 
+/// The protobuf event frame: the envelope fields, then the already encoded `Event` appended as
+/// field 6 — the bytes a full `GatewayServerMessage` encoding would produce, without re-encoding
+/// the event per channel.
+pub fn event_frame_proto(
+    event_type: &str,
+    timestamp: Option<prost_types::Timestamp>,
+    channel: &str,
+    offset: u64,
+    event: &[u8],
+) -> Bytes {
+    use prost::Message as _;
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let envelope = GatewayServerMessage {
+        r#type: event_type.to_owned(),
+        timestamp,
+        channel: channel.to_owned(),
+        offset,
+        ..Default::default()
+    };
+    let mut frame = Vec::with_capacity(envelope.encoded_len() + event.len() + 8);
+    envelope.encode_raw(&mut frame);
+    encode_key(6, WireType::LengthDelimited, &mut frame);
+    encode_varint(event.len() as u64, &mut frame);
+    frame.extend_from_slice(event);
+    Bytes::from(frame)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message as _;
+    use runcast_contract::v1::{Event, GatewayFilters};
+    use serde_json::json;
+
+    #[test]
+    fn the_protobuf_form_is_validated_like_the_json_form() {
+        let frame = GatewayClientMessage {
+            r#type: "subscribe".into(),
+            id: "r1".into(),
+            channel: "workflows:wf".into(),
+            filters: Some(GatewayFilters { statuses: vec!["running".into()], ..Default::default() }),
+            since_offset: Some(0),
+            ..Default::default()
+        };
+        let Ok(ClientMessage::Subscribe(request)) = ClientMessage::parse_proto(&frame.encode_to_vec()) else {
+            panic!("a valid subscribe")
+        };
+        assert_eq!(request.since_offset, Some(0), "zero is an offset, not absent");
+        assert_eq!(request.id, Some(json!("r1")));
+        let bad = GatewayClientMessage { r#type: "subscribe".into(), channel: "jobs".into(), ..Default::default() };
+        let err = ClientMessage::parse_proto(&bad.encode_to_vec()).expect_err("unknown channel");
+        assert_eq!(err.code, ErrorCode::UnknownChannel);
+        let err = ClientMessage::parse_proto(b"\xff\xff").expect_err("garbage");
+        assert_eq!(err.code, ErrorCode::InvalidMessage);
+        let err = ClientMessage::parse_proto(&GatewayClientMessage::default().encode_to_vec()).expect_err("no type");
+        assert_eq!(err.code, ErrorCode::InvalidMessage);
+    }
+
+    #[test]
+    fn protobuf_frames_decode_to_the_server_message() {
+        let event = Event { event_id: "e".into(), offset: 7, ..Default::default() };
+        let frame = event_frame_proto("execution.started", None, "executions", 7, &event.encode_to_vec());
+        let decoded = GatewayServerMessage::decode(frame).expect("decodes");
+        assert_eq!(decoded.r#type, "execution.started");
+        assert_eq!(decoded.channel, "executions");
+        assert_eq!(decoded.offset, 7);
+        assert_eq!(decoded.event, Some(event));
+        let control = Control { offset: Some(3), recovered: Some(false), ..Control::new("subscribed") };
+        let decoded = GatewayServerMessage::decode(control.encode(Protocol::Proto)).expect("decodes");
+        assert_eq!((decoded.r#type.as_str(), decoded.offset, decoded.recovered), ("subscribed", 3, Some(false)));
+    }
 
     fn parse(json: &str) -> Result<ClientMessage, ProtocolError> {
         ClientMessage::parse_json(json.as_bytes())
@@ -327,7 +520,7 @@ mod tests {
         assert_eq!(value["channel"], "executions");
         assert_eq!(value["offset"], 12);
         assert_eq!(value["data"]["event_id"], "e");
-        let error = error_message(&ProtocolError::new(ErrorCode::RateLimited, "slow down"));
+        let error = Control::error(&ProtocolError::new(ErrorCode::RateLimited, "slow down")).encode(Protocol::Json);
         let value: Value = serde_json::from_slice(&error).expect("json");
         assert_eq!(value["type"], "error");
         assert_eq!(value["code"], "rate_limited");

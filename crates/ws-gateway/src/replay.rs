@@ -256,5 +256,5 @@ async fn deliver(subscriber: &Subscriber, routing: &Routing, event: &Event, offs
     let Ok(data) = crate::protocol::event_data(event) else {
         return true; // skipped, like the live path does
     };
-    subscriber.replayed(&Dispatch { routing, event, offset, data, received: None }).await
+    subscriber.replayed(&Dispatch::new(routing, event, offset, data, None)).await
 }

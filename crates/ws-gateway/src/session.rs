@@ -7,12 +7,12 @@ use crate::channel::Channel;
 use crate::gateway::{Gateway, Transport};
 use crate::hub::{Start, Subscriber};
 use crate::outbound::{Frame, FrameKind, Outbound};
-use crate::protocol::{self, ClientMessage, CloseCode, ErrorCode, ProtocolError, SubscribeRequest};
+use crate::protocol::{ClientMessage, CloseCode, Control, ErrorCode, Protocol, ProtocolError, SubscribeRequest};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use runcast_runtime::ErrorKind;
 use runcast_runtime::auth::{AuthErrorKind, Principal};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -60,6 +60,7 @@ enum Flow {
 pub struct Session {
     gw: Arc<Gateway>,
     transport: Transport,
+    protocol: Protocol,
     principal: Principal,
     outbound: Arc<Outbound>,
     subscriptions: HashMap<Channel, Active>,
@@ -71,22 +72,25 @@ pub struct Session {
     ended: CancellationToken,
 }
 
-fn control_frame(kind: &'static str, fields: Value) -> Frame {
-    Frame { bytes: protocol::control(kind, fields), kind: FrameKind::Control { kind } }
-}
-
-fn error_frame(err: &ProtocolError) -> Frame {
-    Frame { bytes: protocol::error_message(err), kind: FrameKind::Control { kind: "error" } }
+fn control_frame(control: &Control, protocol: Protocol) -> Frame {
+    Frame { bytes: control.encode(protocol), kind: FrameKind::Control { kind: control.kind } }
 }
 
 impl Session {
-    pub fn new(gw: Arc<Gateway>, transport: Transport, principal: Principal, outbound: Arc<Outbound>) -> Self {
+    pub fn new(
+        gw: Arc<Gateway>,
+        transport: Transport,
+        protocol: Protocol,
+        principal: Principal,
+        outbound: Arc<Outbound>,
+    ) -> Self {
         let connection = gw.connected(transport, &principal.subject);
         let max = gw.limits.max_subscriptions.max(1);
         let (replays_tx, replays_rx) = mpsc::channel(max);
         Self {
             gw,
             transport,
+            protocol,
             principal,
             outbound,
             subscriptions: HashMap::new(),
@@ -101,6 +105,14 @@ impl Session {
     /// Queues a control reply; a client that lets replies pile up beyond the headroom is closed.
     fn reply(&self, frame: Frame) -> Flow {
         if self.outbound.push_control(frame) { Flow::Continue } else { Flow::Close(CloseCode::PolicyViolation) }
+    }
+
+    fn send(&self, control: Control) -> Flow {
+        self.reply(control_frame(&control, self.protocol))
+    }
+
+    fn error(&self, err: &ProtocolError) -> Flow {
+        self.send(Control::error(err))
     }
 
     fn close(&self, code: CloseCode) {
@@ -128,14 +140,17 @@ impl Session {
                 biased;
                 _ = closed.cancelled() => break,
                 _ = gw.shutdown.cancelled() => {
-                    let _ = self.reply(control_frame("reconnect", json!({"reason": "the replica is draining: reconnect and resume from your last offsets"})));
+                    let _ = self.send(Control {
+                        reason: Some("the replica is draining: reconnect and resume from your last offsets".into()),
+                        ..Control::new("reconnect")
+                    });
                     self.close(CloseCode::GoingAway);
                     break;
                 }
                 _ = outbound.overflowed() => self.on_overflow(),
                 Some(done) = self.replays_rx.recv() => self.on_replay_done(done),
                 _ = tokio::time::sleep_until(expiry.unwrap_or(far)), if expiry.is_some() => {
-                    let _ = self.reply(error_frame(&ProtocolError::new(ErrorCode::Unauthenticated, "the token expired; reconnect with a fresh one")));
+                    let _ = self.error(&ProtocolError::new(ErrorCode::Unauthenticated, "the token expired; reconnect with a fresh one"));
                     self.close(CloseCode::TokenExpired);
                     break;
                 }
@@ -154,9 +169,10 @@ impl Session {
     }
 
     fn on_inbound(&mut self, message: Inbound) -> Flow {
-        let bytes = match message {
+        let (bytes, binary) = match message {
             Inbound::Alive => return Flow::Continue,
-            Inbound::Text(bytes) | Inbound::Binary(bytes) => bytes,
+            Inbound::Text(bytes) => (bytes, false),
+            Inbound::Binary(bytes) => (bytes, true),
         };
         metrics::counter!("runcast_ws_messages_in_total").increment(1);
         if bytes.len() > self.gw.limits.max_frame_bytes {
@@ -165,9 +181,18 @@ impl Session {
         if let Some(flow) = self.rate_limit() {
             return flow;
         }
-        match ClientMessage::parse_json(&bytes) {
+        let parsed = match (self.protocol, binary) {
+            (Protocol::Proto, true) => ClientMessage::parse_proto(&bytes),
+            (Protocol::Proto, false) => Err(ProtocolError::new(
+                ErrorCode::InvalidMessage,
+                "this connection speaks runcast.v1.proto: send binary frames",
+            )),
+            // JSON in a binary frame is still JSON.
+            (Protocol::Json, _) => ClientMessage::parse_json(&bytes),
+        };
+        match parsed {
             Ok(message) => self.handle(message),
-            Err(err) => self.reply(error_frame(&err)),
+            Err(err) => self.error(&err),
         }
     }
 
@@ -191,35 +216,35 @@ impl Session {
             return Some(Flow::Continue);
         }
         self.rate.warned = true;
-        Some(self.reply(error_frame(&ProtocolError::new(
+        Some(self.error(&ProtocolError::new(
             ErrorCode::RateLimited,
             format!("more than {allowed} messages per second; messages are dropped until the next second"),
-        ))))
+        )))
     }
 
     fn handle(&mut self, message: ClientMessage) -> Flow {
         match message {
-            ClientMessage::Ping { id } => self.reply(control_frame("pong", json!({"id": id}))),
+            ClientMessage::Ping { id } => self.send(Control { id, ..Control::new("pong") }),
             ClientMessage::Subscribe(request) => match self.subscribe(request) {
                 Ok(()) => Flow::Continue,
-                Err(err) => self.reply(error_frame(&err)),
+                Err(err) => self.error(&err),
             },
             ClientMessage::Unsubscribe { channel, id } => match self.subscriptions.remove(&channel) {
                 Some(active) => {
                     self.drop_subscription(&active);
-                    self.reply(control_frame("unsubscribed", json!({"channel": channel.to_string(), "id": id})))
+                    self.send(Control { channel: Some(channel.to_string()), id, ..Control::new("unsubscribed") })
                 }
-                None => self.reply(error_frame(&ProtocolError {
+                None => self.error(&ProtocolError {
                     code: ErrorCode::NotSubscribed,
                     message: format!("{channel} is not subscribed on this connection"),
                     id,
-                })),
+                }),
             },
             ClientMessage::Auth { token, id } => match self.refresh(&token) {
                 Ok(()) => Flow::Continue,
                 Err(mut err) => {
                     err.id = id;
-                    self.reply(error_frame(&err))
+                    self.error(&err)
                 }
             },
         }
@@ -270,12 +295,21 @@ impl Session {
         let tenant = self.principal.tenant.clone();
         let resume = since_offset.is_some() || (snapshot && channel.snapshot_entity().is_some());
         if !resume {
-            let (subscriber, head) =
-                self.gw.hub.subscribe(tenant, channel.clone(), filters, self.outbound.clone(), Start::Live);
+            let (subscriber, head) = self.gw.hub.subscribe(
+                tenant,
+                channel.clone(),
+                filters,
+                self.outbound.clone(),
+                self.protocol,
+                Start::Live,
+            );
             self.subscriptions.insert(channel.clone(), Active { subscriber, start: head, replay: None });
-            if let Flow::Close(_) = self
-                .reply(control_frame("subscribed", json!({"channel": channel.to_string(), "offset": head, "id": id})))
-            {
+            if let Flow::Close(_) = self.send(Control {
+                channel: Some(channel.to_string()),
+                offset: Some(head),
+                id,
+                ..Control::new("subscribed")
+            }) {
                 self.outbound.force_overflow();
             }
             return Ok(());
@@ -285,6 +319,7 @@ impl Session {
             channel.clone(),
             filters,
             self.outbound.clone(),
+            self.protocol,
             Start::Replay { after: since_offset.unwrap_or(0) },
         );
         let cancel = self.ended.child_token();
@@ -319,7 +354,7 @@ impl Session {
             if let Some(active) = self.subscriptions.remove(&done.channel) {
                 self.drop_subscription(&active);
             }
-            if let Flow::Close(code) = self.reply(error_frame(&err)) {
+            if let Flow::Close(code) = self.error(&err) {
                 self.close(code);
             }
         }
@@ -336,14 +371,12 @@ impl Session {
             self.drop_subscription(&active);
             let offset = delivered.get(&active.subscriber.id).copied().unwrap_or(active.start);
             self.gw.count_resync();
-            let _ = self.reply(control_frame(
-                "resync",
-                json!({
-                    "channel": channel.to_string(),
-                    "offset": offset,
-                    "reason": "the client fell behind; subscribe again with since_offset = offset",
-                }),
-            ));
+            let _ = self.send(Control {
+                channel: Some(channel.to_string()),
+                offset: Some(offset),
+                reason: Some("the client fell behind; subscribe again with since_offset = offset".into()),
+                ..Control::new("resync")
+            });
         }
         tracing::info!("outbound queue overflowed; resync sent");
     }
@@ -390,10 +423,17 @@ async fn resume_subscription(
     if snapshot && let Some(_) = subscriber.channel.snapshot_entity() {
         let found = gw.sources.snapshot(&subscriber.tenant, &subscriber.channel).await.map_err(unavailable)?;
         let (offset, state) = match &found {
-            Some((_, event)) => (event.offset, serde_json::to_value(&event.state).unwrap_or(Value::Null)),
-            None => (0, Value::Null),
+            Some((_, event)) => (event.offset, event.state.clone()),
+            None => (0, None),
         };
-        let frame = control_frame("snapshot", json!({"channel": channel, "offset": offset, "data": state, "id": id}));
+        let snapshot = Control {
+            channel: Some(channel.clone()),
+            offset: Some(offset),
+            state: Some(state),
+            id: id.clone(),
+            ..Control::new("snapshot")
+        };
+        let frame = control_frame(&snapshot, subscriber.protocol);
         if !subscriber.outbound.push_control(frame) {
             subscriber.outbound.force_overflow();
             return Ok(());
@@ -415,16 +455,15 @@ async fn resume_subscription(
     });
     subscriber.go_live(|offset| {
         let offset = offset.max(head);
-        control_frame(
-            "subscribed",
-            json!({
-                "channel": channel,
-                "offset": offset,
-                "recovered": outcome.map(|o| o.recovered),
-                "replayed": outcome.map(|o| o.replayed),
-                "id": id,
-            }),
-        )
+        let subscribed = Control {
+            channel: Some(channel),
+            offset: Some(offset),
+            recovered: outcome.map(|o| o.recovered),
+            replayed: outcome.map(|o| o.replayed),
+            id,
+            ..Control::new("subscribed")
+        };
+        control_frame(&subscribed, subscriber.protocol)
     });
     Ok(())
 }

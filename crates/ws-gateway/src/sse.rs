@@ -7,7 +7,7 @@ use crate::channel::Channel;
 use crate::filter::Filters;
 use crate::gateway::{Gateway, Transport, auth_failure};
 use crate::outbound::{FrameKind, Outbound};
-use crate::protocol::{ErrorCode, SubscribeRequest};
+use crate::protocol::{ErrorCode, Protocol, SubscribeRequest};
 use crate::session::{Inbound, Session};
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -85,7 +85,7 @@ pub async fn stream(State(gw): State<Arc<Gateway>>, Query(query): Query<SseQuery
     };
 
     let outbound = Outbound::new(gw.limits.queue_capacity);
-    let mut session = Session::new(gw.clone(), Transport::Sse, principal, outbound.clone());
+    let mut session = Session::new(gw.clone(), Transport::Sse, Protocol::Json, principal, outbound.clone());
     if let Err(err) = session.subscribe(SubscribeRequest {
         channel,
         filters,

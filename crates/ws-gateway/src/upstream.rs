@@ -93,7 +93,7 @@ async fn consume(
                 continue;
             }
         };
-        hub.dispatch(&Dispatch { routing: &routing, event: &event, offset, data, received: Some(received) });
+        hub.dispatch(&Dispatch::new(&routing, &event, offset, data, Some(received)));
     }
 }
 

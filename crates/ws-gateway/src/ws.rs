@@ -4,7 +4,7 @@
 
 use crate::gateway::{Gateway, Transport, auth_failure};
 use crate::outbound::{Frame, FrameKind, Outbound};
-use crate::protocol::{CloseCode, JSON_SUBPROTOCOL};
+use crate::protocol::{CloseCode, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL, Protocol};
 use crate::session::{Inbound, Session};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -52,24 +52,32 @@ pub async fn upgrade(
     // which closes with 1009 instead of the socket just failing.
     let hard_limit = (limits.max_frame_bytes * 4).max(64 * 1024);
     let tracker = gw.tasks.clone();
-    ws.protocols([JSON_SUBPROTOCOL])
-        .read_buffer_size(4 * 1024)
+    let ws = ws.protocols([JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL]);
+    let protocol = Protocol::from_subprotocol(ws.selected_protocol().and_then(|v| v.to_str().ok()));
+    ws.read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| tracker.track_future(serve(gw, socket, principal)))
+        .on_upgrade(move |socket| tracker.track_future(serve(gw, socket, protocol, principal)))
         .into_response()
 }
 
-async fn serve(gw: Arc<Gateway>, socket: WebSocket, principal: Principal) {
+async fn serve(gw: Arc<Gateway>, socket: WebSocket, protocol: Protocol, principal: Principal) {
     let (sink, stream) = socket.split();
     let outbound = Outbound::new(gw.limits.queue_capacity);
     let closed = CancellationToken::new();
     let started = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
-    let writer =
-        tokio::spawn(write_loop(sink, outbound.clone(), closed.clone(), gw.limits.clone(), started, last_seen.clone()));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        outbound.clone(),
+        closed.clone(),
+        protocol,
+        gw.limits.clone(),
+        started,
+        last_seen.clone(),
+    ));
     let seen = last_seen.clone();
     let inbound = stream.take_while(|message| std::future::ready(message.is_ok())).filter_map(move |message| {
         seen.store(millis_since(started), Ordering::Relaxed);
@@ -82,7 +90,7 @@ async fn serve(gw: Arc<Gateway>, socket: WebSocket, principal: Principal) {
     });
     // A peer's close frame ends the stream (tungstenite answers it), which ends the session.
     let inbound = Box::pin(inbound);
-    Session::new(gw.clone(), Transport::WebSocket, principal, outbound).run(inbound, closed.clone()).await;
+    Session::new(gw.clone(), Transport::WebSocket, protocol, principal, outbound).run(inbound, closed.clone()).await;
     // Let the writer deliver what the session queued last (reconnect, error, close frame).
     if tokio::time::timeout(gw.limits.write_timeout, writer).await.is_err() {
         tracing::debug!("writer did not finish in time");
@@ -94,9 +102,12 @@ fn millis_since(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-fn to_message(frame: Frame) -> Option<Message> {
+fn to_message(frame: Frame, protocol: Protocol) -> Option<Message> {
     match frame.kind {
-        FrameKind::Event(_) | FrameKind::Control { .. } => Utf8Bytes::try_from(frame.bytes).ok().map(Message::Text),
+        FrameKind::Event(_) | FrameKind::Control { .. } => match protocol {
+            Protocol::Json => Utf8Bytes::try_from(frame.bytes).ok().map(Message::Text),
+            Protocol::Proto => Some(Message::Binary(frame.bytes)),
+        },
         FrameKind::Close { code, reason } => {
             Some(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) })))
         }
@@ -107,6 +118,7 @@ async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     outbound: Arc<Outbound>,
     closed: CancellationToken,
+    protocol: Protocol,
     limits: crate::gateway::Limits,
     started: Instant,
     last_seen: Arc<AtomicU64>,
@@ -147,7 +159,7 @@ async fn write_loop(
                     }
                 }
                 let is_close = matches!(frame.kind, FrameKind::Close { .. });
-                let Some(message) = to_message(frame) else {
+                let Some(message) = to_message(frame, protocol) else {
                     continue;
                 };
                 let fed = tokio::time::timeout(timeout, sink.feed(message)).await;

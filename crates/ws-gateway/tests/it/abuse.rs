@@ -109,3 +109,23 @@ async fn upgrades_need_credentials_and_accept_the_token_query() {
         .expect("answers");
     assert_eq!(sse.status(), 400);
 }
+
+#[tokio::test]
+async fn a_peer_that_answers_no_ping_is_closed() {
+    let world = World::start().await;
+    let gateway = world.gateway(&[("ping-interval", "200ms")]).await;
+    // Not reading means not answering pings (tungstenite answers them while reading).
+    let mut silent = gateway.connect(&token("acme", "alice", 600)).await;
+    for (what, count) in [("the peer to be counted", 1), ("the silent peer to be dropped", 0)] {
+        runcast_testkit::eventually(what, WAIT, || async {
+            (gateway.stats().await["connections"]["websocket"] == count).then_some(())
+        })
+        .await
+        .expect(what);
+    }
+    // The close frame (1001) is behind the unanswered pings; reading those makes the client
+    // answer them on a socket the server already closed, which may surface as a reset first.
+    let code = silent.expect_close().await;
+    assert!(matches!(code, Some(1001) | None), "closed with {code:?}");
+    still_serves(&gateway).await;
+}

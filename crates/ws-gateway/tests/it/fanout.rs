@@ -64,4 +64,9 @@ async fn events_reach_websocket_and_sse_clients_on_two_replicas_in_offset_order(
     assert_eq!(stats["connections"]["sse"], 1, "{stats}");
     assert_eq!(stats["users"], 1, "{stats}");
     assert_eq!(stats["subscriptions"]["executions"], 2, "{stats}");
+
+    let metrics = reqwest::get(replicas[0].url("/metrics")).await.expect("metrics").text().await.expect("text");
+    for name in ["runcast_ws_connections", "runcast_ws_messages_out_total", "runcast_ws_upstream_events_total"] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
 }

@@ -216,7 +216,7 @@ pub fn agent_event(tenant: &str, agent: &str, kind: EventType) -> Event {
     }
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub struct WsClient {
     pub socket: Socket,

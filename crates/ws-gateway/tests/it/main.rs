@@ -8,5 +8,6 @@ mod fanout;
 mod filters;
 mod helpers;
 mod lifecycle;
+mod proto;
 mod resume;
 mod slow;
