@@ -99,6 +99,11 @@ pub struct Config {
     #[arg(long, env = "RUNCAST_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
 
+    /// Batches of one stream written at the same time by this process (each its own fetch loop
+    /// and transaction on the shared durable consumer).
+    #[arg(long, env = "RUNCAST_WRITERS_PER_STREAM", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub writers_per_stream: u8,
+
     /// Longest wait for a batch to fill before writing what has arrived.
     #[arg(long, env = "RUNCAST_BATCH_WAIT", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub batch_wait: Duration,
@@ -243,13 +248,14 @@ impl Application {
         let lag_board = LagBoard::default();
         for kind in StreamKind::ALL {
             let floor = AckFloor::default();
-            tasks.spawn(
-                StreamConsumer::new(kind, nats.clone(), pool.clone(), config.consumer_settings(), floor.clone()).run(
-                    provisioned.clone(),
-                    schema_ready.clone(),
-                    shutdown.clone(),
-                ),
-            );
+            // Several loops on one durable consumer are exactly several replicas: batches commit
+            // in any order, rows only move forward, the ack floor stays the low watermark.
+            for _ in 0..config.writers_per_stream {
+                tasks.spawn(
+                    StreamConsumer::new(kind, nats.clone(), pool.clone(), config.consumer_settings(), floor.clone())
+                        .run(provisioned.clone(), schema_ready.clone(), shutdown.clone()),
+                );
+            }
             tasks.spawn(
                 LagMonitor {
                     kind,
