@@ -129,3 +129,30 @@ async fn a_peer_that_answers_no_ping_is_closed() {
     assert!(matches!(code, Some(1001) | None), "closed with {code:?}");
     still_serves(&gateway).await;
 }
+
+#[tokio::test]
+async fn an_api_key_authenticates_an_upgrade_and_is_scoped_to_its_tenant() {
+    use sha2::Digest as _;
+    let world = World::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = dir.path().join("keys.json");
+    let key = "rk_test_gateway_key";
+    let hash = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+    std::fs::write(
+        &keys,
+        json!({"keys": [{"sha256": hash, "sub": "dashboard", "tenant": "globex", "roles": ["viewer"]}]}).to_string(),
+    )
+    .expect("keys file");
+    let keys = keys.display().to_string();
+    let gateway = world.gateway(&[("api-keys-file", keys.as_str())]).await;
+    let mut ws = WsClient::connect(&gateway.ws_url(""), Some(("X-API-Key", key.to_owned()))).await;
+    ws.subscribe(json!({"type": "subscribe", "channel": "executions"})).await;
+    let refused = WsClient::try_connect(&gateway.ws_url(""), Some(("X-API-Key", "wrong".to_owned()))).await;
+    assert!(refused.is_err());
+    use runcast_contract::v1::{EventType, ExecutionStatus};
+    world.publish(&execution_event("acme", "e-1", "wf", EventType::ExecutionCreated, ExecutionStatus::Pending)).await;
+    let own = world
+        .publish(&execution_event("globex", "g-1", "wf", EventType::ExecutionCreated, ExecutionStatus::Pending))
+        .await;
+    assert_eq!(ws.events(1).await[0]["offset"], own, "only its own tenant's event");
+}

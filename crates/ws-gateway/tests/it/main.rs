@@ -2,6 +2,7 @@
 //! gateway in-process on port 0 (`helpers::World::gateway`) or as a process (drain, memory).
 
 mod abuse;
+mod api;
 mod auth;
 mod drain;
 mod fanout;
@@ -9,5 +10,6 @@ mod filters;
 mod helpers;
 mod lifecycle;
 mod proto;
+mod restart;
 mod resume;
 mod slow;

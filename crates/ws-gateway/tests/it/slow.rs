@@ -35,6 +35,9 @@ async fn a_stalled_client_gets_resync_while_a_normal_one_gets_every_event() {
             ("DATABASE_URL", world.isolation.database_url.as_str()),
             ("RUNCAST_JWT_SECRET", SECRET),
             ("RUNCAST_WS_QUEUE_CAPACITY", "4096"),
+            // The stalled client does not read until every event is published: on a loaded
+            // machine that can take longer than the default write timeout, which would drop it.
+            ("RUNCAST_WS_WRITE_TIMEOUT", "300s"),
         ],
     )
     .await
