@@ -214,6 +214,14 @@ impl Application {
     /// unreachable: `/readyz` says so until they are.
     pub async fn build(config: Config) -> Result<Self, Error> {
         config.validate()?;
+        let writers = 3 * u32::from(config.writers_per_stream);
+        if config.postgres.db_max_connections <= writers {
+            tracing::warn!(
+                pool = config.postgres.db_max_connections,
+                writers,
+                "RUNCAST_DB_MAX_CONNECTIONS leaves the batch writers waiting for connections; raise it above {writers}"
+            );
+        }
         // Install the recorder now: metrics recorded before the first scrape would be lost.
         ops::metrics_handle();
         let readiness = Readiness::default();
