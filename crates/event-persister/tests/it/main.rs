@@ -11,4 +11,5 @@ mod rebuild;
 mod replicas;
 mod retention;
 mod schema;
+mod store;
 mod support;

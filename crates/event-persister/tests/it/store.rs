@@ -1,0 +1,50 @@
+//! The writes against a real PostgreSQL, without NATS: batches committed out of order (as two
+//! replicas may commit them) and batches written twice (a redelivery) end in the same rows.
+
+use crate::support;
+use event_persister::decode::decode;
+use event_persister::rows::Fold;
+use event_persister::store;
+use prost::Message as _;
+use runcast_contract::StreamKind;
+use runcast_testkit::PostgresServer;
+use sqlx::PgPool;
+
+fn fold(events: &[(u64, runcast_contract::v1::Event)]) -> Fold {
+    let mut fold = Fold::default();
+    for (offset, event) in events {
+        let decoded = decode(StreamKind::Executions, *offset, &event.encode_to_vec()).expect("valid");
+        fold.add(&decoded, true);
+    }
+    fold
+}
+
+#[tokio::test]
+async fn out_of_order_and_repeated_batches_end_in_the_same_rows() {
+    let server = PostgresServer::start().await.expect("postgres");
+    let url = server.create_database(&runcast_testkit::unique_name("store")).await.expect("database");
+    let pool = PgPool::connect(&url).await.expect("connects");
+    event_persister::schema::migrate(&pool).await.expect("migrates");
+
+    let events: Vec<_> = support::execution_events("acme", "e1", 5, chrono::Utc::now().timestamp())
+        .into_iter()
+        .enumerate()
+        .map(|(n, event)| (n as u64 + 1, event))
+        .collect();
+    let created = fold(&events[..1]); // carries the idempotency key
+    let middle = fold(&events[1..3]); // the approval is asked for
+    let latest = fold(&events[3..]); // granted, then completed
+
+    // The newest batch commits first, the created event last; then everything again.
+    for batch in [&latest, &middle, &created, &latest, &created, &middle] {
+        store::write_batch(&pool, batch, &[], None).await.expect("write");
+    }
+    let views = support::read_executions(&pool).await;
+    let view = views.values().next().expect("one execution");
+    assert_eq!(views.len(), 1);
+    assert_eq!((view.version, view.last_offset, view.status.as_str()), (5, 5, "completed"));
+    assert_eq!(view.idempotency_key.as_deref(), Some("key-e1"), "the late created event still sets the key");
+    assert_eq!(view.approvals, [("deploy".to_owned(), "granted".to_owned(), 5)]);
+    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.expect("count");
+    assert_eq!(history, 5, "each event once");
+}
