@@ -306,3 +306,40 @@ pub async fn rebuild_once(config: &Config, page_size: i64, reset: bool) -> Resul
     pool.close().await;
     report.map(|_| ()).map_err(Error::from)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut argv = vec!["event-persister"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).expect("parses").config
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_documented() {
+        let config = parse(&[]);
+        config.validate().expect("defaults are valid");
+        assert_eq!(config.batch_size, 1000);
+        assert_eq!(config.batch_wait, Duration::from_millis(100));
+        assert_eq!(config.history_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(config.logs_retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(config.consumer_name, "event-persister");
+    }
+
+    #[test]
+    fn settings_that_would_break_the_consumer_are_refused_by_name() {
+        for (args, variable) in [
+            (&["--batch-wait", "0s"][..], "RUNCAST_BATCH_WAIT"),
+            (&["--batch-wait", "10s"][..], "RUNCAST_BATCH_WAIT"),
+            (&["--history-retention", "0s"][..], "RUNCAST_HISTORY_RETENTION"),
+            (&["--db-retry-max", "30s"][..], "RUNCAST_DB_RETRY_MAX"),
+            (&["--consumer-name", "a.b"][..], "RUNCAST_CONSUMER_NAME"),
+        ] {
+            let err = parse(args).validate().expect_err(variable);
+            assert_eq!(err.kind(), runcast_runtime::ErrorKind::Config);
+            assert!(err.to_string().contains(variable), "{err} should name {variable}");
+        }
+    }
+}
