@@ -147,7 +147,10 @@ impl Session {
                     self.close(CloseCode::GoingAway);
                     break;
                 }
-                _ = outbound.overflowed() => self.on_overflow(),
+                _ = outbound.overflowed() => if let Flow::Close(code) = self.on_overflow() {
+                    self.close(code);
+                    break;
+                },
                 Some(done) = self.replays_rx.recv() => self.on_replay_done(done),
                 _ = tokio::time::sleep_until(expiry.unwrap_or(far)), if expiry.is_some() => {
                     let _ = self.error(&ProtocolError::new(ErrorCode::Unauthenticated, "the token expired; reconnect with a fresh one"));
@@ -362,9 +365,11 @@ impl Session {
 
     /// The queue overflowed: every subscription leaves the live feed and the client is told
     /// where to resume each one from.
-    fn on_overflow(&mut self) {
+    /// An SSE stream is ended after its `resync`: an `EventSource` reconnects by itself with
+    /// `Last-Event-ID` = the last event it got, which resumes exactly there.
+    fn on_overflow(&mut self) -> Flow {
         let Some(delivered) = self.outbound.take_overflow() else {
-            return;
+            return Flow::Continue;
         };
         let subscriptions = std::mem::take(&mut self.subscriptions);
         for (channel, active) in subscriptions {
@@ -379,6 +384,10 @@ impl Session {
             });
         }
         tracing::info!("outbound queue overflowed; resync sent");
+        match self.transport {
+            Transport::Sse => Flow::Close(CloseCode::GoingAway),
+            Transport::WebSocket => Flow::Continue,
+        }
     }
 
     fn drop_subscription(&self, active: &Active) {

@@ -156,3 +156,28 @@ async fn an_api_key_authenticates_an_upgrade_and_is_scoped_to_its_tenant() {
         .await;
     assert_eq!(ws.events(1).await[0]["offset"], own, "only its own tenant's event");
 }
+
+#[tokio::test]
+async fn browsers_from_origins_not_allowed_are_refused() {
+    let world = World::start().await;
+    let gateway = world.gateway(&[("allowed-origins", "https://app.example")]).await;
+    let bearer = format!("Bearer {}", token("acme", "alice", 600));
+    let sse = |origin: &'static str| {
+        reqwest::Client::new()
+            .get(gateway.url("/sse?channel=executions"))
+            .header("Authorization", bearer.clone())
+            .header("Origin", origin)
+            .send()
+    };
+    assert_eq!(sse("https://evil.example").await.expect("answers").status(), 403);
+    assert_eq!(sse("https://app.example").await.expect("answers").status(), 200);
+    let refused = WsClient::try_connect(
+        &gateway.ws_url(&format!("?token={}", token("acme", "alice", 600))),
+        Some(("Origin", "https://evil.example".to_owned())),
+    )
+    .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+}

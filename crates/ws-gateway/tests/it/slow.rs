@@ -55,6 +55,10 @@ async fn a_stalled_client_gets_resync_while_a_normal_one_gets_every_event() {
 
     let mut stalled = gateway.connect(&token).await;
     stalled.subscribe(json!({"type": "subscribe", "channel": "executions"})).await;
+    let mut stalled_sse =
+        SseClient::connect(&gateway.url("/sse?channel=executions"), &[("Authorization", format!("Bearer {token}"))])
+            .await;
+    stalled_sse.until("subscribed").await;
     let mut normal = gateway.connect(&token).await;
     normal.subscribe(json!({"type": "subscribe", "channel": "executions"})).await;
     let baseline = resident_kib(pid);
@@ -102,6 +106,27 @@ async fn a_stalled_client_gets_resync_while_a_normal_one_gets_every_event() {
     assert!(offset < published[EVENTS - 1], "{resync}");
     // Everything it could not take was dropped: the queue is bounded, so memory is too.
     assert!(peak.saturating_sub(baseline) < 200 * 1024, "resident memory grew from {baseline} KiB to {peak} KiB");
+    // The stalled SSE client: events, then `resync`, then the end of the stream; reconnecting
+    // with the last id it got resumes right after it.
+    let mut last_id = None;
+    let resync = loop {
+        let record = stalled_sse.next().await.expect("the stream carries a resync before it ends");
+        match record.event.as_deref() {
+            Some("resync") => break record,
+            _ => last_id = record.id.or(last_id),
+        }
+    };
+    assert_eq!(resync.data["channel"], "executions");
+    assert!(stalled_sse.next().await.is_none(), "the stream ends after resync");
+    let last_id: u64 = last_id.expect("some events before the resync").parse().expect("numeric id");
+    let mut resumed = SseClient::connect(
+        &gateway.url("/sse?channel=executions"),
+        &[("Authorization", format!("Bearer {token}")), ("Last-Event-ID", last_id.to_string())],
+    )
+    .await;
+    let first = resumed.events(1).await.remove(0);
+    assert_eq!(first.id, Some((last_id + 1).to_string()), "resumed right after the last event it got");
+
     let stats = gateway.stats().await;
     assert!(stats["resyncs"].as_u64().unwrap_or(0) >= 1, "{stats}");
 }
