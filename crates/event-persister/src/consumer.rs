@@ -40,6 +40,9 @@ pub struct ConsumerSettings {
     pub name: String,
     pub batch_size: usize,
     pub batch_wait: Duration,
+    /// Most payload bytes per batch (raised to the server's largest message if smaller, or a
+    /// bigger message could never be fetched).
+    pub batch_max_bytes: usize,
     /// Longest pause between two attempts to write a batch.
     pub retry_max: Duration,
     /// How long JetStream waits for an ack before it redelivers.
@@ -186,6 +189,7 @@ impl StreamConsumer {
         let mut messages = consumer
             .batch()
             .max_messages(self.settings.batch_size)
+            .max_bytes(self.settings.batch_max_bytes.max(self.nats.client.server_info().max_payload))
             .expires(self.settings.batch_wait)
             .messages()
             .await
@@ -408,6 +412,7 @@ mod tests {
             name: "event-persister".into(),
             batch_size: 500,
             batch_wait: Duration::from_millis(100),
+            batch_max_bytes: 16 << 20,
             retry_max: Duration::from_secs(5),
             ack_wait: Duration::from_secs(30),
         };

@@ -99,6 +99,10 @@ pub struct Config {
     #[arg(long, env = "RUNCAST_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
 
+    /// Most payload bytes fetched per batch (bounds memory: each writer holds one batch).
+    #[arg(long, env = "RUNCAST_BATCH_MAX_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
+    pub batch_max_bytes: u64,
+
     /// Batches of one stream written at the same time by this process (each its own fetch loop
     /// and transaction on the shared durable consumer).
     #[arg(long, env = "RUNCAST_WRITERS_PER_STREAM", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=16))]
@@ -191,6 +195,7 @@ impl Config {
             name: self.consumer_name.clone(),
             batch_size: self.batch_size as usize,
             batch_wait: self.batch_wait,
+            batch_max_bytes: usize::try_from(self.batch_max_bytes).unwrap_or(usize::MAX),
             retry_max: self.db_retry_max,
             ack_wait: self.ack_wait,
         }
