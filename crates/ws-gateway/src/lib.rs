@@ -111,6 +111,10 @@ pub struct GatewayArgs {
     /// Events read per round trip when replaying from JetStream or the history.
     #[arg(long, env = "RUNCAST_REPLAY_BATCH", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub replay_batch: u32,
+
+    /// Replays and snapshots running at once on this replica; more wait their turn.
+    #[arg(long, env = "RUNCAST_REPLAY_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub replay_concurrency: u32,
 }
 
 impl GatewayArgs {
@@ -172,9 +176,17 @@ impl Application {
         }
         let live = hub.clone();
         readiness.add_check("upstream", move || live.all_live());
+        // Load balancers stop routing here as soon as the drain starts.
+        let draining = shutdown.clone();
+        readiness.add_check("accepting", move || !draining.is_cancelled());
         let gateway = Arc::new(Gateway::new(
             hub,
-            replay::Sources { nats, history, batch: config.gateway.replay_batch as usize },
+            replay::Sources {
+                nats,
+                history,
+                batch: config.gateway.replay_batch as usize,
+                slots: Arc::new(tokio::sync::Semaphore::new(config.gateway.replay_concurrency as usize)),
+            },
             authenticator,
             limits,
             shutdown.clone(),

@@ -18,7 +18,9 @@ use runcast_contract::{EntityId, StreamKind};
 use runcast_runtime::nats::Nats;
 use runcast_runtime::{Error, ErrorKind, postgres};
 use sqlx::PgPool;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// How a replay went: whether the offset was still held somewhere, and how many events it sent.
@@ -35,6 +37,9 @@ pub struct Sources {
     pub history: PgPool,
     /// Events read per round trip.
     pub batch: usize,
+    /// Replays (and snapshots) running at once on this replica: a reconnect storm after a drain
+    /// queues here instead of creating thousands of consumers at once.
+    pub slots: Arc<Semaphore>,
 }
 
 fn unavailable(what: &str, err: impl std::fmt::Display) -> Error {
@@ -42,6 +47,14 @@ fn unavailable(what: &str, err: impl std::fmt::Display) -> Error {
 }
 
 impl Sources {
+    /// Waits for a replay slot; `None` when `cancel` fires first.
+    pub async fn slot(&self, cancel: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            _ = cancel.cancelled() => None,
+            permit = self.slots.clone().acquire_owned() => permit.ok(),
+        }
+    }
+
     async fn stream(&self, kind: StreamKind) -> Result<async_nats::jetstream::stream::Stream, Error> {
         let name = self.nats.topology.stream_name(kind);
         self.nats

@@ -427,6 +427,9 @@ async fn resume_subscription(
         tracing::warn!(channel = %subscriber.channel, cause = %err, "resume failed");
         ProtocolError { code, message: err.to_string(), id: id.clone() }
     };
+    let Some(_slot) = gw.sources.slot(cancel).await else {
+        return Ok(()); // the subscription or the connection is gone
+    };
     let channel = subscriber.channel_name.clone();
     let mut since = since_offset;
     if snapshot && let Some(_) = subscriber.channel.snapshot_entity() {
