@@ -4,10 +4,14 @@ use crate::support::{self, WAIT, World};
 use nix::sys::signal::Signal;
 use runcast_testkit::eventually;
 
+/// Small batches, so the crash lands between some of them; a short ack wait, so the batch the
+/// crash interrupted comes back in seconds rather than the default 30.
+const SETTINGS: &[(&str, &str)] = &[("RUNCAST_BATCH_SIZE", "200"), ("RUNCAST_ACK_WAIT", "5s")];
+
 #[tokio::test]
 async fn a_persister_killed_mid_load_resumes_without_losing_or_duplicating_anything() {
     let world = World::start().await;
-    let mut persister = world.persister(&[("RUNCAST_BATCH_SIZE", "200")]).await;
+    let mut persister = world.persister(&SETTINGS).await;
 
     let events = support::load(&world, 400, 20);
     let total = i64::try_from(events.len()).expect("count");
@@ -29,7 +33,7 @@ async fn a_persister_killed_mid_load_resumes_without_losing_or_duplicating_anyth
     assert!(at_crash < total, "the crash came too late to mean anything");
 
     let published = publisher.await.expect("publisher");
-    let _restarted = world.persister(&[("RUNCAST_BATCH_SIZE", "200")]).await;
+    let _restarted = world.persister(&SETTINGS).await;
     world.wait_for_history(total).await;
 
     let history = world.history().await;
