@@ -11,7 +11,7 @@ const SETTINGS: &[(&str, &str)] = &[("RUNCAST_BATCH_SIZE", "200"), ("RUNCAST_ACK
 #[tokio::test]
 async fn a_persister_killed_mid_load_resumes_without_losing_or_duplicating_anything() {
     let world = World::start().await;
-    let mut persister = world.persister(&SETTINGS).await;
+    let mut persister = world.persister(SETTINGS).await;
 
     let events = support::load(&world, 400, 20);
     let total = i64::try_from(events.len()).expect("count");
@@ -33,7 +33,7 @@ async fn a_persister_killed_mid_load_resumes_without_losing_or_duplicating_anyth
     assert!(at_crash < total, "the crash came too late to mean anything");
 
     let published = publisher.await.expect("publisher");
-    let _restarted = world.persister(&SETTINGS).await;
+    let _restarted = world.persister(SETTINGS).await;
     world.wait_for_history(total).await;
 
     let history = world.history().await;
