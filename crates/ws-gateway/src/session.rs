@@ -365,6 +365,7 @@ impl Session {
 
     /// The queue overflowed: every subscription leaves the live feed and the client is told
     /// where to resume each one from.
+    ///
     /// An SSE stream is ended after its `resync`: an `EventSource` reconnects by itself with
     /// `Last-Event-ID` = the last event it got, which resumes exactly there.
     fn on_overflow(&mut self) -> Flow {
@@ -457,6 +458,10 @@ async fn resume_subscription(
     let since = since.unwrap_or(head);
     subscriber.set_position(since);
     let outcome = gw.sources.replay(subscriber, since, cancel).await.map_err(unavailable)?;
+    if cancel.is_cancelled() {
+        // Unsubscribed, overflowed (the client got `resync`) or disconnected meanwhile.
+        return Ok(());
+    }
     if !outcome.recovered {
         // Neither source holds the position: continue live from the head; the client reloads.
         subscriber.set_position(head);
