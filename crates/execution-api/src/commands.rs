@@ -79,6 +79,25 @@ impl Executions {
         command: Command,
         expected_version: Option<u64>,
     ) -> Result<Execution, ApiError> {
+        let name = command.name();
+        let started = std::time::Instant::now();
+        let outcome = self.decide_and_append(tenant, execution_id, command, expected_version).await;
+        let result = match &outcome {
+            Ok(_) => "ok",
+            Err(err) => err.code_name(),
+        };
+        metrics::counter!("runcast_api_commands_total", "command" => name, "outcome" => result).increment(1);
+        metrics::histogram!("runcast_api_command_seconds", "command" => name).record(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    async fn decide_and_append(
+        &self,
+        tenant: &EntityId,
+        execution_id: &EntityId,
+        command: Command,
+        expected_version: Option<u64>,
+    ) -> Result<Execution, ApiError> {
         for attempt in 0..MAX_ATTEMPTS {
             let last = self.store.last(StreamKind::Executions, tenant, execution_id).await?;
             let current = last.as_ref().and_then(execution_of);
@@ -122,6 +141,7 @@ impl Executions {
                     return Ok(state);
                 }
                 Err(err) if err.kind() == StoreErrorKind::Conflict => {
+                    metrics::counter!("runcast_api_write_conflicts_total").increment(1);
                     tracing::debug!(%execution_id, attempt, "lost a race; reading again");
                     tokio::time::sleep(backoff(attempt)).await;
                 }

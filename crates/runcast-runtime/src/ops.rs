@@ -96,11 +96,13 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 /// `/healthz`, `/readyz` and `/metrics`.
+/// Installs the metrics recorder now, so nothing recorded before the first scrape is lost.
 pub fn router(readiness: Readiness) -> Router {
+    let metrics = metrics_handle();
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(|| async { metrics_handle().render() }))
+        .route("/metrics", get(move || std::future::ready(metrics.render())))
         .with_state(readiness)
 }
 

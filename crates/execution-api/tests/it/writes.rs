@@ -292,3 +292,41 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_changes_nothing() {
     let appended = client.append_logs(futures::stream::iter(vec![ok.clone(), ok])).await.expect("logs").into_inner();
     assert_eq!((appended.lines_appended, appended.last_line_number), (6, 6), "lines are numbered per execution");
 }
+
+#[tokio::test]
+async fn commands_are_counted_in_metrics_and_browsers_from_allowed_origins_may_call() {
+    let stack = Stack::start().await;
+    let mut api = stack.api(&[("RUNCAST_CORS_ORIGINS", "http://dashboard.test")]).await;
+    let mut client = executions(&mut api, Some(&admin())).await;
+    let id = client
+        .create_execution(CreateExecutionRequest { workflow_id: "wf".into(), ..Default::default() })
+        .await
+        .expect("create")
+        .into_inner()
+        .execution_id;
+    client.update_execution_status(set(&id, ExecutionStatus::Completed)).await.expect_err("pending cannot complete");
+
+    let metrics =
+        crate::support::http().get(api.http_url("/metrics")).send().await.expect("sent").text().await.expect("text");
+    assert!(metrics.contains(r#"runcast_api_commands_total{command="create",outcome="ok"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"runcast_api_commands_total{command="set status",outcome="FAILED_PRECONDITION"} 1"#),
+        "{metrics}"
+    );
+
+    let preflight = |origin: &'static str| {
+        crate::support::http()
+            .request(reqwest::Method::OPTIONS, api.http_url("/api/v1/executions"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "authorization,content-type")
+            .send()
+    };
+    let allowed = preflight("http://dashboard.test").await.expect("sent");
+    assert_eq!(
+        allowed.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()),
+        Some("http://dashboard.test")
+    );
+    let refused = preflight("http://evil.test").await.expect("sent");
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
+}
