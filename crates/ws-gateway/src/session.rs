@@ -16,7 +16,6 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +44,24 @@ struct ReplayDone {
     failed: Option<ProtocolError>,
 }
 
+/// Replay outcomes waiting for the session. At most one per subscription, so bounded.
+#[derive(Default)]
+struct ReplayInbox {
+    done: std::sync::Mutex<Vec<ReplayDone>>,
+    ready: tokio::sync::Notify,
+}
+
+impl ReplayInbox {
+    fn push(&self, done: ReplayDone) {
+        self.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(done);
+        self.ready.notify_one();
+    }
+
+    fn take(&self) -> Vec<ReplayDone> {
+        std::mem::take(&mut *self.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
 /// Inbound messages counted per one-second window.
 struct RateWindow {
     started: Instant,
@@ -64,8 +81,9 @@ pub struct Session {
     principal: Principal,
     outbound: Arc<Outbound>,
     subscriptions: HashMap<Channel, Active>,
-    replays_tx: mpsc::Sender<ReplayDone>,
-    replays_rx: mpsc::Receiver<ReplayDone>,
+    /// Where replay tasks report; a plain list rather than a channel, which would allocate a
+    /// block of slots per connection up front.
+    replays: Arc<ReplayInbox>,
     rate: RateWindow,
     connection: u64,
     /// Cancelled when the session ends: stops its replays.
@@ -85,8 +103,6 @@ impl Session {
         outbound: Arc<Outbound>,
     ) -> Self {
         let connection = gw.connected(transport, &principal.subject);
-        let max = gw.limits.max_subscriptions.max(1);
-        let (replays_tx, replays_rx) = mpsc::channel(max);
         Self {
             gw,
             transport,
@@ -94,8 +110,7 @@ impl Session {
             principal,
             outbound,
             subscriptions: HashMap::new(),
-            replays_tx,
-            replays_rx,
+            replays: Arc::default(),
             rate: RateWindow { started: Instant::now(), count: 0, warned: false },
             connection,
             ended: CancellationToken::new(),
@@ -133,6 +148,7 @@ impl Session {
         tracing::debug!("session started");
         let gw = self.gw.clone();
         let outbound = self.outbound.clone();
+        let replays = self.replays.clone();
         loop {
             let expiry = self.expiry();
             let far = Instant::now() + Duration::from_secs(86_400 * 365);
@@ -151,7 +167,11 @@ impl Session {
                     self.close(code);
                     break;
                 },
-                Some(done) = self.replays_rx.recv() => self.on_replay_done(done),
+                _ = replays.ready.notified() => {
+                    for done in replays.take() {
+                        self.on_replay_done(done);
+                    }
+                }
                 _ = tokio::time::sleep_until(expiry.unwrap_or(far)), if expiry.is_some() => {
                     let _ = self.error(&ProtocolError::new(ErrorCode::Unauthenticated, "the token expired; reconnect with a fresh one"));
                     self.close(CloseCode::TokenExpired);
@@ -335,11 +355,11 @@ impl Session {
             },
         );
         let gw = self.gw.clone();
-        let done = self.replays_tx.clone();
+        let done = self.replays.clone();
         self.gw.tasks.spawn(async move {
             let failed = resume_subscription(&gw, &subscriber, since_offset, snapshot, head, id, &cancel).await.err();
             // The session may be gone already; then there is nobody to tell.
-            let _ = done.send(ReplayDone { subscription: subscriber.id, channel, failed }).await;
+            done.push(ReplayDone { subscription: subscriber.id, channel, failed });
         });
         Ok(())
     }

@@ -128,7 +128,8 @@ async fn write_loop(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     let dead_after = u64::try_from((limits.ping_interval * 2).as_millis()).unwrap_or(u64::MAX);
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    // Grown on demand and released after a burst: an idle connection holds no batch memory.
+    let mut batch = Vec::new();
     loop {
         tokio::select! {
             _ = closed.cancelled() => return,
@@ -147,6 +148,9 @@ async fn write_loop(
         loop {
             outbound.pop_batch(WRITE_BATCH, &mut batch);
             if batch.is_empty() {
+                if batch.capacity() > 16 {
+                    batch = Vec::new();
+                }
                 break;
             }
             let mut events = 0u64;

@@ -4,6 +4,7 @@
 mod abuse;
 mod api;
 mod auth;
+mod bench;
 mod drain;
 mod fanout;
 mod filters;
