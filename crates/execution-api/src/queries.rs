@@ -120,15 +120,7 @@ impl Queries {
         .fetch_all(&self.pool)
         .await
         .map_err(|err| db_error("list executions", err))?;
-        let mut page = Page { items: Vec::with_capacity(rows.len()), next_cursor: String::new(), as_of_offset };
-        let mut last_key: Option<(DateTime<Utc>, String)> = None;
-        for (index, row) in rows.iter().enumerate() {
-            if index as i64 == limit {
-                if let Some((at, id)) = last_key.take() {
-                    page.next_cursor = encode_cursor(at, &id);
-                }
-                break;
-            }
+        paginate(&rows, limit, as_of_offset, |row| {
             let created_at: DateTime<Utc> =
                 row.try_get("created_at").map_err(|err| db_error("read an execution", err))?;
             let id: String = row.try_get("execution_id").map_err(|err| db_error("read an execution", err))?;
@@ -138,10 +130,8 @@ impl Queries {
                 ApiError::internal(format!("the stored state of execution {id} does not decode: {err}"))
             })?;
             execution.offset = u64::try_from(last_offset).unwrap_or(0);
-            page.items.push(execution);
-            last_key = Some((created_at, id));
-        }
-        Ok(page)
+            Ok((execution, Cursor { at: created_at, id }))
+        })
     }
 
     pub async fn list_events(&self, tenant: &EntityId, filter: &EventFilter) -> Result<Page<Event>, ApiError> {
@@ -172,15 +162,7 @@ impl Queries {
         .fetch_all(&self.pool)
         .await
         .map_err(|err| db_error("list events", err))?;
-        let mut page = Page { items: Vec::with_capacity(rows.len()), next_cursor: String::new(), as_of_offset: 0 };
-        let mut last_key: Option<(DateTime<Utc>, String)> = None;
-        for (index, row) in rows.iter().enumerate() {
-            if index as i64 == limit {
-                if let Some((at, id)) = last_key.take() {
-                    page.next_cursor = encode_cursor(at, &id);
-                }
-                break;
-            }
+        paginate(&rows, limit, 0, |row| {
             let body: Vec<u8> = row.try_get("body").map_err(|err| db_error("read an event", err))?;
             let offset: i64 = row.try_get("stream_offset").map_err(|err| db_error("read an event", err))?;
             let at: DateTime<Utc> = row.try_get("occurred_at").map_err(|err| db_error("read an event", err))?;
@@ -188,10 +170,8 @@ impl Queries {
             let mut event = Event::decode(body.as_slice())
                 .map_err(|err| ApiError::internal(format!("stored event {id} does not decode: {err}")))?;
             event.offset = u64::try_from(offset).unwrap_or(0);
-            page.items.push(event);
-            last_key = Some((at, id));
-        }
-        Ok(page)
+            Ok((event, Cursor { at, id }))
+        })
     }
 
     pub async fn list_agents(
@@ -220,24 +200,40 @@ impl Queries {
         .fetch_all(&self.pool)
         .await
         .map_err(|err| db_error("list agents", err))?;
-        let mut page: Page<Agent> =
-            Page { items: Vec::with_capacity(rows.len()), next_cursor: String::new(), as_of_offset };
-        for (index, row) in rows.iter().enumerate() {
-            if index as i64 == limit {
-                if let Some(last) = page.items.last() {
-                    page.next_cursor = encode_cursor(DateTime::<Utc>::UNIX_EPOCH, &last.agent_id);
-                }
-                break;
-            }
+        paginate(&rows, limit, as_of_offset, |row| {
             let bytes: Vec<u8> = row.try_get("state").map_err(|err| db_error("read an agent", err))?;
             let last_offset: i64 = row.try_get("last_offset").map_err(|err| db_error("read an agent", err))?;
+            let id: String = row.try_get("agent_id").map_err(|err| db_error("read an agent", err))?;
             let mut agent = Agent::decode(bytes.as_slice())
-                .map_err(|err| ApiError::internal(format!("a stored agent does not decode: {err}")))?;
+                .map_err(|err| ApiError::internal(format!("the stored state of agent {id} does not decode: {err}")))?;
             agent.offset = u64::try_from(last_offset).unwrap_or(0);
-            page.items.push(agent);
-        }
-        Ok(page)
+            // Agents are sorted by id alone; the time in their cursor is unused.
+            Ok((agent, Cursor { at: DateTime::<Utc>::UNIX_EPOCH, id }))
+        })
     }
+}
+
+/// Turns the `limit + 1` rows a list query fetched into a page: the extra row only tells that
+/// another page exists, and the cursor is the sort key of the last row shown.
+fn paginate<T>(
+    rows: &[sqlx::postgres::PgRow],
+    limit: i64,
+    as_of_offset: u64,
+    decode: impl Fn(&sqlx::postgres::PgRow) -> Result<(T, Cursor), ApiError>,
+) -> Result<Page<T>, ApiError> {
+    let shown = usize::try_from(limit).unwrap_or(0);
+    let mut items = Vec::with_capacity(rows.len().min(shown));
+    let mut last = None;
+    for row in rows.iter().take(shown) {
+        let (item, key) = decode(row)?;
+        items.push(item);
+        last = Some(key);
+    }
+    let next_cursor = match last {
+        Some(key) if rows.len() > shown => encode_cursor(key.at, &key.id),
+        _ => String::new(),
+    };
+    Ok(Page { items, next_cursor, as_of_offset })
 }
 
 /// The execution an event belongs to, when it carries one.

@@ -107,27 +107,31 @@ pub fn http() -> reqwest::Client {
 
 /// Every event stored on an execution's subject, in order, decoded.
 pub async fn events_of(stack: &Stack, execution_id: &str) -> Vec<runcast_contract::v1::Event> {
+    events_on(stack, runcast_contract::StreamKind::Executions, execution_id).await
+}
+
+/// Every event stored on the subject of one entity of `kind` (tenant [`TENANT`]), in order.
+pub async fn events_on(
+    stack: &Stack,
+    kind: runcast_contract::StreamKind,
+    entity: &str,
+) -> Vec<runcast_contract::v1::Event> {
     use futures::StreamExt as _;
     use prost::Message as _;
     let topology = runcast_contract::Topology::with_prefix(&stack.isolation.stream_prefix).expect("prefix");
     let tenant = runcast_contract::EntityId::parse("tenant_id", TENANT).expect("id");
-    let id = runcast_contract::EntityId::parse("execution_id", execution_id).expect("id");
-    let subject = topology.entity_subject(runcast_contract::StreamKind::Executions, &tenant, &id);
+    let id = runcast_contract::EntityId::parse("id", entity).expect("id");
+    let subject = topology.entity_subject(kind, &tenant, &id);
     let js = async_nats::jetstream::new(async_nats::connect(stack.infra.nats.url()).await.expect("nats"));
-    let mut stream =
-        js.get_stream(topology.stream_name(runcast_contract::StreamKind::Executions)).await.expect("stream");
-    let count = stream.info().await.expect("info").state.messages;
-    if count == 0 {
-        return Vec::new();
-    }
+    let stream = js.get_stream(topology.stream_name(kind)).await.expect("stream");
+    let Ok(last) = stream.direct_get_last_for_subject(subject.clone()).await else { return Vec::new() };
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subject.clone(),
+            filter_subject: subject,
             ..Default::default()
         })
         .await
         .expect("consumer");
-    let last = stream.direct_get_last_for_subject(subject).await.map(|m| m.sequence).unwrap_or(0);
     let mut messages = consumer.messages().await.expect("messages");
     let mut events = Vec::new();
     while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
@@ -135,7 +139,7 @@ pub async fn events_of(stack: &Stack, execution_id: &str) -> Vec<runcast_contrac
         let mut event = runcast_contract::v1::Event::decode(message.payload.as_ref()).expect("decodes");
         event.offset = sequence;
         events.push(event);
-        if sequence >= last {
+        if sequence >= last.sequence {
             break;
         }
     }

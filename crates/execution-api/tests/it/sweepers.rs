@@ -1,40 +1,14 @@
 //! Sweepers on two replicas: exactly one `agent.offline`, lease handover when its holder dies,
 //! and exactly one `approval.expired`.
 
-use crate::support::{Stack, TENANT, admin, agents, executions};
-use futures::StreamExt as _;
-use prost::Message as _;
+use crate::support::{Stack, admin, agents, executions};
+use runcast_contract::StreamKind;
 use runcast_contract::v1::*;
-use runcast_contract::{EntityId, StreamKind, Topology};
 use std::time::Duration;
 
 /// Types of every event on a subject of `kind`.
 async fn event_types(stack: &Stack, kind: StreamKind, entity: &str) -> Vec<i32> {
-    let topology = Topology::with_prefix(&stack.isolation.stream_prefix).expect("prefix");
-    let subject = topology.entity_subject(
-        kind,
-        &EntityId::parse("tenant_id", TENANT).expect("id"),
-        &EntityId::parse("id", entity).expect("id"),
-    );
-    let js = async_nats::jetstream::new(async_nats::connect(stack.infra.nats.url()).await.expect("nats"));
-    let stream = js.get_stream(topology.stream_name(kind)).await.expect("stream");
-    let Ok(last) = stream.direct_get_last_for_subject(subject.clone()).await else { return Vec::new() };
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subject,
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
-    let mut messages = consumer.messages().await.expect("messages");
-    let mut types = Vec::new();
-    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
-        types.push(Event::decode(message.payload.as_ref()).expect("decodes").r#type);
-        if message.info().expect("info").stream_sequence >= last.sequence {
-            break;
-        }
-    }
-    types
+    crate::support::events_on(stack, kind, entity).await.iter().map(|event| event.r#type).collect()
 }
 
 fn count(types: &[i32], wanted: EventType) -> usize {
