@@ -23,9 +23,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked \
-        --bin execution-api --bin event-persister --bin ws-gateway \
+        --bin execution-api --bin event-persister --bin ws-gateway --bin runcast \
  && mkdir -p /out \
- && cp target/release/execution-api target/release/event-persister target/release/ws-gateway /out/
+ && cp target/release/execution-api target/release/event-persister target/release/ws-gateway target/release/runcast /out/
 
 ############################ runtime ############################
 FROM debian:bookworm-slim AS runtime
@@ -38,7 +38,7 @@ RUN apt-get update \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin runcast
 
-COPY --from=build /out/execution-api /out/event-persister /out/ws-gateway /usr/local/bin/
+COPY --from=build /out/execution-api /out/event-persister /out/ws-gateway /out/runcast /usr/local/bin/
 
 WORKDIR /app
 USER 10001:10001
