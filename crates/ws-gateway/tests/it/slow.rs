@@ -130,3 +130,40 @@ async fn a_stalled_client_gets_resync_while_a_normal_one_gets_every_event() {
     let stats = gateway.stats().await;
     assert!(stats["resyncs"].as_u64().unwrap_or(0) >= 1, "{stats}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_for_a_stalled_client_is_coalesced_newest_wins_instead_of_resync() {
+    const EVENTS: usize = 20_000;
+    let world = World::start().await;
+    // A tiny queue: without coalescing, the first burst would overflow it.
+    let gateway = world.gateway(&[("queue-capacity", "8"), ("write-timeout", "300s")]).await;
+    let mut stalled = gateway.connect(&token("acme", "alice", 600)).await;
+    stalled.subscribe(json!({"type": "subscribe", "channel": "executions:e-1"})).await;
+    let payload = "p".repeat(300);
+    let published = world
+        .publish_many((0..EVENTS).map(|i| {
+            let mut event =
+                execution_event("acme", "e-1", "wf", EventType::ExecutionProgress, ExecutionStatus::Running);
+            if let Some(runcast_contract::v1::event::State::Execution(state)) = &mut event.state {
+                state.progress = (i % 100) as u32;
+                state.current_step = payload.clone();
+            }
+            event
+        }))
+        .await;
+    let last = *published.last().expect("published");
+    let mut received = 0usize;
+    let mut previous = 0u64;
+    loop {
+        let text = stalled.next_text().await;
+        assert!(!text.contains("\"type\":\"resync\""), "coalescing keeps the queue from overflowing");
+        let Some(offset) = envelope_offset(&text) else { continue };
+        assert!(offset > previous, "still in offset order");
+        previous = offset;
+        received += 1;
+        if offset == last {
+            break;
+        }
+    }
+    assert!(received < EVENTS, "older undelivered progress was replaced ({received} of {EVENTS} delivered)");
+}
