@@ -14,12 +14,5 @@ async fn main() -> ExitCode {
             Err(err) => Err(err),
         },
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) if err.kind() == runcast_runtime::ErrorKind::Config => config::exit_config_error(&err),
-        Err(err) => {
-            tracing::error!(cause = %err, "event-persister failed");
-            ExitCode::FAILURE
-        }
-    }
+    config::exit_code(event_persister::SERVICE, result)
 }

@@ -1,4 +1,4 @@
-use execution_api::{Application, Config};
+use execution_api::{Application, Config, SERVICE};
 use runcast_runtime::{config, shutdown, telemetry};
 use std::process::ExitCode;
 
@@ -10,12 +10,5 @@ async fn main() -> ExitCode {
         Ok(app) => app.run_until_stopped(shutdown::on_signal()).await,
         Err(err) => Err(err),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) if err.kind() == runcast_runtime::ErrorKind::Config => config::exit_config_error(&err),
-        Err(err) => {
-            tracing::error!(cause = %err, "execution-api failed");
-            ExitCode::FAILURE
-        }
-    }
+    config::exit_code(SERVICE, result)
 }

@@ -28,6 +28,19 @@ pub fn exit_config_error(err: &Error) -> ! {
     std::process::exit(i32::from(EXIT_CONFIG))
 }
 
+/// How a service's `main` ends: 0 when it stopped cleanly, 64 with the message for a bad
+/// configuration, 1 (logged) for anything else.
+pub fn exit_code(service: &str, result: Result<(), Error>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) if err.kind() == ErrorKind::Config => exit_config_error(&err),
+        Err(err) => {
+            tracing::error!(cause = %err, "{service} failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct TelemetryArgs {
     /// Log filter, in `tracing-subscriber` EnvFilter syntax.

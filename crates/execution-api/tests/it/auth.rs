@@ -12,12 +12,7 @@ async fn role_by_method_matrix_over_grpc_and_rest() {
     let stack = Stack::start().await;
     let mut api = stack.api(&[]).await;
     let mut setup = executions(&mut api, Some(&admin())).await;
-    let id = setup
-        .create_execution(CreateExecutionRequest { workflow_id: "wf".into(), ..Default::default() })
-        .await
-        .expect("create")
-        .into_inner()
-        .execution_id;
+    let id = crate::support::create(&mut setup, "wf").await;
 
     for role in ROLES {
         let token = token_for(TENANT, &[role], 600);

@@ -139,12 +139,7 @@ async fn watch_streams_the_state_then_events_and_resumes_from_an_offset_without_
     let stack = Stack::start().await;
     let mut api = stack.api(&[]).await;
     let mut client = executions(&mut api, Some(&admin())).await;
-    let id = client
-        .create_execution(CreateExecutionRequest { workflow_id: "wf".into(), ..Default::default() })
-        .await
-        .expect("create")
-        .into_inner()
-        .execution_id;
+    let id = crate::support::create(&mut client, "wf").await;
     let mut watch = client
         .watch_execution(WatchExecutionRequest { execution_id: id.clone(), from_offset: 0 })
         .await

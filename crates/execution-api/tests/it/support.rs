@@ -145,3 +145,9 @@ pub async fn events_on(
     }
     events
 }
+
+/// Creates an execution of `workflow` and returns its id.
+pub async fn create(client: &mut Executions, workflow: &str) -> String {
+    let request = runcast_contract::v1::CreateExecutionRequest { workflow_id: workflow.into(), ..Default::default() };
+    client.create_execution(request).await.expect("create").into_inner().execution_id
+}

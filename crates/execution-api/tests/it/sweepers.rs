@@ -62,12 +62,7 @@ async fn an_approval_past_its_deadline_expires_exactly_once() {
     let _persister = stack.persister().await;
     let (mut first, _second) = tokio::join!(stack.api(&[]), stack.api(&[]));
     let mut client = executions(&mut first, Some(&admin())).await;
-    let id = client
-        .create_execution(CreateExecutionRequest { workflow_id: "wf".into(), ..Default::default() })
-        .await
-        .expect("create")
-        .into_inner()
-        .execution_id;
+    let id = crate::support::create(&mut client, "wf").await;
     client
         .update_execution_status(UpdateExecutionStatusRequest {
             execution_id: id.clone(),

@@ -211,12 +211,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_changes_nothing() {
     let stack = Stack::start().await;
     let mut api = stack.api(&[]).await;
     let mut client = executions(&mut api, Some(&admin())).await;
-    let id = client
-        .create_execution(CreateExecutionRequest { workflow_id: "wf".into(), ..Default::default() })
-        .await
-        .expect("create")
-        .into_inner()
-        .execution_id;
+    let id = crate::support::create(&mut client, "wf").await;
     client.update_execution_status(set(&id, ExecutionStatus::Running)).await.expect("run");
     let before = events_of(&stack, &id).await.len();
 
@@ -298,12 +293,7 @@ async fn commands_are_counted_in_metrics_and_browsers_from_allowed_origins_may_c
     let stack = Stack::start().await;
     let mut api = stack.api(&[("RUNCAST_CORS_ORIGINS", "http://dashboard.test")]).await;
     let mut client = executions(&mut api, Some(&admin())).await;
-    let id = client
-        .create_execution(CreateExecutionRequest { workflow_id: "wf".into(), ..Default::default() })
-        .await
-        .expect("create")
-        .into_inner()
-        .execution_id;
+    let id = crate::support::create(&mut client, "wf").await;
     client.update_execution_status(set(&id, ExecutionStatus::Completed)).await.expect_err("pending cannot complete");
 
     let metrics =
