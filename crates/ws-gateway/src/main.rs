@@ -1,6 +1,6 @@
 use runcast_runtime::{config, shutdown, telemetry};
 use std::process::ExitCode;
-use ws_gateway::{Application, Config};
+use ws_gateway::{Application, Config, SERVICE};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -10,12 +10,5 @@ async fn main() -> ExitCode {
         Ok(app) => app.run_until_stopped(shutdown::on_signal()).await,
         Err(err) => Err(err),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) if err.kind() == runcast_runtime::ErrorKind::Config => config::exit_config_error(&err),
-        Err(err) => {
-            tracing::error!(cause = %err, "ws-gateway failed");
-            ExitCode::FAILURE
-        }
-    }
+    config::exit_code(SERVICE, result)
 }

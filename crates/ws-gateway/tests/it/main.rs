@@ -10,6 +10,7 @@ mod fanout;
 mod filters;
 mod helpers;
 mod lifecycle;
+mod persisted;
 mod proto;
 mod restart;
 mod resume;
