@@ -1,0 +1,155 @@
+// The dashboard in headless Chromium (Debian's /usr/bin/chromium driven by playwright-core)
+// against a real stack: optimistic create, live updates to a terminal state, approvals and logs on
+// the execution page, and the connection indicator across a gateway stop/restart, after which the
+// table matches the REST list. Screenshots go to clients/js/test-artifacts/.
+//
+// Until ws-gateway serves the dashboard at `/`, a tiny static server serves clients/dashboard/dist
+// and the page is pointed at the gateway and the API with query parameters.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import http from "node:http";
+import { readFileSync, existsSync, mkdirSync } from "node:fs";
+import { join, extname, resolve, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { Stack, mintToken, waitFor } from "../harness.mjs";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const DIST = resolve(here, "../../../dashboard/dist");
+const ARTIFACTS = resolve(here, "../../test-artifacts");
+const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+
+let stack, server, browser, origin, token;
+
+function staticServer(root) {
+  const types = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".map": "application/json" };
+  return http.createServer((req, res) => {
+    const path = new URL(req.url, "http://x").pathname;
+    const file = join(root, path === "/" ? "index.html" : path.replace(/^\/+/, ""));
+    if (!file.startsWith(root) || !existsSync(file)) {
+      res.writeHead(404).end("not found");
+      return;
+    }
+    res.writeHead(200, { "content-type": types[extname(file)] ?? "application/octet-stream" }).end(readFileSync(file));
+  });
+}
+
+before(async () => {
+  assert.ok(existsSync(join(DIST, "index.html")), "build the dashboard first (npm run build:dashboard)");
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install chromium (.ci/run does)`);
+  mkdirSync(ARTIFACTS, { recursive: true });
+  server = staticServer(DIST);
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  origin = `http://127.0.0.1:${server.address().port}`;
+  stack = new Stack();
+  stack.corsOrigins = origin;
+  await stack.start();
+  token = mintToken({ ttlSeconds: 3600 });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  server?.close();
+  server?.closeAllConnections?.();
+  await stack?.stop();
+});
+
+const shot = (page, name) => page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
+
+/** The table as the page shows it: id → [status, version] (confirmed rows only). */
+const tableRows = (page) =>
+  page.$$eval("#executions tbody tr:not(.optimistic)", (trs) => Object.fromEntries(trs.map((tr) => [tr.dataset.id, [tr.dataset.status, Number(tr.dataset.version)]])));
+
+test("dashboard: optimistic create, live to a terminal state, approvals, logs, reconnect indicator, table = REST", { timeout: 180000 }, async () => {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  const consoleErrors = [];
+  page.on("pageerror", (err) => consoleErrors.push(String(err)));
+  const q = new URLSearchParams({ token, gateway: stack.gatewayUrl, api: stack.apiUrl });
+  await page.goto(`${origin}/?${q}`);
+  await page.waitForSelector('#conn[data-status="live"]', { timeout: 20000 });
+  const sim = stack.simulate({ agents: 3, rate: 2 });
+  await page.waitForSelector("#agents li", { timeout: 20000 });
+  await page.waitForSelector("#executions tbody tr", { timeout: 20000 });
+
+  // --- optimistic create: hold the POST so "at once" is observable, then let it through
+  let release;
+  const held = new Promise((r) => (release = r));
+  await page.route("**/api/v1/executions", async (route) => {
+    if (route.request().method() !== "POST") return route.continue();
+    await held;
+    await route.continue();
+  });
+  await page.fill("#create-workflow", "e2e-form");
+  await page.click("#create-submit");
+  await page.waitForSelector('#executions tbody tr.optimistic td.workflow:text("e2e-form")', { timeout: 2000 });
+  await shot(page, "01-optimistic-row");
+  release();
+  const row = await page.waitForSelector('#executions tbody tr:not(.optimistic):has(td.workflow:text("e2e-form"))', { timeout: 10000 });
+  const id = await row.getAttribute("data-id");
+  assert.match(id, /^[A-Za-z0-9_-]{1,64}$/);
+  assert.equal(await page.$$eval("#executions tbody tr.optimistic", (t) => t.length), 0, "the placeholder was replaced, not duplicated");
+  await page.unroute("**/api/v1/executions");
+
+  // a refused create rolls back with the API's message
+  await page.fill("#create-workflow", "bad.workflow");
+  await page.$eval("#create-form", (f) => f.requestSubmit ? (f.querySelector("input").removeAttribute("pattern"), f.requestSubmit()) : f.submit());
+  await page.waitForSelector("#toast:not([hidden])", { timeout: 5000 });
+  assert.match(await page.textContent("#toast"), /Create failed: .*workflow_id/);
+  assert.equal(await page.$$eval("#executions tbody tr.optimistic", (t) => t.length), 0, "rolled back");
+
+  // --- drive it (as an agent would) and watch it live on its page
+  await page.click(`#executions tr[data-id="${id}"] td.id a`);
+  await page.waitForSelector('#detail-meta[data-status="pending"]');
+  stack.cli(["exec", "status", id, "running"]);
+  stack.cli(["exec", "step", id, "build", "running"]);
+  stack.cli(["logs", "append", id, "compiling", "linking"]);
+  stack.cli(["exec", "progress", id, "40", "--step", "build"]);
+  await page.waitForFunction(() => document.querySelector("#detail-logs").textContent.includes("linking"), null, { timeout: 10000 });
+  await page.waitForSelector('#detail-steps li:text("build: running")', { timeout: 10000 });
+  stack.cli(["exec", "request-approval", id, "go-live", "--reason", "ship it?"]);
+  await page.waitForSelector('#detail-meta[data-status="blocked"]', { timeout: 10000 });
+  await page.waitForSelector('#detail-approvals button[data-approval="go-live"]:text("Approve")', { timeout: 10000 });
+  await shot(page, "02-execution-page-approval");
+  await page.click('#detail-approvals button[data-approval="go-live"]:text("Approve")');
+  await page.waitForSelector('#detail-meta[data-status="running"]', { timeout: 10000 });
+  await page.waitForSelector('#detail-approvals li:text("go-live: granted")', { timeout: 10000 });
+  stack.cli(["exec", "step", id, "build", "completed"]);
+  stack.cli(["exec", "status", id, "completed"]);
+  await page.waitForSelector('#detail-meta[data-status="completed"]', { timeout: 10000 });
+  await shot(page, "03-execution-completed");
+  await page.click('a[href="#/"]');
+  await page.waitForSelector(`#executions tr[data-id="${id}"][data-status="completed"]`, { timeout: 10000 });
+  // executions driven by `runcast simulate` reach terminal states live too
+  await page.waitForSelector('#executions tr[data-status="completed"]:has(td.workflow:not(:text("e2e-form")))', { timeout: 30000 });
+
+  // --- stop the gateway: yellow with the attempt count; restart: green; table = REST list
+  await stack.kill("ws-gateway");
+  await page.waitForSelector('#conn[data-status="reconnecting"]', { timeout: 10000 });
+  await page.waitForFunction(() => /attempt \d+/.test(document.querySelector("#conn").textContent), null, { timeout: 10000 });
+  await shot(page, "04-reconnecting");
+  await waitFor("traffic while the gateway is down", async () => (await stack.listAll("/executions", token)).length > 0, 5000);
+  await new Promise((r) => setTimeout(r, 2000)); // let events pile up while it is down (not a wait for a condition)
+  stack.startService("ws-gateway", stack.serviceEnv["ws-gateway"]);
+  await stack.waitReady(stack.gatewayAddr);
+  await page.waitForSelector('#conn[data-status="live"]', { timeout: 70000 });
+  await stack.kill("simulate");
+  sim.removeAllListeners();
+  let rest = {};
+  let shown = {};
+  await waitFor("the table to match the REST list", async () => {
+    const list = await stack.listAll("/executions", token);
+    rest = Object.fromEntries(list.map((e) => [e.execution_id, [e.status, e.version]]));
+    shown = await tableRows(page);
+    return JSON.stringify(Object.entries(rest).sort()) === JSON.stringify(Object.entries(shown).sort());
+  }, 30000, 300).catch((err) => {
+    const diff = Object.keys({ ...rest, ...shown }).filter((k) => JSON.stringify(rest[k]) !== JSON.stringify(shown[k])).slice(0, 5);
+    throw new Error(`${err.message}: ${diff.map((k) => `${k} rest=${rest[k]} page=${shown[k]}`).join("; ")}`);
+  });
+  await shot(page, "05-live-again-table-matches-rest");
+  assert.ok(Object.keys(shown).length > 3);
+  assert.deepEqual(consoleErrors, []);
+});
