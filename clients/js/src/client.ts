@@ -4,6 +4,7 @@ import { Connection, type ConnectionOptions, type ConnectionState, type Subscrip
 import { RestClient } from "./rest.js";
 import { RuncastStore, type StoreOptions } from "./store.js";
 import { RuncastApiError } from "./errors.js";
+import { backoffDelay } from "./backoff.js";
 import type { CreateExecutionInput, Execution, ExecutionStatus, RuncastEvent, ServerMessage } from "./types.js";
 
 export interface ClientOptions extends ConnectionOptions {
@@ -73,9 +74,25 @@ export class RuncastClient {
     let shared = this.shared.get(channel);
     if (!shared) {
       const s: Shared = { count: 0, listeners: new Set(), stopped: false, ready: Promise.resolve() };
-      s.ready = setup(s);
+      // A failed REST load (API down, network) is retried with the same backoff as the
+      // connection until it succeeds or the watch stops; `ready` resolves on success.
+      s.ready = (async () => {
+        for (let attempt = 1; ; attempt++) {
+          try {
+            await setup(s);
+            return;
+          } catch (err) {
+            if (s.stopped) return;
+            const e = err as RuncastApiError;
+            this.store.errors.push({ at: Date.now(), message: `${channel}: ${e.message}`, code: e.code });
+            if (e.status >= 400 && e.status < 500) throw err; // bad request, auth: retrying will not help
+            await new Promise((r) => setTimeout(r, backoffDelay(attempt)));
+            if (s.stopped) return;
+          }
+        }
+      })();
       s.ready.catch(() => {
-        // a failed load frees the slot so the next watcher tries again
+        // a refused load frees the slot so the next watcher tries again
         if (this.shared.get(channel) === s && !s.sub) this.shared.delete(channel);
       });
       this.shared.set(channel, (shared = s));

@@ -132,6 +132,7 @@ export class Stack {
       RUNCAST_LOG_FORMAT: "json",
       RUST_LOG: "info",
       RUNCAST_SHUTDOWN_GRACE: "2s",
+      RUNCAST_JWT_LEEWAY_SECONDS: "0",
     };
     this.gatewayAddr = `127.0.0.1:${gwPort}`;
     this.apiAddr = `127.0.0.1:${apiPort}`;

@@ -147,3 +147,32 @@ test("SSE fallback: a proxy that refuses WebSocket upgrades, same events over SS
   client.close();
   await new Promise((r) => proxy.close(r));
 });
+
+test("token refresh in band: a connection outlives its first token without reconnecting", { timeout: 60000 }, async (t) => {
+  const minted = [];
+  const provider = () => {
+    const tk = mintToken({ ttlSeconds: 10, sub: "refresher" });
+    minted.push(tk);
+    return tk;
+  };
+  const refreshing = new RuncastClient({ gatewayUrl: stack.gatewayUrl, apiUrl: stack.apiUrl, token: provider, WebSocket: WS });
+  // control: the same, with a token nobody refreshes — the gateway closes it at expiry (4001)
+  const fixed = new RuncastClient({ gatewayUrl: stack.gatewayUrl, apiUrl: stack.apiUrl, token: mintToken({ ttlSeconds: 10, sub: "fixed" }), WebSocket: WS });
+  t.after(() => { refreshing.close(); fixed.close(); });
+  const workflow = `auth-${Date.now()}`;
+  const seen = [];
+  const w1 = refreshing.watchExecutions({ workflowId: workflow, onEvent: (e) => seen.push(e.execution_id) });
+  const w2 = fixed.watchExecutions({ workflowId: workflow });
+  await Promise.all([w1.ready, w2.ready]);
+  await waitFor("both live", () => refreshing.state.status === "live" && fixed.state.status === "live", 10000);
+  const started = Date.now();
+  await waitFor("the unrefreshed connection to be closed at expiry", () => fixed.state.status === "reconnecting", 20000, 100);
+  await waitFor("past the first token's expiry", () => Date.now() - started > 3000, 5000, 100);
+  assert.ok(minted.length >= 2, `the provider was called again (${minted.length})`);
+  assert.equal(refreshing.state.status, "live");
+  assert.equal(refreshing.connection.stats.connects, 1, "no reconnect needed");
+  const created = await refreshing.rest.request("POST", "/executions", { workflow_id: workflow });
+  await waitFor("an event on the refreshed connection", () => seen.includes(created.execution_id), 10000);
+  assert.equal(refreshing.connection.stats.connects, 1);
+  w1.stop(); w2.stop();
+});

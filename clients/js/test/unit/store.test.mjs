@@ -103,3 +103,32 @@ test("filters by workflow and status", () => {
   assert.deepEqual(filterExecutions(list, undefined, ["failed"]).map((e) => e.execution_id), ["b"]);
   assert.equal(filterExecutions(list), list);
 });
+
+test("a list that fails to load (API unreachable) is retried until it loads", async () => {
+  let calls = 0;
+  const client = new RuncastClient({
+    gatewayUrl: "ws://gw", apiUrl: "http://api/api/v1", token: "tok", WebSocket: class { constructor() { this.readyState = 0; } close() {} },
+    random: () => 0,
+    fetch: async () => {
+      calls++;
+      if (calls < 3) throw new TypeError("fetch failed");
+      return new Response(JSON.stringify({ items: [exec("a", 1)], next_cursor: "", as_of_offset: 5 }));
+    },
+  });
+  const watch = client.watchExecutions();
+  // backoffDelay uses Math.random: attempts 1 and 2 wait < 1 s and < 2 s
+  await watch.ready;
+  assert.equal(calls, 3);
+  assert.equal(client.store.getExecution("a").version, 1);
+  assert.equal(client.store.errors.length, 2);
+  assert.equal(client.connection.subscriptions()[0].lastOffset, 5, "subscribes from the list's as_of_offset");
+  watch.stop();
+  client.close();
+});
+
+test("a refused list load (4xx) is not retried", async () => {
+  let calls = 0;
+  const client = new RuncastClient({ gatewayUrl: "ws://gw", apiUrl: "http://api", token: "t", WebSocket: class {}, fetch: async () => (calls++, new Response(JSON.stringify({ error: { code: "UNAUTHENTICATED", message: "bad token" } }), { status: 401 })) });
+  await assert.rejects(client.watchExecutions().ready, (e) => e.code === "UNAUTHENTICATED");
+  assert.equal(calls, 1);
+});
