@@ -155,8 +155,23 @@ export class Connection {
     for (const l of [...this.listeners]) l(state);
   }
 
+  /** The browser says the network is gone: a socket may linger unnoticed, so drop it now. */
+  private readonly onOffline = () => {
+    if (this.closed || this.state.status === "offline") return;
+    this.timers.clear(this.retryTimer);
+    this.retryTimer = undefined;
+    if (this.transport) this.dropped(this.generation, "no network");
+    else this.scheduleRetry("no network");
+  };
+  private offlineListening = false;
+
   /** Starts connecting (idempotent). */
   connect(): this {
+    const g = globalThis as any;
+    if (!this.closed && !this.offlineListening && typeof g.addEventListener === "function") {
+      g.addEventListener("offline", this.onOffline);
+      this.offlineListening = true;
+    }
     if (this.closed || this.transport || this.retryTimer) return this;
     void this.open();
     return this;
@@ -165,6 +180,8 @@ export class Connection {
   /** Closes for good: state `offline`. */
   close(): void {
     this.closed = true;
+    if (this.offlineListening) (globalThis as any).removeEventListener?.("offline", this.onOffline);
+    this.offlineListening = false;
     this.generation++;
     this.timers.clear(this.retryTimer);
     this.timers.clear(this.refreshTimer);
@@ -256,6 +273,12 @@ export class Connection {
 
   private scheduleRetry(reason: string, immediate = false): void {
     if (this.closed) return;
+    if (this.networkDown()) {
+      // The browser knows there is no network: wait for its `online` event instead of retrying.
+      this.setState({ status: "offline", reason: "no network" });
+      this.watchNetwork();
+      return;
+    }
     this.attempt++;
     if (this.attempt > this.opts.maxAttempts) {
       this.setState({ status: "offline", reason });
@@ -265,6 +288,24 @@ export class Connection {
     const { set, now } = this.timers;
     this.setState({ status: "reconnecting", attempt: this.attempt, retryAt: now() + delayMs, delayMs, lastError: reason });
     this.retryTimer = set(() => void this.open(), delayMs);
+  }
+
+  private networkDown(): boolean {
+    const nav = (globalThis as any).navigator;
+    return !!nav && nav.onLine === false;
+  }
+
+  private watchingNetwork = false;
+  private watchNetwork(): void {
+    const g = globalThis as any;
+    if (this.watchingNetwork || typeof g.addEventListener !== "function") return;
+    this.watchingNetwork = true;
+    const online = () => {
+      g.removeEventListener("online", online);
+      this.watchingNetwork = false;
+      if (!this.closed && this.state.status === "offline") void this.open();
+    };
+    g.addEventListener("online", online);
   }
 
   /** Retry now (e.g. the browser went back online, or a user clicked "retry"). */

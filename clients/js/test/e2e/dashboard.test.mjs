@@ -151,6 +151,21 @@ test("dashboard: optimistic create, live to a terminal state, approvals, logs, r
   });
   await shot(page, "05-live-again-table-matches-rest");
   assert.ok(Object.keys(shown).length > 3);
+
+  // --- no network: red, no retries; back online: green again
+  await page.context().setOffline(true);
+  await stack.kill("ws-gateway");
+  await page.waitForSelector('#conn[data-status="offline"]', { timeout: 10000 }).catch(async (err) => {
+    const info = await page.evaluate(() => `onLine=${navigator.onLine} conn=${document.querySelector("#conn").textContent} state=${JSON.stringify(window.runcast.state)}`);
+    throw new Error(`${err.message}: ${info}`);
+  });
+  assert.equal(await page.$eval("#conn .dot", (d) => getComputedStyle(d).backgroundColor), "rgb(214, 57, 57)");
+  await shot(page, "06-offline");
+  stack.startService("ws-gateway", stack.serviceEnv["ws-gateway"]);
+  await stack.waitReady(stack.gatewayAddr);
+  await page.context().setOffline(false);
+  await page.waitForSelector('#conn[data-status="live"]', { timeout: 15000 });
+  assert.equal(await page.$eval("#conn .dot", (d) => getComputedStyle(d).backgroundColor), "rgb(47, 179, 68)");
   assert.deepEqual(consoleErrors, []);
 });
 
@@ -207,7 +222,7 @@ test("dashboard: 1,000 executions updating 5 times a second stay smooth (rAF-bat
   // Smooth: most frames near 60 fps even on a shared CI machine; no frame blocked for long.
   assert.ok(result.p50 < 34, `p50 frame ${result.p50} ms`);
   assert.ok(result.p95 < 100, `p95 frame ${result.p95} ms`);
-  await shot(page, "06-1000-executions");
+  await shot(page, "07-1000-executions");
 
   // filters: workflow and status, applied in render
   const status = await page.evaluate(() => window.runcast.store.getExecution("perf-3").status);
@@ -221,6 +236,6 @@ test("dashboard: 1,000 executions updating 5 times a second stay smooth (rAF-bat
     return document.querySelector("#count").textContent.startsWith(`${n} of `) && trs.length === Math.min(n, trs.length) && trs.length > 0 &&
       trs.every((tr) => tr.dataset.status === st && tr.querySelector("td.workflow").textContent === "perf-wf-3");
   }, [status, expected], { timeout: 5000 });
-  await shot(page, "07-filtered");
+  await shot(page, "08-filtered");
   await page.close();
 });

@@ -201,3 +201,36 @@ test("falls back to SSE when the WebSocket is refused, with the same events", as
   assert.deepEqual(got, [5, 6]);
   conn.close();
 });
+
+test("no network (navigator.onLine false): offline, no retries, reconnects on `online`", async () => {
+  const listeners = new Map();
+  const hadNavigator = Object.getOwnPropertyDescriptor(globalThis, "navigator");
+  Object.defineProperty(globalThis, "navigator", { value: { onLine: true }, configurable: true, writable: true });
+  globalThis.addEventListener = (type, fn) => listeners.set(type, fn);
+  globalThis.removeEventListener = (type) => listeners.delete(type);
+  try {
+    const { clock, WS, conn } = setup();
+    conn.connect();
+    await flush();
+    WS.sockets[0].open();
+    await flush();
+    globalThis.navigator.onLine = false;
+    listeners.get("offline")(); // the socket itself may not notice for minutes
+    assert.deepEqual(conn.state, { status: "offline", reason: "no network" });
+    await clock.advance(120_000);
+    assert.equal(WS.sockets.length, 1, "no retries while offline");
+    globalThis.navigator.onLine = true;
+    listeners.get("online")();
+    await flush();
+    assert.equal(WS.sockets.length, 2);
+    WS.sockets[1].open();
+    await flush();
+    assert.equal(conn.state.status, "live");
+    conn.close();
+  } finally {
+    delete globalThis.addEventListener;
+    delete globalThis.removeEventListener;
+    if (hadNavigator) Object.defineProperty(globalThis, "navigator", hadNavigator);
+    else delete globalThis.navigator;
+  }
+});
