@@ -227,6 +227,11 @@ impl StreamConsumer {
     #[tracing::instrument(skip_all, fields(messages = items.len(), first_offset = items.first().map(|i| i.offset)))]
     async fn persist(&mut self, mut items: Vec<Item>, shutdown: &CancellationToken) -> Result<(), Cancelled> {
         let started = Instant::now();
+        // A batch serves many traces: link it to each command that caused one of its events.
+        let span = tracing::Span::current();
+        for item in &items {
+            runcast_runtime::telemetry::trace_context::link_nats(&span, item.message.headers.as_ref());
+        }
         if let Err(err) = self.write_retrying(&items, shutdown).await? {
             tracing::warn!(cause = %err, "PostgreSQL rejected the batch; writing its messages one by one");
             for item in &mut items {

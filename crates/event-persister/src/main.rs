@@ -5,7 +5,7 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli: Cli = config::parse_or_exit();
-    telemetry::init(&cli.config.telemetry);
+    let _telemetry = telemetry::init(&cli.config.telemetry, event_persister::SERVICE);
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Migrate => event_persister::schema::migrate_once(&cli.config).await,
         Command::Rebuild { reset, page_size } => event_persister::rebuild_once(&cli.config, page_size, reset).await,

@@ -37,6 +37,7 @@ use runcast_runtime::config::{LifecycleArgs, NatsArgs, TelemetryArgs};
 use runcast_runtime::nats::Nats;
 use runcast_runtime::ops::{self, Readiness};
 use runcast_runtime::postgres::PostgresArgs;
+use runcast_runtime::telemetry::trace_context;
 use runcast_runtime::{Error, ErrorKind};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -157,7 +158,8 @@ impl Application {
             .add_service(ExecutionServiceServer::new(app.clone()))
             .add_service(AgentServiceServer::new(app.clone()))
             .into_axum_router()
-            .layer(auth_layer.clone());
+            .layer(auth_layer.clone())
+            .layer(axum::middleware::from_fn(trace_context::layer));
         let grpc_shutdown = shutdown.clone();
         tasks.spawn(async move {
             if let Err(err) =
@@ -167,8 +169,11 @@ impl Application {
             }
         });
 
-        let http_router =
-            rest::router(app).layer(auth_layer).layer(cors(&config.cors_origins)?).merge(ops::router(readiness));
+        let http_router = rest::router(app)
+            .layer(auth_layer)
+            .layer(cors(&config.cors_origins)?)
+            .layer(axum::middleware::from_fn(trace_context::layer))
+            .merge(ops::router(readiness));
         let result =
             ops::serve_until_stopped(http, http_router, tasks, shutdown, config.lifecycle.shutdown_grace).await;
         pool.close().await;

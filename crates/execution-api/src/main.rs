@@ -5,7 +5,7 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config: Config = config::parse_or_exit();
-    telemetry::init(&config.telemetry);
+    let _telemetry = telemetry::init(&config.telemetry, SERVICE);
     let result = match Application::build(config).await {
         Ok(app) => app.run_until_stopped(shutdown::on_signal()).await,
         Err(err) => Err(err),

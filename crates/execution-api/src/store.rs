@@ -137,7 +137,11 @@ impl EventStore {
         expected_last: u64,
     ) -> Result<u64, StoreError> {
         let subject = self.subject(kind, tenant, entity);
+        // The trace of the request travels with the event to the persister and the gateways.
+        let mut headers = async_nats::HeaderMap::new();
+        runcast_runtime::telemetry::trace_context::inject_current(&mut headers);
         let publish = jetstream::message::PublishMessage::build()
+            .headers(headers)
             .payload(event.encode_to_vec().into())
             .message_id(&event.event_id)
             .expected_last_subject_sequence(expected_last);

@@ -93,10 +93,18 @@ pub async fn run(store: EventStore, pool: PgPool, interval: Duration, shutdown: 
         if lease.is_none() {
             continue;
         }
-        if let Err(err) = sweep_agents(&store).await {
-            tracing::warn!(cause = %err, "agent sweep failed; retrying next tick");
+        // A sweep must end well within the lease, or the lease lapses while we work (PostgreSQL
+        // down makes the approval query wait for a connection, for instance).
+        let budget = lease_ttl(interval) / 3;
+        let sweeps = async {
+            if let Err(err) = sweep_agents(&store).await {
+                tracing::warn!(cause = %err, "agent sweep failed; retrying next tick");
+            }
+            sweep_approvals(&executions, &pool).await;
+        };
+        if tokio::time::timeout(budget, sweeps).await.is_err() {
+            tracing::debug!(?budget, "sweep cut short; the rest waits for the next tick");
         }
-        sweep_approvals(&executions, &pool).await;
     }
     // Hand the lease over at once instead of letting it expire.
     if let (Some(leases), Some(_)) = (bucket, lease) {

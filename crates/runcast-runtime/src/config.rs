@@ -50,6 +50,10 @@ pub struct TelemetryArgs {
     /// `json`, `text`, or `auto` (JSON unless stdout is a terminal).
     #[arg(long, env = "RUNCAST_LOG_FORMAT", default_value = "auto", value_parser = ["auto", "json", "text"])]
     pub log_format: String,
+
+    /// OTLP/gRPC endpoint traces are exported to (e.g. http://otel-collector:4317); none: not exported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -93,7 +93,10 @@ async fn consume(
                 continue;
             }
         };
-        hub.dispatch(&Dispatch::new(&routing, &event, offset, data, Some(received)));
+        // One span per event and replica, continuing the trace of the command that caused it.
+        let span = tracing::info_span!("dispatch", stream = kind.base_name(), offset);
+        runcast_runtime::telemetry::trace_context::follow_nats(&span, message.headers.as_ref());
+        span.in_scope(|| hub.dispatch(&Dispatch::new(&routing, &event, offset, data, Some(received))));
     }
 }
 

@@ -7,4 +7,5 @@ mod lifecycle;
 mod reads;
 mod support;
 mod sweepers;
+mod trace_context;
 mod writes;
