@@ -15,9 +15,11 @@
 //! - [`session`]: one connection's protocol state machine, shared by both transports.
 //! - [`ws`], [`sse`]: the two write-only transports and their HTTP entry points.
 //! - [`gateway`]: what the connections of a replica share (limits, auth, stats, drain).
+//! - [`dashboard`]: the live dashboard at `/`, embedded at build time.
 //! - [`Application`]: wiring — listener, NATS, provisioning, consumers, graceful drain.
 
 pub mod channel;
+pub mod dashboard;
 pub mod filter;
 pub mod gateway;
 pub mod hub;
@@ -197,7 +199,8 @@ impl Application {
             .route("/sse", get(sse::stream))
             .route("/ws/stats", get(stats))
             .with_state(gateway)
-            .merge(ops::router(readiness));
+            .merge(ops::router(readiness))
+            .merge(dashboard::router());
         ops::serve_until_stopped(http, router, tasks, shutdown, config.lifecycle.shutdown_grace).await
     }
 }

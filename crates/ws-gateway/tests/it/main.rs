@@ -5,6 +5,7 @@ mod abuse;
 mod api;
 mod auth;
 mod bench;
+mod dashboard;
 mod drain;
 mod fanout;
 mod filters;
