@@ -8,6 +8,12 @@
 # migrations are embedded in the binaries, so the runtime stage holds only the binaries.
 
 ############################ build ############################
+# The dashboard (embedded into ws-gateway at build time).
+FROM node:20-bookworm-slim AS dashboard
+WORKDIR /src
+COPY clients ./clients
+RUN cd clients/js && npm ci --no-audit --no-fund && npm run build && npm run build:dashboard
+
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 
@@ -16,6 +22,7 @@ ENV SQLX_OFFLINE=true \
     CARGO_TERM_COLOR=never
 
 COPY . .
+COPY --from=dashboard /src/clients/dashboard/dist ./clients/dashboard/dist
 
 # The registry, git and target caches live in BuildKit cache mounts, so they are not in any
 # layer: the binaries must be copied out of target/ within the same RUN.
