@@ -101,7 +101,7 @@ test("gateway killed and restarted mid-stream: the client resumes, its events eq
   client.close();
 });
 
-test("SSE fallback: a proxy that refuses WebSocket upgrades, same events over SSE", { timeout: 60000 }, async (t) => {
+test("SSE fallback: a proxy that refuses WebSocket upgrades, same events over SSE, resumed across a gateway restart", { timeout: 120000 }, async (t) => {
   // A reverse proxy to the gateway that forwards plain HTTP (streaming) and refuses upgrades.
   const target = new URL(stack.gatewayHttp);
   let upgradesRefused = 0;
@@ -126,7 +126,9 @@ test("SSE fallback: a proxy that refuses WebSocket upgrades, same events over SS
   const exposed = [];
   const watch = client.watchExecutions({ workflowId: workflow, onEvent: (e, m) => exposed.push({ id: e.event_id, offset: m.offset }) });
   await watch.ready;
-  await waitFor("live over SSE", () => client.state.status === "live", 20000);
+  await waitFor("live over SSE", () => client.state.status === "live", 20000).catch((err) => {
+    throw new Error(`${err.message}: ${JSON.stringify(client.state)} ${JSON.stringify(client.connection.stats)} upgrades refused ${upgradesRefused}`);
+  });
   assert.equal(client.state.transport, "sse");
   assert.ok(upgradesRefused >= 1);
   const created = [];
@@ -143,6 +145,22 @@ test("SSE fallback: a proxy that refuses WebSocket upgrades, same events over SS
   }, 30000, 200).catch((err) => { throw new Error(`${err.message}: rest ${rest.length}, client ${exposed.length}`); });
   assert.deepEqual(exposed.map((e) => e.id), rest.map((e) => e.event_id));
   for (const e of created) assert.equal(client.store.getExecution(e.execution_id).status, "completed");
+
+  // the gateway restarts under the SSE stream: it resumes with Last-Event-ID, no gap, no duplicate
+  await stack.kill("ws-gateway");
+  await waitFor("reconnecting", () => client.state.status === "reconnecting", 10000);
+  const during = await client.rest.createExecution({ workflow_id: workflow });
+  stack.cli(["exec", "status", during.execution_id, "running"]);
+  stack.startService("ws-gateway", stack.serviceEnv["ws-gateway"]);
+  await stack.waitReady(stack.gatewayAddr);
+  await waitFor("live over SSE again", () => client.state.status === "live" && client.state.transport === "sse", 70000);
+  stack.cli(["exec", "status", during.execution_id, "cancelled"]);
+  await waitFor("SSE events = REST history after the restart", async () => {
+    rest = await history(0, { workflow_id: workflow });
+    return rest.length === 15 && exposed.length === 15;
+  }, 30000, 200).catch((err) => { throw new Error(`${err.message}: rest ${rest.length}, client ${exposed.length}`); });
+  assert.deepEqual(exposed.map((e) => e.id), rest.map((e) => e.event_id));
+  assert.equal(client.store.getExecution(during.execution_id).status, "cancelled");
   watch.stop();
   client.close();
   await new Promise((r) => proxy.close(r));
