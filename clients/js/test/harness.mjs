@@ -141,7 +141,8 @@ export class Stack {
     this.gatewayUrl = `ws://${this.gatewayAddr}`;
     this.gatewayHttp = `http://${this.gatewayAddr}`;
     this.apiUrl = `http://${this.apiAddr}/api/v1`;
-    this.corsOrigins = this.corsOrigins ?? "*";
+    // The API allows the test page's origin and the gateway's (which serves the dashboard at `/`).
+    this.corsOrigins = this.corsOrigins ? `${this.corsOrigins},${this.gatewayHttp}` : "*";
     this.startService("event-persister", { RUNCAST_HTTP_ADDR: this.persisterAddr });
     this.startService("execution-api", { RUNCAST_HTTP_ADDR: this.apiAddr, RUNCAST_GRPC_ADDR: this.grpcAddr, RUNCAST_CORS_ORIGINS: this.corsOrigins });
     this.startService("ws-gateway", { RUNCAST_HTTP_ADDR: this.gatewayAddr });

@@ -169,6 +169,30 @@ test("dashboard: optimistic create, live to a terminal state, approvals, logs, r
   assert.deepEqual(consoleErrors, []);
 });
 
+test("dashboard served by ws-gateway at / (embedded at build time) connects to its own origin", { timeout: 60000 }, async (t) => {
+  const res = await fetch(`${stack.gatewayHttp}/`);
+  const html = await res.text();
+  if (res.status === 404 && /built without the dashboard/.test(html)) {
+    t.skip("this ws-gateway binary was built without clients/dashboard/dist: run `make dashboard` before `cargo build`");
+    return;
+  }
+  assert.equal(res.status, 200);
+  assert.match(html, /app\.js/);
+  const page = await browser.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  // no `gateway` parameter: the page talks to the origin that served it
+  await page.goto(`${stack.gatewayHttp}/?${new URLSearchParams({ token, api: stack.apiUrl })}`);
+  await page.waitForSelector('#conn[data-status="live"]', { timeout: 20000 });
+  assert.match(await page.textContent("#conn"), /Live \(websocket\)/);
+  await page.fill("#create-workflow", "from-gateway-page");
+  await page.click("#create-submit");
+  await page.waitForSelector('#executions tr[data-id]:not(.optimistic):has(td.workflow:text("from-gateway-page"))', { timeout: 10000 });
+  await shot(page, "09-served-by-gateway");
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
 test("dashboard: 1,000 executions updating 5 times a second stay smooth (rAF-batched), filters apply", { timeout: 120000 }, async () => {
   const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
   const q = new URLSearchParams({ token, gateway: stack.gatewayUrl, api: stack.apiUrl });
