@@ -49,11 +49,46 @@ fn backoff(attempt: u32) -> Duration {
 #[derive(Clone, Debug)]
 pub struct Executions {
     store: EventStore,
+    /// The read model, consulted only when the stream no longer holds an execution an
+    /// idempotent create names (its events aged out of the stream).
+    read_model: Option<sqlx::PgPool>,
 }
 
 impl Executions {
     pub fn new(store: EventStore) -> Self {
-        Self { store }
+        Self { store, read_model: None }
+    }
+
+    pub fn with_read_model(store: EventStore, pool: sqlx::PgPool) -> Self {
+        Self { store, read_model: Some(pool) }
+    }
+
+    /// The execution as the read model last saw it. `None` when unknown there or when PostgreSQL
+    /// cannot answer (then the create goes ahead: writes do not wait for PostgreSQL).
+    async fn from_read_model(&self, tenant: &EntityId, execution_id: &EntityId) -> Option<Execution> {
+        let pool = self.read_model.as_ref()?;
+        let query = sqlx::query_as::<_, (Vec<u8>, i64)>(
+            "SELECT state, last_offset FROM executions WHERE tenant_id = $1 AND execution_id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(execution_id.as_str())
+        .fetch_optional(pool);
+        match tokio::time::timeout(std::time::Duration::from_secs(2), query).await {
+            Ok(Ok(Some((state, offset)))) => {
+                let mut execution = <Execution as prost::Message>::decode(state.as_slice()).ok()?;
+                execution.offset = u64::try_from(offset).unwrap_or(0);
+                Some(execution)
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(err)) => {
+                tracing::warn!(cause = %err, %execution_id, "cannot check the read model for an earlier create; creating");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(%execution_id, "the read model did not answer in time; creating");
+                None
+            }
+        }
     }
 
     pub fn store(&self) -> &EventStore {
@@ -100,6 +135,15 @@ impl Executions {
     ) -> Result<Execution, ApiError> {
         for attempt in 0..MAX_ATTEMPTS {
             let last = self.store.last(StreamKind::Executions, tenant, execution_id).await?;
+            // An idempotency key maps to its execution "for as long as it exists": also after the
+            // stream dropped its events, when only the read model still has it.
+            if last.is_none()
+                && let Command::Create { idempotency_key, .. } = &command
+                && !idempotency_key.is_empty()
+                && let Some(existing) = self.from_read_model(tenant, execution_id).await
+            {
+                return Ok(existing);
+            }
             let current = last.as_ref().and_then(execution_of);
             if let (Some(expected), Some(current)) = (expected_version, current)
                 && current.version != expected

@@ -137,7 +137,7 @@ impl Application {
 
         let store = store::EventStore::new(nats.jetstream.clone(), nats.topology.clone());
         let app = App {
-            executions: commands::Executions::new(store.clone()),
+            executions: commands::Executions::with_read_model(store.clone(), pool.clone()),
             queries: queries::Queries::new(pool.clone()),
             shutdown: shutdown.clone(),
         };

@@ -320,3 +320,47 @@ async fn commands_are_counted_in_metrics_and_browsers_from_allowed_origins_may_c
     let refused = preflight("http://evil.test").await.expect("sent");
     assert!(refused.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn an_idempotency_key_finds_its_execution_after_the_stream_dropped_its_events() {
+    let stack = Stack::start().await;
+    let _persister = stack.persister().await;
+    let mut api = stack.api(&[]).await;
+    let mut client = executions(&mut api, Some(&admin())).await;
+    let request = || CreateExecutionRequest {
+        workflow_id: "nightly".into(),
+        idempotency_key: "run-2026-11-22".into(),
+        ..Default::default()
+    };
+    let id = client.create_execution(request()).await.expect("created").into_inner().execution_id;
+    client.update_execution_status(set(&id, ExecutionStatus::Running)).await.expect("running");
+    runcast_testkit::eventually(
+        "the read model to hold the running execution",
+        std::time::Duration::from_secs(20),
+        || {
+            let mut client = client.clone();
+            async move {
+                let list = client.list_executions(ListExecutionsRequest::default()).await.ok()?.into_inner();
+                list.executions.iter().any(|e| e.version == 2).then_some(())
+            }
+        },
+    )
+    .await
+    .expect("persisted");
+
+    // The stream ages the execution's events out (purged here; max_age in production).
+    let topology = runcast_contract::Topology::with_prefix(&stack.isolation.stream_prefix).expect("prefix");
+    let js = async_nats::jetstream::new(async_nats::connect(stack.infra.nats.url()).await.expect("nats"));
+    let stream = js.get_stream(topology.stream_name(runcast_contract::StreamKind::Executions)).await.expect("stream");
+    stream.purge().await.expect("purged");
+    assert!(events_of(&stack, &id).await.is_empty());
+
+    let again = client.create_execution(request()).await.expect("create again").into_inner();
+    assert_eq!(
+        (again.execution_id.as_str(), again.version),
+        (id.as_str(), 2),
+        "the same execution, as the read model has it"
+    );
+    assert_eq!(again.status, i32::from(ExecutionStatus::Running));
+    assert!(events_of(&stack, &id).await.is_empty(), "nothing new was created");
+}
