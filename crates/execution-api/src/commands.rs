@@ -65,7 +65,7 @@ impl Executions {
 
     /// The execution as the read model last saw it. `None` when unknown there or when PostgreSQL
     /// cannot answer (then the create goes ahead: writes do not wait for PostgreSQL).
-    async fn from_read_model(&self, tenant: &EntityId, execution_id: &EntityId) -> Option<Execution> {
+    async fn archived_in_read_model(&self, tenant: &EntityId, execution_id: &EntityId) -> Option<Execution> {
         let pool = self.read_model.as_ref()?;
         let query = sqlx::query_as::<_, (Vec<u8>, i64)>(
             "SELECT state, last_offset FROM executions WHERE tenant_id = $1 AND execution_id = $2",
@@ -140,7 +140,7 @@ impl Executions {
             if last.is_none()
                 && let Command::Create { idempotency_key, .. } = &command
                 && !idempotency_key.is_empty()
-                && let Some(existing) = self.from_read_model(tenant, execution_id).await
+                && let Some(existing) = self.archived_in_read_model(tenant, execution_id).await
             {
                 return Ok(existing);
             }
