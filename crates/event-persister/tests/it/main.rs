@@ -1,5 +1,6 @@
 //! Integration tests against real NATS and PostgreSQL servers started by runcast-testkit.
 
+mod bench;
 mod crash;
 mod isolation;
 mod lifecycle;

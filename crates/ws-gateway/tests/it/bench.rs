@@ -56,7 +56,7 @@ async fn bench_resident_memory_per_idle_subscribed_connection() {
     }
     let after = resident_kib(pid);
     println!(
-        "resident memory: {before} KiB with 100 connections, {after} KiB with {} → {:.1} KiB per idle subscribed connection",
+        "BENCH ws-gateway resident memory: {before} KiB with 100 connections, {after} KiB with {} → {:.1} KiB per idle subscribed connection",
         CONNECTIONS + 100,
         (after.saturating_sub(before)) as f64 / CONNECTIONS as f64
     );
@@ -155,7 +155,7 @@ async fn bench_event_to_client_latency_at_5000_events_per_second() {
     let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)] as f64 / 1000.0;
     assert!(!all.is_empty(), "nothing delivered");
     println!(
-        "{} of {} deliveries to {clients} clients at {RATE} events/s: publish-to-client latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "BENCH ws-gateway {} of {} deliveries to {clients} clients at {RATE} events/s: publish-to-client latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         all.len(),
         total * clients,
         at(0.5),
