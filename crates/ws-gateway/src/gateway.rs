@@ -172,6 +172,23 @@ impl Gateway {
         Ok(principal)
     }
 
+    /// Everything a new WebSocket or SSE connection must pass, in order: the replica is not
+    /// draining, the browser origin is allowed, the credentials verify with read permission.
+    /// `Err` is the HTTP answer to send instead.
+    pub fn admit(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Principal, Box<Response>> {
+        if self.shutdown.is_cancelled() {
+            return Err(Box::new(json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "DRAINING",
+                "this replica is shutting down; connect to another one",
+            )));
+        }
+        if let Some(refusal) = self.refuse_origin(headers) {
+            return Err(Box::new(refusal));
+        }
+        self.authenticate(headers, query_token).map_err(|err| Box::new(auth_failure(&err)))
+    }
+
     /// The refusal of a cross-origin browser connection whose origin is not allowed.
     pub fn refuse_origin(&self, headers: &HeaderMap) -> Option<Response> {
         if self.limits.allowed_origins.is_empty() {
@@ -192,7 +209,7 @@ impl Gateway {
 }
 
 /// The HTTP answer to a failed authentication at upgrade.
-pub fn auth_failure(err: &AuthError) -> Response {
+fn auth_failure(err: &AuthError) -> Response {
     match err.kind() {
         AuthErrorKind::Unauthenticated => json_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", &err.to_string()),
         AuthErrorKind::PermissionDenied => json_error(StatusCode::FORBIDDEN, "PERMISSION_DENIED", &err.to_string()),

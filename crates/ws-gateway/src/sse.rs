@@ -5,7 +5,7 @@
 
 use crate::channel::Channel;
 use crate::filter::Filters;
-use crate::gateway::{Gateway, Transport, auth_failure};
+use crate::gateway::{Gateway, Transport};
 use crate::outbound::{FrameKind, Outbound};
 use crate::protocol::{ErrorCode, Protocol, SubscribeRequest};
 use crate::session::{Inbound, Session};
@@ -39,19 +39,9 @@ fn bad_request(code: ErrorCode, message: &str) -> Response {
 }
 
 pub async fn stream(State(gw): State<Arc<Gateway>>, Query(query): Query<SseQuery>, headers: HeaderMap) -> Response {
-    if gw.shutdown.is_cancelled() {
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "DRAINING",
-            "this replica is shutting down; connect to another one",
-        );
-    }
-    if let Some(response) = gw.refuse_origin(&headers) {
-        return response;
-    }
-    let principal = match gw.authenticate(&headers, query.token.as_deref()) {
+    let principal = match gw.admit(&headers, query.token.as_deref()) {
         Ok(principal) => principal,
-        Err(err) => return auth_failure(&err),
+        Err(refusal) => return *refusal,
     };
     let Some(channel) = query.channel.as_deref() else {
         return bad_request(ErrorCode::InvalidMessage, "the `channel` query parameter is required");

@@ -2,17 +2,17 @@
 //! and the write-only half that empties the connection's queue — every frame queued at a wake-up
 //! is fed, then flushed once — plus the ping keepalive that closes dead peers.
 
-use crate::gateway::{Gateway, Transport, auth_failure};
+use crate::gateway::{Gateway, Transport};
 use crate::outbound::{Frame, FrameKind, Outbound};
 use crate::protocol::{CloseCode, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL, Protocol};
 use crate::session::{Inbound, Session};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
-use runcast_runtime::auth::{Principal, json_error};
+use runcast_runtime::auth::Principal;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,19 +33,9 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if gw.shutdown.is_cancelled() {
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "DRAINING",
-            "this replica is shutting down; connect to another one",
-        );
-    }
-    if let Some(response) = gw.refuse_origin(&headers) {
-        return response;
-    }
-    let principal = match gw.authenticate(&headers, query.token.as_deref()) {
+    let principal = match gw.admit(&headers, query.token.as_deref()) {
         Ok(principal) => principal,
-        Err(err) => return auth_failure(&err),
+        Err(refusal) => return *refusal,
     };
     let limits = &gw.limits;
     // tungstenite's own limit sits well above ours, so an oversized frame reaches the session,
