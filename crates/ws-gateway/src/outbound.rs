@@ -3,8 +3,10 @@
 //! which pops everything queued at each wake-up and writes it with one flush.
 //!
 //! Delivery classes (DESIGN §4): `execution.progress` and `agent.heartbeat` frames carry a
-//! coalescing key; a newer one replaces an undelivered older one of the same entity and
-//! subscription (newest wins, moved to the back so offsets stay increasing). Any other event that
+//! coalescing key; once the client is behind (its queue at least half full), a newer one replaces
+//! an undelivered older one of the same entity and subscription (newest wins, moved to the back so
+//! offsets stay increasing). A client that keeps up — a resuming one included — gets every
+//! progress event. Any other event that
 //! finds the queue full overflows it: queued events are dropped, the queue refuses further events,
 //! and the session is woken to send `resync` with the offset each subscription got to.
 
@@ -111,7 +113,9 @@ impl Outbound {
         if state.overflowed || state.closing {
             return Pushed::Dropped;
         }
-        if let Some(entity) = &meta.coalesce {
+        if let Some(entity) = &meta.coalesce
+            && state.events >= self.capacity / 2
+        {
             let key = (meta.subscription, entity.clone());
             if state.coalescable.contains_key(&key) {
                 let position = state.frames.iter().rposition(|queued| {
@@ -303,8 +307,20 @@ mod tests {
     }
 
     #[test]
-    fn progress_is_coalesced_per_entity_newest_last() {
+    fn a_client_that_keeps_up_gets_every_progress_event() {
         let queue = Outbound::new(10);
+        for offset in 1..=4 {
+            assert_eq!(queue.push_event(event(1, offset, Some("e1"))), Pushed::Queued);
+        }
+        let mut frames = Vec::new();
+        queue.pop_batch(100, &mut frames);
+        assert_eq!(offsets(&frames), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn progress_is_coalesced_per_entity_newest_last_once_the_client_is_behind() {
+        // Capacity 4: from two queued events on, the client counts as behind.
+        let queue = Outbound::new(4);
         assert_eq!(queue.push_event(event(1, 1, Some("e1"))), Pushed::Queued);
         assert_eq!(queue.push_event(event(1, 2, None)), Pushed::Queued);
         assert_eq!(queue.push_event(event(1, 3, Some("e2"))), Pushed::Queued);

@@ -1,6 +1,6 @@
 //! Resume from rows the real event-persister wrote: the stream keeps only its last few events,
-//! everything older comes from the history, and both speak the same offsets. (Step events: progress
-//! events may be coalesced for a client that is behind, which a replaying client is.)
+//! everything older comes from the history, and both speak the same offsets. Progress events on
+//! purpose: a resuming client that keeps up gets every one of them (no coalescing).
 
 use crate::helpers::{World, execution_event, offsets, token};
 use runcast_contract::v1::{EventType, ExecutionStatus};
@@ -26,7 +26,13 @@ async fn a_resume_older_than_the_stream_is_served_from_what_the_persister_wrote(
     // While the stream still holds everything, the persister stores all of it.
     let events: Vec<_> = (0..20)
         .map(|i| {
-            execution_event("acme", &format!("e-{}", i % 4), "wf", EventType::StepStarted, ExecutionStatus::Running)
+            execution_event(
+                "acme",
+                &format!("e-{}", i % 4),
+                "wf",
+                EventType::ExecutionProgress,
+                ExecutionStatus::Running,
+            )
         })
         .collect();
     runcast_testkit::eventually("the persister to provision its consumer", Duration::from_secs(30), || {
@@ -54,5 +60,5 @@ async fn a_resume_older_than_the_stream_is_served_from_what_the_persister_wrote(
         ws.subscribe(json!({"type": "subscribe", "channel": "executions", "since_offset": published[1]})).await;
     assert_eq!(subscribed["recovered"], true, "{subscribed}");
     assert_eq!(offsets(&replayed), published[2..], "history rows, then the stream, without gap or duplicate");
-    assert_eq!(replayed[0]["type"], "step.started");
+    assert_eq!(replayed[0]["type"], "execution.progress");
 }
