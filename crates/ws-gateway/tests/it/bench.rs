@@ -4,7 +4,6 @@
 
 use crate::helpers::*;
 use futures::StreamExt;
-use runcast_testkit::ServiceProcess;
 use serde_json::json;
 
 fn resident_kib(pid: u32) -> u64 {
@@ -20,25 +19,7 @@ fn resident_kib(pid: u32) -> u64 {
 async fn bench_resident_memory_per_idle_subscribed_connection() {
     const CONNECTIONS: usize = 2_000;
     let world = World::start().await;
-    let nats_url = world.infra.nats.url();
-    let mut process = ServiceProcess::spawn(
-        "ws-gateway",
-        &[
-            ("NATS_URL", nats_url.as_str()),
-            ("RUNCAST_STREAM_PREFIX", world.isolation.stream_prefix.as_str()),
-            ("DATABASE_URL", world.isolation.database_url.as_str()),
-            ("RUNCAST_JWT_SECRET", SECRET),
-        ],
-    )
-    .await
-    .expect("gateway process");
-    let gateway = Gateway { addr: process.addr("http_addr").await.expect("address"), shutdown: Default::default() };
-    runcast_testkit::eventually("ready", WAIT, || {
-        let url = gateway.url("/readyz");
-        async move { (reqwest::get(url).await.ok()?.status() == 200).then_some(()) }
-    })
-    .await
-    .expect("ready");
+    let (process, gateway) = world.gateway_process(&[]).await;
     let pid = process.pid().expect("pid");
     let token = token("acme", "alice", 3600);
     // Warm up allocator arenas and lazy statics with a first batch.
@@ -78,25 +59,7 @@ async fn bench_event_to_client_latency_at_5000_events_per_second() {
     const RATE: u64 = 5_000;
     const SECONDS: u64 = 3;
     let world = World::start().await;
-    let nats_url = world.infra.nats.url();
-    let mut process = ServiceProcess::spawn(
-        "ws-gateway",
-        &[
-            ("NATS_URL", nats_url.as_str()),
-            ("RUNCAST_STREAM_PREFIX", world.isolation.stream_prefix.as_str()),
-            ("DATABASE_URL", world.isolation.database_url.as_str()),
-            ("RUNCAST_JWT_SECRET", SECRET),
-        ],
-    )
-    .await
-    .expect("gateway process");
-    let gateway = Gateway { addr: process.addr("http_addr").await.expect("address"), shutdown: Default::default() };
-    runcast_testkit::eventually("ready", WAIT, || {
-        let url = gateway.url("/readyz");
-        async move { (reqwest::get(url).await.ok()?.status() == 200).then_some(()) }
-    })
-    .await
-    .expect("ready");
+    let (_process, gateway) = world.gateway_process(&[]).await;
     let epoch = std::time::Instant::now();
     let total = (RATE * SECONDS) as usize;
     let mut readers = Vec::new();

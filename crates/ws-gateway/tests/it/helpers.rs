@@ -7,7 +7,7 @@ use futures::{SinkExt, StreamExt};
 use prost::Message as _;
 use runcast_contract::v1::{Agent, Event, EventType, Execution, ExecutionStatus, event};
 use runcast_contract::{EntityId, StreamKind, Topology};
-use runcast_testkit::{Infra, Isolation, eventually};
+use runcast_testkit::{Infra, Isolation, ServiceProcess, eventually};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -78,6 +78,22 @@ impl World {
         let gateway = Gateway { addr, shutdown };
         gateway.wait_ready().await;
         gateway
+    }
+
+    /// A gateway replica as a process (for signals and resident memory), ready.
+    pub async fn gateway_process(&self, extra: &[(&str, &str)]) -> (ServiceProcess, Gateway) {
+        let nats_url = self.infra.nats.url();
+        let mut env = vec![
+            ("NATS_URL", nats_url.as_str()),
+            ("RUNCAST_STREAM_PREFIX", self.isolation.stream_prefix.as_str()),
+            ("DATABASE_URL", self.isolation.database_url.as_str()),
+            ("RUNCAST_JWT_SECRET", SECRET),
+        ];
+        env.extend_from_slice(extra);
+        let mut process = ServiceProcess::spawn("ws-gateway", &env).await.expect("gateway process starts");
+        let gateway = Gateway { addr: process.addr("http_addr").await.expect("address"), shutdown: Default::default() };
+        gateway.wait_ready().await;
+        (process, gateway)
     }
 
     /// Publishes like the api: protobuf `Event`, `Nats-Msg-Id` = event id. Returns the offset.

@@ -3,7 +3,6 @@
 
 use crate::helpers::*;
 use runcast_contract::v1::{EventType, ExecutionStatus};
-use runcast_testkit::ServiceProcess;
 use serde_json::json;
 
 /// The `offset` of an event frame, from its envelope (`…"channel":"…","offset":N,"data":…`).
@@ -26,30 +25,14 @@ fn resident_kib(pid: u32) -> u64 {
 async fn a_stalled_client_gets_resync_while_a_normal_one_gets_every_event() {
     const EVENTS: usize = 50_000;
     let world = World::start().await;
-    let nats_url = world.infra.nats.url();
-    let mut process = ServiceProcess::spawn(
-        "ws-gateway",
-        &[
-            ("NATS_URL", nats_url.as_str()),
-            ("RUNCAST_STREAM_PREFIX", world.isolation.stream_prefix.as_str()),
-            ("DATABASE_URL", world.isolation.database_url.as_str()),
-            ("RUNCAST_JWT_SECRET", SECRET),
+    let (process, gateway) = world
+        .gateway_process(&[
             ("RUNCAST_WS_QUEUE_CAPACITY", "4096"),
             // The stalled client does not read until every event is published: on a loaded
             // machine that can take longer than the default write timeout, which would drop it.
             ("RUNCAST_WS_WRITE_TIMEOUT", "300s"),
-        ],
-    )
-    .await
-    .expect("gateway process starts");
-    let addr = process.addr("http_addr").await.expect("address");
-    let gateway = Gateway { addr, shutdown: Default::default() };
-    runcast_testkit::eventually("the gateway to be ready", WAIT, || {
-        let url = gateway.url("/readyz");
-        async move { (reqwest::get(url).await.ok()?.status() == 200).then_some(()) }
-    })
-    .await
-    .expect("ready");
+        ])
+        .await;
     let pid = process.pid().expect("running");
     let token = token("acme", "alice", 600);
 
