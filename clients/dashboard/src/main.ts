@@ -9,7 +9,7 @@
 //   transport auto | websocket | sse (default auto)
 import {
   RuncastClient, filterExecutions, secondsUntilRetry, EXECUTION_STATUSES,
-  type Execution, type ExecutionStatus, type Agent, type Watch,
+  type Execution, type ExecutionStatus, type Agent, type LogLine, type Watch,
 } from "../../js/src/index.js";
 
 const params = new URLSearchParams(location.search);
@@ -296,9 +296,19 @@ function start(token: string) {
   let detailId: string | undefined;
   let detailWatch: Watch | undefined;
   let pendingDetail = false;
+  // What the execution page shows now. The store hands out a new object only when an entity
+  // changes, so comparing references skips the rebuild on the many frames where other rows
+  // changed: rebuilding the approval buttons every frame would swallow a click whose mouseup
+  // lands on a fresh button.
+  let shownExecution: Execution | undefined;
+  let shownLogs: readonly LogLine[] | undefined;
   function renderDetail() {
     if (!detailId) return;
     const e = client.store.getExecution(detailId);
+    const logs = client.store.getLogs(detailId);
+    if (e && e === shownExecution && logs === shownLogs) return;
+    shownExecution = e;
+    shownLogs = logs;
     $("#detail-title").textContent = `Execution ${detailId}`;
     const meta = $("#detail-meta");
     meta.innerHTML = "";
@@ -326,7 +336,6 @@ function start(token: string) {
       }
       approvals.append(li);
     }
-    const logs = client.store.getLogs(detailId);
     const pre = $("#detail-logs");
     if (pre.dataset.lines !== String(logs.length)) {
       pre.textContent = logs.map((l) => `${String(l.line_number).padStart(4)} ${l.stream === "stderr" ? "!" : " "} ${l.text}`).join("\n");
@@ -352,6 +361,7 @@ function start(token: string) {
     $("#detail-view").hidden = !detailId;
     if (detailId) {
       $("#detail-logs").dataset.lines = "";
+      shownExecution = undefined;
       detailWatch = client.watchExecution(detailId);
       renderDetail();
     }
