@@ -3,15 +3,15 @@
 use crate::CliError;
 use crate::cli::Global;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use runcast_contract::client::Bearer;
 use runcast_contract::v1::agent_service_client::AgentServiceClient;
 use runcast_contract::v1::execution_service_client::ExecutionServiceClient;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub type Executions = ExecutionServiceClient<InterceptedService<Channel, Bearer>>;
-pub type Agents = AgentServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Executions = ExecutionServiceClient<InterceptedService<Channel, Credentials>>;
+pub type Agents = AgentServiceClient<InterceptedService<Channel, Credentials>>;
 
 /// A development token for `tenant` with `roles`, signed with `secret`.
 pub fn mint(secret: &str, tenant: &str, roles: &[&str], sub: &str, ttl: Duration) -> Result<String, CliError> {
@@ -21,16 +21,79 @@ pub fn mint(secret: &str, tenant: &str, roles: &[&str], sub: &str, ttl: Duration
         .map_err(|err| CliError(format!("cannot sign a token: {err}")))
 }
 
-/// `--token`, or an admin development token minted from RUNCAST_JWT_SECRET.
-pub fn token(global: &Global) -> Result<String, CliError> {
-    if let Some(token) = &global.token {
-        return Ok(token.clone());
+/// What the CLI authenticates with: `--token` as given, or admin development tokens minted from
+/// RUNCAST_JWT_SECRET and minted again once half their life is gone, so that a long `simulate` or
+/// `watch` outlives any one token.
+#[derive(Clone)]
+pub struct Credentials(Arc<Mutex<Current>>);
+
+struct Current {
+    token: String,
+    /// Set when the token is minted here: how to mint the next one and when.
+    minter: Option<Minter>,
+}
+
+struct Minter {
+    secret: String,
+    tenant: String,
+    ttl: Duration,
+    renew_at: Instant,
+}
+
+impl Credentials {
+    pub fn new(global: &Global) -> Result<Self, CliError> {
+        let current = match (&global.token, &global.jwt_secret) {
+            (Some(token), _) => Current { token: token.clone(), minter: None },
+            (None, Some(_)) if global.token_ttl < Duration::from_secs(2) => {
+                return Err(CliError(format!("--token-ttl {:?} is too short: at least 2s", global.token_ttl)));
+            }
+            (None, Some(secret)) => Current {
+                token: String::new(),
+                minter: Some(Minter {
+                    secret: secret.clone(),
+                    tenant: global.tenant.clone(),
+                    ttl: global.token_ttl,
+                    renew_at: Instant::now(),
+                }),
+            },
+            (None, None) => {
+                return Err(CliError(
+                    "no credentials: pass --token (or RUNCAST_TOKEN), or set RUNCAST_JWT_SECRET to mint one".into(),
+                ));
+            }
+        };
+        let credentials = Self(Arc::new(Mutex::new(current)));
+        credentials.token()?; // a secret that cannot sign fails here, not on the first call
+        Ok(credentials)
     }
-    match &global.jwt_secret {
-        Some(secret) => mint(secret, &global.tenant, &["admin"], "runcast-cli", Duration::from_secs(3600)),
-        None => Err(CliError(
-            "no credentials: pass --token (or RUNCAST_TOKEN), or set RUNCAST_JWT_SECRET to mint one".into(),
-        )),
+
+    /// The token to send now.
+    pub fn token(&self) -> Result<String, CliError> {
+        let mut current = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let Current { token, minter } = &mut *current;
+        if let Some(minter) = minter
+            && Instant::now() >= minter.renew_at
+        {
+            *token = mint(&minter.secret, &minter.tenant, &["admin"], "runcast-cli", minter.ttl)?;
+            minter.renew_at = Instant::now() + minter.ttl / 2;
+        }
+        Ok(token.clone())
+    }
+
+    /// When a live connection should send a fresh token (`None`: the token is not ours to renew).
+    pub fn renew_at(&self) -> Option<Instant> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).minter.as_ref().map(|minter| minter.renew_at)
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let token = self.token().map_err(|err| tonic::Status::unauthenticated(err.0))?;
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| tonic::Status::unauthenticated("the token holds characters not allowed in a header"))?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
     }
 }
 
@@ -46,13 +109,13 @@ async fn channel(global: &Global) -> Result<Channel, CliError> {
 }
 
 pub async fn executions(global: &Global) -> Result<Executions, CliError> {
-    let bearer = Bearer::new(Some(&token(global)?)).map_err(CliError)?;
-    Ok(ExecutionServiceClient::with_interceptor(channel(global).await?, bearer))
+    let credentials = Credentials::new(global)?;
+    Ok(ExecutionServiceClient::with_interceptor(channel(global).await?, credentials))
 }
 
 pub async fn agents(global: &Global) -> Result<Agents, CliError> {
-    let bearer = Bearer::new(Some(&token(global)?)).map_err(CliError)?;
-    Ok(AgentServiceClient::with_interceptor(channel(global).await?, bearer))
+    let credentials = Credentials::new(global)?;
+    Ok(AgentServiceClient::with_interceptor(channel(global).await?, credentials))
 }
 
 /// "transport error: connection refused" rather than only "transport error".
@@ -68,4 +131,66 @@ pub fn source_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Built directly, not parsed: RUNCAST_* variables of the environment must not leak in.
+    fn global(token: Option<&str>, secret: Option<&str>, ttl: Duration) -> Global {
+        Global {
+            api_url: "http://127.0.0.1:1".into(),
+            gateway_url: "ws://127.0.0.1:1".into(),
+            token: token.map(str::to_owned),
+            jwt_secret: secret.map(str::to_owned),
+            token_ttl: ttl,
+            tenant: "t1".into(),
+            json: false,
+        }
+    }
+
+    fn claims(token: &str) -> serde_json::Value {
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::HS256);
+        validation.validate_exp = false;
+        let key = jsonwebtoken::DecodingKey::from_secret(b"s3cret");
+        jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).expect("our own token").claims
+    }
+
+    #[test]
+    fn minted_tokens_carry_the_tenant_and_are_renewed_after_half_their_life() {
+        let credentials =
+            Credentials::new(&global(None, Some("s3cret"), Duration::from_secs(600))).expect("credentials");
+        let first = credentials.token().expect("token");
+        let claims = claims(&first);
+        assert_eq!(claims["tenant"], "t1");
+        let lifetime = claims["exp"].as_i64().expect("exp") - chrono::Utc::now().timestamp();
+        assert!((590..=600).contains(&lifetime), "exp {lifetime}s away");
+        let renew_at = credentials.renew_at().expect("ours to renew");
+        let half = renew_at.duration_since(Instant::now());
+        assert!(half > Duration::from_secs(290) && half <= Duration::from_secs(300), "{half:?}");
+        assert_eq!(credentials.token().expect("token"), first, "not renewed before its time");
+
+        // Past the renewal time: a new token, and the next renewal moves on.
+        credentials.0.lock().expect("lock").minter.as_mut().expect("minter").renew_at = Instant::now();
+        credentials.token().expect("token");
+        assert!(credentials.renew_at().expect("ours") > renew_at - Duration::from_secs(1));
+        assert!(credentials.renew_at().expect("ours") > Instant::now() + Duration::from_secs(290));
+    }
+
+    #[test]
+    fn a_given_token_is_used_as_is_and_never_renewed() {
+        let credentials =
+            Credentials::new(&global(Some("abc.def.ghi"), Some("s3cret"), Duration::from_secs(600))).expect("ok");
+        assert_eq!(credentials.token().expect("token"), "abc.def.ghi");
+        assert_eq!(credentials.renew_at(), None);
+    }
+
+    #[test]
+    fn no_credentials_or_a_too_short_lifetime_is_a_clear_error() {
+        let none = Credentials::new(&global(None, None, Duration::from_secs(600))).err().expect("refused");
+        assert!(none.0.contains("no credentials"), "{}", none.0);
+        let short = Credentials::new(&global(None, Some("s"), Duration::from_secs(1))).err().expect("refused");
+        assert!(short.0.contains("--token-ttl"), "{}", short.0);
+    }
 }

@@ -34,6 +34,10 @@ pub struct Global {
     #[arg(long, env = "RUNCAST_JWT_SECRET", hide_env_values = true, global = true)]
     pub jwt_secret: Option<String>,
 
+    /// Lifetime of minted tokens; long-running commands mint a new one when half of it is gone.
+    #[arg(long, env = "RUNCAST_TOKEN_TTL", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
+    pub token_ttl: Duration,
+
     /// Tenant of minted tokens.
     #[arg(long, env = "RUNCAST_TENANT", default_value = "dev", global = true)]
     pub tenant: String,
@@ -100,6 +104,11 @@ pub enum Command {
         /// Stop after this long (default: until Ctrl-C).
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
+        /// Drive only the executions this fleet creates. By default it also claims pending
+        /// executions of its workflows created elsewhere (the dashboard's form, `exec create`),
+        /// which it learns of through the gateway.
+        #[arg(long)]
+        no_pick_up: bool,
     },
 }
 

@@ -72,13 +72,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Watch(args) => crate::watch::run(&global, &args).await,
-        Command::Simulate { agents, rate, duration } => {
+        Command::Simulate { agents, rate, duration, no_pick_up } => {
             if !(rate > 0.0 && rate <= 10_000.0) {
                 return Err(CliError(format!(
                     "--rate {rate} must be between 0 (exclusive) and 10000 executions per second"
                 )));
             }
-            crate::simulate::run(&global, agents, rate, duration).await
+            crate::simulate::run(&global, agents, rate, duration, !no_pick_up).await
         }
     }
 }

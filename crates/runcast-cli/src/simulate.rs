@@ -1,16 +1,19 @@
 //! `runcast simulate`: a fleet of simulated agents that heartbeat with telemetry and drive
 //! executions through realistic lifecycles over gRPC — steps, progress, log lines, approvals that
 //! are granted, denied or left to expire, some failures and cancellations — printing a one-line
-//! summary per second until stopped.
+//! summary per second until stopped. Like a real worker pool, the fleet also claims pending
+//! executions of its workflows that someone else created, learning of them through the gateway.
 
 use crate::CliError;
 use crate::api::{self, Agents, Executions};
-use crate::cli::Global;
+use crate::cli::{Global, WatchArgs};
+use crate::watch;
 use runcast_contract::v1::*;
+use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 
 const WORKFLOWS: &[&str] = &["nightly-build", "deploy-prod", "etl-orders", "ml-train"];
 const STEPS: &[&str] = &["checkout", "build", "test", "package", "publish", "verify"];
@@ -19,6 +22,7 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 #[derive(Default)]
 struct Stats {
     started: AtomicU64,
+    picked_up: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
     cancelled: AtomicU64,
@@ -48,7 +52,13 @@ fn tracing_error(status: &tonic::Status) {
     }
 }
 
-pub async fn run(global: &Global, agents: u32, rate: f64, duration: Option<Duration>) -> Result<(), CliError> {
+pub async fn run(
+    global: &Global,
+    agents: u32,
+    rate: f64,
+    duration: Option<Duration>,
+    pick_up: bool,
+) -> Result<(), CliError> {
     let executions = api::executions(global).await?;
     let agent_client = api::agents(global).await?;
     let stats = Arc::new(Stats::default());
@@ -60,6 +70,7 @@ pub async fn run(global: &Global, agents: u32, rate: f64, duration: Option<Durat
     let reporter = tokio::spawn(report_loop(stats.clone(), agents));
     // At most four executions in flight per agent: a slow api slows the fleet, never piles up.
     let slots = Arc::new(Semaphore::new(agents as usize * 4));
+    let pickers = pick_up.then(|| spawn_pick_up(global, executions.clone(), slots.clone(), stats.clone()));
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut ticker = tokio::time::interval(interval);
     let mut n: u64 = 0;
@@ -75,16 +86,18 @@ pub async fn run(global: &Global, agents: u32, rate: f64, duration: Option<Durat
         let workflow = WORKFLOWS[(n as usize) % WORKFLOWS.len()];
         n += 1;
         tokio::spawn(async move {
-            lifecycle(client, workflow, &stats).await;
+            lifecycle(client, Work::Create(workflow), &stats).await;
             drop(slot);
         });
     }
-    heartbeats.abort();
-    reporter.abort();
+    for task in [heartbeats, reporter].into_iter().chain(pickers.into_iter().flatten()) {
+        task.abort();
+    }
     let total = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!(
-        "simulation stopped: {} started, {} completed, {} failed, {} cancelled, {} calls, {} refused or failed",
+        "simulation stopped: {} started ({} picked up), {} completed, {} failed, {} cancelled, {} calls, {} refused or failed",
         total(&stats.started),
+        total(&stats.picked_up),
         total(&stats.completed),
         total(&stats.failed),
         total(&stats.cancelled),
@@ -92,6 +105,60 @@ pub async fn run(global: &Global, agents: u32, rate: f64, duration: Option<Durat
         total(&stats.errors)
     );
     Ok(())
+}
+
+/// Executions created elsewhere, as the gateway announces them: (id, version).
+struct Announced(mpsc::Sender<(String, u64)>);
+
+impl watch::Sink for Announced {
+    fn show(&mut self, frame: &Value) {
+        let state = &frame["data"]["state"];
+        if state["labels"]["source"] == "simulate" {
+            return; // some fleet's own: already driven
+        }
+        let (Some(id), Some(version)) = (state["execution_id"].as_str(), state["version"].as_u64()) else { return };
+        if self.0.try_send((id.to_owned(), version)).is_err() {
+            eprintln!("runcast simulate: the fleet is saturated; leaving {id} to other agents");
+        }
+    }
+}
+
+/// Follows `execution.created` of the fleet's workflows on the gateway, and claims each
+/// execution announced there once an agent slot is free. Returns the two tasks.
+fn spawn_pick_up(
+    global: &Global,
+    executions: Executions,
+    slots: Arc<Semaphore>,
+    stats: Arc<Stats>,
+) -> [tokio::task::JoinHandle<()>; 2] {
+    let (announced, mut pending) = mpsc::channel(64);
+    let args = WatchArgs {
+        channel: "executions".into(),
+        workflow: Some(WORKFLOWS.join(",")),
+        execution: None,
+        status: None,
+        types: Some("execution.created".into()),
+        since_offset: None,
+        count: None,
+    };
+    let global = global.clone();
+    let follower = tokio::spawn(async move {
+        if let Err(err) = watch::follow(&global, &args, &mut Announced(announced)).await {
+            eprintln!("runcast simulate: not picking up executions created elsewhere: {}", err.0);
+        }
+    });
+    let claimer = tokio::spawn(async move {
+        while let Some((id, version)) = pending.recv().await {
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            let client = executions.clone();
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                lifecycle(client, Work::Claim { id, version }, &stats).await;
+                drop(slot);
+            });
+        }
+    });
+    [follower, claimer]
 }
 
 /// Resolves after `duration`, or on Ctrl-C.
@@ -115,9 +182,10 @@ async fn report_loop(stats: Arc<Stats>, agents: u32) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let calls = stats.calls.load(Ordering::Relaxed);
         eprintln!(
-            "agents={agents} running={} started={} completed={} failed={} cancelled={} calls/s={}",
+            "agents={agents} running={} started={} picked_up={} completed={} failed={} cancelled={} calls/s={}",
             stats.running.load(Ordering::Relaxed),
             stats.started.load(Ordering::Relaxed),
+            stats.picked_up.load(Ordering::Relaxed),
             stats.completed.load(Ordering::Relaxed),
             stats.failed.load(Ordering::Relaxed),
             stats.cancelled.load(Ordering::Relaxed),
@@ -166,17 +234,28 @@ enum Ending {
     Approval,
 }
 
-/// One execution from creation to a terminal state.
-async fn lifecycle(mut client: Executions, workflow: &str, stats: &Stats) {
-    let create = CreateExecutionRequest {
-        workflow_id: workflow.to_owned(),
-        labels: [("source".to_owned(), "simulate".to_owned())].into(),
-        ..Default::default()
+/// Where a lifecycle's execution comes from.
+enum Work {
+    /// Created by this fleet, of this workflow.
+    Create(&'static str),
+    /// Created elsewhere, seen at `version`.
+    Claim { id: String, version: u64 },
+}
+
+/// One execution from creation (or claim) to a terminal state.
+async fn lifecycle(mut client: Executions, work: Work, stats: &Stats) {
+    let (id, expected_version) = match work {
+        Work::Create(workflow) => {
+            let create = CreateExecutionRequest {
+                workflow_id: workflow.to_owned(),
+                labels: [("source".to_owned(), "simulate".to_owned())].into(),
+                ..Default::default()
+            };
+            let Some(execution) = stats.count(client.create_execution(create).await) else { return };
+            (execution.into_inner().execution_id, 0)
+        }
+        Work::Claim { id, version } => (id, version),
     };
-    let Some(execution) = stats.count(client.create_execution(create).await) else { return };
-    let id = execution.into_inner().execution_id;
-    stats.started.fetch_add(1, Ordering::Relaxed);
-    stats.running.fetch_add(1, Ordering::Relaxed);
     let ending = match fastrand::u8(..100) {
         0..=9 => Ending::Fail,
         10..=14 => Ending::Cancel,
@@ -190,7 +269,17 @@ async fn lifecycle(mut client: Executions, workflow: &str, stats: &Stats) {
         ..Default::default()
     };
     pause().await;
-    stats.count(client.update_execution_status(status(ExecutionStatus::Running, "")).await);
+    // A claim is the move to running at the version that was announced: when several agents
+    // claim the same execution, exactly one wins and the others leave it.
+    let start = UpdateExecutionStatusRequest { expected_version, ..status(ExecutionStatus::Running, "") };
+    if stats.count(client.update_execution_status(start).await).is_none() {
+        return;
+    }
+    stats.started.fetch_add(1, Ordering::Relaxed);
+    if expected_version > 0 {
+        stats.picked_up.fetch_add(1, Ordering::Relaxed);
+    }
+    stats.running.fetch_add(1, Ordering::Relaxed);
     let steps = &STEPS[..3 + fastrand::usize(..3)];
     let mut outcome = Finish::Report(ExecutionStatus::Completed);
     for (index, step) in steps.iter().enumerate() {

@@ -27,18 +27,26 @@ enum Ended {
     Lost(String),
 }
 
+/// Where followed frames go: the terminal for `watch`, a work queue for `simulate`.
+pub trait Sink: Send {
+    /// An event frame (or a snapshot), each offset once.
+    fn show(&mut self, frame: &Value);
+}
+
 pub async fn run(global: &Global, args: &WatchArgs) -> Result<(), CliError> {
-    let token = api::token(global)?;
-    let url = format!("{}/ws?token={token}", global.gateway_url.trim_end_matches('/'));
-    let mut state = State {
-        last_offset: args.since_offset,
-        shown: 0,
-        view: View::new(&args.channel, global.json || !std::io::stdout().is_terminal()),
-    };
+    let mut view = View::new(&args.channel, global.json || !std::io::stdout().is_terminal());
+    follow(global, args, &mut view).await
+}
+
+/// Follows `args.channel` until `--count` events were shown, or until something retrying cannot
+/// fix (bad subscription, refused credentials, a gateway unreachable on the first try).
+pub async fn follow(global: &Global, args: &WatchArgs, sink: &mut dyn Sink) -> Result<(), CliError> {
+    let credentials = api::Credentials::new(global)?;
+    let mut state = State { last_offset: args.since_offset, shown: 0, sink };
     let mut backoff = Duration::from_secs(1);
     let mut attempt = 0u32;
     loop {
-        let outcome = session(&url, global, args, &mut state, attempt > 0).await?;
+        let outcome = session(&credentials, global, args, &mut state, attempt > 0).await?;
         match outcome {
             Ended::Done => return Ok(()),
             Ended::Reconnect => {
@@ -59,10 +67,18 @@ pub async fn run(global: &Global, args: &WatchArgs) -> Result<(), CliError> {
     }
 }
 
-struct State {
+struct State<'a> {
     last_offset: Option<u64>,
     shown: u64,
-    view: View,
+    sink: &'a mut dyn Sink,
+}
+
+/// Resolves at `at`, or never.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn subscribe_message(args: &WatchArgs, since_offset: Option<u64>) -> Value {
@@ -92,13 +108,14 @@ fn subscribe_message(args: &WatchArgs, since_offset: Option<u64>) -> Value {
 
 /// One connection. `Err` only for what retrying cannot fix.
 async fn session(
-    url: &str,
+    credentials: &api::Credentials,
     global: &Global,
     args: &WatchArgs,
-    state: &mut State,
+    state: &mut State<'_>,
     resuming: bool,
 ) -> Result<Ended, CliError> {
-    let connected = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url)).await;
+    let url = format!("{}/ws?token={}", global.gateway_url.trim_end_matches('/'), credentials.token()?);
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(&url)).await;
     let mut socket = match connected {
         Ok(Ok((socket, _))) => socket,
         Ok(Err(err)) if !resuming => {
@@ -121,7 +138,19 @@ async fn session(
     if let Err(err) = socket.send(Message::text(subscribe.to_string())).await {
         return Ok(Ended::Lost(err.to_string()));
     }
-    while let Some(frame) = socket.next().await {
+    loop {
+        let frame = tokio::select! {
+            frame = socket.next() => frame,
+            // Minted tokens are renewed in-band before they expire: no reconnect, no lost offset.
+            () = until(credentials.renew_at()) => {
+                let auth = json!({"type": "auth", "token": credentials.token()?});
+                if let Err(err) = socket.send(Message::text(auth.to_string())).await {
+                    return Ok(Ended::Lost(err.to_string()));
+                }
+                continue;
+            }
+        };
+        let Some(frame) = frame else { break };
         let text = match frame {
             Ok(Message::Text(text)) => text,
             Ok(Message::Close(close)) => {
@@ -174,14 +203,14 @@ async fn session(
             }
             "reconnect" => return Ok(Ended::Reconnect),
             "pong" | "unsubscribed" => {}
-            "snapshot" => state.view.show(&message),
+            "snapshot" => state.sink.show(&message),
             _ => {
                 let Some(offset) = message["offset"].as_u64() else { continue };
                 if state.last_offset.is_some_and(|last| offset <= last) {
                     continue; // already shown before a reconnect
                 }
                 state.last_offset = Some(offset);
-                state.view.show(&message);
+                state.sink.show(&message);
                 state.shown += 1;
                 if args.count.is_some_and(|count| state.shown >= count) {
                     let _ = socket.close(None).await;
@@ -217,7 +246,9 @@ impl View {
             Self::Table { rows: BTreeMap::new(), drawn: None }
         }
     }
+}
 
+impl Sink for View {
     fn show(&mut self, frame: &Value) {
         match self {
             Self::Lines => println!("{frame}"),

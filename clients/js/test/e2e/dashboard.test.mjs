@@ -1,5 +1,6 @@
 // The dashboard in headless Chromium (Debian's /usr/bin/chromium driven by playwright-core)
-// against a real stack: optimistic create, live updates to a terminal state, approvals and logs on
+// against a real stack: optimistic create, live updates to a terminal state (driven by the CLI,
+// and by `runcast simulate` claiming an execution created in the form), approvals and logs on
 // the execution page, and the connection indicator across a gateway stop/restart, after which the
 // table matches the REST list. Screenshots go to clients/js/test-artifacts/.
 //
@@ -123,8 +124,21 @@ test("dashboard: optimistic create, live to a terminal state, approvals, logs, r
   await shot(page, "03-execution-completed");
   await page.click('a[href="#/"]');
   await page.waitForSelector(`#executions tr[data-id="${id}"][data-status="completed"]`, { timeout: 10000 });
-  // executions driven by `runcast simulate` reach terminal states live too
-  await page.waitForSelector('#executions tr[data-status="completed"]:has(td.workflow:not(:text("e2e-form")))', { timeout: 30000 });
+  // one of the fleet's workflows created in the form: `runcast simulate` claims it and drives it
+  // to a terminal state, live in the table
+  await page.fill("#create-workflow", "nightly-build");
+  const [created] = await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith("/api/v1/executions") && r.request().method() === "POST"),
+    page.click("#create-submit"),
+  ]);
+  assert.equal(created.status(), 201, await created.text());
+  const picked = (await created.json()).execution_id;
+  await page.waitForFunction(
+    (id) => ["completed", "failed", "cancelled"].includes(document.querySelector(`#executions tr[data-id="${id}"]`)?.dataset.status),
+    picked,
+    { timeout: 60000 },
+  );
+  await shot(page, "03b-form-execution-driven-by-simulate");
 
   // --- stop the gateway: yellow with the attempt count; restart: green; table = REST list
   await stack.kill("ws-gateway");

@@ -260,7 +260,10 @@ async fn next_offsets(stdout: &mut mpsc::Receiver<String>, count: usize) -> Vec<
 #[tokio::test]
 async fn watch_follows_a_simulation_and_resumes_after_its_gateway_restarts() {
     let mut stack = Stack::start().await;
-    let env = stack.cli_env().await;
+    let mut env = stack.cli_env().await;
+    // Tokens that live 4 s: this watch outlives several, so it must renew them in-band (the
+    // gateway closes a connection whose token expired, and watch would exit).
+    env.push(("RUNCAST_TOKEN_TTL".into(), "4s".into()));
     let (_watch, mut stdout, mut stderr) = watch(&env);
     let mut simulate = runcast(&env, &["simulate", "--agents", "2", "--rate", "5"]).spawn().expect("simulate");
 
@@ -272,6 +275,7 @@ async fn watch_follows_a_simulation_and_resumes_after_its_gateway_restarts() {
     stack.gateway.signal(Signal::SIGTERM).expect("stop gateway");
     stack.gateway.wait_exit(Duration::from_secs(15)).await.expect("gateway exits");
     stack.gateway = stack.gateway_env(&address).await;
+    let restarted = std::time::Instant::now();
 
     let after = next_offsets(&mut stdout, 20).await;
     let said = eventually("watch to say it reconnected", Duration::from_secs(10), || {
@@ -283,6 +287,27 @@ async fn watch_follows_a_simulation_and_resumes_after_its_gateway_restarts() {
     assert!(!said.is_empty());
     let all: Vec<u64> = before.iter().chain(after.iter()).copied().collect();
     assert!(all.windows(2).all(|w| w[0] < w[1]), "no duplicate and no reordering across the restart: {all:?}");
+
+    // An execution of a fleet workflow created by someone else: the fleet claims and drives it.
+    let created = one(&env, &["exec", "create", "--workflow", "deploy-prod"]).await;
+    let id = created["execution_id"].as_str().expect("an id").to_owned();
+    let finished = eventually("the fleet to drive it to a terminal state", Duration::from_secs(60), || {
+        let env = env.clone();
+        let id = id.clone();
+        async move {
+            let execution = one(&env, &["exec", "get", &id]).await;
+            ["completed", "failed", "cancelled"].contains(&execution["status"].as_str()?).then_some(execution)
+        }
+    })
+    .await
+    .expect("picked up");
+    assert!(finished["labels"]["source"].is_null(), "not one of the fleet's own: {finished}");
+    let history = json_lines(&env, &["events", "--execution", &id, "--type", "step.started"]).await;
+    assert!(!history.is_empty(), "the fleet ran its steps");
+    // Still following, on one connection, well past the lifetime of the token it connected with.
+    while restarted.elapsed() < Duration::from_secs(10) {
+        next_offsets(&mut stdout, 1).await;
+    }
     let _ = simulate.start_kill();
 }
 
