@@ -7,6 +7,7 @@
 //!   exit code 64 for a bad configuration;
 //! - [`telemetry`]: `tracing` setup (JSON when stdout is not a terminal);
 //! - [`shutdown`]: one cancellation token cancelled by SIGTERM or Ctrl-C;
+//! - [`limits`]: process limits a server raises for itself (open files);
 //! - [`ops`]: `/healthz`, `/readyz` (named readiness checks) and `/metrics`, and serving them;
 //! - [`postgres`]: a lazily connecting pool and a monitor that keeps the `postgres` check honest;
 //! - [`nats`]: a connection that retries in the background, and idempotent stream provisioning;
@@ -15,6 +16,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod nats;
 pub mod ops;
 pub mod postgres;

@@ -154,6 +154,12 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, Error> {
         // Installs the Prometheus recorder now: metrics recorded before it exists are lost.
         let _ = ops::metrics_handle();
+        match runcast_runtime::limits::raise_open_files_limit() {
+            Ok(open_files) => tracing::info!(open_files, "open files limit (one per connection)"),
+            Err(err) => {
+                tracing::warn!(%err, "cannot raise the open files limit; connections are capped by the current one")
+            }
+        }
         let authenticator = Authenticator::from_args(&config.auth)?;
         let history = config.postgres.lazy_pool()?;
         let readiness = Readiness::default();
