@@ -162,8 +162,9 @@ impl Application {
             .layer(axum::middleware::from_fn(trace_context::layer));
         let grpc_shutdown = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(err) =
-                axum::serve(grpc, grpc_router).with_graceful_shutdown(grpc_shutdown.cancelled_owned()).await
+            if let Err(err) = axum::serve(ops::no_delay(grpc), grpc_router)
+                .with_graceful_shutdown(grpc_shutdown.cancelled_owned())
+                .await
             {
                 tracing::error!(cause = %err, "grpc server failed");
             }
