@@ -5,7 +5,9 @@
 // Configuration (query parameters, remembered in sessionStorage):
 //   token    a JWT (or the login box asks for one)
 //   gateway  ws-gateway base URL (default: this page's origin, as it is served by the gateway)
-//   api      execution-api REST base (default: http://<this host>:8081/api/v1)
+//   api      execution-api REST base (default: http://<this host>:8081/api/v1 when the page comes
+//            from the gateway's own port 8080, as with `make run` and compose; otherwise
+//            <this origin>/api/v1, as behind an ingress that routes /api/v1 to the api)
 //   transport auto | websocket | sse (default auto)
 import {
   RuncastClient, filterExecutions, secondsUntilRetry, EXECUTION_STATUSES,
@@ -32,7 +34,7 @@ const el = (tag: string, cls?: string, text?: string) => {
 
 function start(token: string) {
   const gateway = setting("gateway", location.origin.replace(/^http/, "ws"));
-  const api = setting("api", `${location.protocol}//${location.hostname}:8081/api/v1`);
+  const api = setting("api", location.port === "8080" ? `${location.protocol}//${location.hostname}:8081/api/v1` : `${location.origin}/api/v1`);
   const transport = setting("transport", "auto") as "auto" | "websocket" | "sse";
   const client = new RuncastClient({ gatewayUrl: gateway, apiUrl: api, token, transport });
   (window as any).runcast = client; // for the console and the e2e tests
