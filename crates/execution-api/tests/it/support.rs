@@ -60,9 +60,14 @@ impl Stack {
 
     /// An event-persister process, ready (schema migrated).
     pub async fn persister(&self) -> ServiceProcess {
+        self.persister_with(&[]).await
+    }
+
+    /// An event-persister process with extra settings, ready (schema migrated).
+    pub async fn persister_with(&self, extra: &[(&str, &str)]) -> ServiceProcess {
         let nats_url = self.infra.nats.url();
         let persister =
-            ServiceProcess::spawn("event-persister", &self.env(&nats_url, &[])).await.expect("persister starts");
+            ServiceProcess::spawn("event-persister", &self.env(&nats_url, extra)).await.expect("persister starts");
         wait_ready(&persister).await;
         persister
     }
