@@ -112,10 +112,12 @@ token="$(target/debug/runcast token --tenant dev --roles admin --ttl 24h)"
 
 # A small simulated fleet, so the first thing a newcomer sees is live traffic (SIMULATE=0: none).
 simulation="off (SIMULATE=0)"
+pickup_hint=""
 if [[ "${SIMULATE:-1}" != 0 ]]; then
   target/debug/runcast simulate --agents 3 --rate 0.5 >>"$data/logs/simulate.log" 2>&1 &
   echo $! >"$run/simulate.pid"
   simulation="3 simulated agents (log: .data/logs/simulate.log; SIMULATE=0 turns it off)"
+  pickup_hint=" (create a deploy-prod execution in its form: the simulated fleet picks it up)"
 fi
 
 cat <<TXT
@@ -131,6 +133,8 @@ cat <<TXT
     $token
 
   Simulation: $simulation
+  Dashboard$pickup_hint:
+    http://$GATEWAY_ADDR/?token=$token
   Watch it live:
     RUNCAST_JWT_SECRET=$RUNCAST_JWT_SECRET RUNCAST_GATEWAY_URL=$RUNCAST_GATEWAY_URL target/debug/runcast watch
 

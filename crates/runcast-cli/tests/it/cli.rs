@@ -180,7 +180,19 @@ async fn every_subcommand_works_against_the_real_stack() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("FailedPrecondition") && stderr.contains("completed"), "{stderr}");
 
-    // Lists, history and agents come from the read model: wait for the persister.
+    // Lists, history and agents come from the read model: wait until the persister has applied
+    // the last command of this test (the denial that failed `other`), each list in its own time.
+    let failed = eventually("the denied execution listed as failed", Duration::from_secs(20), || {
+        let env = env.clone();
+        async move {
+            let lines = json_lines(&env, &["exec", "list", "--status", "failed"]).await;
+            (!lines.is_empty()).then_some(lines)
+        }
+    })
+    .await
+    .expect("listed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["execution_id"], other.as_str());
     let listed = eventually("the list to show all three", Duration::from_secs(20), || {
         let env = env.clone();
         async move {
@@ -191,12 +203,17 @@ async fn every_subcommand_works_against_the_real_stack() {
     .await
     .expect("listed");
     assert!(listed.iter().all(|e| e["workflow_id"] == "deploy"));
-    let failed = json_lines(&env, &["exec", "list", "--status", "failed"]).await;
-    assert_eq!(failed.len(), 1);
-    let history = json_lines(&env, &["events", "--execution", &id]).await;
-    let types: Vec<_> = history.iter().map(|e| e["type"].as_str().unwrap_or_default().to_owned()).collect();
-    assert_eq!(types.first().map(String::as_str), Some("execution.created"));
-    assert_eq!(types.last().map(String::as_str), Some("execution.completed"));
+    let history = eventually("the whole history of the first execution", Duration::from_secs(20), || {
+        let env = env.clone();
+        let id = id.clone();
+        async move {
+            let history = json_lines(&env, &["events", "--execution", &id]).await;
+            (history.last()?["type"] == "execution.completed").then_some(history)
+        }
+    })
+    .await
+    .expect("history");
+    assert_eq!(history[0]["type"], "execution.created");
     let only_steps = json_lines(&env, &["events", "--execution", &id, "--type", "step.started"]).await;
     assert_eq!(only_steps.len(), 1);
 
