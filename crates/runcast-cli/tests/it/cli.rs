@@ -208,7 +208,11 @@ async fn every_subcommand_works_against_the_real_stack() {
         let id = id.clone();
         async move {
             let history = json_lines(&env, &["events", "--execution", &id]).await;
-            (history.last()?["type"] == "execution.completed").then_some(history)
+            // The execution's versions 1..n with no hole (log events are numbered apart): two
+            // persister writers may commit out of order.
+            let versions = history.iter().filter(|e| e["type"] != "log.appended").map(|e| &e["version"]);
+            let complete = versions.enumerate().all(|(i, version)| *version == i + 1);
+            (complete && history.last()?["type"] == "execution.completed").then_some(history)
         }
     })
     .await
@@ -319,8 +323,16 @@ async fn watch_follows_a_simulation_and_resumes_after_its_gateway_restarts() {
     .await
     .expect("picked up");
     assert!(finished["labels"]["source"].is_null(), "not one of the fleet's own: {finished}");
-    let history = json_lines(&env, &["events", "--execution", &id, "--type", "step.started"]).await;
-    assert!(!history.is_empty(), "the fleet ran its steps");
+    // The history comes from the read model, behind the stream that `exec get` reads.
+    eventually("the fleet's steps in the history", Duration::from_secs(20), || {
+        let (env, id) = (env.clone(), id.clone());
+        async move {
+            let steps = json_lines(&env, &["events", "--execution", &id, "--type", "step.started"]).await;
+            (!steps.is_empty()).then_some(())
+        }
+    })
+    .await
+    .expect("the fleet ran its steps");
     // Still following, on one connection, well past the lifetime of the token it connected with.
     while restarted.elapsed() < Duration::from_secs(10) {
         next_offsets(&mut stdout, 1).await;
