@@ -10,12 +10,14 @@
 //!   out one fresh database per test;
 //! - [`service`]: the three service binaries as real processes, with their bound addresses;
 //! - [`lifecycle`]: the start-up, readiness and shutdown contract every service binary keeps;
+//! - [`otlp`]: an OpenTelemetry trace endpoint that hands the spans services export to the test;
 //! - [`Infra`]: both servers together, and [`Isolation`] — a stream prefix and a database of a
 //!   test's own, so tests sharing servers never see each other's streams or rows;
 //! - [`eventually`]: wait for a condition with a deadline instead of sleeping and hoping.
 
 pub mod lifecycle;
 pub mod nats;
+pub mod otlp;
 pub mod postgres;
 pub mod service;
 pub mod tools;

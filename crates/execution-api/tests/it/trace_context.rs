@@ -3,12 +3,10 @@
 //! processes over OTLP/gRPC when an endpoint is set.
 
 use crate::support::{Stack, TENANT, admin, executions, http};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::common::v1::any_value;
-use opentelemetry_proto::tonic::trace::v1::Span;
 use runcast_contract::v1::CreateExecutionRequest;
 use runcast_contract::{EntityId, StreamKind, Topology};
+use runcast_testkit::otlp::TraceCollector;
+use std::time::Duration;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
@@ -67,55 +65,11 @@ async fn the_callers_trace_continues_in_the_event_headers_over_grpc_and_rest() {
     assert_ne!(trace_id, "0".repeat(32), "a valid new trace");
 }
 
-/// An OTLP/gRPC trace endpoint on a free port that hands every export request to the test.
-struct Collector(tokio::sync::mpsc::Sender<ExportTraceServiceRequest>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let _ = self.0.try_send(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
-
-async fn collector() -> (String, tokio::sync::mpsc::Receiver<ExportTraceServiceRequest>) {
-    let (sender, receiver) = tokio::sync::mpsc::channel(10_000);
-    let router = tonic::service::Routes::new(TraceServiceServer::new(Collector(sender))).into_axum_router();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    (endpoint, receiver)
-}
-
-/// (service name, span) of every span in an export request.
-fn spans(request: ExportTraceServiceRequest) -> Vec<(String, Span)> {
-    let mut all = Vec::new();
-    for resource_spans in request.resource_spans {
-        let service = resource_spans
-            .resource
-            .iter()
-            .flat_map(|resource| &resource.attributes)
-            .find(|attribute| attribute.key == "service.name")
-            .and_then(|attribute| match attribute.value.as_ref()?.value.as_ref()? {
-                any_value::Value::StringValue(name) => Some(name.clone()),
-                _ => None,
-            })
-            .unwrap_or_default();
-        for scope in resource_spans.scope_spans {
-            all.extend(scope.spans.into_iter().map(|span| (service.clone(), span)));
-        }
-    }
-    all
-}
-
 #[tokio::test]
 async fn spans_are_exported_over_otlp_by_the_api_and_the_persister() {
     let stack = Stack::start().await;
-    let (endpoint, mut exported) = collector().await;
-    let otel = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "200")];
+    let mut collector = TraceCollector::start().await.expect("collector");
+    let otel = [("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "200")];
     let mut api = stack.api(&otel).await;
     let _persister = stack.persister_with(&otel).await;
     let mut client = executions(&mut api, Some(&admin())).await;
@@ -125,17 +79,14 @@ async fn spans_are_exported_over_otlp_by_the_api_and_the_persister() {
 
     // The api's span of the call is in the caller's trace; the persister's batch span links to it.
     let trace_id = hex::decode(TRACE_ID).expect("hex");
-    let (mut in_api, mut linked_by_persister) = (false, false);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !(in_api && linked_by_persister) {
-        let request = tokio::time::timeout_at(deadline, exported.recv())
-            .await
-            .unwrap_or_else(|_| panic!("spans in time (api: {in_api}, persister: {linked_by_persister})"))
-            .expect("collector running");
-        for (service, span) in spans(request) {
-            in_api |= service == "execution-api" && span.trace_id == trace_id;
-            linked_by_persister |=
-                service == "event-persister" && span.links.iter().any(|link| link.trace_id == trace_id);
-        }
-    }
+    collector
+        .wait_for("the api's span in the trace and the persister's link to it", Duration::from_secs(30), |spans| {
+            let in_api = spans.iter().any(|(service, span)| service == "execution-api" && span.trace_id == trace_id);
+            let linked = spans.iter().any(|(service, span)| {
+                service == "event-persister" && span.links.iter().any(|link| link.trace_id == trace_id)
+            });
+            in_api && linked
+        })
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
 }

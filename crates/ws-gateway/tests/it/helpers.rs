@@ -102,6 +102,15 @@ impl World {
     }
 
     pub async fn publish_nowait(&self, event: &Event) -> async_nats::jetstream::context::PublishAckFuture {
+        self.publish_with_headers(event, async_nats::HeaderMap::new()).await
+    }
+
+    /// Publishes with `headers` (e.g. `traceparent`) besides `Nats-Msg-Id`.
+    pub async fn publish_with_headers(
+        &self,
+        event: &Event,
+        mut headers: async_nats::HeaderMap,
+    ) -> async_nats::jetstream::context::PublishAckFuture {
         let (kind, entity) = match EventType::try_from(event.r#type).expect("type").stream() {
             StreamKind::Agents => (StreamKind::Agents, &event.agent_id),
             kind => (kind, &event.execution_id),
@@ -111,7 +120,6 @@ impl World {
             &EntityId::parse("tenant", &event.tenant_id).expect("tenant"),
             &EntityId::parse("entity", entity).expect("entity"),
         );
-        let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", event.event_id.as_str());
         self.jetstream
             .publish_with_headers(subject, headers, Bytes::from(event.encode_to_vec()))

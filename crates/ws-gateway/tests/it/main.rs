@@ -16,3 +16,4 @@ mod proto;
 mod restart;
 mod resume;
 mod slow;
+mod trace;
