@@ -102,7 +102,7 @@ start_service event-persister RUNCAST_HTTP_ADDR="$PERSISTER_ADDR"
 # The dashboard (served by the gateway) calls the REST API from the gateway's origin.
 start_service execution-api RUNCAST_HTTP_ADDR="$API_HTTP_ADDR" RUNCAST_GRPC_ADDR="$API_GRPC_ADDR" \
   RUNCAST_CORS_ORIGINS="${RUNCAST_CORS_ORIGINS:-http://$GATEWAY_ADDR,http://localhost:${GATEWAY_ADDR##*:}}"
-start_service ws-gateway RUNCAST_HTTP_ADDR="$GATEWAY_ADDR"
+start_service ws-gateway RUNCAST_HTTP_ADDR="$GATEWAY_ADDR" RUNCAST_DASHBOARD_API_URL="http://$API_HTTP_ADDR/api/v1"
 for addr in "$PERSISTER_ADDR" "$API_HTTP_ADDR" "$GATEWAY_ADDR"; do
   wait_for "http://$addr/readyz" curl -fsS "http://$addr/readyz"
 done

@@ -5,9 +5,9 @@
 // Configuration (query parameters, remembered in sessionStorage):
 //   token    a JWT (or the login box asks for one)
 //   gateway  ws-gateway base URL (default: this page's origin, as it is served by the gateway)
-//   api      execution-api REST base (default: http://<this host>:8081/api/v1 when the page comes
-//            from the gateway's own port 8080, as with `make run` and compose; otherwise
-//            <this origin>/api/v1, as behind an ingress that routes /api/v1 to the api)
+//   api      execution-api REST base (default: what the gateway's /config.json names, from
+//            RUNCAST_DASHBOARD_API_URL; without it http://<this host>:8081/api/v1 when the page
+//            comes from port 8080, otherwise <this origin>/api/v1, as behind an ingress)
 //   transport auto | websocket | sse (default auto)
 import {
   RuncastClient, filterExecutions, secondsUntilRetry, EXECUTION_STATUSES,
@@ -32,9 +32,24 @@ const el = (tag: string, cls?: string, text?: string) => {
   return e;
 };
 
-function start(token: string) {
+/** What the serving gateway says about its deployment (nothing when served from elsewhere). */
+interface ServedConfig {
+  api?: string | null;
+}
+
+async function servedConfig(): Promise<ServedConfig> {
+  try {
+    const res = await fetch("config.json", { cache: "no-store" });
+    return res.ok ? ((await res.json()) as ServedConfig) : {};
+  } catch {
+    return {};
+  }
+}
+
+function start(token: string, served: ServedConfig) {
   const gateway = setting("gateway", location.origin.replace(/^http/, "ws"));
-  const api = setting("api", location.port === "8080" ? `${location.protocol}//${location.hostname}:8081/api/v1` : `${location.origin}/api/v1`);
+  const guessed = location.port === "8080" ? `${location.protocol}//${location.hostname}:8081/api/v1` : `${location.origin}/api/v1`;
+  const api = setting("api", served.api || guessed);
   const transport = setting("transport", "auto") as "auto" | "websocket" | "sse";
   const client = new RuncastClient({ gatewayUrl: gateway, apiUrl: api, token, transport });
   (window as any).runcast = client; // for the console and the e2e tests
@@ -373,14 +388,16 @@ function start(token: string) {
   void listWatch.ready.catch((err) => showError(`Loading executions failed: ${err.message}`));
 }
 
-const token = setting("token", "");
-if (token) start(token);
-else {
-  $("#login").hidden = false;
-  $("#login-form").addEventListener("submit", (ev) => {
-    ev.preventDefault();
-    const value = $<HTMLInputElement>("#login-token").value.trim();
-    sessionStorage.setItem("runcast.token", value);
-    start(value);
-  });
-}
+void servedConfig().then((served) => {
+  const token = setting("token", "");
+  if (token) start(token, served);
+  else {
+    $("#login").hidden = false;
+    $("#login-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const value = $<HTMLInputElement>("#login-token").value.trim();
+      sessionStorage.setItem("runcast.token", value);
+      start(value, served);
+    });
+  }
+});

@@ -145,7 +145,8 @@ export class Stack {
     this.corsOrigins = this.corsOrigins ? `${this.corsOrigins},${this.gatewayHttp}` : "*";
     this.startService("event-persister", { RUNCAST_HTTP_ADDR: this.persisterAddr });
     this.startService("execution-api", { RUNCAST_HTTP_ADDR: this.apiAddr, RUNCAST_GRPC_ADDR: this.grpcAddr, RUNCAST_CORS_ORIGINS: this.corsOrigins });
-    this.startService("ws-gateway", { RUNCAST_HTTP_ADDR: this.gatewayAddr });
+    // The dashboard served at the gateway's `/` learns the API's address from /config.json.
+    this.startService("ws-gateway", { RUNCAST_HTTP_ADDR: this.gatewayAddr, RUNCAST_DASHBOARD_API_URL: this.apiUrl });
     await Promise.all([this.persisterAddr, this.apiAddr, this.gatewayAddr].map((a) => this.waitReady(a)));
     return this;
   }

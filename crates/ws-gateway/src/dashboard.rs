@@ -9,9 +9,16 @@ use axum::routing::get;
 
 include!(concat!(env!("OUT_DIR"), "/dashboard_assets.rs"));
 
-pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+/// The dashboard's files, and `/config.json`: where it finds the REST API (`api_url`, empty for
+/// "guess"), which only the deployment knows.
+pub fn router<S: Clone + Send + Sync + 'static>(api_url: &str) -> Router<S> {
+    let config = serde_json::json!({ "api": (!api_url.is_empty()).then_some(api_url) });
     Router::new()
         .route("/", get(|| async { file("index.html") }))
+        .route(
+            "/config.json",
+            get(move || std::future::ready(([(header::CACHE_CONTROL, "no-cache")], axum::Json(config)))),
+        )
         .route("/{file}", get(|Path(name): Path<String>| async move { file(&name) }))
 }
 
@@ -49,6 +56,21 @@ mod tests {
         assert_eq!(content_type("app.js"), "text/javascript; charset=utf-8");
         assert_eq!(content_type("app.css"), "text/css; charset=utf-8");
         assert_eq!(content_type("README"), "application/octet-stream");
+    }
+
+    async fn config_of(api_url: &str) -> serde_json::Value {
+        use tower::ServiceExt as _;
+        let request = axum::http::Request::get("/config.json").body(axum::body::Body::empty()).expect("request");
+        let response = router::<()>(api_url).oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.expect("body");
+        serde_json::from_slice(&body).expect("json")
+    }
+
+    #[tokio::test]
+    async fn the_config_names_the_api_only_when_one_is_set() {
+        assert_eq!(config_of("/api/v1").await, serde_json::json!({"api": "/api/v1"}));
+        assert_eq!(config_of("").await, serde_json::json!({"api": null}));
     }
 
     #[test]

@@ -60,6 +60,11 @@ pub struct Config {
     #[arg(long, env = "RUNCAST_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
+    /// REST API base the dashboard at `/` calls, as a browser sees it (e.g. `/api/v1` behind an
+    /// ingress, `http://localhost:8081/api/v1`). Empty: the dashboard guesses.
+    #[arg(long, env = "RUNCAST_DASHBOARD_API_URL", default_value = "")]
+    pub dashboard_api_url: String,
+
     #[command(flatten)]
     pub gateway: GatewayArgs,
     #[command(flatten)]
@@ -206,7 +211,7 @@ impl Application {
             .route("/ws/stats", get(stats))
             .with_state(gateway)
             .merge(ops::router(readiness))
-            .merge(dashboard::router());
+            .merge(dashboard::router(&config.dashboard_api_url));
         ops::serve_until_stopped(http, router, tasks, shutdown, config.lifecycle.shutdown_grace).await
     }
 }

@@ -195,8 +195,9 @@ test("dashboard served by ws-gateway at / (embedded at build time) connects to i
   const page = await browser.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
-  // no `gateway` parameter: the page talks to the origin that served it
-  await page.goto(`${stack.gatewayHttp}/?${new URLSearchParams({ token, api: stack.apiUrl })}`);
+  // no `gateway` or `api` parameter: the page talks to the origin that served it, and to the API
+  // the gateway names in /config.json (RUNCAST_DASHBOARD_API_URL)
+  await page.goto(`${stack.gatewayHttp}/?${new URLSearchParams({ token })}`);
   await page.waitForSelector('#conn[data-status="live"]', { timeout: 20000 });
   assert.match(await page.textContent("#conn"), /Live \(websocket\)/);
   await page.fill("#create-workflow", "from-gateway-page");
