@@ -282,9 +282,9 @@ async fn next_offsets(stdout: &mut mpsc::Receiver<String>, count: usize) -> Vec<
 async fn watch_follows_a_simulation_and_resumes_after_its_gateway_restarts() {
     let mut stack = Stack::start().await;
     let mut env = stack.cli_env().await;
-    // Tokens that live 4 s: this watch outlives several, so it must renew them in-band (the
+    // Tokens that live 6 s (renewed after 3 s): this watch outlives several, so it must renew them in-band (the
     // gateway closes a connection whose token expired, and watch would exit).
-    env.push(("RUNCAST_TOKEN_TTL".into(), "4s".into()));
+    env.push(("RUNCAST_TOKEN_TTL".into(), "6s".into()));
     let (_watch, mut stdout, mut stderr) = watch(&env);
     let mut simulate = runcast(&env, &["simulate", "--agents", "2", "--rate", "5"]).spawn().expect("simulate");
 
@@ -334,7 +334,7 @@ async fn watch_follows_a_simulation_and_resumes_after_its_gateway_restarts() {
     .await
     .expect("the fleet ran its steps");
     // Still following, on one connection, well past the lifetime of the token it connected with.
-    while restarted.elapsed() < Duration::from_secs(10) {
+    while restarted.elapsed() < Duration::from_secs(14) {
         next_offsets(&mut stdout, 1).await;
     }
     let _ = simulate.start_kill();
