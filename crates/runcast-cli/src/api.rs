@@ -3,6 +3,7 @@
 use crate::CliError;
 use crate::cli::Global;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use runcast_contract::client::Bearer;
 use runcast_contract::v1::agent_service_client::AgentServiceClient;
 use runcast_contract::v1::execution_service_client::ExecutionServiceClient;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -87,13 +88,9 @@ impl Credentials {
 }
 
 impl tonic::service::Interceptor for Credentials {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let token = self.token().map_err(|err| tonic::Status::unauthenticated(err.0))?;
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| tonic::Status::unauthenticated("the token holds characters not allowed in a header"))?;
-        request.metadata_mut().insert("authorization", value);
-        Ok(request)
+        Bearer::new(Some(&token)).map_err(tonic::Status::unauthenticated)?.call(request)
     }
 }
 

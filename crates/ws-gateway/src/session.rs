@@ -317,15 +317,10 @@ impl Session {
         }
         let tenant = self.principal.tenant.clone();
         let resume = since_offset.is_some() || (snapshot && channel.snapshot_entity().is_some());
+        let start = if resume { Start::Replay { after: since_offset.unwrap_or(0) } } else { Start::Live };
+        let (subscriber, head) =
+            self.gw.hub.subscribe(tenant, channel.clone(), filters, self.outbound.clone(), self.protocol, start);
         if !resume {
-            let (subscriber, head) = self.gw.hub.subscribe(
-                tenant,
-                channel.clone(),
-                filters,
-                self.outbound.clone(),
-                self.protocol,
-                Start::Live,
-            );
             self.subscriptions.insert(channel.clone(), Active { subscriber, start: head, replay: None });
             if let Flow::Close(_) = self.send(Control {
                 channel: Some(channel.to_string()),
@@ -337,14 +332,6 @@ impl Session {
             }
             return Ok(());
         }
-        let (subscriber, head) = self.gw.hub.subscribe(
-            tenant,
-            channel.clone(),
-            filters,
-            self.outbound.clone(),
-            self.protocol,
-            Start::Replay { after: since_offset.unwrap_or(0) },
-        );
         let cancel = self.ended.child_token();
         self.subscriptions.insert(
             channel.clone(),

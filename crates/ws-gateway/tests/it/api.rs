@@ -48,13 +48,7 @@ async fn changes_made_through_the_api_reach_websocket_and_sse_clients_on_two_rep
         let mut ws = replica.connect(&token).await;
         ws.subscribe(json!({"type": "subscribe", "channel": "executions"})).await;
         sockets.push(ws);
-        let mut sse = SseClient::connect(
-            &replica.url("/sse?channel=executions"),
-            &[("Authorization", format!("Bearer {token}"))],
-        )
-        .await;
-        sse.until("subscribed").await;
-        streams.push(sse);
+        streams.push(replica.sse("executions", &token).await);
     }
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))

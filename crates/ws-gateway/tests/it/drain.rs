@@ -11,9 +11,7 @@ async fn sigterm_sends_reconnect_to_every_client_and_exits_within_the_grace_peri
     let token = token("acme", "alice", 600);
     let mut ws = gateway.connect(&token).await;
     ws.subscribe(json!({"type": "subscribe", "channel": "executions"})).await;
-    let mut sse =
-        SseClient::connect(&gateway.url("/sse?channel=agents"), &[("Authorization", format!("Bearer {token}"))]).await;
-    sse.until("subscribed").await;
+    let mut sse = gateway.sse("agents", &token).await;
 
     process.signal(nix::sys::signal::Signal::SIGTERM).expect("signalled");
     let reconnect = ws.until("reconnect").await;

@@ -19,13 +19,7 @@ async fn events_reach_websocket_and_sse_clients_on_two_replicas_in_offset_order(
         assert!(subscribed["offset"].is_u64());
         assert!(subscribed["timestamp"].is_string());
         sockets.push(ws);
-        let mut sse = SseClient::connect(
-            &replica.url("/sse?channel=executions"),
-            &[("Authorization", format!("Bearer {token}"))],
-        )
-        .await;
-        sse.until("subscribed").await;
-        streams.push(sse);
+        streams.push(replica.sse("executions", &token).await);
     }
 
     let mut published = Vec::new();

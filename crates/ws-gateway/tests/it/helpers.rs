@@ -161,6 +161,14 @@ impl Gateway {
         format!("ws://{}/ws{query}", self.addr)
     }
 
+    /// An SSE stream of `channel` with a bearer token, past its `subscribed` event.
+    pub async fn sse(&self, channel: &str, token: &str) -> SseClient {
+        let url = self.url(&format!("/sse?channel={channel}"));
+        let mut sse = SseClient::connect(&url, &[("Authorization", format!("Bearer {token}"))]).await;
+        sse.until("subscribed").await;
+        sse
+    }
+
     async fn wait_ready(&self) {
         let url = self.url("/readyz");
         eventually("the gateway to be ready", WAIT, || {

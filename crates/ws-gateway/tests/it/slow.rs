@@ -38,10 +38,7 @@ async fn a_stalled_client_gets_resync_while_a_normal_one_gets_every_event() {
 
     let mut stalled = gateway.connect(&token).await;
     stalled.subscribe(json!({"type": "subscribe", "channel": "executions"})).await;
-    let mut stalled_sse =
-        SseClient::connect(&gateway.url("/sse?channel=executions"), &[("Authorization", format!("Bearer {token}"))])
-            .await;
-    stalled_sse.until("subscribed").await;
+    let mut stalled_sse = gateway.sse("executions", &token).await;
     let mut normal = gateway.connect(&token).await;
     normal.subscribe(json!({"type": "subscribe", "channel": "executions"})).await;
     let baseline = resident_kib(pid);
