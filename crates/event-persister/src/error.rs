@@ -36,25 +36,6 @@ impl Error {
         Self { kind, message: message.into(), source: Some(source.into()) }
     }
 
-    /// Classifies a database error.
-    pub fn database(context: impl Into<String>, err: sqlx::Error) -> Self {
-        let kind = match &err {
-            sqlx::Error::Database(db) => match db.code() {
-                Some(code) if code.starts_with("22") || code.starts_with("23") => ErrorKind::Rejected,
-                Some(code) if code.starts_with("08") || code.starts_with("57P") => ErrorKind::Unavailable,
-                _ => ErrorKind::Internal,
-            },
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::WorkerCrashed => ErrorKind::Unavailable,
-            _ => ErrorKind::Internal,
-        };
-        Self::with_source(kind, context, err)
-    }
-
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
@@ -67,6 +48,19 @@ impl fmt::Display for Error {
             write!(f, ": {source}")?;
         }
         Ok(())
+    }
+}
+
+/// The store classified the database error (`runcast_store::error::classify`): same kinds.
+impl From<runcast_store::Error> for Error {
+    fn from(err: runcast_store::Error) -> Self {
+        let (kind, message, source) = err.into_parts();
+        let kind = match kind {
+            runcast_store::ErrorKind::Unavailable => ErrorKind::Unavailable,
+            runcast_store::ErrorKind::Rejected => ErrorKind::Rejected,
+            runcast_store::ErrorKind::Corrupt | runcast_store::ErrorKind::Internal => ErrorKind::Internal,
+        };
+        Self { kind, message, source }
     }
 }
 

@@ -17,11 +17,11 @@ struct Ops {
     lag: LagBoard,
 }
 
-pub fn router(readiness: Readiness, lag: LagBoard) -> Router {
+pub(crate) fn router(readiness: Readiness, lag: LagBoard) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(|| async { ops::metrics_handle().render() }))
+        .route("/metrics", get(|| async { ops::render_metrics() }))
         .with_state(Ops { readiness, lag })
 }
 

@@ -4,11 +4,10 @@
 //! acked (or terminated). The persister acks only after the commit that stored a message, so every
 //! event at or below the ack floor is in PostgreSQL, whichever replica wrote it: it is exactly the
 //! low watermark DESIGN §3 asks `as_of_offset` to be. This monitor records it in
-//! `applied_offsets` (never moving back), shares it with the consumer loop (which records it with
+//! `applied_offsets` (never moving back, `runcast_store::write::advance_applied_offset`), shares it with the consumer loop (which records it with
 //! each batch), and exports `runcast_persister_lag` = stream head − ack floor.
 
 use crate::consumer::AckFloor;
-use crate::store;
 use runcast_contract::StreamKind;
 use runcast_runtime::nats::Nats;
 use runcast_runtime::ops::ReadyFlag;
@@ -20,14 +19,14 @@ use tokio_util::sync::CancellationToken;
 
 /// The latest lag of each stream, for `/readyz` details.
 #[derive(Debug, Clone, Default)]
-pub struct LagBoard(Arc<Mutex<BTreeMap<&'static str, u64>>>);
+pub(crate) struct LagBoard(Arc<Mutex<BTreeMap<&'static str, u64>>>);
 
 impl LagBoard {
-    pub fn set(&self, stream: &'static str, lag: u64) {
+    pub(crate) fn set(&self, stream: &'static str, lag: u64) {
         self.lock().insert(stream, lag);
     }
 
-    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+    pub(crate) fn snapshot(&self) -> BTreeMap<&'static str, u64> {
         self.lock().clone()
     }
 
@@ -38,7 +37,7 @@ impl LagBoard {
 }
 
 /// Everything one stream's monitor needs.
-pub struct LagMonitor {
+pub(crate) struct LagMonitor {
     pub kind: StreamKind,
     pub nats: Nats,
     pub pool: PgPool,
@@ -50,7 +49,7 @@ pub struct LagMonitor {
 
 impl LagMonitor {
     /// Reads the consumer state every `interval` until `shutdown`.
-    pub async fn run(self, streams_ready: ReadyFlag, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, streams_ready: ReadyFlag, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = streams_ready.wait() => {}
@@ -66,7 +65,7 @@ impl LagMonitor {
                     metrics::gauge!("runcast_persister_lag", "stream" => stream).set(lag as f64);
                     metrics::gauge!("runcast_persister_applied_offset", "stream" => stream).set(floor as f64);
                     if floor > recorded {
-                        match store::advance_applied_offset(&self.pool, stream, floor).await {
+                        match runcast_store::write::advance_applied_offset(&self.pool, stream, floor).await {
                             Ok(()) => recorded = floor,
                             Err(err) => {
                                 tracing::debug!(stream, cause = %err, "cannot record the applied offset yet")

@@ -8,30 +8,31 @@
 //! - [`decode`]: raw message → validated event, or the reason it is poison (pure);
 //! - [`rows`]: the fold of a batch into history, read-model and log rows (pure; shared with
 //!   [`rebuild`], which is why both paths yield the same rows);
-//! - [`store`]: one transaction per batch, bulk `UNNEST` writes, version-guarded upserts;
+//! - [`store`]: a folded batch handed to `runcast_store`'s writes (one transaction per batch,
+//!   bulk `UNNEST` writes, version-guarded upserts); this crate holds no SQL;
 //! - [`consumer`]: the durable pull consumer per stream: batches, ack after commit, backoff,
 //!   dead letters;
 //! - [`lag`]: the consumer's ack floor as the low watermark, lag metric and `/readyz` details;
-//! - [`read_model`]: what the api reads: [`read_model::as_of_offset`];
-//! - [`retention`]: dropping expired day partitions, and
-//!   [`retention::delete_events_older_than`] for the api's `DELETE /events`;
+//! - [`retention`]: dropping expired day partitions (every tenant's; the api's
+//!   `DELETE /events` deletes one tenant's rows itself);
 //! - [`rebuild`]: `event-persister rebuild`, the read model recomputed from the history;
-//! - [`schema`]: migrations (embedded from `migrations/`) and the daily partitions of the history;
-//! - [`http`]: `/healthz`, `/readyz` (with lag), `/metrics`;
+//! - [`schema`]: the store's migrations and daily partitions, kept up to date while running;
+//! - [`http`]: `/healthz`, `/readyz` (with lag), `/metrics`; [`series`]: every metric, at zero
+//!   from the first scrape;
 //! - [`error`]: this crate's error, whose kind decides retry or dead letter;
 //! - [`Application`]: wiring — HTTP ops endpoints, NATS connection and stream provisioning, the
 //!   schema upkeep loop, consumers, retention, graceful shutdown.
 
-pub mod consumer;
+mod consumer;
 pub mod decode;
-pub mod error;
-pub mod http;
-pub mod lag;
-pub mod read_model;
-pub mod rebuild;
+mod error;
+mod http;
+mod lag;
+mod rebuild;
 pub mod retention;
 pub mod rows;
 pub mod schema;
+mod series;
 pub mod store;
 
 use clap::{Parser, Subcommand};
@@ -219,6 +220,7 @@ impl Application {
     /// unreachable: `/readyz` says so until they are.
     pub async fn build(config: Config) -> Result<Self, Error> {
         config.validate()?;
+        series::declare();
         let writers = 3 * u32::from(config.writers_per_stream);
         if config.postgres.db_max_connections <= writers {
             tracing::warn!(
@@ -290,14 +292,8 @@ impl Application {
             shutdown.clone(),
         ));
 
-        ops::serve_until_stopped(
-            listener,
-            http::router(readiness, lag_board),
-            tasks,
-            shutdown,
-            config.lifecycle.shutdown_grace,
-        )
-        .await?;
+        ops::serve_until_stopped(listener, http::router(readiness, lag_board), tasks, shutdown, &config.lifecycle)
+            .await?;
         pool.close().await;
         Ok(())
     }

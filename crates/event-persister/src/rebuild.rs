@@ -11,13 +11,12 @@
 use crate::decode;
 use crate::error::Error;
 use crate::rows::Fold;
-use crate::store::{self, Mode};
 use runcast_contract::StreamKind;
 use sqlx::PgPool;
 
 /// What a rebuild went through.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RebuildReport {
+pub(crate) struct RebuildReport {
     pub events: u64,
     /// History rows whose body no longer decodes (should be none: they were validated on write).
     pub skipped: u64,
@@ -28,33 +27,20 @@ fn stream_kind(name: &str) -> Option<StreamKind> {
 }
 
 #[tracing::instrument(skip(pool), err)]
-pub async fn rebuild(pool: &PgPool, page_size: i64, reset: bool) -> Result<RebuildReport, Error> {
+pub(crate) async fn rebuild(pool: &PgPool, page_size: i64, reset: bool) -> Result<RebuildReport, Error> {
     if reset {
-        sqlx::query("TRUNCATE executions, approvals, agents")
-            .execute(pool)
-            .await
-            .map_err(|err| Error::database("cannot reset the read model", err))?;
+        runcast_store::write::reset_read_model(pool).await?;
     }
     let mut report = RebuildReport::default();
     let mut after: (String, i64) = (String::new(), 0);
     loop {
-        let page: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT stream, stream_offset, body FROM events
-             WHERE (stream, stream_offset) > ($1, $2)
-             ORDER BY stream, stream_offset LIMIT $3",
-        )
-        .bind(&after.0)
-        .bind(after.1)
-        .bind(page_size)
-        .fetch_all(pool)
-        .await
-        .map_err(|err| Error::database("cannot read the history", err))?;
-        let Some((stream, offset, _)) = page.last() else {
+        let page = runcast_store::history::page_all(pool, (&after.0, after.1), page_size).await?;
+        let Some(last) = page.last() else {
             break;
         };
-        after = (stream.clone(), *offset);
+        after = (last.stream.clone(), last.offset);
         let mut fold = Fold::default();
-        for (stream, offset, body) in &page {
+        for runcast_store::history::StreamEvent { stream, offset, body } in &page {
             report.events += 1;
             let decoded = stream_kind(stream)
                 .zip(u64::try_from(*offset).ok())
@@ -68,10 +54,7 @@ pub async fn rebuild(pool: &PgPool, page_size: i64, reset: bool) -> Result<Rebui
                 }
             }
         }
-        let mut tx = pool.begin().await.map_err(|err| Error::database("cannot begin a transaction", err))?;
-        store::write_read_model(&mut tx, &fold, Mode::Rebuild).await?;
-        store::insert_log_lines(&mut tx, &fold).await?;
-        tx.commit().await.map_err(|err| Error::database("cannot commit a rebuild page", err))?;
+        runcast_store::write::write_rebuild_page(pool, &fold.batch()).await?;
     }
     tracing::info!(events = report.events, skipped = report.skipped, "read model rebuilt");
     Ok(report)

@@ -14,86 +14,8 @@ use runcast_contract::v1::{
     Agent, AgentStatus, ApprovalStatus, Execution, ExecutionStatus, LogStream, event::Payload, event::State,
 };
 use std::collections::BTreeMap;
-use uuid::Uuid;
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct HistoryRow {
-    pub occurred_at: DateTime<Utc>,
-    pub event_id: Uuid,
-    pub stream: &'static str,
-    pub stream_offset: i64,
-    pub tenant_id: String,
-    pub execution_id: String,
-    pub agent_id: String,
-    pub workflow_id: String,
-    pub event_type: &'static str,
-    pub version: i64,
-    pub body: Vec<u8>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExecutionRow {
-    pub tenant_id: String,
-    pub execution_id: String,
-    pub workflow_id: String,
-    pub status: &'static str,
-    pub version: i64,
-    pub last_offset: i64,
-    pub progress: i16,
-    pub current_step: String,
-    pub steps: serde_json::Value,
-    pub approvals: serde_json::Value,
-    pub labels: serde_json::Value,
-    pub error: String,
-    pub idempotency_key: Option<String>,
-    pub state: Vec<u8>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    /// The approvals of `state`, one row each, at the execution's version.
-    pub approval_rows: Vec<ApprovalRow>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApprovalRow {
-    pub approval_id: String,
-    pub status: &'static str,
-    pub reason: String,
-    pub deadline: Option<DateTime<Utc>>,
-    pub requested_at: DateTime<Utc>,
-    pub resolved_at: Option<DateTime<Utc>>,
-    pub comment: String,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentRow {
-    pub tenant_id: String,
-    pub agent_id: String,
-    pub status: &'static str,
-    pub cpu_percent: f64,
-    pub memory_percent: f64,
-    pub gpu_percent: f64,
-    pub running_execution_ids: serde_json::Value,
-    pub labels: serde_json::Value,
-    pub timeout_seconds: i32,
-    pub version: i64,
-    pub last_offset: i64,
-    pub state: Vec<u8>,
-    pub last_heartbeat_at: DateTime<Utc>,
-    pub online_since: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogLineRow {
-    pub occurred_at: DateTime<Utc>,
-    pub tenant_id: String,
-    pub execution_id: String,
-    pub line_number: i64,
-    pub stream_offset: i64,
-    pub log_stream: &'static str,
-    pub text: String,
-}
+pub use runcast_store::rows::{AgentRow, ApprovalRow, Batch, ExecutionRow, HistoryRow, LogLineRow};
 
 type Key = (String, String);
 
@@ -217,6 +139,17 @@ impl Fold {
     pub fn log_lines(&self) -> &[LogLineRow] {
         &self.log_lines
     }
+
+    /// The rows the store writes for this fold.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            history: &self.history,
+            executions: self.executions().collect(),
+            idempotency_keys: self.idempotency_keys().collect(),
+            agents: self.agents().collect(),
+            log_lines: &self.log_lines,
+        }
+    }
 }
 
 fn execution_row(state: &Execution, occurred_at: DateTime<Utc>) -> ExecutionRow {
@@ -233,6 +166,10 @@ fn execution_row(state: &Execution, occurred_at: DateTime<Utc>) -> ExecutionRow 
             comment: approval.comment.clone(),
         })
         .collect();
+    let updated_at = time_or(state.updated_at.as_ref(), occurred_at);
+    let heartbeat_deadline = (state.status == i32::from(ExecutionStatus::Running)
+        && state.heartbeat_timeout_seconds > 0)
+        .then(|| updated_at + chrono::Duration::seconds(i64::from(state.heartbeat_timeout_seconds)));
     ExecutionRow {
         tenant_id: state.tenant_id.clone(),
         execution_id: state.execution_id.clone(),
@@ -250,9 +187,11 @@ fn execution_row(state: &Execution, occurred_at: DateTime<Utc>) -> ExecutionRow 
         idempotency_key: None,
         state: state.encode_to_vec(),
         created_at: time_or(state.created_at.as_ref(), occurred_at),
-        updated_at: time_or(state.updated_at.as_ref(), occurred_at),
+        updated_at,
         started_at: time(state.started_at.as_ref()),
         finished_at: time(state.finished_at.as_ref()),
+        agent_id: state.agent_id.clone(),
+        heartbeat_deadline,
         approval_rows,
     }
 }

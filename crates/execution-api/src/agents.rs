@@ -10,10 +10,10 @@ use prost_types::Timestamp;
 use runcast_contract::v1::{Agent, AgentReported, AgentStatus, Event, EventType, HeartbeatRequest, event};
 use runcast_contract::{EntityId, StreamKind, WireEnum};
 
-pub const DEFAULT_TIMEOUT_SECONDS: u32 = 30;
-pub const MAX_TIMEOUT_SECONDS: u32 = 3600;
+pub(crate) const DEFAULT_TIMEOUT_SECONDS: u32 = 30;
+pub(crate) const MAX_TIMEOUT_SECONDS: u32 = 3600;
 
-pub fn agent_of(stored: &Stored) -> Option<&Agent> {
+pub(crate) fn agent_of(stored: &Stored) -> Option<&Agent> {
     match stored.event.state.as_ref() {
         Some(event::State::Agent(agent)) => Some(agent),
         _ => None,
@@ -21,7 +21,7 @@ pub fn agent_of(stored: &Stored) -> Option<&Agent> {
 }
 
 /// The event a heartbeat produces, given the agent's last state (pure).
-pub fn heartbeat_change(
+pub(crate) fn heartbeat_change(
     previous: Option<&Agent>,
     tenant: &EntityId,
     request: &HeartbeatRequest,
@@ -82,7 +82,7 @@ pub fn heartbeat_change(
 }
 
 /// Publishes an agent event with compare-and-set on the agent's subject.
-pub async fn publish(
+pub(crate) async fn publish(
     store: &EventStore,
     tenant: &EntityId,
     agent_id: &EntityId,
@@ -110,7 +110,11 @@ pub async fn publish(
     store.append(StreamKind::Agents, tenant, agent_id, &event, expected).await
 }
 
-pub async fn heartbeat(store: &EventStore, tenant: &EntityId, request: HeartbeatRequest) -> Result<Agent, ApiError> {
+pub(crate) async fn heartbeat(
+    store: &EventStore,
+    tenant: &EntityId,
+    request: HeartbeatRequest,
+) -> Result<Agent, ApiError> {
     let agent_id = validate::id("agent_id", &request.agent_id)?;
     for _ in 0..crate::commands::MAX_ATTEMPTS {
         let last = store.last(StreamKind::Agents, tenant, &agent_id).await?;

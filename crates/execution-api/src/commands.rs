@@ -1,6 +1,10 @@
 //! Writes: read the execution's last event, let the state machine decide, append the next event
 //! with compare-and-set on the subject's sequence, and on a lost race read again — a bounded number
 //! of times, then `ABORTED`. No state is kept between requests, so any number of replicas may run.
+//!
+//! An execution outlives the stream (DESIGN §7): once the stream has aged out its events, its
+//! latest state is the read model's, and the next write publishes with expected last subject
+//! sequence 0 — an empty subject — so two racing writers still cannot both win.
 
 use crate::domain::state_machine::{Command, Refusal, decide};
 use crate::error::{ApiError, ApiErrorKind};
@@ -13,22 +17,22 @@ use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
 /// Attempts of read-decide-append before a contended write gives up with `ABORTED`.
-pub const MAX_ATTEMPTS: u32 = 10;
+pub(crate) const MAX_ATTEMPTS: u32 = 10;
 
-pub fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     runcast_contract::json::from_datetime(chrono::Utc::now())
 }
 
 /// The id of an execution created with an idempotency key: derived from tenant and key, so every
 /// replica, before or after a restart, and long after the broker's duplicate window, maps the same
 /// key to the same execution — and the create's compare-and-set lets only one of them create it.
-pub fn execution_id_for_key(tenant: &EntityId, key: &str) -> EntityId {
+pub(crate) fn execution_id_for_key(tenant: &EntityId, key: &str) -> EntityId {
     let digest = Sha256::digest(format!("{tenant}\0{key}").as_bytes());
     let id = format!("idem-{}", &hex::encode(digest)[..40]);
     EntityId::parse("execution_id", &id).unwrap_or_else(|_| unreachable!("hex digits are valid id characters"))
 }
 
-pub fn new_execution_id() -> EntityId {
+pub(crate) fn new_execution_id() -> EntityId {
     let id = uuid::Uuid::now_v7().to_string();
     EntityId::parse("execution_id", &id).unwrap_or_else(|_| unreachable!("a UUID is a valid id"))
 }
@@ -38,6 +42,31 @@ fn execution_of(stored: &Stored) -> Option<&Execution> {
         Some(event::State::Execution(execution)) => Some(execution),
         _ => None,
     }
+}
+
+/// How long the read model may take to answer for an execution the stream no longer holds.
+const READ_MODEL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An execution's latest state and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Current {
+    pub execution: Execution,
+    /// The subject sequence the next write must expect: the last event's, or 0 when the stream no
+    /// longer holds any event of the execution (the state is the read model's).
+    pub expected_sequence: u64,
+    /// The last event, when the stream still holds it.
+    pub last_event: Option<Event>,
+}
+
+/// Whether (and how strictly) an empty subject is looked up in the read model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fallback {
+    /// A fresh id: nothing can be in the read model.
+    None,
+    /// An idempotent create: an unreachable read model must not block creating.
+    IfReachable,
+    /// Everything else: an unreachable read model is `UNAVAILABLE`, never `NOT_FOUND`.
+    Required,
 }
 
 /// Random jitter between retries so racing writers spread out.
@@ -51,57 +80,94 @@ pub struct Executions {
     store: EventStore,
     /// The read model, consulted only when the stream no longer holds an execution an
     /// idempotent create names (its events aged out of the stream).
-    read_model: Option<sqlx::PgPool>,
+    read_model: Option<runcast_store::PgPool>,
+    /// How long the streams keep an event (`RUNCAST_STREAM_MAX_AGE`).
+    stream_max_age: Duration,
 }
 
 impl Executions {
     pub fn new(store: EventStore) -> Self {
-        Self { store, read_model: None }
+        Self { store, read_model: None, stream_max_age: Duration::MAX }
     }
 
-    pub fn with_read_model(store: EventStore, pool: sqlx::PgPool) -> Self {
-        Self { store, read_model: Some(pool) }
+    pub fn with_read_model(store: EventStore, pool: runcast_store::PgPool, stream_max_age: Duration) -> Self {
+        Self { store, read_model: Some(pool), stream_max_age }
     }
 
-    /// The execution as the read model last saw it. `None` when unknown there or when PostgreSQL
-    /// cannot answer (then the create goes ahead: writes do not wait for PostgreSQL).
-    async fn archived_in_read_model(&self, tenant: &EntityId, execution_id: &EntityId) -> Option<Execution> {
-        let pool = self.read_model.as_ref()?;
-        let query = sqlx::query_as::<_, (Vec<u8>, i64)>(
-            "SELECT state, last_offset FROM executions WHERE tenant_id = $1 AND execution_id = $2",
-        )
-        .bind(tenant.as_str())
-        .bind(execution_id.as_str())
-        .fetch_optional(pool);
-        match tokio::time::timeout(std::time::Duration::from_secs(2), query).await {
-            Ok(Ok(Some((state, offset)))) => {
-                let mut execution = <Execution as prost::Message>::decode(state.as_slice()).ok()?;
-                execution.offset = u64::try_from(offset).unwrap_or(0);
-                Some(execution)
-            }
-            Ok(Ok(None)) => None,
-            Ok(Err(err)) => {
+    pub fn read_model(&self) -> Option<&runcast_store::PgPool> {
+        self.read_model.as_ref()
+    }
+
+    /// Whether some of the execution's events may have aged out of the streams.
+    pub fn older_than_the_stream(&self, execution: &Execution) -> bool {
+        let horizon = chrono::Duration::from_std(self.stream_max_age)
+            .ok()
+            .and_then(|age| chrono::Utc::now().checked_sub_signed(age));
+        let Some(horizon) = horizon else { return false };
+        let created = execution.created_at.and_then(|at| runcast_contract::json::to_datetime(&at).ok());
+        created.is_none_or(|created| created < horizon)
+    }
+
+    /// The execution as the read model last saw it (`offset` = its last applied event), `None`
+    /// when it is not there. PostgreSQL down or slow: `UNAVAILABLE`.
+    async fn archived(&self, tenant: &EntityId, execution_id: &EntityId) -> Result<Option<Execution>, ApiError> {
+        let Some(pool) = self.read_model.as_ref() else { return Ok(None) };
+        // No schema yet (no persister has run) reads as `None`: nothing can have been archived.
+        let query = runcast_store::read_model::execution(pool, tenant, execution_id);
+        let unavailable = |cause: &dyn std::fmt::Display| {
+            ApiError::unavailable(format!(
+                "the stream no longer holds execution {execution_id} and the read model (PostgreSQL) cannot be \
+                 read ({cause}): retry when PostgreSQL is back"
+            ))
+        };
+        match tokio::time::timeout(READ_MODEL_TIMEOUT, query).await {
+            Ok(Ok(execution)) => Ok(execution),
+            Ok(Err(err)) if err.kind() == runcast_store::ErrorKind::Corrupt => Err(ApiError::internal(err.to_string())),
+            Ok(Err(err)) => Err(unavailable(&err)),
+            Err(_) => Err(unavailable(&format!("no answer within {READ_MODEL_TIMEOUT:?}"))),
+        }
+    }
+
+    /// The execution's latest state: from its subject while the stream holds it, else from the
+    /// read model as `fallback` allows.
+    async fn current_with(
+        &self,
+        tenant: &EntityId,
+        execution_id: &EntityId,
+        fallback: Fallback,
+    ) -> Result<Option<Current>, ApiError> {
+        if let Some(stored) = self.store.last(StreamKind::Executions, tenant, execution_id).await? {
+            let execution = execution_of(&stored).cloned().ok_or_else(|| {
+                ApiError::internal(format!("the last event of execution {execution_id} has no state"))
+            })?;
+            return Ok(Some(Current { execution, expected_sequence: stored.sequence, last_event: Some(stored.event) }));
+        }
+        let archived = match fallback {
+            Fallback::None => None,
+            Fallback::Required => self.archived(tenant, execution_id).await?,
+            Fallback::IfReachable => self.archived(tenant, execution_id).await.unwrap_or_else(|err| {
                 tracing::warn!(cause = %err, %execution_id, "cannot check the read model for an earlier create; creating");
                 None
-            }
-            Err(_) => {
-                tracing::warn!(%execution_id, "the read model did not answer in time; creating");
-                None
-            }
-        }
+            }),
+        };
+        Ok(archived.map(|execution| Current { execution, expected_sequence: 0, last_event: None }))
+    }
+
+    /// The execution's latest state, from the stream or (once aged out) the read model.
+    pub async fn current(&self, tenant: &EntityId, execution_id: &EntityId) -> Result<Option<Current>, ApiError> {
+        self.current_with(tenant, execution_id, Fallback::Required).await
     }
 
     pub fn store(&self) -> &EventStore {
         &self.store
     }
 
-    /// The current state, straight from the stream: read-your-writes on any replica.
+    /// The current state, straight from the stream (read-your-writes on any replica), or from the
+    /// read model once the stream has aged the execution's events out.
     pub async fn get(&self, tenant: &EntityId, execution_id: &EntityId) -> Result<Execution, ApiError> {
-        let stored = self.store.last(StreamKind::Executions, tenant, execution_id).await?;
-        stored
-            .as_ref()
-            .and_then(execution_of)
-            .cloned()
+        self.current(tenant, execution_id)
+            .await?
+            .map(|current| current.execution)
             .ok_or_else(|| ApiError::not_found(format!("execution {execution_id}")))
     }
 
@@ -133,18 +199,16 @@ impl Executions {
         command: Command,
         expected_version: Option<u64>,
     ) -> Result<Execution, ApiError> {
+        // An idempotency key maps to its execution "for as long as it exists": also after the
+        // stream dropped its events, when only the read model still has it.
+        let fallback = match &command {
+            Command::Create { idempotency_key, .. } if idempotency_key.is_empty() => Fallback::None,
+            Command::Create { .. } => Fallback::IfReachable,
+            _ => Fallback::Required,
+        };
         for attempt in 0..MAX_ATTEMPTS {
-            let last = self.store.last(StreamKind::Executions, tenant, execution_id).await?;
-            // An idempotency key maps to its execution "for as long as it exists": also after the
-            // stream dropped its events, when only the read model still has it.
-            if last.is_none()
-                && let Command::Create { idempotency_key, .. } = &command
-                && !idempotency_key.is_empty()
-                && let Some(existing) = self.archived_in_read_model(tenant, execution_id).await
-            {
-                return Ok(existing);
-            }
-            let current = last.as_ref().and_then(execution_of);
+            let latest = self.current_with(tenant, execution_id, fallback).await?;
+            let current = latest.as_ref().map(|latest| &latest.execution);
             if let (Some(expected), Some(current)) = (expected_version, current)
                 && current.version != expected
             {
@@ -171,6 +235,7 @@ impl Executions {
                 tenant_id: tenant.to_string(),
                 execution_id: execution_id.to_string(),
                 workflow_id: state.workflow_id.clone(),
+                agent_id: state.agent_id.clone(),
                 version: state.version,
                 occurred_at: Some(now),
                 r#type: change.event_type.into(),
@@ -178,7 +243,7 @@ impl Executions {
                 state: Some(event::State::Execution(state.clone())),
                 ..Default::default()
             };
-            let expected_sequence = last.as_ref().map_or(0, |stored| stored.sequence);
+            let expected_sequence = latest.as_ref().map_or(0, |latest| latest.expected_sequence);
             match self.store.append(StreamKind::Executions, tenant, execution_id, &event, expected_sequence).await {
                 Ok(sequence) => {
                     state.offset = sequence;

@@ -14,6 +14,8 @@ pub enum ApiErrorKind {
     Aborted,
     Unauthenticated,
     PermissionDenied,
+    /// The change would make the execution's state larger than its limit (DESIGN §7).
+    ResourceExhausted,
     Unavailable,
     Internal,
 }
@@ -63,6 +65,7 @@ impl ApiError {
             ApiErrorKind::Aborted => "ABORTED",
             ApiErrorKind::Unauthenticated => "UNAUTHENTICATED",
             ApiErrorKind::PermissionDenied => "PERMISSION_DENIED",
+            ApiErrorKind::ResourceExhausted => "RESOURCE_EXHAUSTED",
             ApiErrorKind::Unavailable => "UNAVAILABLE",
             ApiErrorKind::Internal => "INTERNAL",
         }
@@ -76,6 +79,7 @@ impl ApiError {
             ApiErrorKind::Aborted => tonic::Code::Aborted,
             ApiErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
             ApiErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
+            ApiErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
             ApiErrorKind::Unavailable => tonic::Code::Unavailable,
             ApiErrorKind::Internal => tonic::Code::Internal,
         }
@@ -88,6 +92,8 @@ impl ApiError {
             ApiErrorKind::FailedPrecondition | ApiErrorKind::Aborted => StatusCode::CONFLICT,
             ApiErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+            // Not 429: waiting does not help; the request must change.
+            ApiErrorKind::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
             ApiErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -114,6 +120,7 @@ impl From<Refusal> for ApiError {
             }
             Refusal::NotFound => ApiErrorKind::NotFound,
             Refusal::InvalidArgument(_) => ApiErrorKind::InvalidArgument,
+            Refusal::TooLarge(_) => ApiErrorKind::ResourceExhausted,
         };
         Self::new(kind, refusal.to_string())
     }
@@ -151,6 +158,7 @@ mod tests {
             (ApiErrorKind::Aborted, tonic::Code::Aborted, 409),
             (ApiErrorKind::Unauthenticated, tonic::Code::Unauthenticated, 401),
             (ApiErrorKind::PermissionDenied, tonic::Code::PermissionDenied, 403),
+            (ApiErrorKind::ResourceExhausted, tonic::Code::ResourceExhausted, 413),
             (ApiErrorKind::Unavailable, tonic::Code::Unavailable, 503),
             (ApiErrorKind::Internal, tonic::Code::Internal, 500),
         ];

@@ -105,29 +105,22 @@ impl ExecutionService for App {
         let principal = principal(&request)?;
         let mut chunks = request.into_inner();
         let mut response = AppendLogsResponse::default();
-        let mut target: Option<(EntityId, String)> = None;
+        let mut target: Option<logs::LogTarget> = None;
         while let Some(chunk) = chunks.message().await? {
             let id = validate::id("execution_id", &chunk.execution_id)?;
-            let workflow_id = match &target {
-                Some((known, _)) if *known != id => {
+            let target = match &mut target {
+                Some(known) if known.execution_id != id => {
                     return Err(ApiError::invalid(
                         "execution_id",
                         "must be the same in every message of one AppendLogs call",
                     )
                     .into());
                 }
-                Some((_, workflow_id)) => workflow_id.clone(),
-                None => {
-                    let execution = self.executions.get(&principal.tenant, &id).await?;
-                    target = Some((id.clone(), execution.workflow_id.clone()));
-                    execution.workflow_id
-                }
+                Some(known) => known,
+                None => target.insert(logs::LogTarget::resolve(&self.executions, &principal.tenant, id).await?),
             };
-            let lines = logs::validate_chunk(&chunk)?;
-            let count = lines.len() as u64;
-            response.last_line_number =
-                logs::append(self.executions.store(), &principal.tenant, &id, &workflow_id, lines).await?;
-            response.lines_appended += count;
+            response.last_line_number = target.append(self.executions.store(), &principal.tenant, &chunk).await?;
+            response.lines_appended += chunk.lines.len() as u64;
         }
         Ok(Response::new(response))
     }
@@ -187,7 +180,7 @@ impl ExecutionService for App {
         let principal = principal(&request)?;
         let id = validate::id("execution_id", &request.get_ref().execution_id)?;
         let stream = crate::watch::watch(
-            self.executions.store(),
+            &self.executions,
             &principal.tenant,
             &id,
             request.get_ref().from_offset,

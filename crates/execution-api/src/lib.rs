@@ -11,23 +11,27 @@
 //! - [`queries`]: lists and history from the PostgreSQL read model; [`watch`]: live follow;
 //! - [`sweeper`]: `agent.offline` and `approval.expired`, from one replica at a time;
 //! - [`grpc`], [`rest`]: the two front ends; [`policy`]: who may call what; [`error`]: the one
-//!   mapping of errors to gRPC statuses and HTTP responses;
+//!   mapping of errors to gRPC statuses and HTTP responses; [`admission`]: concurrency limit,
+//!   load shedding and request timeout on both listeners; [`series`]: every metric, at zero
+//!   from the first scrape;
 //! - [`Application`]: wiring — listeners, auth layer, NATS, PostgreSQL, sweepers, shutdown.
 
-pub mod agents;
-pub mod commands;
-pub mod domain;
-pub mod error;
-pub mod grpc;
-pub mod logs;
-pub mod policy;
+mod admission;
+mod agents;
+mod commands;
+mod domain;
+mod error;
+mod grpc;
+mod logs;
+mod policy;
 pub mod queries;
-pub mod requests;
-pub mod rest;
-pub mod store;
-pub mod sweeper;
-pub mod validate;
-pub mod watch;
+mod requests;
+mod rest;
+mod series;
+mod store;
+mod sweeper;
+mod validate;
+mod watch;
 
 use clap::Parser;
 use runcast_contract::v1::agent_service_server::AgentServiceServer;
@@ -67,6 +71,20 @@ pub struct Config {
     #[arg(long, env = "RUNCAST_SWEEP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub sweep_interval: Duration,
 
+    /// How long an agent may stay offline before each execution it owns fails with
+    /// `agent {id} went offline` (unless it comes back first).
+    #[arg(long, env = "RUNCAST_AGENT_LOST_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub agent_lost_grace: Duration,
+
+    /// Requests in flight per listener (gRPC, REST); beyond it requests are refused at once
+    /// (RESOURCE_EXHAUSTED / 503 with Retry-After), never queued.
+    #[arg(long, env = "RUNCAST_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_concurrent_requests: u32,
+
+    /// Longest time a request may take to answer (DEADLINE_EXCEEDED / 504); log uploads excepted.
+    #[arg(long, env = "RUNCAST_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
     #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
@@ -93,7 +111,7 @@ pub struct Application {
     grpc: TcpListener,
     readiness: Readiness,
     nats: Nats,
-    pool: sqlx::PgPool,
+    pool: runcast_store::PgPool,
     authenticator: Authenticator,
 }
 
@@ -102,6 +120,7 @@ impl Application {
     /// connecting to NATS and PostgreSQL (neither has to be up yet).
     pub async fn build(config: Config) -> Result<Self, Error> {
         let authenticator = Authenticator::from_args(&config.auth)?;
+        series::declare();
         let readiness = Readiness::default();
         let pool = config.postgres.lazy_pool()?;
         let nats = Nats::connect(&config.nats, SERVICE, &readiness).await?;
@@ -137,49 +156,57 @@ impl Application {
 
         let store = store::EventStore::new(nats.jetstream.clone(), nats.topology.clone());
         let app = App {
-            executions: commands::Executions::with_read_model(store.clone(), pool.clone()),
+            executions: commands::Executions::with_read_model(store.clone(), pool.clone(), config.nats.streams.max_age),
             queries: queries::Queries::new(pool.clone()),
             shutdown: shutdown.clone(),
         };
-        tasks.spawn(sweeper::run(store, pool.clone(), config.sweep_interval, shutdown.clone()));
+        let sweeps = sweeper::Settings {
+            interval: config.sweep_interval,
+            agent_lost_grace: config.agent_lost_grace,
+            replicas: config.nats.streams.replicas,
+        };
+        tasks.spawn(sweeper::run(store, pool.clone(), sweeps, config.nats.streams.max_age, shutdown.clone()));
 
         let auth_state = AuthState { authenticator, policy: policy::policy };
         let auth_layer = axum::middleware::from_fn_with_state(auth_state, auth::layer);
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         tasks.spawn(mirror_readiness_to_grpc_health(readiness.clone(), health_reporter, shutdown.clone()));
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(runcast_contract::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|err| Error::with_source(ErrorKind::Internal, "cannot build the reflection service", err))?;
+        // Both reflection versions: grpcurl and current tools ask v1, older tools v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(runcast_contract::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_error =
+            |err| Error::with_source(ErrorKind::Internal, "cannot build the reflection service", err);
+        let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
         let grpc_router = tonic::service::Routes::new(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(ExecutionServiceServer::new(app.clone()))
             .add_service(AgentServiceServer::new(app.clone()))
             .into_axum_router()
             .layer(auth_layer.clone())
+            .layer(axum::middleware::from_fn_with_state(admission("grpc", &config), admission::admit))
             .layer(axum::middleware::from_fn(trace_context::layer));
-        let grpc_shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(err) = axum::serve(ops::no_delay(grpc), grpc_router)
-                .with_graceful_shutdown(grpc_shutdown.cancelled_owned())
-                .await
-            {
-                tracing::error!(cause = %err, "grpc server failed");
-            }
-        });
+        tasks.spawn(ops::serve(grpc, grpc_router, config.lifecycle.header_timeout, shutdown.clone()));
 
         let http_router = rest::router(app)
             .layer(auth_layer)
+            .layer(axum::middleware::from_fn_with_state(admission("rest", &config), admission::admit))
             .layer(cors(&config.cors_origins)?)
             .layer(axum::middleware::from_fn(trace_context::layer))
             .merge(ops::router(readiness));
-        let result =
-            ops::serve_until_stopped(http, http_router, tasks, shutdown, config.lifecycle.shutdown_grace).await;
+        let result = ops::serve_until_stopped(http, http_router, tasks, shutdown, &config.lifecycle).await;
         pool.close().await;
         result
     }
+}
+
+fn admission(listener: &'static str, config: &Config) -> admission::Admission {
+    admission::Admission::new(listener, config.max_concurrent_requests as usize, config.request_timeout)
 }
 
 fn cors(origins: &str) -> Result<tower_http::cors::CorsLayer, Error> {

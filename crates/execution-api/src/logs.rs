@@ -8,14 +8,15 @@ use crate::store::{EventStore, StoreErrorKind};
 use crate::validate;
 use runcast_contract::v1::{AppendLogsRequest, Event, EventType, LogLine, LogStream, LogsAppended, event};
 use runcast_contract::{EntityId, StreamKind, WireEnum};
+use runcast_store::PgPool;
 
-pub const MAX_LINE_BYTES: usize = 16 * 1024;
-pub const MAX_LINES_PER_CHUNK: usize = 1000;
+pub(crate) const MAX_LINE_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_LINES_PER_CHUNK: usize = 1000;
 /// Kept well below NATS's default 1 MiB payload limit, encoding overhead included.
-pub const MAX_CHUNK_BYTES: usize = 512 * 1024;
+pub(crate) const MAX_CHUNK_BYTES: usize = 512 * 1024;
 
 /// Checks one chunk of a log stream; returns the lines as they will be stored (numbers not yet set).
-pub fn validate_chunk(request: &AppendLogsRequest) -> Result<Vec<LogLine>, ApiError> {
+pub(crate) fn validate_chunk(request: &AppendLogsRequest) -> Result<Vec<LogLine>, ApiError> {
     if request.lines.is_empty() {
         return Err(ApiError::invalid("lines", "is empty: send at least one line per message"));
     }
@@ -53,9 +54,64 @@ pub fn validate_chunk(request: &AppendLogsRequest) -> Result<Vec<LogLine>, ApiEr
         .collect()
 }
 
-/// Appends one validated chunk; returns the number of the last line written.
-pub async fn append(
+/// The execution a log upload writes to, resolved once per upload.
+#[derive(Debug, Clone)]
+pub(crate) struct LogTarget {
+    pub execution_id: EntityId,
+    workflow_id: String,
+    /// The history, when some of the execution's log events may have aged out of the stream.
+    history: Option<PgPool>,
+}
+
+impl LogTarget {
+    /// The execution must exist (stream or read model).
+    pub(crate) async fn resolve(
+        executions: &crate::commands::Executions,
+        tenant: &EntityId,
+        execution_id: EntityId,
+    ) -> Result<Self, ApiError> {
+        let execution = executions.get(tenant, &execution_id).await?;
+        // Younger than the stream's age: all its log events are still in the stream.
+        let history = executions.read_model().filter(|_| executions.older_than_the_stream(&execution)).cloned();
+        Ok(Self { execution_id, workflow_id: execution.workflow_id, history })
+    }
+
+    /// Appends one chunk of the upload; returns the number of the last line written.
+    pub(crate) async fn append(
+        &self,
+        store: &EventStore,
+        tenant: &EntityId,
+        chunk: &AppendLogsRequest,
+    ) -> Result<u64, ApiError> {
+        let lines = validate_chunk(chunk)?;
+        append(store, self.history.as_ref(), tenant, &self.execution_id, &self.workflow_id, lines).await
+    }
+}
+
+/// Where line numbers continue once the stream has aged an execution's log events out: the last
+/// line number and log-event version the history holds (both 0 when it holds none).
+async fn archived_position(pool: &PgPool, tenant: &EntityId, execution_id: &EntityId) -> Result<(u64, u64), ApiError> {
+    // No schema yet (no persister has run) reads as (0, 0).
+    let query = runcast_store::history::log_position(pool, tenant, execution_id);
+    let unavailable = |cause: &dyn std::fmt::Display| {
+        ApiError::unavailable(format!(
+            "the stream no longer holds the logs of execution {execution_id} and the history (PostgreSQL) cannot \
+             be read to continue their numbering ({cause}): retry when PostgreSQL is back"
+        ))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), query).await {
+        Ok(Ok(position)) => Ok(position),
+        Ok(Err(err)) => Err(unavailable(&err)),
+        Err(_) => Err(unavailable(&"no answer within 2s")),
+    }
+}
+
+/// Appends one validated chunk; returns the number of the last line written. `history`: the
+/// PostgreSQL history, consulted when the execution is older than the stream's age and its log
+/// subject is empty (its earlier lines aged out), so numbering continues instead of restarting.
+pub(crate) async fn append(
     store: &EventStore,
+    history: Option<&PgPool>,
     tenant: &EntityId,
     execution_id: &EntityId,
     workflow_id: &str,
@@ -63,15 +119,19 @@ pub async fn append(
 ) -> Result<u64, ApiError> {
     for _ in 0..crate::commands::MAX_ATTEMPTS {
         let last = store.last(StreamKind::Logs, tenant, execution_id).await?;
-        let (last_line, version, expected) = match &last {
-            Some(stored) => {
+        let (last_line, version, expected) = match (&last, history) {
+            (Some(stored), _) => {
                 let last_line = match &stored.event.payload {
                     Some(event::Payload::LogsAppended(logs)) => logs.lines.last().map_or(0, |line| line.line_number),
                     _ => 0,
                 };
                 (last_line, stored.event.version, stored.sequence)
             }
-            None => (0, 0, 0),
+            (None, Some(pool)) => {
+                let (line, version) = archived_position(pool, tenant, execution_id).await?;
+                (line, version, 0)
+            }
+            (None, None) => (0, 0, 0),
         };
         let numbered: Vec<LogLine> = lines
             .iter()

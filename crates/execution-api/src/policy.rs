@@ -6,15 +6,15 @@
 //! | public | health, reflection | `/healthz`, `/readyz`, `/metrics`, `/api/v1/openapi.json` |
 //! | read (every role) | Get/List/Watch, ListEvents, ListAgents | `GET` |
 //! | submit (submitter, admin) | Create, Cancel, Pause, Resume, ResolveApproval | `POST` executions and their actions |
-//! | report (agent, admin) | UpdateExecutionStatus, ReportStep, ReportProgress, AppendLogs, RequestApproval, Heartbeat | — |
+//! | report (agent, admin) | UpdateExecutionStatus, ReportStep, ReportProgress, AppendLogs, RequestApproval, Heartbeat | `POST /api/v1/executions/{id}/status\|steps\|progress\|logs\|approvals`, `POST /api/v1/agents/{id}/heartbeat` |
 //! | administer (admin) | — | `DELETE /api/v1/events` |
 
 use axum::http::Method;
 use runcast_runtime::auth::{Access, Action};
 
-pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+pub(crate) const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
-pub fn policy(method: &Method, path: &str) -> Access {
+pub(crate) fn policy(method: &Method, path: &str) -> Access {
     if path.starts_with("/grpc.health.v1.")
         || path.starts_with("/grpc.reflection.")
         || matches!(path, "/healthz" | "/readyz" | "/metrics" | OPENAPI_PATH)
@@ -37,10 +37,24 @@ pub fn policy(method: &Method, path: &str) -> Access {
         Action::Read
     } else if *method == Method::DELETE && path.starts_with("/api/v1/events") {
         Action::Administer
+    } else if *method == Method::POST && is_worker_route(path) {
+        Action::Report
     } else {
         Action::Submit
     };
     Access::Requires(action)
+}
+
+/// The REST mirror of what agents report: `/executions/{id}/{status,steps,progress,logs,approvals}`
+/// (requesting an approval; resolving one, `/approvals/{approval_id}`, is a submitter's) and
+/// `/agents/{id}/heartbeat`.
+fn is_worker_route(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    matches!(
+        segments.as_slice(),
+        ["", "api", "v1", "executions", _, "status" | "steps" | "progress" | "logs" | "approvals"]
+            | ["", "api", "v1", "agents", _, "heartbeat"]
+    )
 }
 
 #[cfg(test)]
@@ -62,6 +76,14 @@ mod tests {
             (Method::GET, "/api/v1/executions", Access::Requires(Action::Read)),
             (Method::POST, "/api/v1/executions", Access::Requires(Action::Submit)),
             (Method::POST, "/api/v1/executions/e1/cancel", Access::Requires(Action::Submit)),
+            (Method::POST, "/api/v1/executions/e1/status", Access::Requires(Action::Report)),
+            (Method::POST, "/api/v1/executions/e1/steps", Access::Requires(Action::Report)),
+            (Method::POST, "/api/v1/executions/e1/progress", Access::Requires(Action::Report)),
+            (Method::POST, "/api/v1/executions/e1/logs", Access::Requires(Action::Report)),
+            (Method::POST, "/api/v1/executions/e1/approvals", Access::Requires(Action::Report)),
+            (Method::POST, "/api/v1/executions/e1/approvals/a1", Access::Requires(Action::Submit)),
+            (Method::POST, "/api/v1/agents/a1/heartbeat", Access::Requires(Action::Report)),
+            (Method::POST, "/api/v1/executions/status", Access::Requires(Action::Submit)),
             (Method::DELETE, "/api/v1/events", Access::Requires(Action::Administer)),
         ];
         for (method, path, access) in cases {

@@ -3,18 +3,24 @@
 
 use crate::domain::state_machine::Command;
 use crate::error::ApiError;
-use crate::validate::{self, MAX_TEXT_BYTES};
+use crate::validate::{self, MAX_HEARTBEAT_TIMEOUT_SECONDS, MAX_NAME_BYTES, MAX_TEXT_BYTES};
 use runcast_contract::EntityId;
 use runcast_contract::v1::*;
 
-pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+pub(crate) const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 
 /// A create request: the execution id to create under, and the command.
-pub fn create(tenant: &EntityId, request: CreateExecutionRequest) -> Result<(EntityId, Command), ApiError> {
+pub(crate) fn create(tenant: &EntityId, request: CreateExecutionRequest) -> Result<(EntityId, Command), ApiError> {
     let workflow_id = validate::id("workflow_id", &request.workflow_id)?;
     validate::text("idempotency_key", &request.idempotency_key, MAX_IDEMPOTENCY_KEY_BYTES)?;
     validate::labels(&request.labels)?;
     validate::input(request.input.as_ref())?;
+    if request.heartbeat_timeout_seconds > MAX_HEARTBEAT_TIMEOUT_SECONDS {
+        return Err(ApiError::invalid(
+            "heartbeat_timeout_seconds",
+            format!("is {}; at most {MAX_HEARTBEAT_TIMEOUT_SECONDS} (7 days)", request.heartbeat_timeout_seconds),
+        ));
+    }
     let execution_id = if request.idempotency_key.is_empty() {
         crate::commands::new_execution_id()
     } else {
@@ -27,44 +33,48 @@ pub fn create(tenant: &EntityId, request: CreateExecutionRequest) -> Result<(Ent
         idempotency_key: request.idempotency_key,
         labels: request.labels,
         input: request.input,
+        heartbeat_timeout_seconds: request.heartbeat_timeout_seconds,
     };
     Ok((execution_id, command))
 }
 
-pub fn update_status(request: UpdateExecutionStatusRequest) -> Result<(EntityId, Command, Option<u64>), ApiError> {
+pub(crate) fn update_status(
+    request: UpdateExecutionStatusRequest,
+) -> Result<(EntityId, Command, Option<u64>), ApiError> {
     let id = validate::id("execution_id", &request.execution_id)?;
     let to = validate::execution_status("status", request.status)?;
     validate::text("message", &request.message, MAX_TEXT_BYTES)?;
     validate::text("error", &request.error, MAX_TEXT_BYTES)?;
+    let agent_id = validate::optional_id("agent_id", &request.agent_id)?.map(|id| id.to_string()).unwrap_or_default();
     let expected = (request.expected_version > 0).then_some(request.expected_version);
-    Ok((id, Command::SetStatus { to, message: request.message, error: request.error }, expected))
+    Ok((id, Command::SetStatus { to, message: request.message, error: request.error, agent_id }, expected))
 }
 
-pub fn report_step(request: ReportStepRequest) -> Result<(EntityId, Command), ApiError> {
+pub(crate) fn report_step(request: ReportStepRequest) -> Result<(EntityId, Command), ApiError> {
     let id = validate::id("execution_id", &request.execution_id)?;
     let step_id = validate::id("step_id", &request.step_id)?;
     let status = validate::step_status("status", request.status)?;
-    validate::text("name", &request.name, 256)?;
+    validate::text("name", &request.name, MAX_NAME_BYTES)?;
     validate::text("error", &request.error, MAX_TEXT_BYTES)?;
     Ok((id, Command::ReportStep { step_id: step_id.to_string(), name: request.name, status, error: request.error }))
 }
 
-pub fn report_progress(request: ReportProgressRequest) -> Result<(EntityId, Command), ApiError> {
+pub(crate) fn report_progress(request: ReportProgressRequest) -> Result<(EntityId, Command), ApiError> {
     let id = validate::id("execution_id", &request.execution_id)?;
     let percent = validate::percent(request.percent)?;
-    validate::text("current_step", &request.current_step, 256)?;
+    validate::text("current_step", &request.current_step, MAX_NAME_BYTES)?;
     validate::text("message", &request.message, MAX_TEXT_BYTES)?;
     Ok((id, Command::ReportProgress { percent, current_step: request.current_step, message: request.message }))
 }
 
 /// Cancel, pause and resume share their shape: an id and a reason.
-pub fn with_reason(execution_id: &str, reason: &str) -> Result<(EntityId, String), ApiError> {
+pub(crate) fn with_reason(execution_id: &str, reason: &str) -> Result<(EntityId, String), ApiError> {
     let id = validate::id("execution_id", execution_id)?;
     validate::text("reason", reason, MAX_TEXT_BYTES)?;
     Ok((id, reason.to_owned()))
 }
 
-pub fn request_approval(request: RequestApprovalRequest) -> Result<(EntityId, Command), ApiError> {
+pub(crate) fn request_approval(request: RequestApprovalRequest) -> Result<(EntityId, Command), ApiError> {
     let id = validate::id("execution_id", &request.execution_id)?;
     let approval_id = validate::id("approval_id", &request.approval_id)?;
     validate::text("reason", &request.reason, MAX_TEXT_BYTES)?;
@@ -81,7 +91,10 @@ pub fn request_approval(request: RequestApprovalRequest) -> Result<(EntityId, Co
     ))
 }
 
-pub fn resolve_approval(request: ResolveApprovalRequest, resolved_by: &str) -> Result<(EntityId, Command), ApiError> {
+pub(crate) fn resolve_approval(
+    request: ResolveApprovalRequest,
+    resolved_by: &str,
+) -> Result<(EntityId, Command), ApiError> {
     let id = validate::id("execution_id", &request.execution_id)?;
     let approval_id = validate::id("approval_id", &request.approval_id)?;
     validate::text("comment", &request.comment, MAX_TEXT_BYTES)?;
@@ -144,6 +157,28 @@ mod tests {
                 "step_id is empty",
             ),
             (with_reason("e*", "").map(drop), "execution_id contains '*'"),
+            (
+                update_status(UpdateExecutionStatusRequest {
+                    execution_id: "e".into(),
+                    status: 2,
+                    agent_id: "agent 7".into(),
+                    ..Default::default()
+                })
+                .map(drop),
+                "agent_id contains ' '",
+            ),
+            (
+                create(
+                    &tenant(),
+                    CreateExecutionRequest {
+                        workflow_id: "w".into(),
+                        heartbeat_timeout_seconds: MAX_HEARTBEAT_TIMEOUT_SECONDS + 1,
+                        ..Default::default()
+                    },
+                )
+                .map(drop),
+                "heartbeat_timeout_seconds is 604801",
+            ),
             (
                 request_approval(RequestApprovalRequest {
                     execution_id: "e".into(),

@@ -2,6 +2,10 @@
 //! same snake_case names, the same core, the same errors (`{"error": {"code", "message"}}`).
 //! List responses are `{"items": [...], "next_cursor": "...", "as_of_offset": N}`.
 //!
+//! One error shape everywhere (DESIGN §7): bad JSON, unknown body fields, unknown or malformed
+//! query parameters, unknown routes and methods all answer `{"error": {"code", "message"}}`,
+//! naming the field and what is accepted; nothing is silently ignored.
+//!
 //! The OpenAPI document at `/api/v1/openapi.json` is generated from these handlers' annotations
 //! and the contract types' schemas (derived in runcast-contract's build.rs), never written by hand.
 
@@ -18,7 +22,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use runcast_contract::v1::{
-    AgentStatus, CreateExecutionRequest, EventType, Execution, ExecutionStatus, ResolveApprovalRequest,
+    Agent, AgentStatus, AppendLogsRequest, AppendLogsResponse, CreateExecutionRequest, EventType, Execution,
+    ExecutionStatus, HeartbeatRequest, ReportProgressRequest, ReportStepRequest, RequestApprovalRequest,
+    ResolveApprovalRequest, UpdateExecutionStatusRequest,
 };
 use runcast_contract::{WireEnum, json::parse_wire_name};
 use runcast_runtime::auth::Principal;
@@ -54,11 +60,42 @@ impl utoipa::Modify for Credentials {
     }
 }
 
+/// Protobuf has no required fields, so the generated schemas say none are; these are the fields a
+/// request is refused without (the path supplies the ids of REST routes).
+struct RequiredFields;
+
+const REQUIRED_FIELDS: &[(&str, &[&str])] = &[
+    ("CreateExecutionRequest", &["workflow_id"]),
+    ("UpdateExecutionStatusRequest", &["status"]),
+    ("ReportStepRequest", &["step_id", "status"]),
+    ("RequestApprovalRequest", &["approval_id"]),
+    ("AppendLogsRequest", &["lines"]),
+];
+
+impl utoipa::Modify for RequiredFields {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = openapi.components.as_mut() else { return };
+        for (name, fields) in REQUIRED_FIELDS {
+            if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(object))) =
+                components.schemas.get_mut(*name)
+            {
+                object.required = fields.iter().map(|field| (*field).to_owned()).collect();
+            }
+        }
+    }
+}
+
 /// The REST routes and, at [`OPENAPI_PATH`], their OpenAPI document.
-pub fn router(app: App) -> Router {
+pub(crate) fn router(app: App) -> Router {
     let (router, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(create_execution, list_executions))
         .routes(routes!(get_execution))
+        .routes(routes!(update_execution_status))
+        .routes(routes!(report_step))
+        .routes(routes!(report_progress))
+        .routes(routes!(append_logs))
+        .routes(routes!(request_approval))
+        .routes(routes!(heartbeat))
         .routes(routes!(cancel_execution))
         .routes(routes!(pause_execution))
         .routes(routes!(resume_execution))
@@ -67,8 +104,68 @@ pub fn router(app: App) -> Router {
         .routes(routes!(list_agents))
         .with_state(app)
         .split_for_parts();
+    let mut document = document;
+    // After the routes added their schemas.
+    utoipa::Modify::modify(&RequiredFields, &mut document);
     let document = std::sync::Arc::new(document);
-    router.route(OPENAPI_PATH, get(move || async move { Json(document.as_ref().clone()) }))
+    router
+        .route(OPENAPI_PATH, get(move || async move { Json(document.as_ref().clone()) }))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn unknown_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("route {method} {}: the routes are listed at {OPENAPI_PATH}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let message =
+        format!("{} does not take {method}: the methods of each route are listed at {OPENAPI_PATH}", uri.path());
+    runcast_runtime::auth::json_error(StatusCode::METHOD_NOT_ALLOWED, "INVALID_ARGUMENT", &message).into_response()
+}
+
+/// Query parameters as `T` (whose fields are the only accepted names), or a 400 naming the
+/// parameter that is unknown or malformed and the accepted ones.
+struct Params<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                let text = rejection.body_text();
+                let detail = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
+                Err(ApiError::invalid("query string", format!("is not accepted: {detail}")))
+            }
+        }
+    }
+}
+
+/// The property names of a request type's schema: what a body may contain.
+fn field_names<T: utoipa::PartialSchema>() -> Vec<String> {
+    match T::schema() {
+        utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(object)) => {
+            object.properties.keys().cloned().collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// A JSON value as `T`, refusing fields `T` does not have rather than ignoring them.
+fn typed<T: serde::de::DeserializeOwned + utoipa::PartialSchema>(value: serde_json::Value) -> Result<T, ApiError> {
+    let mut unknown = Vec::new();
+    let parsed: T = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()))
+        .map_err(|err| ApiError::invalid("request body", err))?;
+    match unknown.first() {
+        Some(field) => Err(ApiError::invalid(
+            field,
+            format!("is not a field of this request: the fields are {}", field_names::<T>().join(", ")),
+        )),
+        None => Ok(parsed),
+    }
 }
 
 /// The body of every error response.
@@ -101,8 +198,11 @@ impl<T> From<Page<T>> for ListResponse<T> {
     }
 }
 
-fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    payload.map(|Json(value)| value).map_err(|rejection| ApiError::invalid("request body", rejection.body_text()))
+fn body<T: serde::de::DeserializeOwned + utoipa::PartialSchema>(
+    payload: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<T, ApiError> {
+    let Json(value) = payload.map_err(|rejection| ApiError::invalid("request body", rejection.body_text()))?;
+    typed(value)
 }
 
 /// A comma list of wire names (`running,blocked`), empty when absent.
@@ -130,14 +230,15 @@ fn rfc3339(field: &str, value: Option<&str>) -> Result<Option<chrono::DateTime<c
         .transpose()
 }
 
-#[utoipa::path(post, path = "/api/v1/executions", tag = "executions", request_body = CreateExecutionRequest,
+#[utoipa::path(post, path = "/api/v1/executions", tag = "executions",
+    request_body(content = CreateExecutionRequest, example = json!({"workflow_id": "nightly-build", "idempotency_key": "build-2026-12-01", "labels": {"team": "infra"}, "input": {"branch": "main"}, "heartbeat_timeout_seconds": 300})),
     responses((status = 201, description = "Created, or the execution an earlier create with the same idempotency_key made", body = Execution), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody), (status = 503, description = "NATS unreachable", body = ErrorBody)))]
 async fn create_execution(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
-    payload: Result<Json<CreateExecutionRequest>, JsonRejection>,
+    payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Execution>), ApiError> {
-    let (id, command) = requests::create(&principal.tenant, body(payload)?)?;
+    let (id, command) = requests::create(&principal.tenant, body::<CreateExecutionRequest>(payload)?)?;
     let execution = app.executions.execute(&principal.tenant, &id, command, None).await?;
     Ok((StatusCode::CREATED, Json(execution)))
 }
@@ -151,6 +252,107 @@ async fn get_execution(
 ) -> Result<Json<Execution>, ApiError> {
     let id = validate::id("execution_id", &id)?;
     Ok(Json(app.executions.get(&principal.tenant, &id).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/executions/{id}/status", tag = "executions", params(("id" = String, Path, description = "execution_id")),
+    request_body(content = UpdateExecutionStatusRequest, description = "`status`, `message`, `error`, `expected_version`, `agent_id` (the agent that moves it to running owns it); `execution_id` is the path's",
+        example = json!({"status": "running", "agent_id": "worker-7"})),
+    responses((status = 200, description = "The execution after the change", body = Execution), (status = 404, body = ErrorBody), (status = 409, description = "Illegal transition (FAILED_PRECONDITION) or lost race (ABORTED)", body = ErrorBody), (status = 413, description = "The state would exceed its size limit (RESOURCE_EXHAUSTED)", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody), (status = 503, description = "NATS or (for an execution older than the stream) PostgreSQL unreachable", body = ErrorBody)))]
+async fn update_execution_status(
+    State(app): State<App>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    payload: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Json<Execution>, ApiError> {
+    let request = UpdateExecutionStatusRequest { execution_id: id, ..body::<UpdateExecutionStatusRequest>(payload)? };
+    let (id, command, expected) = requests::update_status(request)?;
+    Ok(Json(app.executions.execute(&principal.tenant, &id, command, expected).await?))
+}
+
+/// A worker command over REST: the gRPC request's JSON as the body, its `execution_id` the path's.
+async fn execute_from_path<T: serde::de::DeserializeOwned + utoipa::PartialSchema>(
+    app: &App,
+    principal: &Principal,
+    id: String,
+    payload: Result<Json<serde_json::Value>, JsonRejection>,
+    with_id: fn(T, String) -> T,
+    to_command: fn(T) -> Result<(runcast_contract::EntityId, Command), ApiError>,
+) -> Result<Json<Execution>, ApiError> {
+    let (id, command) = to_command(with_id(body::<T>(payload)?, id))?;
+    Ok(Json(app.executions.execute(&principal.tenant, &id, command, None).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/executions/{id}/steps", tag = "workers", params(("id" = String, Path, description = "execution_id")),
+    request_body(content = ReportStepRequest, description = "`step_id`, `name`, `status` (pending, running, completed, failed, skipped), `error`",
+        example = json!({"step_id": "compile", "name": "Compile", "status": "running"})),
+    responses((status = 200, description = "The execution after the change", body = Execution), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn report_step(
+    State(app): State<App>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    payload: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Json<Execution>, ApiError> {
+    let with_id = |request, execution_id| ReportStepRequest { execution_id, ..request };
+    execute_from_path(&app, &principal, id, payload, with_id, requests::report_step).await
+}
+
+#[utoipa::path(post, path = "/api/v1/executions/{id}/progress", tag = "workers", params(("id" = String, Path, description = "execution_id")),
+    request_body(content = ReportProgressRequest, description = "`percent` (0-100), `current_step`, `message`",
+        example = json!({"percent": 40, "current_step": "compile", "message": "412 of 1030 units"})),
+    responses((status = 200, description = "The execution after the change", body = Execution), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn report_progress(
+    State(app): State<App>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    payload: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Json<Execution>, ApiError> {
+    let with_id = |request, execution_id| ReportProgressRequest { execution_id, ..request };
+    execute_from_path(&app, &principal, id, payload, with_id, requests::report_progress).await
+}
+
+#[utoipa::path(post, path = "/api/v1/executions/{id}/approvals", tag = "workers", params(("id" = String, Path, description = "execution_id")),
+    request_body(content = RequestApprovalRequest, description = "`approval_id`, `reason`, optional `deadline` (RFC 3339)",
+        example = json!({"approval_id": "deploy-prod", "reason": "ship 1.4 to production", "deadline": "2026-12-02T09:00:00Z"})),
+    responses((status = 200, description = "The execution, now blocked", body = Execution), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn request_approval(
+    State(app): State<App>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    payload: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Json<Execution>, ApiError> {
+    let with_id = |request, execution_id| RequestApprovalRequest { execution_id, ..request };
+    execute_from_path(&app, &principal, id, payload, with_id, requests::request_approval).await
+}
+
+#[utoipa::path(post, path = "/api/v1/executions/{id}/logs", tag = "workers", params(("id" = String, Path, description = "execution_id")),
+    request_body(content = AppendLogsRequest, description = "`lines`: each `text` and optional `stream` (stdout, stderr); numbered 1, 2, 3… per execution",
+        example = json!({"lines": [{"text": "compiling 412 units"}, {"text": "warning: unused import", "stream": "stderr"}]})),
+    responses((status = 200, description = "How many lines were appended and the number of the last", body = AppendLogsResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn append_logs(
+    State(app): State<App>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    payload: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Json<AppendLogsResponse>, ApiError> {
+    let chunk = AppendLogsRequest { execution_id: id, ..body::<AppendLogsRequest>(payload)? };
+    let execution_id = validate::id("execution_id", &chunk.execution_id)?;
+    let target = crate::logs::LogTarget::resolve(&app.executions, &principal.tenant, execution_id).await?;
+    let last_line_number = target.append(app.executions.store(), &principal.tenant, &chunk).await?;
+    Ok(Json(AppendLogsResponse { lines_appended: chunk.lines.len() as u64, last_line_number }))
+}
+
+#[utoipa::path(post, path = "/api/v1/agents/{id}/heartbeat", tag = "workers", params(("id" = String, Path, description = "agent_id")),
+    request_body(content = HeartbeatRequest, description = "`status`, `cpu_percent`, `memory_percent`, `gpu_percent`, `running_execution_ids`, `labels`, `timeout_seconds`",
+        example = json!({"status": "online", "cpu_percent": 37.5, "memory_percent": 61.0, "running_execution_ids": ["0193a1b2-7c4d-7e8f-9a0b-1c2d3e4f5a6b"], "timeout_seconds": 30})),
+    responses((status = 200, description = "The agent after the heartbeat", body = Agent), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn heartbeat(
+    State(app): State<App>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    payload: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Json<Agent>, ApiError> {
+    let request = HeartbeatRequest { agent_id: id, ..body::<HeartbeatRequest>(payload)? };
+    Ok(Json(crate::agents::heartbeat(app.executions.store(), &principal.tenant, request).await?))
 }
 
 #[derive(Deserialize, Default, ToSchema)]
@@ -170,7 +372,8 @@ async fn control(
     let reason = if payload.iter().all(u8::is_ascii_whitespace) {
         String::new()
     } else {
-        serde_json::from_slice::<ReasonBody>(&payload).map_err(|err| ApiError::invalid("request body", err))?.reason
+        let value = serde_json::from_slice(&payload).map_err(|err| ApiError::invalid("request body", err))?;
+        typed::<ReasonBody>(value)?.reason
     };
     let (id, reason) = requests::with_reason(id, &reason)?;
     Ok(Json(app.executions.execute(&principal.tenant, &id, command(reason), None).await?))
@@ -212,7 +415,7 @@ async fn resume_execution(
     control(&app, &principal, &id, payload, |reason| Command::Resume { reason }).await
 }
 
-#[derive(Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct Resolution {
     granted: bool,
     #[serde(default)]
@@ -226,9 +429,9 @@ async fn resolve_approval(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
     Path((id, approval_id)): Path<(String, String)>,
-    payload: Result<Json<Resolution>, JsonRejection>,
+    payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<Execution>, ApiError> {
-    let resolution = body(payload)?;
+    let resolution = body::<Resolution>(payload)?;
     let request = ResolveApprovalRequest {
         execution_id: id,
         approval_id,
@@ -241,7 +444,7 @@ async fn resolve_approval(
 
 #[derive(Deserialize, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct ListExecutionsQuery {
     /// Only executions of this workflow.
     workflow_id: Option<String>,
@@ -258,7 +461,7 @@ struct ListExecutionsQuery {
 async fn list_executions(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
-    Query(query): Query<ListExecutionsQuery>,
+    Params(query): Params<ListExecutionsQuery>,
 ) -> Result<Json<ListResponse<Execution>>, ApiError> {
     let filter = ExecutionFilter {
         workflow_id: validate::optional_id("workflow_id", query.workflow_id.as_deref().unwrap_or(""))?,
@@ -271,7 +474,7 @@ async fn list_executions(
 
 #[derive(Deserialize, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct ListEventsQuery {
     /// Only events of this execution.
     execution_id: Option<String>,
@@ -296,7 +499,7 @@ struct ListEventsQuery {
 async fn list_events(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
-    Query(query): Query<ListEventsQuery>,
+    Params(query): Params<ListEventsQuery>,
 ) -> Result<Json<ListResponse<runcast_contract::v1::Event>>, ApiError> {
     let filter = EventFilter {
         execution_id: validate::optional_id("execution_id", query.execution_id.as_deref().unwrap_or(""))?,
@@ -312,7 +515,7 @@ async fn list_events(
 
 #[derive(Deserialize, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct ListAgentsQuery {
     /// Comma list of agent statuses, e.g. `online,busy`.
     statuses: Option<String>,
@@ -327,7 +530,7 @@ struct ListAgentsQuery {
 async fn list_agents(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
-    Query(query): Query<ListAgentsQuery>,
+    Params(query): Params<ListAgentsQuery>,
 ) -> Result<Json<ListResponse<runcast_contract::v1::Agent>>, ApiError> {
     let statuses = wire_list::<AgentStatus>("statuses", query.statuses.as_deref())?;
     let page = app
@@ -347,6 +550,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unknown_body_fields_are_refused_naming_them_and_the_accepted_ones() {
+        let err = typed::<CreateExecutionRequest>(serde_json::json!({"workflow": "nightly"})).expect_err("unknown");
+        assert_eq!(err.kind(), crate::error::ApiErrorKind::InvalidArgument);
+        assert!(err.to_string().starts_with("workflow is not a field of this request"), "{err}");
+        assert!(err.to_string().contains("workflow_id") && err.to_string().contains("idempotency_key"), "{err}");
+        let ok = typed::<CreateExecutionRequest>(serde_json::json!({"workflow_id": "nightly", "labels": {"a": "b"}}));
+        assert_eq!(ok.expect("known fields").workflow_id, "nightly");
+        let err = typed::<Resolution>(serde_json::json!({"granted": true, "coment": "typo"})).expect_err("typo");
+        assert!(err.to_string().starts_with("coment is not a field"), "{err}");
+        let err = typed::<CreateExecutionRequest>(serde_json::json!({"workflow_id": 7})).expect_err("wrong type");
+        assert!(err.to_string().starts_with("request body"), "{err}");
+    }
+
+    #[test]
     fn comma_lists_of_wire_names() {
         let statuses = wire_list::<ExecutionStatus>("statuses", Some("running, blocked")).expect("valid");
         assert_eq!(statuses, [ExecutionStatus::Running, ExecutionStatus::Blocked]);
@@ -358,19 +575,20 @@ mod tests {
 
 #[derive(Deserialize, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct DeleteEventsQuery {
     /// RFC 3339 cutoff: every event that occurred before it is deleted.
     older_than: Option<String>,
 }
 
-/// Retention on demand (admin): whole daily partitions where they lie entirely before the cutoff,
-/// row deletes for the rest — the mechanism the persister's own retention uses.
+/// Retention on demand (admin): deletes the caller's tenant's history before the cutoff, never
+/// another tenant's (DESIGN §7).
 #[utoipa::path(delete, path = "/api/v1/events", tag = "events", params(DeleteEventsQuery),
-    responses((status = 200, description = "What was deleted: partitions_dropped, rows_deleted"), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, description = "What was deleted: rows_deleted (of the caller's tenant only)"), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_events(
     State(app): State<App>,
-    Query(query): Query<DeleteEventsQuery>,
+    Extension(principal): Extension<Principal>,
+    Params(query): Params<DeleteEventsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let cutoff = rfc3339("older_than", query.older_than.as_deref())?.ok_or_else(|| {
         ApiError::invalid("older_than", "is required: an RFC 3339 timestamp, e.g. 2026-01-01T00:00:00Z")
@@ -378,16 +596,7 @@ async fn delete_events(
     if cutoff > chrono::Utc::now() {
         return Err(ApiError::invalid("older_than", "is in the future: it would delete events still being written"));
     }
-    let deleted = event_persister::retention::delete_events_older_than(app.queries.pool(), cutoff).await.map_err(
-        |err| match err.kind() {
-            event_persister::error::ErrorKind::Unavailable => {
-                ApiError::unavailable(format!("cannot delete events: {err}"))
-            }
-            _ => ApiError::internal(format!("cannot delete events: {err}")),
-        },
-    )?;
-    Ok(Json(serde_json::json!({
-        "partitions_dropped": deleted.partitions_dropped,
-        "rows_deleted": deleted.rows_deleted,
-    })))
+    let rows_deleted = app.queries.delete_events_older_than(&principal.tenant, cutoff).await?;
+    tracing::info!(tenant = %principal.tenant, %cutoff, rows_deleted, "history deleted on demand");
+    Ok(Json(serde_json::json!({ "rows_deleted": rows_deleted })))
 }

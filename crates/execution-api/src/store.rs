@@ -10,7 +10,7 @@ use runcast_contract::{EntityId, StreamKind, Topology};
 use std::time::Duration;
 
 /// How long one store operation may take before it fails with `Unavailable`.
-pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreErrorKind {
@@ -95,13 +95,7 @@ impl EventStore {
             match stream.direct_get_last_for_subject(subject.clone()).await {
                 Ok(message) => Ok(Some(message)),
                 Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => Ok(None),
-                Err(err) if matches!(err.kind(), DirectGetErrorKind::TimedOut | DirectGetErrorKind::Request) => {
-                    Err(StoreError::new(
-                        StoreErrorKind::Unavailable,
-                        format!("NATS did not answer reading {subject}: {err}"),
-                    ))
-                }
-                Err(err) => Err(StoreError::new(StoreErrorKind::Internal, format!("cannot read {subject}: {err}"))),
+                Err(err) => Err(read_error(&subject, &err)),
             }
         };
         let message = tokio::time::timeout(OPERATION_TIMEOUT, fetch).await.map_err(|_| {
@@ -163,6 +157,21 @@ impl EventStore {
     }
 }
 
+/// A failed read of a subject's last event. No responders means the server is up but JetStream is
+/// not (restarting, or a stream leader being elected): a wait, not a bug.
+fn read_error(subject: &str, err: &jetstream::stream::DirectGetError) -> StoreError {
+    let unavailable = match err.kind() {
+        DirectGetErrorKind::TimedOut | DirectGetErrorKind::Request => true,
+        DirectGetErrorKind::ErrorResponse(code, _) => code == async_nats::StatusCode::NO_RESPONDERS,
+        _ => false,
+    };
+    if unavailable {
+        StoreError::new(StoreErrorKind::Unavailable, format!("NATS did not answer reading {subject}: {err}"))
+    } else {
+        StoreError::new(StoreErrorKind::Internal, format!("cannot read {subject}: {err}"))
+    }
+}
+
 fn publish_error(subject: &str, err: jetstream::context::PublishError) -> StoreError {
     match err.kind() {
         PublishErrorKind::WrongLastSequence => {
@@ -177,5 +186,35 @@ fn publish_error(subject: &str, err: jetstream::context::PublishError) -> StoreE
             format!("no stream captures {subject} yet: streams are still being provisioned"),
         ),
         _ => StoreError::new(StoreErrorKind::Internal, format!("publishing to {subject} failed: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::stream::DirectGetError;
+
+    #[test]
+    fn jetstream_not_answering_is_unavailable_anything_else_internal() {
+        let cases = [
+            (
+                DirectGetErrorKind::ErrorResponse(async_nats::StatusCode::NO_RESPONDERS, "no responders".into()),
+                StoreErrorKind::Unavailable,
+            ),
+            (DirectGetErrorKind::TimedOut, StoreErrorKind::Unavailable),
+            (DirectGetErrorKind::Request, StoreErrorKind::Unavailable),
+            (
+                DirectGetErrorKind::ErrorResponse(async_nats::StatusCode::from_u16(500).expect("code"), "boom".into()),
+                StoreErrorKind::Internal,
+            ),
+            (DirectGetErrorKind::InvalidSubject, StoreErrorKind::Internal),
+        ];
+        for (kind, expected) in cases {
+            let err = read_error("exec.acme.e1", &DirectGetError::new(kind.clone()));
+            assert_eq!(err.kind(), expected, "{kind:?}");
+        }
+        let unavailable: crate::error::ApiError =
+            read_error("exec.acme.e1", &DirectGetError::new(DirectGetErrorKind::TimedOut)).into();
+        assert_eq!(unavailable.kind(), crate::error::ApiErrorKind::Unavailable);
     }
 }

@@ -6,15 +6,20 @@ use runcast_contract::v1::{ExecutionStatus, StepStatus};
 use runcast_contract::{EntityId, WireEnum};
 use std::collections::HashMap;
 
-pub const MAX_LABELS: usize = 32;
-pub const MAX_LABEL_KEY_BYTES: usize = 63;
-pub const MAX_LABEL_VALUE_BYTES: usize = 256;
-pub const MAX_TEXT_BYTES: usize = 4096;
-pub const MAX_INPUT_BYTES: usize = 64 * 1024;
-pub const MAX_PAGE_SIZE: u32 = 500;
-pub const DEFAULT_PAGE_SIZE: u32 = 50;
+// The bounds of DESIGN §7: what one execution may hold, so its state (carried by every event)
+// stays small enough to fan out and store at every change.
+pub(crate) const MAX_LABELS: usize = 64;
+pub(crate) const MAX_LABEL_KEY_BYTES: usize = 256;
+pub(crate) const MAX_LABEL_VALUE_BYTES: usize = 256;
+pub(crate) const MAX_NAME_BYTES: usize = 256;
+pub(crate) const MAX_TEXT_BYTES: usize = 4096;
+pub(crate) const MAX_INPUT_BYTES: usize = 64 * 1024;
+/// The longest `heartbeat_timeout_seconds` a create may ask for (7 days).
+pub(crate) const MAX_HEARTBEAT_TIMEOUT_SECONDS: u32 = 7 * 24 * 3600;
+pub(crate) const MAX_PAGE_SIZE: u32 = 500;
+pub(crate) const DEFAULT_PAGE_SIZE: u32 = 50;
 
-pub fn id(field: &'static str, value: &str) -> Result<EntityId, ApiError> {
+pub(crate) fn id(field: &'static str, value: &str) -> Result<EntityId, ApiError> {
     EntityId::parse(field, value).map_err(|err| {
         ApiError::invalid(
             err.field,
@@ -24,11 +29,11 @@ pub fn id(field: &'static str, value: &str) -> Result<EntityId, ApiError> {
 }
 
 /// An optional id: empty means absent.
-pub fn optional_id(field: &'static str, value: &str) -> Result<Option<EntityId>, ApiError> {
+pub(crate) fn optional_id(field: &'static str, value: &str) -> Result<Option<EntityId>, ApiError> {
     if value.is_empty() { Ok(None) } else { id(field, value).map(Some) }
 }
 
-pub fn text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+pub(crate) fn text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.len() > max {
         Err(ApiError::invalid(field, format!("is {} bytes long; at most {max} are allowed", value.len())))
     } else {
@@ -36,7 +41,7 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     }
 }
 
-pub fn labels(labels: &HashMap<String, String>) -> Result<(), ApiError> {
+pub(crate) fn labels(labels: &HashMap<String, String>) -> Result<(), ApiError> {
     if labels.len() > MAX_LABELS {
         return Err(ApiError::invalid(
             "labels",
@@ -52,7 +57,7 @@ pub fn labels(labels: &HashMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub fn input(value: Option<&prost_types::Struct>) -> Result<(), ApiError> {
+pub(crate) fn input(value: Option<&prost_types::Struct>) -> Result<(), ApiError> {
     let size = value.map_or(0, prost::Message::encoded_len);
     if size > MAX_INPUT_BYTES {
         Err(ApiError::invalid("input", format!("is {size} bytes encoded; at most {MAX_INPUT_BYTES} are allowed")))
@@ -61,7 +66,7 @@ pub fn input(value: Option<&prost_types::Struct>) -> Result<(), ApiError> {
     }
 }
 
-pub fn percent(value: u32) -> Result<u32, ApiError> {
+pub(crate) fn percent(value: u32) -> Result<u32, ApiError> {
     if value > 100 {
         Err(ApiError::invalid("percent", format!("is {value}; it must be between 0 and 100")))
     } else {
@@ -79,15 +84,15 @@ fn known<E: WireEnum>(field: &str, raw: i32) -> Result<E, ApiError> {
     }
 }
 
-pub fn execution_status(field: &str, raw: i32) -> Result<ExecutionStatus, ApiError> {
+pub(crate) fn execution_status(field: &str, raw: i32) -> Result<ExecutionStatus, ApiError> {
     known(field, raw)
 }
 
-pub fn step_status(field: &str, raw: i32) -> Result<StepStatus, ApiError> {
+pub(crate) fn step_status(field: &str, raw: i32) -> Result<StepStatus, ApiError> {
     known(field, raw)
 }
 
-pub fn page_size(requested: u32) -> u32 {
+pub(crate) fn page_size(requested: u32) -> u32 {
     match requested {
         0 => DEFAULT_PAGE_SIZE,
         n => n.min(MAX_PAGE_SIZE),
@@ -114,7 +119,11 @@ mod tests {
     #[test]
     fn labels_are_bounded() {
         let many: HashMap<_, _> = (0..=MAX_LABELS).map(|n| (format!("k{n}"), "v".to_owned())).collect();
-        assert!(labels(&many).expect_err("too many").to_string().starts_with("labels has 33 entries"));
+        assert!(labels(&many).expect_err("too many").to_string().starts_with("labels has 65 entries"));
+        let at_limit: HashMap<_, _> = (0..MAX_LABELS).map(|n| (format!("k{n}"), "v".repeat(256))).collect();
+        assert!(labels(&at_limit).is_ok());
+        let long_key = HashMap::from([("k".repeat(MAX_LABEL_KEY_BYTES + 1), "v".to_owned())]);
+        assert!(labels(&long_key).expect_err("long key").to_string().contains("must be 1 to 256 bytes"));
         let long_value = HashMap::from([("team".to_owned(), "x".repeat(MAX_LABEL_VALUE_BYTES + 1))]);
         assert!(labels(&long_value).expect_err("long").to_string().starts_with("labels[team] is 257 bytes"));
         assert!(labels(&HashMap::from([(String::new(), "v".to_owned())])).is_err());

@@ -1,14 +1,15 @@
 //! `WatchExecution`: the execution's current state (its last event), then every later event, from
 //! an ordered consumer on the execution's subject — or, with `from_offset`, exactly the events
-//! after that offset. The stream ends after a terminal event, when the client goes away, or when
+//! after that offset. Once the stream has aged the execution's events out, the current state is
+//! the read model's, sent as an event of the type its status implies (no `event_id`, no payload). The stream ends after a terminal event, when the client goes away, or when
 //! the service shuts down. One bounded channel per watcher: a slow client slows only itself.
 
+use crate::commands::Executions;
 use crate::error::ApiError;
-use crate::store::EventStore;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use futures::StreamExt as _;
 use prost::Message as _;
-use runcast_contract::v1::{Event, ExecutionStatus, event};
+use runcast_contract::v1::{Event, EventType, Execution, ExecutionStatus, event};
 use runcast_contract::{EntityId, StreamKind};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,40 +17,87 @@ use tokio_util::sync::CancellationToken;
 
 const BUFFERED_EVENTS: usize = 64;
 
-pub type WatchStream = ReceiverStream<Result<Event, tonic::Status>>;
+pub(crate) type WatchStream = ReceiverStream<Result<Event, tonic::Status>>;
 
 fn is_terminal(event: &Event) -> bool {
     matches!(&event.state, Some(event::State::Execution(e))
         if ExecutionStatus::try_from(e.status).is_ok_and(ExecutionStatus::is_terminal))
 }
 
-pub async fn watch(
-    store: &EventStore,
+/// The current state of an execution whose last event the stream no longer holds, as an event.
+pub(crate) fn state_event(execution: Execution) -> Event {
+    let event_type = match ExecutionStatus::try_from(execution.status) {
+        Ok(ExecutionStatus::Pending | ExecutionStatus::Unspecified) | Err(_) => EventType::ExecutionCreated,
+        Ok(ExecutionStatus::Running) => EventType::ExecutionProgress,
+        Ok(ExecutionStatus::Paused) => EventType::ExecutionPaused,
+        Ok(ExecutionStatus::Blocked) => EventType::ExecutionBlocked,
+        Ok(ExecutionStatus::Completed) => EventType::ExecutionCompleted,
+        Ok(ExecutionStatus::Failed) => EventType::ExecutionFailed,
+        Ok(ExecutionStatus::Cancelled) => EventType::ExecutionCancelled,
+    };
+    Event {
+        tenant_id: execution.tenant_id.clone(),
+        execution_id: execution.execution_id.clone(),
+        agent_id: execution.agent_id.clone(),
+        workflow_id: execution.workflow_id.clone(),
+        version: execution.version,
+        occurred_at: execution.updated_at,
+        r#type: event_type.into(),
+        offset: execution.offset,
+        state: Some(event::State::Execution(execution)),
+        ..Default::default()
+    }
+}
+
+/// A `from_offset` beyond everything the stream ever held is not a position of this stream.
+fn check_from_offset(after: u64, last: u64) -> Result<(), ApiError> {
+    if after > last {
+        return Err(ApiError::invalid(
+            "from_offset",
+            format!("is {after}, beyond the stream's last offset {last}: watch from an offset you received"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn watch(
+    executions: &Executions,
     tenant: &EntityId,
     execution_id: &EntityId,
-    from_offset: u64,
+    from_offset: Option<u64>,
     shutdown: CancellationToken,
 ) -> Result<WatchStream, ApiError> {
-    let last = store
-        .last(StreamKind::Executions, tenant, execution_id)
+    let current = executions
+        .current(tenant, execution_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("execution {execution_id}")))?;
+    let last_sequence = current.execution.offset;
+    let last_event = match current.last_event {
+        Some(event) => event,
+        None => state_event(current.execution),
+    };
     let (sender, receiver) = mpsc::channel(BUFFERED_EVENTS);
-    let finished = is_terminal(&last.event) && from_offset >= last.sequence;
-    if from_offset == 0 || finished {
-        let terminal = is_terminal(&last.event);
-        if from_offset == 0 {
-            let _ = sender.send(Ok(last.event.clone())).await;
+    let terminal = is_terminal(&last_event);
+    let start_sequence = match from_offset {
+        None => {
+            let _ = sender.send(Ok(last_event)).await;
+            if terminal {
+                return Ok(ReceiverStream::new(receiver));
+            }
+            last_sequence + 1
         }
-        if terminal {
-            return Ok(ReceiverStream::new(receiver));
-        }
-    }
-    let start_sequence = if from_offset > 0 { from_offset + 1 } else { last.sequence + 1 };
+        Some(after) if terminal && after >= last_sequence => return Ok(ReceiverStream::new(receiver)),
+        Some(after) => after.saturating_add(1),
+    };
+    let store = executions.store();
     let stream_name = store.topology().stream_name(StreamKind::Executions);
     let unavailable =
         |err: &dyn std::fmt::Display| ApiError::unavailable(format!("cannot follow execution {execution_id}: {err}"));
-    let stream = store.jetstream().get_stream_no_info(&stream_name).await.map_err(|err| unavailable(&err))?;
+    let mut stream = store.jetstream().get_stream(&stream_name).await.map_err(|err| unavailable(&err))?;
+    if let Some(after) = from_offset {
+        let last = stream.info().await.map_err(|err| unavailable(&err))?.state.last_sequence;
+        check_from_offset(after, last)?;
+    }
     let consumer = stream
         .create_consumer(OrderedConfig {
             filter_subject: store.subject(StreamKind::Executions, tenant, execution_id),
@@ -100,4 +148,18 @@ pub async fn watch(
         }
     });
     Ok(ReceiverStream::new(receiver))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_beyond_the_stream_are_refused_naming_the_field() {
+        assert!(check_from_offset(10, 10).is_ok());
+        assert!(check_from_offset(0, 10).is_ok());
+        let err = check_from_offset(u64::MAX, 10).expect_err("beyond");
+        assert_eq!(err.kind(), crate::error::ApiErrorKind::InvalidArgument);
+        assert!(err.to_string().starts_with("from_offset is 18446744073709551615, beyond the stream's last offset 10"));
+    }
 }

@@ -11,22 +11,22 @@ use std::time::{Duration, Instant};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub type Executions = ExecutionServiceClient<InterceptedService<Channel, Credentials>>;
-pub type Agents = AgentServiceClient<InterceptedService<Channel, Credentials>>;
+pub(crate) type Executions = ExecutionServiceClient<InterceptedService<Channel, Credentials>>;
+pub(crate) type Agents = AgentServiceClient<InterceptedService<Channel, Credentials>>;
 
 /// A development token for `tenant` with `roles`, signed with `secret`.
-pub fn mint(secret: &str, tenant: &str, roles: &[&str], sub: &str, ttl: Duration) -> Result<String, CliError> {
+pub(crate) fn mint(secret: &str, tenant: &str, roles: &[&str], sub: &str, ttl: Duration) -> Result<String, CliError> {
     let exp = chrono::Utc::now().timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
     let claims = serde_json::json!({"sub": sub, "tenant": tenant, "roles": roles, "exp": exp});
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .map_err(|err| CliError(format!("cannot sign a token: {err}")))
+        .map_err(|err| CliError::failed(format!("cannot sign a token: {err}")))
 }
 
 /// What the CLI authenticates with: `--token` as given, or admin development tokens minted from
 /// RUNCAST_JWT_SECRET and minted again once half their life is gone, so that a long `simulate` or
 /// `watch` outlives any one token.
 #[derive(Clone)]
-pub struct Credentials(Arc<Mutex<Current>>);
+pub(crate) struct Credentials(Arc<Mutex<Current>>);
 
 struct Current {
     token: String,
@@ -42,11 +42,11 @@ struct Minter {
 }
 
 impl Credentials {
-    pub fn new(global: &Global) -> Result<Self, CliError> {
+    pub(crate) fn new(global: &Global) -> Result<Self, CliError> {
         let current = match (&global.token, &global.jwt_secret) {
             (Some(token), _) => Current { token: token.clone(), minter: None },
             (None, Some(_)) if global.token_ttl < Duration::from_secs(2) => {
-                return Err(CliError(format!("--token-ttl {:?} is too short: at least 2s", global.token_ttl)));
+                return Err(CliError::usage(format!("--token-ttl {:?} is too short: at least 2s", global.token_ttl)));
             }
             (None, Some(secret)) => Current {
                 token: String::new(),
@@ -58,8 +58,8 @@ impl Credentials {
                 }),
             },
             (None, None) => {
-                return Err(CliError(
-                    "no credentials: pass --token (or RUNCAST_TOKEN), or set RUNCAST_JWT_SECRET to mint one".into(),
+                return Err(CliError::usage(
+                    "no credentials: pass --token (or RUNCAST_TOKEN), or set RUNCAST_JWT_SECRET to mint one",
                 ));
             }
         };
@@ -69,7 +69,7 @@ impl Credentials {
     }
 
     /// The token to send now.
-    pub fn token(&self) -> Result<String, CliError> {
+    pub(crate) fn token(&self) -> Result<String, CliError> {
         let mut current = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let Current { token, minter } = &mut *current;
         if let Some(minter) = minter
@@ -82,41 +82,40 @@ impl Credentials {
     }
 
     /// When a live connection should send a fresh token (`None`: the token is not ours to renew).
-    pub fn renew_at(&self) -> Option<Instant> {
+    pub(crate) fn renew_at(&self) -> Option<Instant> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).minter.as_ref().map(|minter| minter.renew_at)
     }
 }
 
 impl tonic::service::Interceptor for Credentials {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let token = self.token().map_err(|err| tonic::Status::unauthenticated(err.0))?;
+        let token = self.token().map_err(|err| tonic::Status::unauthenticated(err.message().to_owned()))?;
         Bearer::new(Some(&token)).map_err(tonic::Status::unauthenticated)?.call(request)
     }
 }
 
 async fn channel(global: &Global) -> Result<Channel, CliError> {
     let endpoint = Channel::from_shared(global.api_url.clone())
-        .map_err(|err| CliError(format!("--api-url {:?} is not a URL: {err}", global.api_url)))?
+        .map_err(|err| CliError::usage(format!("--api-url {:?} is not a URL: {err}", global.api_url)))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30));
-    endpoint
-        .connect()
-        .await
-        .map_err(|err| CliError(format!("cannot reach execution-api at {}: {}", global.api_url, source_chain(&err))))
+    endpoint.connect().await.map_err(|err| {
+        CliError::failed(format!("cannot reach execution-api at {}: {}", global.api_url, source_chain(&err)))
+    })
 }
 
-pub async fn executions(global: &Global) -> Result<Executions, CliError> {
+pub(crate) async fn executions(global: &Global) -> Result<Executions, CliError> {
     let credentials = Credentials::new(global)?;
     Ok(ExecutionServiceClient::with_interceptor(channel(global).await?, credentials))
 }
 
-pub async fn agents(global: &Global) -> Result<Agents, CliError> {
+pub(crate) async fn agents(global: &Global) -> Result<Agents, CliError> {
     let credentials = Credentials::new(global)?;
     Ok(AgentServiceClient::with_interceptor(channel(global).await?, credentials))
 }
 
 /// "transport error: connection refused" rather than only "transport error".
-pub fn source_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn source_chain(err: &dyn std::error::Error) -> String {
     let mut parts = vec![err.to_string()];
     let mut source = err.source();
     while let Some(cause) = source {
@@ -186,8 +185,8 @@ mod tests {
     #[test]
     fn no_credentials_or_a_too_short_lifetime_is_a_clear_error() {
         let none = Credentials::new(&global(None, None, Duration::from_secs(600))).err().expect("refused");
-        assert!(none.0.contains("no credentials"), "{}", none.0);
+        assert!(none.message().contains("no credentials"), "{}", none.message());
         let short = Credentials::new(&global(None, Some("s"), Duration::from_secs(1))).err().expect("refused");
-        assert!(short.0.contains("--token-ttl"), "{}", short.0);
+        assert!(short.message().contains("--token-ttl"), "{}", short.message());
     }
 }

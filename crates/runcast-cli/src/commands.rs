@@ -1,24 +1,26 @@
 //! What each subcommand does.
 
-use crate::cli::{Cli, Command, Exec, Global, Logs, WatchArgs};
+use crate::cli::{Cli, Command, Exec, Global, Logs};
 use crate::{CliError, api, output};
 use runcast_contract::json::parse_wire_name;
 use runcast_contract::v1::*;
 use runcast_contract::{WireEnum, json};
 use std::io::BufRead as _;
 
-pub async fn run(cli: Cli) -> Result<(), CliError> {
+pub(crate) async fn run(cli: Cli) -> Result<(), CliError> {
     let global = cli.global;
     match cli.command {
         Command::Token { roles, ttl, sub } => {
             let secret = global
                 .jwt_secret
                 .as_deref()
-                .ok_or_else(|| CliError("RUNCAST_JWT_SECRET is not set: it signs development tokens".into()))?;
+                .ok_or_else(|| CliError::usage("RUNCAST_JWT_SECRET is not set: it signs development tokens"))?;
             let roles: Vec<&str> = roles.split(',').map(str::trim).filter(|r| !r.is_empty()).collect();
             for role in &roles {
                 if !["viewer", "submitter", "agent", "admin"].contains(role) {
-                    return Err(CliError(format!("unknown role '{role}': expected viewer, submitter, agent or admin")));
+                    return Err(CliError::usage(format!(
+                        "unknown role '{role}': expected viewer, submitter, agent or admin"
+                    )));
                 }
             }
             let token = api::mint(secret, &global.tenant, &roles, &sub, ttl)?;
@@ -32,16 +34,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Exec(command) => exec(&global, command).await,
         Command::Logs(Logs::Append { id, stderr, lines }) => append_logs(&global, id, stderr, lines).await,
         Command::Logs(Logs::Tail { id, since_offset, count }) => {
-            let args = WatchArgs {
-                channel: format!("logs:{id}"),
-                workflow: None,
-                execution: None,
-                status: None,
-                types: None,
-                since_offset,
-                count,
-            };
-            crate::watch::run(&global, &args).await
+            crate::watch::tail(&global, &id, since_offset, count).await
         }
         Command::Events { execution, workflow, types, since, until, limit } => {
             let request = ListEventsRequest {
@@ -72,13 +65,23 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Watch(args) => crate::watch::run(&global, &args).await,
-        Command::Simulate { agents, rate, duration, no_pick_up } => {
+        Command::Simulate {
+            agents,
+            rate,
+            duration,
+            no_pick_up,
+            approval_percent,
+            approval_wait,
+            self_decide_percent,
+        } => {
             if !(rate > 0.0 && rate <= 10_000.0) {
-                return Err(CliError(format!(
+                return Err(CliError::usage(format!(
                     "--rate {rate} must be between 0 (exclusive) and 10000 executions per second"
                 )));
             }
-            crate::simulate::run(&global, agents, rate, duration, !no_pick_up).await
+            let approvals =
+                crate::simulate::Approvals { percent: approval_percent, wait: approval_wait, self_decide_percent };
+            crate::simulate::run(&global, agents, rate, duration, !no_pick_up, approvals).await
         }
     }
 }
@@ -88,16 +91,16 @@ fn wire_list<E: WireEnum>(flag: &str, list: Option<&str>) -> Result<Vec<i32>, Cl
         .flat_map(|l| l.split(','))
         .map(str::trim)
         .filter(|name| !name.is_empty())
-        .map(|name| parse_wire_name::<E>(name).map_err(|err| CliError(format!("{flag}: {err}"))))
+        .map(|name| parse_wire_name::<E>(name).map_err(|err| CliError::usage(format!("{flag}: {err}"))))
         .collect()
 }
 
 fn wire_one<E: WireEnum>(what: &str, name: &str) -> Result<i32, CliError> {
-    parse_wire_name::<E>(name).map_err(|err| CliError(format!("{what}: {err}")))
+    parse_wire_name::<E>(name).map_err(|err| CliError::usage(format!("{what}: {err}")))
 }
 
 fn timestamp(flag: &str, text: Option<&str>) -> Result<Option<prost_types::Timestamp>, CliError> {
-    text.map(|t| json::from_rfc3339(t).map_err(|err| CliError(format!("{flag}: {err}")))).transpose()
+    text.map(|t| json::from_rfc3339(t).map_err(|err| CliError::usage(format!("{flag}: {err}")))).transpose()
 }
 
 async fn exec(global: &Global, command: Exec) -> Result<(), CliError> {
@@ -105,12 +108,12 @@ async fn exec(global: &Global, command: Exec) -> Result<(), CliError> {
     // api is down.
     let client = || api::executions(global);
     let execution = match command {
-        Exec::Create { workflow, key, labels, input } => {
+        Exec::Create { workflow, key, labels, input, heartbeat_timeout } => {
             let input = match input {
                 Some(text) => match serde_json::from_str::<serde_json::Value>(&text) {
                     Ok(serde_json::Value::Object(map)) => Some(json::object_to_struct(map)),
-                    Ok(_) => return Err(CliError("--input must be a JSON object".into())),
-                    Err(err) => return Err(CliError(format!("--input is not JSON: {err}"))),
+                    Ok(_) => return Err(CliError::usage("--input must be a JSON object")),
+                    Err(err) => return Err(CliError::usage(format!("--input is not JSON: {err}"))),
                 },
                 None => None,
             };
@@ -119,10 +122,19 @@ async fn exec(global: &Global, command: Exec) -> Result<(), CliError> {
                 idempotency_key: key.unwrap_or_default(),
                 labels: labels.into_iter().collect(),
                 input,
+                heartbeat_timeout_seconds: heartbeat_timeout,
             };
             client().await?.create_execution(request).await?
         }
-        Exec::Get { id } => client().await?.get_execution(GetExecutionRequest { execution_id: id }).await?,
+        Exec::Get { id } => {
+            let execution = client().await?.get_execution(GetExecutionRequest { execution_id: id }).await?.into_inner();
+            if global.json {
+                output::json(&execution);
+            } else {
+                print!("{}", output::execution_detail(&execution, chrono::Utc::now()));
+            }
+            return Ok(());
+        }
         Exec::List { workflow, status, limit } => {
             let request = ListExecutionsRequest {
                 workflow_id: workflow.unwrap_or_default(),
@@ -148,13 +160,14 @@ async fn exec(global: &Global, command: Exec) -> Result<(), CliError> {
         Exec::Resume { id, reason } => {
             client().await?.resume_execution(ResumeExecutionRequest { execution_id: id, reason }).await?
         }
-        Exec::Status { id, status, message, error, expected_version } => {
+        Exec::Status { id, status, message, error, expected_version, agent } => {
             let request = UpdateExecutionStatusRequest {
                 execution_id: id,
                 status: wire_one::<ExecutionStatus>("status", &status)?,
                 message,
                 error,
                 expected_version: expected_version.unwrap_or(0),
+                agent_id: agent,
             };
             client().await?.update_execution_status(request).await?
         }
@@ -176,7 +189,7 @@ async fn exec(global: &Global, command: Exec) -> Result<(), CliError> {
         }
         Exec::RequestApproval { id, approval_id, reason, expires_in } => {
             let deadline = expires_in
-                .map(|after| chrono::Duration::from_std(after).map_err(|_| CliError("--expires-in is too long".into())))
+                .map(|after| chrono::Duration::from_std(after).map_err(|_| CliError::usage("--expires-in is too long")))
                 .transpose()?
                 .map(|after| json::from_datetime(chrono::Utc::now() + after));
             client()
@@ -207,12 +220,12 @@ async fn append_logs(global: &Global, id: String, stderr: bool, lines: Vec<Strin
             .lock()
             .lines()
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| CliError(format!("cannot read standard input: {err}")))?
+            .map_err(|err| CliError::failed(format!("cannot read standard input: {err}")))?
     } else {
         lines
     };
     if lines.is_empty() {
-        return Err(CliError("no lines: pass them as arguments or on standard input".into()));
+        return Err(CliError::usage("no lines: pass them as arguments or on standard input"));
     }
     let stream = if stderr { LogStream::Stderr } else { LogStream::Stdout };
     // Chunks of at most 500 lines, one message each.

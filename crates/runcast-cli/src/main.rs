@@ -1,34 +1,76 @@
 //! `runcast`: the command line client of Runcast.
 //!
 //! - [`cli`]: subcommands and flags; [`api`]: connections and tokens; [`commands`]: what each
-//!   subcommand does; [`output`]: text or JSON; [`watch`]: following a gateway channel with
-//!   reconnect and resume; [`simulate`]: a fleet of simulated agents.
+//!   subcommand does; [`output`]: text or JSON, and the human forms of executions, events and
+//!   durations; [`state`]: the current state `watch` and `logs tail` start from; [`table`]: the
+//!   live table `watch` draws on a terminal; [`watch`]: following gateway channels with reconnect
+//!   and resume; [`simulate`]: a fleet of simulated agents.
 
 mod api;
 mod cli;
 mod commands;
 mod output;
 mod simulate;
+mod state;
+mod table;
 mod watch;
 
-use clap::Parser as _;
 use std::process::ExitCode;
+
+/// What went wrong, as far as the exit code is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The command was understood but failed: a service refused it or could not be reached (1).
+    Failed,
+    /// The command line itself is wrong: unknown flag, bad value (2).
+    Usage,
+}
 
 /// An error for the user: one line, no backtrace.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CliError(pub String);
+#[error("{message}")]
+pub struct CliError {
+    message: String,
+    kind: ErrorKind,
+}
+
+impl CliError {
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self { message: message.into(), kind: ErrorKind::Failed }
+    }
+
+    /// A bad argument: exits 2 like clap's own parse errors.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self { message: message.into(), kind: ErrorKind::Usage }
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The exit codes README documents: 1 failed, 2 usage.
+    pub fn exit_code(&self) -> u8 {
+        match self.kind {
+            ErrorKind::Failed => 1,
+            ErrorKind::Usage => 2,
+        }
+    }
+}
 
 impl From<tonic::Status> for CliError {
     fn from(status: tonic::Status) -> Self {
         let code = format!("{:?}", status.code());
-        Self(format!("execution-api answered {code}: {}", status.message()))
+        Self::failed(format!("execution-api answered {code}: {}", status.message()))
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
+    let cli = match cli::parse() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => {
             let _ = err.print(); // --help, --version
@@ -51,7 +93,7 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("runcast: {err}");
-            ExitCode::FAILURE
+            ExitCode::from(err.exit_code())
         }
     }
 }

@@ -19,6 +19,23 @@ const WORKFLOWS: &[&str] = &["nightly-build", "deploy-prod", "etl-orders", "ml-t
 const STEPS: &[&str] = &["checkout", "build", "test", "package", "publish", "verify"];
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 
+/// How the fleet handles approvals.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Approvals {
+    /// Share of runs (0-100) that ask for one.
+    pub percent: u8,
+    /// Its deadline: time for a person to decide.
+    pub wait: Duration,
+    /// Share of approvals (0-100) the fleet decides itself within the wait.
+    pub self_decide_percent: u8,
+}
+
+impl Default for Approvals {
+    fn default() -> Self {
+        Self { percent: 20, wait: Duration::from_secs(30), self_decide_percent: 60 }
+    }
+}
+
 #[derive(Default)]
 struct Stats {
     started: AtomicU64,
@@ -29,9 +46,32 @@ struct Stats {
     calls: AtomicU64,
     errors: AtomicU64,
     running: AtomicU64,
+    /// The fleet's agents, and the executions each runs (reported in its heartbeats, and named as
+    /// `agent_id` when it starts one: a fleet that stops has its executions failed by the api).
+    agent_ids: Vec<String>,
+    approvals: Approvals,
+    owned: std::sync::Mutex<std::collections::HashMap<String, std::collections::BTreeSet<String>>>,
 }
 
 impl Stats {
+    fn new(agent_ids: Vec<String>, approvals: Approvals) -> Self {
+        Self { agent_ids, approvals, ..Default::default() }
+    }
+
+    fn pick_agent(&self) -> String {
+        self.agent_ids.get(fastrand::usize(..self.agent_ids.len().max(1))).cloned().unwrap_or_default()
+    }
+
+    fn owned(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::collections::BTreeSet<String>>> {
+        self.owned.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn running_on(&self, agent_id: &str) -> Vec<String> {
+        self.owned().get(agent_id).map(|ids| ids.iter().cloned().collect()).unwrap_or_default()
+    }
+
     fn count<T>(&self, result: Result<T, tonic::Status>) -> Option<T> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         match result {
@@ -52,19 +92,20 @@ fn tracing_error(status: &tonic::Status) {
     }
 }
 
-pub async fn run(
+pub(crate) async fn run(
     global: &Global,
     agents: u32,
     rate: f64,
     duration: Option<Duration>,
     pick_up: bool,
+    approvals: Approvals,
 ) -> Result<(), CliError> {
     let executions = api::executions(global).await?;
     let agent_client = api::agents(global).await?;
-    let stats = Arc::new(Stats::default());
     let stop = stop_after(duration);
     let run_id = &uuid::Uuid::now_v7().simple().to_string()[20..];
     let agent_ids: Vec<String> = (0..agents).map(|n| format!("sim-{run_id}-{n}")).collect();
+    let stats = Arc::new(Stats::new(agent_ids.clone(), approvals));
 
     let heartbeats = tokio::spawn(heartbeat_loop(agent_client, agent_ids.clone(), stats.clone()));
     let reporter = tokio::spawn(report_loop(stats.clone(), agents));
@@ -111,15 +152,18 @@ pub async fn run(
 struct Announced(mpsc::Sender<(String, u64)>);
 
 impl watch::Sink for Announced {
-    fn show(&mut self, frame: &Value) {
+    fn show(&mut self, frame: &Value) -> watch::Next {
         let state = &frame["data"]["state"];
         if state["labels"]["source"] == "simulate" {
-            return; // some fleet's own: already driven
+            return watch::Next::Continue; // some fleet's own: already driven
         }
-        let (Some(id), Some(version)) = (state["execution_id"].as_str(), state["version"].as_u64()) else { return };
+        let (Some(id), Some(version)) = (state["execution_id"].as_str(), state["version"].as_u64()) else {
+            return watch::Next::Continue;
+        };
         if self.0.try_send((id.to_owned(), version)).is_err() {
             eprintln!("runcast simulate: the fleet is saturated; leaving {id} to other agents");
         }
+        watch::Next::Continue
     }
 }
 
@@ -143,8 +187,10 @@ fn spawn_pick_up(
     };
     let global = global.clone();
     let follower = tokio::spawn(async move {
-        if let Err(err) = watch::follow(&global, &args, &mut Announced(announced)).await {
-            eprintln!("runcast simulate: not picking up executions created elsewhere: {}", err.0);
+        if let Err(err) =
+            watch::follow(&global, vec![watch::Subscription::from_args(&args, None)], &mut Announced(announced)).await
+        {
+            eprintln!("runcast simulate: not picking up executions created elsewhere: {}", err.message());
         }
     });
     let claimer = tokio::spawn(async move {
@@ -208,7 +254,7 @@ async fn heartbeat_loop(mut client: Agents, agent_ids: Vec<String>, stats: Arc<S
                 gpu_percent: if id.ends_with('0') { fastrand::f64() * 100.0 } else { 0.0 },
                 timeout_seconds: 10,
                 labels: [("pool".to_owned(), "simulated".to_owned())].into(),
-                ..Default::default()
+                running_execution_ids: stats.running_on(id),
             };
             stats.count(client.heartbeat(request).await);
         }
@@ -256,16 +302,21 @@ async fn lifecycle(mut client: Executions, work: Work, stats: &Stats) {
         }
         Work::Claim { id, version } => (id, version),
     };
-    let ending = match fastrand::u8(..100) {
-        0..=9 => Ending::Fail,
-        10..=14 => Ending::Cancel,
-        15..=34 => Ending::Approval,
-        _ => Ending::Complete,
+    let ending = if fastrand::u8(..100) < stats.approvals.percent {
+        Ending::Approval
+    } else {
+        match fastrand::u8(..100) {
+            0..=11 => Ending::Fail,
+            12..=17 => Ending::Cancel,
+            _ => Ending::Complete,
+        }
     };
+    let agent_id = stats.pick_agent();
     let status = |to: ExecutionStatus, error: &str| UpdateExecutionStatusRequest {
         execution_id: id.clone(),
         status: to.into(),
         error: error.to_owned(),
+        agent_id: agent_id.clone(),
         ..Default::default()
     };
     pause().await;
@@ -280,6 +331,7 @@ async fn lifecycle(mut client: Executions, work: Work, stats: &Stats) {
         stats.picked_up.fetch_add(1, Ordering::Relaxed);
     }
     stats.running.fetch_add(1, Ordering::Relaxed);
+    stats.owned().entry(agent_id.clone()).or_default().insert(id.clone());
     let steps = &STEPS[..3 + fastrand::usize(..3)];
     let mut outcome = Finish::Report(ExecutionStatus::Completed);
     for (index, step) in steps.iter().enumerate() {
@@ -361,41 +413,75 @@ async fn lifecycle(mut client: Executions, work: Work, stats: &Stats) {
         }
     }
     stats.running.fetch_sub(1, Ordering::Relaxed);
+    if let Some(ids) = stats.owned().get_mut(&agent_id) {
+        ids.remove(&id);
+    }
 }
 
-/// Requests an approval and grants it, denies it, or lets it expire (the api's sweeper fails the
-/// execution then). Returns how the execution should end.
+/// Requests an approval, then follows the execution until it is decided: by a person (the
+/// dashboard, `runcast exec approve`), by the fleet itself for a share of them (some time within
+/// the wait), or by the deadline (the api's sweeper expires it and fails the execution). Whatever
+/// decided, the run goes on from there. Returns how the execution should end.
 async fn approval(client: &mut Executions, id: &str, stats: &Stats) -> Finish {
-    let deadline = runcast_contract::json::from_datetime(chrono::Utc::now() + chrono::Duration::seconds(3));
+    let wait = stats.approvals.wait;
+    let deadline = chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(30));
     let request = RequestApprovalRequest {
         execution_id: id.to_owned(),
-        approval_id: "release".into(),
+        approval_id: APPROVAL_ID.into(),
         reason: "ship it?".into(),
-        deadline: Some(deadline),
+        deadline: Some(runcast_contract::json::from_datetime(chrono::Utc::now() + deadline)),
     };
-    if stats.count(client.request_approval(request).await).is_none() {
+    let Some(blocked) = stats.count(client.request_approval(request).await) else {
         return Finish::Report(ExecutionStatus::Failed);
-    }
-    pause().await;
-    let resolve = |granted: bool| ResolveApprovalRequest {
-        execution_id: id.to_owned(),
-        approval_id: "release".into(),
-        granted,
-        comment: "simulated".into(),
     };
-    match fastrand::u8(..100) {
-        0..=59 => {
-            stats.count(client.resolve_approval(resolve(true)).await);
-            Finish::Report(ExecutionStatus::Completed)
+    let blocked = blocked.into_inner();
+    // The fleet's own decision, if it takes one: grant (3 in 4) or deny, a while into the wait.
+    let mut own = (fastrand::u8(..100) < stats.approvals.self_decide_percent).then(|| {
+        let at = tokio::time::Instant::now() + wait.mul_f64(0.1 + fastrand::f64() * 0.5);
+        (at, fastrand::u8(..4) != 0)
+    });
+    let watch = WatchExecutionRequest { execution_id: id.to_owned(), from_offset: Some(blocked.offset) };
+    let Some(events) = stats.count(client.watch_execution(watch).await) else { return Finish::Failed };
+    let mut events = events.into_inner();
+    loop {
+        let own_at = own.map(|(at, _)| at);
+        tokio::select! {
+            _ = tokio::time::sleep_until(own_at.unwrap_or_else(tokio::time::Instant::now)), if own_at.is_some() => {
+                if let Some((_, granted)) = own.take() {
+                    let resolve = ResolveApprovalRequest {
+                        execution_id: id.to_owned(),
+                        approval_id: APPROVAL_ID.into(),
+                        granted,
+                        comment: "decided by the simulated fleet".into(),
+                    };
+                    // A person may have decided first: then this is refused, and the watch says how.
+                    let _ = client.resolve_approval(resolve).await;
+                }
+            }
+            next = events.message() => {
+                let Ok(Some(event)) = next else { return Finish::Failed };
+                let Some(event::State::Execution(execution)) = event.state else { continue };
+                if let Some(finish) = decided(&execution) {
+                    return finish;
+                }
+            }
         }
-        60..=79 => {
-            stats.count(client.resolve_approval(resolve(false)).await);
-            Finish::Failed // a denial fails the execution
-        }
-        _ => {
-            // Left alone: the api's sweeper expires it (and fails the execution) after the deadline.
-            tokio::time::sleep(Duration::from_secs(4)).await;
-            Finish::Failed
-        }
+    }
+}
+
+const APPROVAL_ID: &str = "release";
+
+/// How the run goes on once its approval is no longer pending (`None` while it is).
+fn decided(execution: &Execution) -> Option<Finish> {
+    let status = ExecutionStatus::try_from(execution.status).unwrap_or(ExecutionStatus::Unspecified);
+    if status == ExecutionStatus::Cancelled {
+        return Some(Finish::Cancelled);
+    }
+    let approval = execution.approvals.iter().find(|approval| approval.approval_id == APPROVAL_ID)?;
+    match ApprovalStatus::try_from(approval.status) {
+        Ok(ApprovalStatus::Pending) => None,
+        Ok(ApprovalStatus::Granted) => Some(Finish::Report(ExecutionStatus::Completed)),
+        // Denied or expired: the api has failed the execution.
+        _ => Some(Finish::Failed),
     }
 }

@@ -5,15 +5,20 @@
 //! - [`client`]: credentials for gRPC clients of the api;
 //! - [`v1`]: the generated `runcast.v1` protobuf types and gRPC services;
 //! - [`wire`]: the strings of enums in JSON, REST and WebSocket (`"execution.started"`, `"running"`);
-//! - [`json`]: the serde glue that gives the generated types that JSON form;
+//! - [`json`]: the serde glue that gives the generated types that JSON form; [`openapi`]: the
+//!   schemas of the wire enums in the OpenAPI document;
 //! - [`id`]: validation of every id that becomes part of a NATS subject;
-//! - [`topology`]: stream names and subjects, with the optional prefix tests isolate themselves with.
+//! - [`topology`]: stream names and subjects, with the optional prefix tests isolate themselves with;
+//! - [`gateway`]: the gateway's wire protocol: channels, filters, client and server messages, error
+//!   and close codes.
 //!
 //! Pure code: no I/O, so everything here is unit-tested.
 
 pub mod client;
+pub mod gateway;
 pub mod id;
 pub mod json;
+pub mod openapi;
 pub mod topology;
 pub mod wire;
 

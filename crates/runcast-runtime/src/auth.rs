@@ -135,6 +135,29 @@ impl AuthError {
     pub fn kind(&self) -> AuthErrorKind {
         self.kind
     }
+
+    /// The one place an authentication or authorization failure becomes a gRPC code, an HTTP
+    /// status and the code name of the JSON error body.
+    fn codes(&self) -> (u16, StatusCode, &'static str) {
+        match self.kind {
+            AuthErrorKind::Unauthenticated => (16, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+            AuthErrorKind::PermissionDenied => (7, StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
+        }
+    }
+
+    /// The refusal as a trailers-only gRPC error.
+    pub fn into_grpc_response(self) -> Response {
+        let (grpc_code, _, _) = self.codes();
+        grpc_error(grpc_code, &self.message)
+    }
+}
+
+/// The refusal as a JSON error with its HTTP status.
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        let (_, status, code) = self.codes();
+        json_error(status, code, &self.message)
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -158,6 +181,14 @@ pub struct AuthArgs {
     /// Clock skew tolerated when checking `exp`, in seconds.
     #[arg(long, env = "RUNCAST_JWT_LEEWAY_SECONDS", default_value_t = 5)]
     pub jwt_leeway_seconds: u64,
+
+    /// When set, tokens must name this audience in `aud`.
+    #[arg(long, env = "RUNCAST_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// When set, tokens must be issued by this `iss`.
+    #[arg(long, env = "RUNCAST_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
 }
 
 /// A verification key and the algorithms it may verify.
@@ -177,6 +208,8 @@ struct Keys {
     tokens: Vec<TokenKey>,
     api_keys: HashMap<[u8; 32], Principal>,
     leeway: u64,
+    audience: Option<String>,
+    issuer: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -284,7 +317,16 @@ impl Authenticator {
                 "no way to authenticate is configured: set RUNCAST_JWT_SECRET, RUNCAST_JWT_PUBLIC_KEY_FILE, RUNCAST_JWT_JWKS_FILE or RUNCAST_API_KEYS_FILE",
             ));
         }
-        Ok(Self { inner: Arc::new(Keys { tokens, api_keys, leeway: args.jwt_leeway_seconds }) })
+        let non_empty = |value: &Option<String>| value.clone().filter(|value| !value.is_empty());
+        Ok(Self {
+            inner: Arc::new(Keys {
+                tokens,
+                api_keys,
+                leeway: args.jwt_leeway_seconds,
+                audience: non_empty(&args.jwt_audience),
+                issuer: non_empty(&args.jwt_issuer),
+            }),
+        })
     }
 
     /// Verifies a JWT.
@@ -307,8 +349,19 @@ impl Authenticator {
         }
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.inner.leeway;
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        match &self.inner.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &self.inner.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         let mut last_error = None;
         for candidate in candidates {
             match jsonwebtoken::decode::<Claims>(token, &candidate.key, &validation) {
@@ -322,6 +375,15 @@ impl Authenticator {
             }
             Some(jsonwebtoken::errors::ErrorKind::InvalidSignature) => {
                 "the token's signature does not verify with the configured keys".to_owned()
+            }
+            Some(jsonwebtoken::errors::ErrorKind::InvalidAudience) => {
+                format!("the token's aud is not {:?}", self.inner.audience.as_deref().unwrap_or_default())
+            }
+            Some(jsonwebtoken::errors::ErrorKind::InvalidIssuer) => {
+                format!("the token's iss is not {:?}", self.inner.issuer.as_deref().unwrap_or_default())
+            }
+            Some(jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(claim)) => {
+                format!("the token has no {claim} claim, which this server requires")
             }
             Some(other) => format!("the token is invalid: {other:?}"),
             None => "the token is invalid".to_owned(),
@@ -395,17 +457,8 @@ pub async fn layer(State(auth): State<AuthState>, mut request: Request, next: Ne
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
-        Err(err) => {
-            let (grpc_code, status, code) = match err.kind() {
-                AuthErrorKind::Unauthenticated => (16, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
-                AuthErrorKind::PermissionDenied => (7, StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
-            };
-            if is_grpc(request.headers()) {
-                grpc_error(grpc_code, &err.to_string())
-            } else {
-                json_error(status, code, &err.to_string())
-            }
-        }
+        Err(err) if is_grpc(request.headers()) => err.into_grpc_response(),
+        Err(err) => err.into_response(),
     }
 }
 
@@ -447,6 +500,19 @@ mod tests {
 
     const SECRET: &str = "test-secret";
 
+    #[test]
+    fn each_kind_maps_to_its_grpc_code_and_http_status() {
+        for (err, grpc, http) in [
+            (AuthError::unauthenticated("who?"), "16", StatusCode::UNAUTHORIZED),
+            (AuthError::permission_denied("no"), "7", StatusCode::FORBIDDEN),
+        ] {
+            assert_eq!(err.clone().into_response().status(), http);
+            let response = err.into_grpc_response();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers().get("grpc-status").and_then(|v| v.to_str().ok()), Some(grpc));
+        }
+    }
+
     fn authenticator() -> Authenticator {
         Authenticator::from_args(&AuthArgs {
             jwt_secret: Some(SECRET.into()),
@@ -454,20 +520,14 @@ mod tests {
             jwt_jwks_file: None,
             api_keys_file: None,
             jwt_leeway_seconds: 0,
+            jwt_audience: None,
+            jwt_issuer: None,
         })
         .expect("configured")
     }
 
     fn token(secret: &str, tenant: &str, roles: &[&str], exp_in: i64) -> String {
-        let claims = serde_json::json!({
-            "sub": "alice", "tenant": tenant, "roles": roles,
-            "exp": chrono_now() + exp_in,
-        });
-        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).expect("encodes")
-    }
-
-    fn chrono_now() -> i64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+        runcast_testkit::token::token(secret, "alice", tenant, roles, exp_in)
     }
 
     #[test]
@@ -529,6 +589,8 @@ mod tests {
             jwt_jwks_file: None,
             api_keys_file: Some(file),
             jwt_leeway_seconds: 0,
+            jwt_audience: None,
+            jwt_issuer: None,
         })
         .expect("configured");
 
@@ -556,6 +618,8 @@ mod tests {
             jwt_jwks_file: None,
             api_keys_file: None,
             jwt_leeway_seconds: 5,
+            jwt_audience: None,
+            jwt_issuer: None,
         })
         .err()
         .expect("refused");
@@ -576,7 +640,7 @@ mod tests {
         .expect("private key");
         let mut header = Header::new(algorithm);
         header.kid = kid.map(str::to_owned);
-        let claims = serde_json::json!({"sub": "svc", "tenant": "acme", "roles": ["agent"], "exp": chrono_now() + 60});
+        let claims = serde_json::json!({"sub": "svc", "tenant": "acme", "roles": ["agent"], "exp": runcast_testkit::token::now() + 60});
         encode(&header, &claims, &key).expect("signs")
     }
 
@@ -587,6 +651,8 @@ mod tests {
             jwt_jwks_file: jwks.map(testdata),
             api_keys_file: None,
             jwt_leeway_seconds: 0,
+            jwt_audience: None,
+            jwt_issuer: None,
         })
         .expect("configured")
     }
@@ -607,7 +673,7 @@ mod tests {
         let public = std::fs::read(testdata("ec_public.pem")).expect("fixture");
         let forged = encode(
             &Header::new(Algorithm::HS256),
-            &serde_json::json!({"sub": "x", "tenant": "acme", "roles": ["admin"], "exp": chrono_now() + 60}),
+            &serde_json::json!({"sub": "x", "tenant": "acme", "roles": ["admin"], "exp": runcast_testkit::token::now() + 60}),
             &EncodingKey::from_secret(&public),
         )
         .expect("encodes");
@@ -619,5 +685,42 @@ mod tests {
         let auth = with_files(None, Some("jwks.json"));
         assert!(auth.verify_token(&signed(Algorithm::RS256, "rsa_private.pem", Some("test-rsa-1"))).is_ok());
         assert!(auth.verify_token(&signed(Algorithm::RS256, "rsa_private.pem", Some("rotated-away"))).is_err());
+    }
+
+    #[test]
+    fn audience_and_issuer_are_checked_when_configured() {
+        let auth = Authenticator::from_args(&AuthArgs {
+            jwt_secret: Some(SECRET.into()),
+            jwt_public_key_file: None,
+            jwt_jwks_file: None,
+            api_keys_file: None,
+            jwt_leeway_seconds: 0,
+            jwt_audience: Some("runcast".into()),
+            jwt_issuer: Some("https://login.example".into()),
+        })
+        .expect("configured");
+        let signed = |extra: serde_json::Value| {
+            let mut claims = serde_json::json!({"sub": "alice", "tenant": "acme", "roles": ["viewer"], "exp": runcast_testkit::token::now() + 60});
+            if let (Some(claims), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
+                claims.extend(extra.clone());
+            }
+            runcast_testkit::token::sign(SECRET, &claims)
+        };
+        let good = signed(serde_json::json!({"aud": "runcast", "iss": "https://login.example"}));
+        assert_eq!(auth.verify_token(&good).expect("valid").tenant.as_str(), "acme");
+        let cases = [
+            (serde_json::json!({"aud": "other", "iss": "https://login.example"}), "aud is not"),
+            (serde_json::json!({"aud": "runcast", "iss": "https://evil.example"}), "iss is not"),
+            (serde_json::json!({"iss": "https://login.example"}), "no aud claim"),
+            (serde_json::json!({"aud": "runcast"}), "no iss claim"),
+        ];
+        for (claims, expected) in cases {
+            let err = auth.verify_token(&signed(claims.clone())).expect_err("refused");
+            assert_eq!(err.kind(), AuthErrorKind::Unauthenticated);
+            assert!(err.to_string().contains(expected), "{claims}: {err}");
+        }
+        // Without the settings, aud and iss are not looked at.
+        let token = signed(serde_json::json!({"aud": "anything", "iss": "anyone"}));
+        assert!(authenticator().verify_token(&token).is_ok());
     }
 }

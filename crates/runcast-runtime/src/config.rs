@@ -61,6 +61,11 @@ pub struct LifecycleArgs {
     /// Seconds a stopping service gives in-flight work before it exits.
     #[arg(long, env = "RUNCAST_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// How long an HTTP connection may take to send a request's headers, and stay idle between
+    /// requests, before it is closed (slow or silent peers cannot pin connections).
+    #[arg(long, env = "RUNCAST_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
 }
 
 #[derive(Debug, Clone, clap::Args)]

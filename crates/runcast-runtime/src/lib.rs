@@ -2,6 +2,7 @@
 //!
 //! What every Runcast service does the same way, so each `main.rs` only wires:
 //!
+//! - [`backoff`]: the capped exponential backoff every retry loop uses;
 //! - [`auth`]: JWT and API-key authentication, roles, and the middleware every API wears;
 //! - [`config`]: settings from flags and environment variables with defaults, `--help`, and the
 //!   exit code 64 for a bad configuration;
@@ -14,6 +15,7 @@
 //! - [`error`]: the error type at this crate's boundary, with a [`error::ErrorKind`].
 
 pub mod auth;
+pub mod backoff;
 pub mod config;
 pub mod error;
 pub mod limits;

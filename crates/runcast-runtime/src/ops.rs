@@ -1,13 +1,13 @@
 //! The operational endpoints every service answers on its HTTP listener: `/healthz` (the process
 //! is alive), `/readyz` (every dependency it needs is reachable: 503 with details otherwise) and
-//! `/metrics` (Prometheus text format).
+//! `/metrics` (Prometheus text format). And the HTTP server every listener runs: [`serve`], with
+//! TCP_NODELAY, a header-read and idle timeout, HTTP/2 keep-alive pings and graceful shutdown.
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt as _;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -96,15 +96,38 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Declares what every service exposes from its first scrape: `runcast_build_info{service,
+/// version}` = 1 and the process metrics (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, `process_open_fds`, …, refreshed at each scrape).
+pub fn announce(service: &'static str) {
+    metrics_handle();
+    metrics::describe_gauge!("runcast_build_info", "Always 1; the labels say which service and version runs");
+    metrics::gauge!("runcast_build_info", "service" => service, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    process_collector().describe();
+    metrics::describe_counter!("runcast_nats_reconnects_total", "Connections to NATS regained after a loss");
+    metrics::counter!("runcast_nats_reconnects_total").increment(0);
+}
+
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
 /// `/healthz`, `/readyz` and `/metrics`.
 /// Installs the metrics recorder now, so nothing recorded before the first scrape is lost.
 pub fn router(readiness: Readiness) -> Router {
-    let metrics = metrics_handle();
+    metrics_handle();
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(move || std::future::ready(metrics.render())))
+        .route("/metrics", get(|| std::future::ready(render_metrics())))
         .with_state(readiness)
+}
+
+/// The `/metrics` page: every series recorded so far, the process metrics read now.
+pub fn render_metrics() -> String {
+    process_collector().collect();
+    metrics_handle().render()
 }
 
 async fn readyz(State(readiness): State<Readiness>) -> Response {
@@ -113,10 +136,23 @@ async fn readyz(State(readiness): State<Readiness>) -> Response {
     (status, axum::Json(serde_json::json!({ "ready": ready, "checks": checks }))).into_response()
 }
 
+/// Connection attempts the kernel queues for `accept` (capped by `net.core.somaxconn`). Tokio's
+/// default of 1,024 is overrun when thousands of clients reconnect at once (a drained replica, a
+/// network blip): the kernel then drops their handshakes, which they retry only after 1, 3, 7 s…
+pub const LISTEN_BACKLOG: u32 = 8192;
+
+/// A listening socket on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as Tokio's `bind`).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Binds the HTTP listener. Port 0 picks a free port; the bound address is logged with the
 /// `http_addr` field, which is how test harnesses find it.
 pub async fn bind_http(addr: SocketAddr) -> Result<TcpListener, crate::Error> {
-    let listener = TcpListener::bind(addr).await.map_err(|err| {
+    let listener = listen(addr).map_err(|err| {
         crate::Error::with_source(crate::ErrorKind::Config, format!("cannot listen on RUNCAST_HTTP_ADDR={addr}"), err)
     })?;
     if let Ok(bound) = listener.local_addr() {
@@ -125,28 +161,95 @@ pub async fn bind_http(addr: SocketAddr) -> Result<TcpListener, crate::Error> {
     Ok(listener)
 }
 
-/// `listener` with TCP_NODELAY on every accepted connection, for `axum::serve`. Small frames go
-/// out at once: with Nagle's algorithm a live event waits behind the peer's delayed ACK (tens of
-/// milliseconds on Linux; it was most of the gateway's p99 latency).
-pub fn no_delay(listener: TcpListener) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
-    listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(%err, "cannot set TCP_NODELAY on an accepted connection");
-        }
-    })
+/// Turns Nagle's algorithm off on an accepted connection. Small frames go out at once: with
+/// Nagle's algorithm a live event waits behind the peer's delayed ACK (tens of milliseconds on
+/// Linux; it was most of the gateway's p99 latency).
+fn no_delay(tcp: &tokio::net::TcpStream) {
+    if let Err(err) = tcp.set_nodelay(true) {
+        tracing::debug!(%err, "cannot set TCP_NODELAY on an accepted connection");
+    }
+}
+
+/// How a listener treats its connections and its shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Time in-flight work gets after the shutdown signal.
+    pub shutdown_grace: Duration,
+    /// Longest wait for a request's headers, from the connection's first byte or from the end of
+    /// the previous response (idle keep-alive), and for a silent peer's first byte.
+    pub header_timeout: Duration,
+}
+
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl From<&crate::config::LifecycleArgs> for ServeOptions {
+    fn from(args: &crate::config::LifecycleArgs) -> Self {
+        Self { shutdown_grace: args.shutdown_grace, header_timeout: args.header_timeout }
+    }
+}
+
+/// A grace period alone: the default header timeout.
+impl From<Duration> for ServeOptions {
+    fn from(shutdown_grace: Duration) -> Self {
+        Self { shutdown_grace, header_timeout: DEFAULT_HEADER_TIMEOUT }
+    }
+}
+
+/// Serves `router` on `listener` (HTTP/1 with upgrades, and HTTP/2) until `shutdown`, then stops
+/// accepting and lets open requests finish. A peer that sends nothing, sends its headers too
+/// slowly, or idles between requests longer than `header_timeout` is disconnected; an HTTP/2 peer
+/// that stops answering pings too. Upgraded connections (WebSocket) leave hyper and are the
+/// router's to bound.
+pub async fn serve(listener: TcpListener, router: Router, header_timeout: Duration, shutdown: CancellationToken) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(header_timeout).keep_alive_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(err) => {
+                // Out of file descriptors, most likely: wait for some to close instead of spinning.
+                tracing::warn!(cause = %err, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        no_delay(&tcp);
+        let (builder, service, watcher) = (builder.clone(), router.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            // hyper reads the first bytes to choose HTTP/1 or HTTP/2 with no deadline of its own.
+            let mut first = [0_u8; 1];
+            if !matches!(tokio::time::timeout(header_timeout, tcp.peek(&mut first)).await, Ok(Ok(1..))) {
+                return;
+            }
+            let service = hyper_util::service::TowerToHyperService::new(service);
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+            if let Err(err) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(cause = %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// Serves `router` until `shutdown` is cancelled, then gives in-flight requests and the service's
-/// background `tasks` (which watch the same token) at most `grace` to finish.
+/// background `tasks` (which watch the same token) at most the grace to finish.
 pub async fn serve_until_stopped(
     listener: TcpListener,
     router: Router,
     tasks: TaskTracker,
     shutdown: CancellationToken,
-    grace: Duration,
+    options: impl Into<ServeOptions>,
 ) -> Result<(), crate::Error> {
-    let server = axum::serve(no_delay(listener), router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let served = tokio::spawn(async move { server.await });
+    let ServeOptions { shutdown_grace: grace, header_timeout } = options.into();
+    let served = tokio::spawn(serve(listener, router, header_timeout, shutdown.clone()));
     shutdown.cancelled().await;
     tasks.close();
     let drained = tokio::time::timeout(grace, async {
@@ -163,17 +266,67 @@ pub async fn serve_until_stopped(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::serve::Listener as _;
 
     #[tokio::test]
     async fn accepted_connections_have_nagle_turned_off() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let mut listener = no_delay(listener);
         let client = tokio::spawn(tokio::net::TcpStream::connect(addr));
-        let (accepted, _) = listener.accept().await;
+        let (accepted, _) = listener.accept().await.expect("accepts");
+        assert!(!accepted.nodelay().expect("readable option"), "off by default");
+        no_delay(&accepted);
         assert!(accepted.nodelay().expect("readable option"));
         client.await.expect("client task").expect("connects");
+    }
+
+    /// Reads until the server closes the connection; fails if it is still open after `within`.
+    async fn closed_by_server(socket: &mut tokio::net::TcpStream, within: Duration) -> Vec<u8> {
+        use tokio::io::AsyncReadExt as _;
+        let mut received = Vec::new();
+        tokio::time::timeout(within, async {
+            let mut buffer = [0_u8; 1024];
+            loop {
+                match socket.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => received.extend_from_slice(&buffer[..n]),
+                }
+            }
+        })
+        .await
+        .expect("the server closes the connection in time");
+        received
+    }
+
+    #[tokio::test]
+    async fn silent_slow_and_idle_peers_are_disconnected_while_others_are_served() {
+        use tokio::io::AsyncWriteExt as _;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let timeout = Duration::from_millis(300);
+        let router = Router::new().route("/healthz", get(|| async { "ok" }));
+        let server = tokio::spawn(serve(listener, router, timeout, shutdown.clone()));
+
+        let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connects");
+        let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connects");
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.expect("half the headers");
+        let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connects");
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("a request");
+
+        // A well-behaved request on a fresh connection is answered meanwhile.
+        let mut normal = tokio::net::TcpStream::connect(addr).await.expect("connects");
+        normal.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("sent");
+        let answer = closed_by_server(&mut normal, Duration::from_secs(5)).await;
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+
+        assert!(closed_by_server(&mut silent, Duration::from_secs(5)).await.is_empty());
+        let slow_answer = closed_by_server(&mut slow, Duration::from_secs(5)).await;
+        assert!(!slow_answer.starts_with(b"HTTP/1.1 200"), "unfinished headers are never served");
+        let idle_answer = closed_by_server(&mut idle, Duration::from_secs(5)).await;
+        assert!(idle_answer.starts_with(b"HTTP/1.1 200"), "answered, then closed once idle");
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), server).await.expect("stops").expect("no panic");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! PostgreSQL access shared by the services that read or write the history: a pool that connects
 //! lazily (a service starts while the database is down) and a monitor that keeps the `postgres`
-//! readiness check equal to "a query works right now".
+//! readiness check equal to "a query works right now". Queries, and the classification of their
+//! errors, are `runcast-store`'s.
 
 use crate::error::{Error, ErrorKind};
 use crate::ops::ReadyFlag;
@@ -42,23 +43,6 @@ impl PostgresArgs {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options))
     }
-}
-
-/// Classifies a database error for callers: connection trouble is `Unavailable` (retry), the rest
-/// `Internal`.
-pub fn error(context: impl Into<String>, err: sqlx::Error) -> Error {
-    let kind = match &err {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
-            ErrorKind::Unavailable
-        }
-        sqlx::Error::Database(db)
-            if db.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P")) =>
-        {
-            ErrorKind::Unavailable // connection exceptions, admin shutdown
-        }
-        _ => ErrorKind::Internal,
-    };
-    Error::with_source(kind, context, err)
 }
 
 /// Pings the database every `interval` and mirrors the outcome into `flag`, until `shutdown`.

@@ -26,10 +26,12 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global subscriber and trace propagator. A second call (several services in one
-/// test process) keeps the first subscriber.
+/// Installs the global subscriber and trace propagator, and announces the service on `/metrics`
+/// ([`crate::ops::announce`]). A second call (several services in one test process) keeps the
+/// first subscriber.
 pub fn init(args: &TelemetryArgs, service: &'static str) -> TelemetryGuard {
-    let filter = EnvFilter::try_new(&args.log_filter).unwrap_or_else(|err| {
+    crate::ops::announce(service);
+    let filter = EnvFilter::try_new(with_quiet_dependencies(&args.log_filter)).unwrap_or_else(|err| {
         eprintln!("RUST_LOG={:?} is not a valid filter ({err}); using \"info\"", args.log_filter);
         EnvFilter::new("info")
     });
@@ -48,6 +50,12 @@ pub fn init(args: &TelemetryArgs, service: &'static str) -> TelemetryGuard {
     let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
     let installed = tracing_subscriber::registry().with(filter).with(logs).with(traces).try_init().is_ok();
     TelemetryGuard(installed.then_some(provider))
+}
+
+/// async-nats logs every client event (each failed reconnect attempt) at INFO: keep it at WARN
+/// unless the filter names it; our own connection log says what matters, with the URL.
+fn with_quiet_dependencies(filter: &str) -> String {
+    if filter.contains("async_nats") { filter.to_owned() } else { format!("{filter},async_nats=warn") }
 }
 
 /// Spans always get trace ids (so context propagates and logs can be correlated); they are
@@ -161,6 +169,12 @@ pub mod trace_context {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn async_nats_event_noise_is_turned_down_unless_asked_for() {
+        assert_eq!(with_quiet_dependencies("info"), "info,async_nats=warn");
+        assert_eq!(with_quiet_dependencies("debug,async_nats=trace"), "debug,async_nats=trace");
+    }
 
     #[test]
     fn a_span_context_round_trips_through_nats_headers() {

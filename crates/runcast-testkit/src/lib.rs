@@ -6,22 +6,34 @@
 //! - [`tools`]: finds `nats-server` and PostgreSQL in the project's tools folder (installed by
 //!   `scripts/install-tools.sh`), or says exactly what to run;
 //! - [`nats`]: a `nats-server` with JetStream that can be stopped and restarted on the same port;
+//! - [`cluster`]: three routed `nats-server`s (a JetStream cluster for R3 streams) whose nodes can
+//!   be crashed, stopped and restarted, and the leader of a stream;
 //! - [`postgres`]: a PostgreSQL cluster (as an unprivileged user when running as root) that hands
 //!   out one fresh database per test;
 //! - [`service`]: the three service binaries as real processes, with their bound addresses;
 //! - [`lifecycle`]: the start-up, readiness and shutdown contract every service binary keeps;
 //! - [`otlp`]: an OpenTelemetry trace endpoint that hands the spans services export to the test;
+//! - [`slow_peers`]: connections that never finish a request, to check listeners shed them;
+//! - [`promtool`]: `promtool check metrics` over a `/metrics` page;
+//! - [`token`]: HS256 tokens for a test's secret, tenant, subject and roles;
+//! - [`events`]: execution, agent and log events as the api publishes them;
 //! - [`Infra`]: both servers together, and [`Isolation`] — a stream prefix and a database of a
 //!   test's own, so tests sharing servers never see each other's streams or rows;
 //! - [`eventually`]: wait for a condition with a deadline instead of sleeping and hoping.
 
+pub mod cluster;
+pub mod events;
 pub mod lifecycle;
 pub mod nats;
 pub mod otlp;
 pub mod postgres;
+pub mod promtool;
 pub mod service;
+pub mod slow_peers;
+pub mod token;
 pub mod tools;
 
+pub use cluster::NatsCluster;
 pub use nats::NatsServer;
 pub use postgres::PostgresServer;
 pub use service::ServiceProcess;

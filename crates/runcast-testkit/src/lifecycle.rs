@@ -5,6 +5,9 @@
 //! 2. `/readyz` turns 200 once NATS (and PostgreSQL, for services that use it) are reachable;
 //! 3. it turns 503 when one of them goes away and 200 again when it is back, without a restart;
 //! 4. SIGTERM makes it exit with status 0 within 5 seconds.
+//!
+//! And from its first moment, before any traffic, `/metrics` passes `promtool check metrics` and
+//! lists `runcast_build_info` for it, the process metrics and every series it names.
 
 use crate::{HarnessError, Infra, Result, ServiceProcess, eventually};
 use std::time::Duration;
@@ -12,8 +15,9 @@ use std::time::Duration;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs the whole check for `binary`. `uses_postgres`: whether its readiness depends on PostgreSQL.
-pub async fn check(binary: &str, uses_postgres: bool) -> Result<()> {
+/// Runs the whole check for `binary`. `uses_postgres`: whether its readiness depends on PostgreSQL;
+/// `series`: metric names its `/metrics` must list from the start.
+pub async fn check(binary: &str, uses_postgres: bool, series: &[&str]) -> Result<()> {
     let mut infra = Infra::start().await?;
     let isolation = infra.isolate().await?;
     infra.nats.stop();
@@ -40,6 +44,7 @@ pub async fn check(binary: &str, uses_postgres: bool) -> Result<()> {
     // 1. Dependencies down: alive, not ready, retrying rather than exiting.
     expect_status(&http, &service.http_url("/healthz"), 200).await?;
     expect_status(&http, &service.http_url("/readyz"), 503).await?;
+    metrics_from_start(&http, &service, binary, series).await?;
     let log_shows_retry = |service: &ServiceProcess| service.recent_log().contains("cannot provision streams yet");
     eventually("a logged retry of stream provisioning", READY_TIMEOUT, || {
         let retried = log_shows_retry(&service);
@@ -117,4 +122,40 @@ async fn wait_for_readiness(
     })
     .await
     .map_err(|err| HarnessError(format!("{err}\n--- service log ---\n{}", service.recent_log())))
+}
+
+async fn metrics_from_start(
+    http: &reqwest::Client,
+    service: &ServiceProcess,
+    binary: &str,
+    series: &[&str],
+) -> Result<()> {
+    let url = service.http_url("/metrics");
+    let page = http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|err| HarnessError(format!("GET {url}: {err}")))?
+        .text()
+        .await
+        .map_err(|err| HarnessError(format!("GET {url}: {err}")))?;
+    crate::promtool::check_metrics(&page)?;
+    let build_info = format!("runcast_build_info{{service=\"{binary}\"");
+    let required = [
+        build_info.as_str(),
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "runcast_nats_reconnects_total",
+    ];
+    let missing: Vec<&str> = required
+        .iter()
+        .copied()
+        .chain(series.iter().copied())
+        .filter(|name| !page.lines().any(|line| line.starts_with(name)))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(HarnessError(format!("{binary}'s /metrics lacks {missing:?} before any traffic:\n{page}")))
+    }
 }

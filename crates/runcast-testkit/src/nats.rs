@@ -6,7 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tempfile::TempDir;
 
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// A deadline, not a wait: generous, since a loaded machine can take long to recover a JetStream store.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct NatsServer {
     child: Option<Child>,
@@ -62,16 +63,7 @@ impl NatsServer {
     }
 
     async fn wait_until_accepting(&self) -> Result<()> {
-        let url = self.url();
-        eventually(&format!("nats-server to accept connections at {url}"), START_TIMEOUT, || {
-            let url = url.clone();
-            async move {
-                let client = async_nats::connect(&url).await.ok()?;
-                // JetStream answers only once its store is ready.
-                async_nats::jetstream::new(client).query_account().await.ok().map(|_| ())
-            }
-        })
-        .await
+        wait_for_jetstream(&self.url()).await
     }
 
     pub fn url(&self) -> String {
@@ -90,12 +82,30 @@ impl NatsServer {
         }
     }
 
-    /// Starts the server again on the same port with the same JetStream store.
-    pub async fn restart(&mut self) -> Result<()> {
+    /// Stops the server the way an orchestrator does (SIGTERM: it closes client connections and
+    /// flushes its store), and waits until it has exited. Its store stays for [`Self::start_again`].
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped server again on the same port with the same JetStream store, and waits
+    /// until JetStream answers.
+    pub async fn start_again(&mut self) -> Result<()> {
         self.stop();
         let port = i32::from(self.port);
         self.spawn(port)?;
         self.wait_until_accepting().await
+    }
+
+    /// Starts the server again on the same port with the same JetStream store.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.start_again().await
     }
 
     /// The server's log so far, for failure messages.
@@ -108,6 +118,15 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Waits until JetStream answers through `url` (it answers only once its store is ready).
+pub(crate) async fn wait_for_jetstream(url: &str) -> Result<()> {
+    eventually(&format!("JetStream to answer through {url}"), START_TIMEOUT, || async move {
+        let client = async_nats::connect(url).await.ok()?;
+        async_nats::jetstream::new(client).query_account().await.ok().map(|_| ())
+    })
+    .await
 }
 
 fn read_client_port(ports_dir: &Path) -> Option<u16> {

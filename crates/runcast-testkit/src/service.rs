@@ -2,8 +2,10 @@
 //!
 //! Every service binds its listeners on port 0 here and logs the bound address in a JSON field
 //! ending in `_addr` (`http_addr`, `grpc_addr`); the harness reads them from the log instead of
-//! guessing free ports. The log is echoed to the test's stderr (shown when a test fails) and the
-//! last lines are kept for error messages.
+//! guessing free ports. Warnings, errors and anything that is not a JSON log line (a panic) are
+//! echoed to the test's stderr (shown when a test fails); `RUNCAST_TEST_LOG=all` echoes every line.
+//! Only that much, so a failing test's own message is not buried under the services' INFO lines.
+//! The last lines are kept for error messages.
 
 use crate::{HarnessError, Result, tools};
 use std::collections::{HashMap, VecDeque};
@@ -138,9 +140,12 @@ async fn read_log<R: tokio::io::AsyncRead + Unpin>(
     log: Arc<Mutex<VecDeque<String>>>,
     addrs: Option<watch::Sender<HashMap<String, SocketAddr>>>,
 ) {
+    let echo_all = std::env::var("RUNCAST_TEST_LOG").is_ok_and(|value| value == "all");
     let mut lines = reader.lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        eprintln!("[{name}] {line}");
+        if echo_all || worth_echoing(&line) {
+            eprintln!("[{name}] {line}");
+        }
         if let Some(addrs) = &addrs {
             for (field, addr) in bound_addrs(&line) {
                 addrs.send_modify(|known| {
@@ -153,6 +158,16 @@ async fn read_log<R: tokio::io::AsyncRead + Unpin>(
             log.pop_front();
         }
         log.push_back(line);
+    }
+}
+
+/// A warning, an error, or a line that is not a JSON log line at all (a panic, a crash).
+fn worth_echoing(line: &str) -> bool {
+    match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(serde_json::Value::Object(fields)) => {
+            !matches!(fields.get("level").and_then(serde_json::Value::as_str), Some("INFO" | "DEBUG" | "TRACE"))
+        }
+        _ => true,
     }
 }
 
@@ -178,5 +193,13 @@ mod tests {
         assert_eq!(bound_addrs(line), [("http_addr".to_owned(), "127.0.0.1:4321".parse().expect("addr"))]);
         assert!(bound_addrs("not json").is_empty());
         assert!(bound_addrs(r#"{"http_addr":"nowhere"}"#).is_empty());
+    }
+
+    #[test]
+    fn only_warnings_errors_and_non_json_lines_are_echoed() {
+        assert!(!worth_echoing(r#"{"level":"INFO","message":"http listener bound"}"#));
+        assert!(worth_echoing(r#"{"level":"WARN","message":"fetch failed"}"#));
+        assert!(worth_echoing(r#"{"level":"ERROR","message":"gave up"}"#));
+        assert!(worth_echoing("thread 'main' panicked at src/main.rs:1:1"));
     }
 }

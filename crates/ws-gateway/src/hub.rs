@@ -9,10 +9,10 @@
 //! what makes the switch from replay to live free of gaps and duplicates.
 
 use crate::channel::{Channel, Routing};
-use crate::filter::Filters;
 use crate::outbound::{EventMeta, Frame, FrameKind, Outbound, Pushed};
 use crate::protocol::{self, Protocol};
 use bytes::Bytes;
+use runcast_contract::gateway::Filters;
 use runcast_contract::v1::{Event, EventType};
 use runcast_contract::{EntityId, StreamKind, WireEnum};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -37,12 +37,17 @@ pub struct Dispatch<'a> {
     data: Bytes,
     proto: OnceLock<Bytes>,
     received: Option<Instant>,
+    /// Progress and heartbeats may be replaced by a newer one of the same entity: the entity,
+    /// allocated once per event and shared by every recipient's frame.
+    coalesce: Option<Arc<str>>,
 }
 
 impl<'a> Dispatch<'a> {
     /// `event.offset` must already be `offset`; `data` is the event's JSON.
     pub fn new(routing: &'a Routing, event: &'a Event, offset: u64, data: Bytes, received: Option<Instant>) -> Self {
-        Self { routing, event, offset, data, proto: OnceLock::new(), received }
+        let coalesce = matches!(routing.event_type, EventType::ExecutionProgress | EventType::AgentHeartbeat)
+            .then(|| Arc::from(routing.entity.as_str()));
+        Self { routing, event, offset, data, proto: OnceLock::new(), received, coalesce }
     }
 
     pub fn routing(&self) -> &Routing {
@@ -65,12 +70,6 @@ impl<'a> Dispatch<'a> {
             .unwrap_or_else(protocol::now_rfc3339)
     }
 
-    /// Progress and heartbeats may be replaced by a newer one of the same entity.
-    fn coalesce_key(&self) -> Option<Arc<str>> {
-        matches!(self.routing.event_type, EventType::ExecutionProgress | EventType::AgentHeartbeat)
-            .then(|| Arc::from(self.routing.entity.as_str()))
-    }
-
     /// The frame for one subscriber; `bytes` is the channel's shared encoding.
     fn frame(&self, subscriber: &Subscriber, bytes: Bytes) -> Frame {
         Frame {
@@ -79,7 +78,7 @@ impl<'a> Dispatch<'a> {
                 subscription: subscriber.id,
                 offset: self.offset,
                 event_type: self.event_type(),
-                coalesce: self.coalesce_key(),
+                coalesce: self.coalesce.clone(),
                 received: self.received,
             }),
         }
@@ -104,8 +103,30 @@ struct SubState {
     /// The last offset given to the connection (replayed or live); anything at or below is a
     /// duplicate.
     last_offset: u64,
+    /// Resuming, but its replay has not started (it waits for a replay slot): live events are
+    /// neither delivered nor held — the replay reads them from the stream anyway, since it starts
+    /// after [`Subscriber::hold`]. So thousands of clients resuming at once hold nothing while
+    /// they wait their turn.
+    waiting: bool,
     /// `Some` while replaying: live events held until the replay is done.
     pending: Option<VecDeque<Frame>>,
+    /// Bytes of the held events.
+    pending_bytes: usize,
+    /// Held events were dropped because the replay was slower than the live feed (a source
+    /// answering slowly, e.g. during a leader election): the replay must read on before going
+    /// live, since the stream still holds what was dropped.
+    pending_dropped: bool,
+}
+
+/// What [`Subscriber::go_live`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoLive {
+    /// `subscribed` and the held live events are queued: the subscription is live.
+    Live,
+    /// Held events were dropped meanwhile: replay again after this offset, then go live.
+    CatchUp { after: u64 },
+    /// The connection cannot take `subscribed`: it overflowed (the client gets `resync`).
+    Overflowed,
 }
 
 /// One subscription of one connection.
@@ -115,13 +136,24 @@ pub struct Subscriber {
     pub channel: Channel,
     pub channel_name: String,
     pub filters: Filters,
+    /// No filter: every event of the channel matches (checked without touching `filters`).
+    unfiltered: bool,
     pub protocol: Protocol,
     pub outbound: Arc<Outbound>,
     pending_capacity: usize,
+    pending_max_bytes: usize,
     state: Mutex<SubState>,
+    /// Its stream was re-created under it: its offsets mean nothing in the new epoch.
+    epoch_lost: AtomicBool,
 }
 
 impl Subscriber {
+    /// Whether the subscription's stream was re-created (a new epoch) while it was subscribed:
+    /// its `resync` then starts over at offset 0 of the new epoch.
+    pub fn epoch_lost(&self) -> bool {
+        self.epoch_lost.load(Ordering::Acquire)
+    }
+
     fn lock(&self) -> MutexGuard<'_, SubState> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -129,15 +161,26 @@ impl Subscriber {
     /// A live event (from the hub).
     fn offer(&self, offset: u64, frame: Frame) {
         let mut state = self.lock();
+        if state.waiting {
+            return;
+        }
         // While replaying, everything is held: the replay may still move `last_offset` (even
         // backwards, when the offset turns out not to be recoverable); go_live deduplicates.
+        let held = state.pending_bytes;
         if let Some(pending) = &mut state.pending {
-            if pending.len() >= self.pending_capacity {
-                // The client cannot even keep up with its replay: same outcome as a full queue.
+            if pending.len() >= self.pending_capacity || held.saturating_add(frame.bytes.len()) > self.pending_max_bytes
+            {
+                // The replay is slower than the live feed. Holding more would be unbounded, and
+                // overflowing would blame the client; the stream still holds these events, so
+                // they are dropped here and the replay reads on to them (go_live says so).
+                pending.clear();
+                state.pending_bytes = 0;
+                state.pending_dropped = true;
                 drop(state);
-                self.outbound.force_overflow();
             } else {
+                let len = frame.bytes.len();
                 pending.push_back(frame);
+                state.pending_bytes = held + len;
             }
             return;
         }
@@ -151,6 +194,16 @@ impl Subscriber {
         }
     }
 
+    /// The replay is about to read its sources: from now on live events are held for it. Every
+    /// event dropped while waiting was dispatched before this, so the replay (which reads the
+    /// stream's state after this) or the head read after this covers it.
+    pub fn hold(&self) {
+        let mut state = self.lock();
+        if std::mem::take(&mut state.waiting) {
+            state.pending = Some(VecDeque::new());
+        }
+    }
+
     /// Sets the position the subscriber continues after (before a replay starts, or to the head
     /// when the requested offset cannot be recovered).
     pub fn set_position(&self, offset: u64) {
@@ -160,26 +213,45 @@ impl Subscriber {
     /// A replayed event: waits for room in the queue. `false` when the connection is gone or has
     /// overflowed (the replay stops).
     pub async fn replayed(&self, dispatch: &Dispatch<'_>) -> bool {
+        match self.replay_frame(dispatch) {
+            Some(frame) => self.outbound.push_event_waiting(frame).await.is_some(),
+            None => true,
+        }
+    }
+
+    /// The frame of a replayed event for this subscriber, moving its position; `None` for an
+    /// offset it was given already.
+    pub fn replay_frame(&self, dispatch: &Dispatch<'_>) -> Option<Frame> {
         {
             let mut state = self.lock();
             if dispatch.offset <= state.last_offset {
-                return true;
+                return None;
             }
             state.last_offset = dispatch.offset;
         }
-        let frame = dispatch.frame(self, dispatch.encode(&self.channel_name, self.protocol));
-        self.outbound.push_event_waiting(frame).await.is_some()
+        Some(dispatch.frame(self, dispatch.encode(&self.channel_name, self.protocol)))
     }
 
     /// Ends the replay: queues `subscribed` (built from the offset the subscriber got to), then
-    /// the live events that arrived meanwhile and were not replayed, and goes live.
-    pub fn go_live(&self, subscribed: impl FnOnce(u64) -> Frame) {
+    /// the live events that arrived meanwhile and were not replayed, and goes live — unless held
+    /// events had to be dropped, in which case the replay must first read on from where the
+    /// subscriber got to (it stays in replay mode, holding live events again).
+    pub fn go_live(&self, subscribed: impl FnOnce(u64) -> Frame) -> GoLive {
         let mut state = self.lock();
+        if std::mem::take(&mut state.waiting) {
+            // Never held (a caller that skipped `hold`): read on from here, holding from now.
+            state.pending = Some(VecDeque::new());
+            return GoLive::CatchUp { after: state.last_offset };
+        }
+        if std::mem::take(&mut state.pending_dropped) {
+            return GoLive::CatchUp { after: state.last_offset };
+        }
         let pending = state.pending.take().unwrap_or_default();
+        state.pending_bytes = 0;
         if !self.outbound.push_control(subscribed(state.last_offset)) {
             drop(state);
             self.outbound.force_overflow();
-            return;
+            return GoLive::Overflowed;
         }
         for frame in pending {
             let FrameKind::Event(meta) = &frame.kind else {
@@ -190,16 +262,50 @@ impl Subscriber {
             }
             state.last_offset = meta.offset;
             if self.outbound.push_event(frame) == Pushed::Overflowed {
-                break;
+                return GoLive::Overflowed;
             }
         }
+        GoLive::Live
     }
 
     /// Whether an event on the subscriber's stream belongs to it (replay uses the same test as
     /// dispatch).
     pub fn wants(&self, routing: &Routing, event: &Event) -> bool {
-        routing.tenant == self.tenant && routing.belongs_to(&self.channel) && self.filters.matches(event)
+        routing.tenant == self.tenant && routing.belongs_to(&self.channel) && self.matches(event)
     }
+
+    fn matches(&self, event: &Event) -> bool {
+        self.unfiltered || self.filters.matches(event)
+    }
+}
+
+/// One event of a stream's recent window, as the upstream decoded and encoded it.
+pub struct RecentEvent {
+    pub offset: u64,
+    pub routing: Routing,
+    pub event: Event,
+    /// The event's JSON `data`.
+    pub data: Bytes,
+}
+
+impl RecentEvent {
+    /// What it costs the window: the JSON twice over stands for the decoded event beside it.
+    fn weight(&self) -> usize {
+        self.data.len() * 2 + 256
+    }
+}
+
+/// The most recent events of one stream, so that short resumes (a reconnect after a blip, a
+/// drained replica's clients) are served from memory instead of a JetStream consumer each.
+#[derive(Default)]
+struct Recent {
+    /// Every deliverable event above this offset is in `events` (undecodable ones, which no
+    /// replay delivers either, are skipped).
+    covered_after: u64,
+    /// The last offset the live feed read, deliverable or not.
+    seen: u64,
+    events: VecDeque<Arc<RecentEvent>>,
+    bytes: usize,
 }
 
 type Index = HashMap<EntityId, HashMap<Channel, Vec<Arc<Subscriber>>>>;
@@ -211,29 +317,125 @@ pub struct Hub {
     heads: [AtomicU64; 3],
     /// Whether the upstream consumer of each stream is running.
     live: [AtomicBool; 3],
+    /// The epoch of each stream as the upstream last read it (DESIGN §7): its creation time.
+    epochs: [RwLock<Arc<str>>; 3],
     next_id: AtomicU64,
     pending_capacity: usize,
+    pending_max_bytes: usize,
     dispatched: AtomicU64,
+    /// Per stream: the recent window, at most `recent_max_events` events and
+    /// `recent_max_bytes` (0 events: no window, every resume reads JetStream).
+    recent: [Mutex<Recent>; 3],
+    recent_max_events: usize,
+    recent_max_bytes: usize,
 }
 
 /// How a new subscription starts.
 pub enum Start {
     /// Live from the current head.
     Live,
-    /// Replaying from after this offset; live events are held until [`Subscriber::go_live`].
+    /// Replaying from after this offset: live events are dropped until [`Subscriber::hold`], then
+    /// held until [`Subscriber::go_live`].
     Replay { after: u64 },
 }
 
 impl Hub {
+    /// Live events held per replaying subscription: at most `pending_capacity`.
     pub fn new(pending_capacity: usize) -> Self {
+        Self::bounded(pending_capacity, usize::MAX)
+    }
+
+    /// Live events held per replaying subscription: at most `pending_capacity` and
+    /// `pending_max_bytes` bytes (beyond either, the connection gets `resync`).
+    pub fn bounded(pending_capacity: usize, pending_max_bytes: usize) -> Self {
         Self {
             index: RwLock::default(),
             heads: Default::default(),
             live: Default::default(),
+            epochs: Default::default(),
             next_id: AtomicU64::new(1),
             pending_capacity: pending_capacity.max(1),
+            pending_max_bytes: pending_max_bytes.max(1),
             dispatched: AtomicU64::new(0),
+            recent: Default::default(),
+            recent_max_events: 0,
+            recent_max_bytes: 0,
         }
+    }
+
+    /// Keeps each stream's most recent events, at most `max_events` and `max_bytes`, to serve
+    /// resumes within them from memory.
+    pub fn with_recent(mut self, max_events: usize, max_bytes: usize) -> Self {
+        self.recent_max_events = max_events;
+        self.recent_max_bytes = max_bytes;
+        self
+    }
+
+    fn recent(&self, stream: StreamKind) -> MutexGuard<'_, Recent> {
+        self.recent[stream_index(stream)].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Forgets the window: it covers the stream from `head` on.
+    fn reset_recent(&self, stream: StreamKind, head: u64) {
+        *self.recent(stream) = Recent { covered_after: head, seen: head, ..Recent::default() };
+    }
+
+    /// The live feed read `offset` (deliverable or not), before [`Self::remember`]. An offset
+    /// beyond the next one means the stream dropped events before this replica read them (a
+    /// stream at its limits): the window starts over after it, since it cannot serve those.
+    pub fn observe(&self, stream: StreamKind, offset: u64) {
+        let mut recent = self.recent(stream);
+        if offset <= recent.seen {
+            return; // read again after the feed was re-created
+        }
+        if offset != recent.seen + 1 {
+            *recent = Recent { covered_after: offset - 1, seen: offset, ..Recent::default() };
+            return;
+        }
+        recent.seen = offset;
+    }
+
+    /// Adds a live event to its stream's window, before it is dispatched: a resume that starts
+    /// holding live events after the dispatch finds it there (see [`Subscriber::hold`]).
+    pub fn remember(&self, stream: StreamKind, event: Arc<RecentEvent>) {
+        let mut recent = self.recent(stream);
+        // Only the event the feed has just read (see `observe`), once.
+        if self.recent_max_events == 0
+            || event.offset != recent.seen
+            || recent.events.back().is_some_and(|last| last.offset >= event.offset)
+        {
+            return;
+        }
+        recent.bytes += event.weight();
+        recent.events.push_back(event);
+        while recent.events.len() > self.recent_max_events || recent.bytes > self.recent_max_bytes {
+            let Some(oldest) = recent.events.pop_front() else {
+                break;
+            };
+            recent.bytes -= oldest.weight();
+            recent.covered_after = oldest.offset;
+        }
+    }
+
+    /// The window's events after `since`, when it covers everything after `since` in the
+    /// stream's current epoch (`since_epoch`, when the client named one); `None` otherwise.
+    pub fn recent_after(
+        &self,
+        stream: StreamKind,
+        since: u64,
+        since_epoch: Option<&str>,
+    ) -> Option<Vec<Arc<RecentEvent>>> {
+        if self.recent_max_events == 0
+            || since_epoch.is_some_and(|epoch| !crate::upstream::same_epoch(epoch, &self.epoch(stream)))
+        {
+            return None;
+        }
+        let recent = self.recent(stream);
+        if since < recent.covered_after || since > recent.seen || !self.is_live(stream) {
+            return None;
+        }
+        let from = recent.events.partition_point(|event| event.offset <= since);
+        Some(recent.events.range(from..).cloned().collect())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -248,12 +450,44 @@ impl Hub {
         self.heads[stream_index(stream)].load(Ordering::Acquire)
     }
 
-    /// Set by the upstream once it knows where the stream ends, before it dispatches.
-    pub fn start_stream(&self, stream: StreamKind, head: u64) {
+    /// The epoch the offsets of `stream` belong to (empty until the upstream first ran).
+    pub fn epoch(&self, stream: StreamKind) -> Arc<str> {
+        self.epochs[stream_index(stream)].read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Set by the upstream once it knows where the stream ends and which epoch it is in, before
+    /// it dispatches.
+    pub fn start_stream(&self, stream: StreamKind, head: u64, epoch: &str) {
         let _index = self.write();
+        {
+            let mut slot = self.epochs[stream_index(stream)].write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if **slot != *epoch {
+                *slot = Arc::from(epoch);
+                // The first start (or another epoch): the window begins at the head.
+                self.reset_recent(stream, head);
+            }
+        }
         let slot = &self.heads[stream_index(stream)];
         if head > slot.load(Ordering::Acquire) {
             slot.store(head, Ordering::Release);
+        }
+        self.live[stream_index(stream)].store(true, Ordering::Release);
+    }
+
+    /// The stream was re-created (another epoch, DESIGN §7): the head moves to the new stream's
+    /// (even backwards), and every subscription of it leaves the live feed — its connection gets
+    /// `resync` from offset 0 of the new epoch, since its offsets belong to the old one.
+    pub fn restart_stream(&self, stream: StreamKind, head: u64, epoch: &str) {
+        let index = self.write();
+        *self.epochs[stream_index(stream)].write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::from(epoch);
+        self.reset_recent(stream, head);
+        self.heads[stream_index(stream)].store(head, Ordering::Release);
+        for subscriber in index.values().flat_map(HashMap::values).flatten() {
+            if subscriber.channel.stream() == stream {
+                subscriber.epoch_lost.store(true, Ordering::Release);
+                subscriber.outbound.force_overflow();
+            }
         }
         self.live[stream_index(stream)].store(true, Ordering::Release);
     }
@@ -286,19 +520,22 @@ impl Hub {
         // event can fall between the head and the registration.
         let head = self.head(channel.stream());
         let state = match start {
-            Start::Live => SubState { last_offset: head, pending: None },
-            Start::Replay { after } => SubState { last_offset: after, pending: Some(VecDeque::new()) },
+            Start::Live => SubState { last_offset: head, ..SubState::default() },
+            Start::Replay { after } => SubState { last_offset: after, waiting: true, ..SubState::default() },
         };
         let subscriber = Arc::new(Subscriber {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             tenant: tenant.clone(),
             channel_name: channel.to_string(),
             channel: channel.clone(),
+            unfiltered: filters.is_empty(),
             filters,
             protocol,
             outbound,
             pending_capacity: self.pending_capacity,
+            pending_max_bytes: self.pending_max_bytes,
             state: Mutex::new(state),
+            epoch_lost: AtomicBool::new(false),
         });
         index.entry(tenant).or_default().entry(channel).or_default().push(subscriber.clone());
         (subscriber, head)
@@ -331,7 +568,7 @@ impl Hub {
                 // One encoding per protocol per channel, shared by every recipient.
                 let mut shared: [Option<Bytes>; Protocol::COUNT] = Default::default();
                 for subscriber in subscribers {
-                    if !subscriber.filters.matches(dispatch.event) {
+                    if !subscriber.matches(dispatch.event) {
                         continue;
                     }
                     let bytes = shared[subscriber.protocol.index()]
@@ -349,10 +586,15 @@ impl Hub {
         self.dispatched.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Subscriptions per channel kind, for `/ws/stats`.
-    pub fn subscriptions_by_kind(&self) -> BTreeMap<&'static str, usize> {
+    /// Subscriptions per channel kind, of one tenant or of all, for `/ws/stats`.
+    pub fn subscriptions_by_kind(&self, tenant: Option<&EntityId>) -> BTreeMap<&'static str, usize> {
         let mut counts = BTreeMap::new();
-        for channels in self.read().values() {
+        let index = self.read();
+        let tenants: Vec<&HashMap<Channel, Vec<Arc<Subscriber>>>> = match tenant {
+            Some(tenant) => index.get(tenant).into_iter().collect(),
+            None => index.values().collect(),
+        };
+        for channels in tenants {
             for (channel, list) in channels {
                 *counts.entry(channel.kind_name()).or_insert(0) += list.len();
             }
@@ -368,7 +610,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filter::RawFilters;
+    use runcast_contract::gateway::RawFilters;
 
     fn id(value: &str) -> EntityId {
         EntityId::parse("id", value).expect("valid id")
@@ -449,7 +691,7 @@ mod tests {
         assert!(drain(&other_tenant).is_empty());
         assert_eq!(drain(&filtered).len(), 1);
         assert_eq!(hub.head(StreamKind::Executions), 2);
-        assert_eq!(hub.subscriptions_by_kind().get("executions"), Some(&3));
+        assert_eq!(hub.subscriptions_by_kind(None).get("executions"), Some(&3));
     }
 
     #[test]
@@ -466,26 +708,159 @@ mod tests {
             Start::Replay { after: 7 },
         );
         assert_eq!(head, 10);
+        subscriber.hold();
         // Live events arrive while the replay runs: held, not delivered.
         dispatch(&hub, &published("acme", "e1", EventType::ExecutionProgress), 11);
         dispatch(&hub, &published("acme", "e1", EventType::ExecutionProgress), 12);
         assert!(outbound.is_empty());
         // The replay reads 8..=11 (it overlaps the live feed by one).
-        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("rt");
-        for offset in 8..=11 {
-            let p = published("acme", "e1", EventType::StepStarted);
-            let d = Dispatch::new(&p.routing, &p.event, offset, protocol::event_data(&p.event).expect("encodes"), None);
-            assert!(runtime.block_on(subscriber.replayed(&d)));
-        }
-        subscriber.go_live(|offset| Frame {
-            bytes: protocol::Control { offset: Some(offset), ..protocol::Control::new("subscribed") }
-                .encode(Protocol::Json),
-            kind: FrameKind::Control { kind: "subscribed" },
-        });
+        replay(&subscriber, 8..=11);
+        assert_eq!(subscriber.go_live(subscribed), GoLive::Live);
         dispatch(&hub, &published("acme", "e1", EventType::ExecutionCompleted), 13);
         let got = drain(&outbound);
         let offsets: Vec<_> = got.iter().map(|v| v["offset"].as_u64().unwrap_or(0)).collect();
         assert_eq!(offsets, [8, 9, 10, 11, 11, 12, 13]);
+        assert_eq!(got[4]["type"], "subscribed");
+    }
+
+    #[test]
+    fn a_resume_waiting_for_its_replay_holds_nothing_and_the_replay_covers_what_passed() {
+        let hub = Hub::new(2);
+        let outbound = Outbound::new(256);
+        let subscriber = resuming(&hub, &outbound);
+        // Waiting for a replay slot: far more live events than could be held pass by.
+        for offset in 1..=100 {
+            dispatch(&hub, &published("acme", "e1", EventType::StepStarted), offset);
+        }
+        assert!(outbound.is_empty());
+        assert!(outbound.take_overflow().is_none());
+        subscriber.hold();
+        // The replay starts: it reads the stream up to its head (100); 101 arrives meanwhile.
+        dispatch(&hub, &published("acme", "e1", EventType::StepStarted), 101);
+        replay(&subscriber, 1..=100);
+        assert_eq!(subscriber.go_live(subscribed), GoLive::Live, "nothing held was dropped: no catch-up");
+        let got = drain(&outbound);
+        let offsets: Vec<_> = got.iter().filter_map(|v| v["offset"].as_u64()).collect();
+        let expected: Vec<u64> = (1..=100).chain([100, 101]).collect();
+        assert_eq!(offsets, expected, "every offset once, `subscribed` at 100, then 101");
+    }
+
+    #[test]
+    fn the_recent_window_covers_what_it_holds_and_forgets_the_oldest_beyond_its_bounds() {
+        let hub = Hub::new(16).with_recent(3, usize::MAX);
+        hub.start_stream(StreamKind::Executions, 10, "2026-12-01T00:00:00Z");
+        let offsets = |since: u64, epoch: Option<&str>| {
+            hub.recent_after(StreamKind::Executions, since, epoch)
+                .map(|events| events.iter().map(|event| event.offset).collect::<Vec<_>>())
+        };
+        assert_eq!(offsets(10, None), Some(vec![]), "from the head on, though empty");
+        assert_eq!(offsets(9, None), None, "before the head it started at");
+        for offset in 11..=15 {
+            live_feed_reads(&hub, offset);
+        }
+        assert_eq!(offsets(12, None), Some(vec![13, 14, 15]));
+        assert_eq!(offsets(11, None), None, "11 and 12 were forgotten: 12 is the first it can resume after");
+        assert_eq!(offsets(15, Some("2026-12-01T00:00:00.000Z")), Some(vec![]), "the same epoch, spelt otherwise");
+        assert_eq!(offsets(13, Some("2026-11-30T00:00:00Z")), None, "another epoch");
+        assert_eq!(offsets(16, None), None, "beyond what it saw");
+        hub.observe(StreamKind::Executions, 16); // undecodable: read, not kept
+        assert_eq!(offsets(15, None), Some(vec![]), "nothing deliverable after 15");
+        live_feed_reads(&hub, 19); // 17 and 18 were dropped by the stream before the feed read them
+        assert_eq!(offsets(15, None), None, "the window cannot serve 17 and 18");
+        assert_eq!(offsets(18, None), Some(vec![19]));
+        hub.restart_stream(StreamKind::Executions, 0, "2026-12-02T00:00:00Z");
+        assert_eq!(offsets(13, None), None, "a re-created stream starts a new window");
+    }
+
+    #[test]
+    fn the_recent_window_is_bounded_in_bytes_too_and_can_be_off() {
+        let one = recent_event(1).weight();
+        let hub = Hub::new(16).with_recent(100, 2 * one);
+        hub.start_stream(StreamKind::Executions, 0, "e");
+        for offset in 1..=5 {
+            live_feed_reads(&hub, offset);
+        }
+        let held = hub.recent_after(StreamKind::Executions, 3, None).expect("covered");
+        assert_eq!(held.iter().map(|event| event.offset).collect::<Vec<_>>(), [4, 5]);
+        let off = Hub::new(16);
+        off.start_stream(StreamKind::Executions, 0, "e");
+        live_feed_reads(&off, 1);
+        assert_eq!(off.recent_after(StreamKind::Executions, 0, None).map(|events| events.len()), None);
+        assert_eq!(off.recent_after(StreamKind::Executions, 1, None).map(|events| events.len()), None, "off");
+    }
+
+    /// A subscription of `executions` resuming after offset 0.
+    fn resuming(hub: &Hub, outbound: &Arc<Outbound>) -> Arc<Subscriber> {
+        let (subscriber, _) = hub.subscribe(
+            id("acme"),
+            Channel::Executions,
+            Filters::default(),
+            outbound.clone(),
+            Protocol::Json,
+            Start::Replay { after: 0 },
+        );
+        subscriber
+    }
+
+    /// The replay of `offsets` to `subscriber`, each event queued.
+    fn replay(subscriber: &Subscriber, offsets: std::ops::RangeInclusive<u64>) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("rt");
+        for offset in offsets {
+            let p = published("acme", "e1", EventType::StepStarted);
+            let d = Dispatch::new(&p.routing, &p.event, offset, protocol::event_data(&p.event).expect("encodes"), None);
+            assert!(runtime.block_on(subscriber.replayed(&d)));
+        }
+    }
+
+    fn recent_event(offset: u64) -> RecentEvent {
+        let p = published("acme", "e1", EventType::StepStarted);
+        let data = protocol::event_data(&p.event).expect("encodes");
+        RecentEvent { offset, routing: p.routing, event: p.event, data }
+    }
+
+    /// What the upstream does with a deliverable event at `offset`, short of dispatching it.
+    fn live_feed_reads(hub: &Hub, offset: u64) {
+        hub.observe(StreamKind::Executions, offset);
+        hub.remember(StreamKind::Executions, Arc::new(recent_event(offset)));
+    }
+
+    fn subscribed(offset: u64) -> Frame {
+        Frame {
+            bytes: Protocol::Json.encode(&protocol::ServerMessage::Subscribed {
+                timestamp: chrono::Utc::now(),
+                channel: "executions".into(),
+                offset,
+                epoch: String::new(),
+                recovered: None,
+                replayed: None,
+                reason: None,
+                id: None,
+            }),
+            kind: FrameKind::Control { kind: "subscribed" },
+        }
+    }
+
+    #[test]
+    fn a_replay_slower_than_the_live_feed_reads_on_instead_of_resyncing_the_client() {
+        // At most 2 live events are held while replaying.
+        let hub = Hub::new(2);
+        let outbound = Outbound::new(64);
+        let subscriber = resuming(&hub, &outbound);
+        subscriber.hold();
+        // The replay source answers late: 1..=3 arrive live first, more than can be held.
+        for offset in 1..=4 {
+            dispatch(&hub, &published("acme", "e1", EventType::StepStarted), offset);
+        }
+        assert_eq!(subscriber.go_live(subscribed), GoLive::CatchUp { after: 0 }, "held events were dropped");
+        assert!(outbound.is_empty(), "nothing is released before the replay read on");
+        assert!(outbound.take_overflow().is_none(), "the client is not resynced");
+        // The replay reads on to the stream's head; live events keep being held meanwhile.
+        replay(&subscriber, 1..=4);
+        dispatch(&hub, &published("acme", "e1", EventType::StepCompleted), 5);
+        assert_eq!(subscriber.go_live(subscribed), GoLive::Live);
+        let got = drain(&outbound);
+        let offsets: Vec<_> = got.iter().map(|v| v["offset"].as_u64().unwrap_or(0)).collect();
+        assert_eq!(offsets, [1, 2, 3, 4, 4, 5], "every offset once, in order, `subscribed` at 4");
         assert_eq!(got[4]["type"], "subscribed");
     }
 
@@ -507,6 +882,38 @@ mod tests {
         hub.unsubscribe(&subscriber);
         dispatch(&hub, &published("acme", "e1", EventType::ApprovalGranted), 3);
         assert!(outbound.is_empty());
-        assert!(hub.subscriptions_by_kind().is_empty());
+        assert!(hub.subscriptions_by_kind(None).is_empty());
+    }
+
+    #[test]
+    fn a_re_created_stream_moves_the_head_back_and_takes_its_subscribers_off_the_feed() {
+        let hub = Hub::new(16);
+        hub.start_stream(StreamKind::Executions, 40, "2026-11-01T00:00:00Z");
+        hub.start_stream(StreamKind::Agents, 5, "2026-11-01T00:00:00Z");
+        let (executions, _) = hub.subscribe(
+            id("acme"),
+            Channel::Executions,
+            Filters::default(),
+            Outbound::new(16),
+            Protocol::Json,
+            Start::Live,
+        );
+        let (agents, _) = hub.subscribe(
+            id("acme"),
+            Channel::Agents,
+            Filters::default(),
+            Outbound::new(16),
+            Protocol::Json,
+            Start::Live,
+        );
+        hub.restart_stream(StreamKind::Executions, 0, "2026-12-01T00:00:00Z");
+        assert_eq!(hub.head(StreamKind::Executions), 0, "the new stream's head, even below the old one");
+        assert_eq!(&*hub.epoch(StreamKind::Executions), "2026-12-01T00:00:00Z");
+        assert!(hub.is_live(StreamKind::Executions));
+        assert!(executions.epoch_lost());
+        assert!(executions.outbound.take_overflow().is_some(), "its connection resyncs");
+        assert!(!agents.epoch_lost(), "other streams are untouched");
+        assert!(agents.outbound.take_overflow().is_none());
+        assert_eq!(&*hub.epoch(StreamKind::Agents), "2026-11-01T00:00:00Z");
     }
 }

@@ -5,31 +5,37 @@
 //!
 //! # Layout
 //!
-//! - [`channel`], [`filter`], [`protocol`]: the public contract — channel names, filters, client
-//!   and server messages, error and close codes. Pure, unit-tested.
-//! - [`outbound`]: the bounded per-connection queue (coalescing, overflow → `resync`).
+//! - [`channel`], [`protocol`]: the gateway's side of the public contract, whose channels, filters,
+//!   messages and codes are `runcast_contract::gateway`: routing an event to its channels, the
+//!   subprotocols, the encoding of control messages and the fast framing of events.
+//! - [`outbound`]: the per-connection queue, bounded in events and bytes (coalescing, overflow →
+//!   `resync`).
 //! - [`hub`]: the subscriber index by tenant and channel; encodes each event once and shares
 //!   the bytes; holds live events while a subscription replays.
-//! - [`upstream`]: one ordered JetStream consumer per stream per replica, feeding the hub.
-//! - [`replay`]: resume from an offset (JetStream, then the PostgreSQL history) and snapshots.
+//! - [`upstream`]: one ordered JetStream consumer per stream per replica, feeding the hub;
+//!   recreated at once when the NATS connection comes back; the stream's epoch.
+//! - [`replay`]: resume from an offset (JetStream, then the PostgreSQL history) within an epoch,
+//!   and snapshots (the stream's last event, else the read model).
 //! - [`session`]: one connection's protocol state machine, shared by both transports.
 //! - [`ws`], [`sse`]: the two write-only transports and their HTTP entry points.
-//! - [`gateway`]: what the connections of a replica share (limits, auth, stats, drain).
+//! - [`gateway`]: what the connections of a replica share (limits, connection caps, auth, stats,
+//!   drain).
 //! - [`dashboard`]: the live dashboard at `/`, embedded at build time.
+//! - [`series`]: every metric, described and at zero from the start.
 //! - [`Application`]: wiring — listener, NATS, provisioning, consumers, graceful drain.
 
 pub mod channel;
 pub mod dashboard;
-pub mod filter;
-pub mod gateway;
+mod gateway;
 pub mod hub;
 pub mod outbound;
-pub mod protocol;
+mod protocol;
 pub mod replay;
-pub mod session;
-pub mod sse;
-pub mod upstream;
-pub mod ws;
+pub mod series;
+mod session;
+mod sse;
+mod upstream;
+mod ws;
 
 use axum::Router;
 use axum::extract::State;
@@ -65,6 +71,11 @@ pub struct Config {
     #[arg(long, env = "RUNCAST_DASHBOARD_API_URL", default_value = "")]
     pub dashboard_api_url: String,
 
+    /// Further origins the dashboard may send its token to (besides its own and the API above),
+    /// comma separated; served as `allowed_origins` in `/config.json`.
+    #[arg(long, env = "RUNCAST_DASHBOARD_ALLOWED_ORIGINS", default_value = "")]
+    pub dashboard_allowed_origins: String,
+
     #[command(flatten)]
     pub gateway: GatewayArgs,
     #[command(flatten)]
@@ -99,6 +110,23 @@ pub struct GatewayArgs {
     #[arg(long, env = "RUNCAST_WS_QUEUE_CAPACITY", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_capacity: u32,
 
+    /// Bytes of events queued per connection before a slow client gets `resync` (whichever of
+    /// this and the event count is reached first).
+    #[arg(long, env = "RUNCAST_WS_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(1u64 << 32)))]
+    pub queue_bytes: u64,
+
+    /// Connections (WebSocket + SSE) per replica; beyond it upgrades answer 503 with Retry-After.
+    #[arg(long, env = "RUNCAST_WS_MAX_CONNECTIONS", default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Connections of one tenant per replica; beyond it upgrades answer 429 with Retry-After.
+    #[arg(long, env = "RUNCAST_WS_MAX_CONNECTIONS_PER_TENANT", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_tenant: u32,
+
+    /// Connections of one subject (the token's `sub`) per replica; beyond it 429 with Retry-After.
+    #[arg(long, env = "RUNCAST_WS_MAX_CONNECTIONS_PER_SUBJECT", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_subject: u32,
+
     /// Interval of WebSocket pings; a peer silent for two intervals is closed.
     #[arg(long, env = "RUNCAST_WS_PING_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
@@ -119,9 +147,29 @@ pub struct GatewayArgs {
     #[arg(long, env = "RUNCAST_REPLAY_BATCH", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub replay_batch: u32,
 
-    /// Replays and snapshots running at once on this replica; more wait their turn.
+    /// Recent events kept per stream, so resumes within them are served from memory rather than
+    /// a JetStream consumer each (a reconnect storm); 0 turns the window off.
+    #[arg(long, env = "RUNCAST_WS_RECENT_EVENTS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pub recent_events: u32,
+
+    /// Bytes the window of recent events may hold per stream (counted as twice the events' JSON).
+    #[arg(long, env = "RUNCAST_WS_RECENT_BYTES", default_value_t = 32 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(0..=(1u64 << 34)))]
+    pub recent_bytes: u64,
+
+    /// Replays and snapshots running at once on this replica; more wait their turn. A replay
+    /// waiting for its client to read gives its slot back meanwhile.
     #[arg(long, env = "RUNCAST_REPLAY_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub replay_concurrency: u32,
+
+    /// Replays and snapshots one connection runs at once; its other resumes wait their turn.
+    #[arg(long, env = "RUNCAST_WS_MAX_REPLAYS_PER_CONNECTION", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub max_replays_per_connection: u32,
+
+    /// On drain, each client is told (`retry_after_ms` of `reconnect`, SSE `retry:`) to wait a
+    /// delay drawn uniformly from this window before reconnecting: N clients of a draining replica
+    /// arrive at the others at about N / window per second instead of all at once. 0: at once.
+    #[arg(long, env = "RUNCAST_WS_DRAIN_RECONNECT_WINDOW", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_reconnect_window: Duration,
 }
 
 impl GatewayArgs {
@@ -135,15 +183,19 @@ impl GatewayArgs {
             ping_interval: duration(self.ping_interval),
             write_timeout: duration(self.write_timeout),
             sse_heartbeat: duration(self.sse_heartbeat),
-            allowed_origins: self
-                .allowed_origins
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            allowed_origins: comma_list(&self.allowed_origins),
+            queue_bytes: usize::try_from(self.queue_bytes).unwrap_or(usize::MAX),
+            max_connections: self.max_connections as usize,
+            max_connections_per_tenant: self.max_connections_per_tenant as usize,
+            max_connections_per_subject: self.max_connections_per_subject as usize,
+            max_replays_per_connection: self.max_replays_per_connection as usize,
+            drain_reconnect_window: self.drain_reconnect_window,
         }
     }
+}
+
+fn comma_list(value: &str) -> Vec<String> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
 pub struct Application {
@@ -152,13 +204,14 @@ pub struct Application {
     readiness: Readiness,
     nats: Nats,
     authenticator: Authenticator,
-    history: sqlx::PgPool,
+    history: runcast_store::PgPool,
 }
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, Error> {
         // Installs the Prometheus recorder now: metrics recorded before it exists are lost.
         let _ = ops::metrics_handle();
+        series::declare();
         match runcast_runtime::limits::raise_open_files_limit() {
             Ok(open_files) => tracing::info!(open_files, "open files limit (one per connection)"),
             Err(err) => {
@@ -181,7 +234,10 @@ impl Application {
         let Self { config, http, readiness, nats, authenticator, history } = self;
         let tasks = TaskTracker::new();
         let limits = config.gateway.limits();
-        let hub = Arc::new(Hub::new(limits.queue_capacity));
+        let hub = Arc::new(Hub::bounded(limits.queue_capacity, limits.queue_bytes).with_recent(
+            config.gateway.recent_events as usize,
+            usize::try_from(config.gateway.recent_bytes).unwrap_or(usize::MAX),
+        ));
         let provisioned = readiness.add_flag("streams");
         tasks.spawn(nats.spawn_provisioning(config.nats.streams.clone(), provisioned.clone(), shutdown.clone()));
         for kind in StreamKind::ALL {
@@ -211,11 +267,38 @@ impl Application {
             .route("/ws/stats", get(stats))
             .with_state(gateway)
             .merge(ops::router(readiness))
-            .merge(dashboard::router(&config.dashboard_api_url));
-        ops::serve_until_stopped(http, router, tasks, shutdown, config.lifecycle.shutdown_grace).await
+            .merge(dashboard::router(&config.dashboard_api_url, &comma_list(&config.dashboard_allowed_origins)))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed);
+        ops::serve_until_stopped(http, router, tasks, shutdown, &config.lifecycle).await
     }
 }
 
-async fn stats(State(gateway): State<Arc<Gateway>>) -> axum::Json<serde_json::Value> {
-    axum::Json(gateway.stats())
+/// `/ws/stats`: needs credentials (any role); a tenant sees its own numbers, `admin` everything.
+async fn stats(State(gateway): State<Arc<Gateway>>, headers: axum::http::HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match gateway.authenticate(&headers, None) {
+        Ok(principal) => axum::Json(gateway.stats(&principal)).into_response(),
+        Err(err) => gateway::Refusal::Auth(err).into_response(),
+    }
+}
+
+/// Unknown routes: the JSON error shape like every other answer.
+async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
+    runcast_runtime::auth::json_error(
+        axum::http::StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        &format!(
+            "no route {}: the gateway serves /ws, /sse, /ws/stats, /healthz, /readyz, /metrics and the dashboard at /",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> axum::response::Response {
+    runcast_runtime::auth::json_error(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        &format!("{method} is not allowed on {}: use GET", uri.path()),
+    )
 }

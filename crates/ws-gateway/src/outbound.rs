@@ -2,13 +2,24 @@
 //! upstream task), the session (control replies) and the write-only transport (WebSocket or SSE),
 //! which pops everything queued at each wake-up and writes it with one flush.
 //!
+//! The queue is bounded twice: by events (`RUNCAST_WS_QUEUE_CAPACITY`) and by their bytes
+//! (`RUNCAST_WS_QUEUE_BYTES`); whichever is reached first counts as full. One event larger than
+//! the byte bound is still queued when nothing else is, so a client can always make progress.
+//! Control replies have a budget of their own (count and bytes), so `resync` always fits.
+//!
 //! Delivery classes (DESIGN §4): `execution.progress` and `agent.heartbeat` frames carry a
-//! coalescing key; once the client is behind (its queue at least half full), a newer one replaces
-//! an undelivered older one of the same entity and subscription (newest wins, moved to the back so
-//! offsets stay increasing). A client that keeps up — a resuming one included — gets every
-//! progress event. Any other event that
-//! finds the queue full overflows it: queued events are dropped, the queue refuses further events,
-//! and the session is woken to send `resync` with the offset each subscription got to.
+//! coalescing key; once the client is behind (its queue at least half full, by count or bytes), a
+//! newer one replaces an undelivered older one of the same entity and subscription (newest wins,
+//! moved to the back so offsets stay increasing). A client that keeps up — a resuming one
+//! included — gets every progress event. Any other event that finds the queue full overflows it:
+//! queued events are dropped, the queue refuses further events, and the session is woken to send
+//! `resync` with the offset each subscription got to.
+//!
+//! Coalescing is O(1) per event, so an overloaded gateway does not get slower per event: every
+//! queued frame has a sequence number (its position since the queue began), the pending
+//! coalescable frame of each entity is found by key, and a replaced frame leaves a hole in its
+//! slot instead of being removed from the middle of the queue. Holes are skipped when popped and
+//! squeezed out once they outnumber the frames (amortised O(1)).
 
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -19,6 +30,15 @@ use tokio::sync::Notify;
 /// Control replies that may queue beyond the event capacity, so a full queue can still carry
 /// `resync`, `error` and `reconnect`; a client that lets even these pile up is closed.
 pub const CONTROL_HEADROOM: usize = 256;
+
+/// The smallest byte budget of queued control replies (snapshots may be 256 KiB each).
+pub const CONTROL_BYTES_MIN: usize = 1024 * 1024;
+
+/// Resolved once: a registry lookup per coalesced event would cost more than the coalescing.
+fn coalesced_counter() -> &'static metrics::Counter {
+    static COUNTER: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    COUNTER.get_or_init(|| metrics::counter!("runcast_ws_coalesced_total"))
+}
 
 #[derive(Debug, Clone)]
 pub struct EventMeta {
@@ -53,6 +73,19 @@ pub struct Frame {
     pub kind: FrameKind,
 }
 
+/// The events of a batch, and when its oldest one was received upstream.
+pub fn events_and_oldest(batch: &[Frame]) -> (usize, Option<Instant>) {
+    let mut events = 0;
+    let mut oldest = None;
+    for frame in batch {
+        if let FrameKind::Event(meta) = &frame.kind {
+            events += 1;
+            oldest = oldest.or(meta.received);
+        }
+    }
+    (events, oldest)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
@@ -64,22 +97,99 @@ pub enum Pushed {
     Dropped,
 }
 
+/// The outcome of [`Outbound::try_push_event`].
+#[derive(Debug)]
+pub enum TryPush {
+    Queued,
+    /// No room now: the frame is handed back.
+    Full(Frame),
+    /// The queue is closing or overflowed.
+    Closed,
+}
+
+/// `(subscription, entity)` of a coalescable frame.
+type CoalesceKey = (u64, Arc<str>);
+
 #[derive(Default)]
 struct State {
-    frames: VecDeque<Frame>,
+    /// Queued frames in order; `None` is the hole a coalesced frame left.
+    frames: VecDeque<Option<Frame>>,
+    /// The sequence number of `frames[0]`: a frame's sequence number minus this is its index.
+    first_seq: u64,
+    /// Holes in `frames`.
+    holes: usize,
     /// Event frames in `frames` (the capacity counts these).
     events: usize,
-    /// Coalescing keys present in `frames`.
-    coalescable: HashMap<(u64, Arc<str>), ()>,
+    /// Bytes of the event frames in `frames` (the byte bound counts these).
+    event_bytes: usize,
+    /// Bytes of the control frames in `frames`.
+    control_bytes: usize,
+    /// The sequence number of the queued coalescable frame of each key.
+    coalescable: HashMap<CoalesceKey, u64>,
     overflowed: bool,
     closing: bool,
     /// Last offset handed to the transport, per subscription: where a resync resumes from.
     delivered: HashMap<u64, u64>,
 }
 
+impl State {
+    /// Frames queued, holes not counted.
+    fn queued(&self) -> usize {
+        self.frames.len() - self.holes
+    }
+
+    fn push_back(&mut self, frame: Frame) -> u64 {
+        let seq = self.first_seq + self.frames.len() as u64;
+        self.frames.push_back(Some(frame));
+        seq
+    }
+
+    /// The first frame and its sequence number.
+    fn pop_front(&mut self) -> Option<(u64, Frame)> {
+        while let Some(slot) = self.frames.pop_front() {
+            let seq = self.first_seq;
+            self.first_seq += 1;
+            match slot {
+                Some(frame) => return Some((seq, frame)),
+                None => self.holes -= 1,
+            }
+        }
+        None
+    }
+
+    /// Takes the frame at `seq` out of the queue, leaving a hole.
+    fn punch(&mut self, seq: u64) -> Option<Frame> {
+        let index = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
+        let frame = self.frames.get_mut(index)?.take()?;
+        self.holes += 1;
+        Some(frame)
+    }
+
+    /// Squeezes the holes out once they outnumber the frames: O(n) after at least n/2
+    /// coalescings, so O(1) per event on average.
+    fn squeeze(&mut self) {
+        if self.holes <= 64 || self.holes <= self.queued() {
+            return;
+        }
+        self.frames.retain(Option::is_some);
+        self.holes = 0;
+        let first_seq = self.first_seq;
+        for (index, frame) in self.frames.iter().enumerate() {
+            if let Some(Frame {
+                kind: FrameKind::Event(EventMeta { subscription, coalesce: Some(entity), .. }), ..
+            }) = frame
+                && let Some(seq) = self.coalescable.get_mut(&(*subscription, entity.clone()))
+            {
+                *seq = first_seq + index as u64;
+            }
+        }
+    }
+}
+
 pub struct Outbound {
     state: Mutex<State>,
     capacity: usize,
+    max_bytes: usize,
     /// Wakes the transport: frames are queued, or the queue is closing.
     ready: Notify,
     /// Wakes the session: the queue overflowed.
@@ -89,10 +199,17 @@ pub struct Outbound {
 }
 
 impl Outbound {
+    /// A queue bounded by event count only (tests, and callers without a byte bound).
     pub fn new(capacity: usize) -> Arc<Self> {
+        Self::bounded(capacity, usize::MAX)
+    }
+
+    /// A queue of at most `capacity` events and `max_bytes` bytes of events.
+    pub fn bounded(capacity: usize, max_bytes: usize) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
             capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
             ready: Notify::new(),
             overflow: Notify::new(),
             room: Notify::new(),
@@ -104,6 +221,20 @@ impl Outbound {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Behind: at least half full, by count or by bytes.
+    fn is_behind(&self, state: &State) -> bool {
+        state.events >= self.capacity / 2 || state.event_bytes >= self.max_bytes / 2
+    }
+
+    /// Whether an event of `len` bytes fits (one always fits into a queue holding no event).
+    fn has_room(&self, state: &State, len: usize) -> bool {
+        state.events < self.capacity && (state.events == 0 || state.event_bytes.saturating_add(len) <= self.max_bytes)
+    }
+
+    fn control_budget(&self) -> usize {
+        self.max_bytes.max(CONTROL_BYTES_MIN)
+    }
+
     /// Queues an event frame without waiting (the live path: never blocks the hub).
     pub fn push_event(&self, frame: Frame) -> Pushed {
         let FrameKind::Event(meta) = &frame.kind else {
@@ -113,34 +244,31 @@ impl Outbound {
         if state.overflowed || state.closing {
             return Pushed::Dropped;
         }
-        if let Some(entity) = &meta.coalesce
-            && state.events >= self.capacity / 2
+        let key = meta.coalesce.as_ref().map(|entity| (meta.subscription, entity.clone()));
+        if let Some(key) = &key
+            && self.is_behind(&state)
+            && let Some(&seq) = state.coalescable.get(key)
+            && let Some(replaced) = state.punch(seq)
         {
-            let key = (meta.subscription, entity.clone());
-            if state.coalescable.contains_key(&key) {
-                let position = state.frames.iter().rposition(|queued| {
-                    matches!(&queued.kind, FrameKind::Event(m)
-                        if m.subscription == meta.subscription && m.coalesce.as_ref() == Some(entity))
-                });
-                if let Some(position) = position {
-                    state.frames.remove(position);
-                    state.frames.push_back(frame);
-                    drop(state);
-                    metrics::counter!("runcast_ws_coalesced_total").increment(1);
-                    return Pushed::Coalesced;
-                }
-            }
+            state.event_bytes = state.event_bytes - replaced.bytes.len() + frame.bytes.len();
+            let seq = state.push_back(frame);
+            state.coalescable.insert(key.clone(), seq);
+            state.squeeze();
+            drop(state);
+            coalesced_counter().increment(1);
+            return Pushed::Coalesced;
         }
-        if state.events >= self.capacity {
+        if !self.has_room(&state, frame.bytes.len()) {
             drop(state);
             self.force_overflow();
             return Pushed::Overflowed;
         }
-        if let Some(entity) = &meta.coalesce {
-            state.coalescable.insert((meta.subscription, entity.clone()), ());
-        }
         state.events += 1;
-        state.frames.push_back(frame);
+        state.event_bytes += frame.bytes.len();
+        let seq = state.push_back(frame);
+        if let Some(key) = key {
+            state.coalescable.insert(key, seq);
+        }
         drop(state);
         self.ready.notify_one();
         Pushed::Queued
@@ -159,7 +287,7 @@ impl Outbound {
                 if state.overflowed || state.closing {
                     return None;
                 }
-                if state.events < self.capacity {
+                if self.has_room(&state, frame.bytes.len()) {
                     drop(state);
                     return match self.push_event(frame) {
                         Pushed::Queued | Pushed::Coalesced => Some(()),
@@ -171,16 +299,36 @@ impl Outbound {
         }
     }
 
+    /// Queues an event frame if it fits now, without overflowing the queue when it does not.
+    pub fn try_push_event(&self, frame: Frame) -> TryPush {
+        let state = self.lock();
+        if state.overflowed || state.closing {
+            return TryPush::Closed;
+        }
+        if !self.has_room(&state, frame.bytes.len()) {
+            return TryPush::Full(frame);
+        }
+        drop(state);
+        match self.push_event(frame) {
+            Pushed::Queued | Pushed::Coalesced => TryPush::Queued,
+            Pushed::Overflowed | Pushed::Dropped => TryPush::Closed,
+        }
+    }
+
     /// Queues a control message. `false` when the client has let even control replies pile up.
     pub fn push_control(&self, frame: Frame) -> bool {
         let mut state = self.lock();
         if state.closing {
             return true; // the connection is ending anyway; nothing to report
         }
-        if state.frames.len() >= self.capacity + CONTROL_HEADROOM {
+        let controls = state.queued().saturating_sub(state.events);
+        if state.queued() >= self.capacity + CONTROL_HEADROOM
+            || (controls > 0 && state.control_bytes.saturating_add(frame.bytes.len()) > self.control_budget())
+        {
             return false;
         }
-        state.frames.push_back(frame);
+        state.control_bytes += frame.bytes.len();
+        state.push_back(frame);
         drop(state);
         self.ready.notify_one();
         true
@@ -193,7 +341,7 @@ impl Outbound {
             return;
         }
         state.closing = true;
-        state.frames.push_back(Frame { bytes: Bytes::new(), kind: FrameKind::Close { code, reason } });
+        state.push_back(Frame { bytes: Bytes::new(), kind: FrameKind::Close { code, reason } });
         drop(state);
         self.ready.notify_one();
         self.room.notify_waiters();
@@ -201,24 +349,53 @@ impl Outbound {
 
     /// Takes up to `max` queued frames in order, recording delivered offsets.
     pub fn pop_batch(&self, max: usize, into: &mut Vec<Frame>) {
+        self.pop_batch_bytes(max, usize::MAX, into);
+    }
+
+    /// Takes up to `max` queued frames in order, and no more once `max_bytes` are taken (at least
+    /// one frame), recording delivered offsets. The byte bound is what keeps a transport's batch
+    /// from holding outside the queue what the queue's own bound keeps out of it.
+    pub fn pop_batch_bytes(&self, max: usize, max_bytes: usize, into: &mut Vec<Frame>) {
         let mut state = self.lock();
-        let take = state.frames.len().min(max);
-        for _ in 0..take {
-            let Some(frame) = state.frames.pop_front() else {
+        let mut taken = 0usize;
+        let mut taken_bytes = 0usize;
+        while taken < max && taken_bytes < max_bytes {
+            let Some((seq, frame)) = state.pop_front() else {
                 break;
             };
+            taken += 1;
+            taken_bytes = taken_bytes.saturating_add(frame.bytes.len());
             if let FrameKind::Event(meta) = &frame.kind {
-                state.events = state.events.saturating_sub(1);
+                state.events -= 1;
+                state.event_bytes -= frame.bytes.len();
                 if let Some(entity) = &meta.coalesce {
-                    state.coalescable.remove(&(meta.subscription, entity.clone()));
+                    // A client that keeps up may have newer frames of the key queued behind this
+                    // one: the key stays theirs.
+                    let key = (meta.subscription, entity.clone());
+                    if state.coalescable.get(&key) == Some(&seq) {
+                        state.coalescable.remove(&key);
+                    }
                 }
                 state.delivered.insert(meta.subscription, meta.offset);
+            } else {
+                state.control_bytes -= frame.bytes.len();
             }
             into.push(frame);
         }
+        let left = state.queued() > 0;
+        if !left {
+            // Drained: an idle connection keeps no queue memory (one allocation per burst).
+            state.frames = VecDeque::new();
+            state.holes = 0;
+            state.coalescable = HashMap::new();
+        }
         drop(state);
-        if take > 0 {
+        if taken > 0 {
             self.room.notify_waiters();
+        }
+        if left && taken < max && taken_bytes >= max_bytes {
+            // Frames are left: the transport comes back for them without another wake-up.
+            self.ready.notify_one();
         }
     }
 
@@ -228,7 +405,7 @@ impl Outbound {
     }
 
     pub fn has_frames(&self) -> bool {
-        !self.lock().frames.is_empty()
+        self.lock().queued() > 0
     }
 
     /// Resolves when the queue overflowed.
@@ -253,8 +430,10 @@ impl Outbound {
             return;
         }
         state.overflowed = true;
-        state.frames.retain(|queued| !matches!(queued.kind, FrameKind::Event(_)));
+        state.frames.retain(|queued| matches!(queued, Some(frame) if !matches!(frame.kind, FrameKind::Event(_))));
+        state.holes = 0;
         state.events = 0;
+        state.event_bytes = 0;
         state.coalescable.clear();
         drop(state);
         self.overflow.notify_one();
@@ -267,11 +446,27 @@ impl Outbound {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().frames.len()
+        self.lock().queued()
+    }
+
+    /// Bytes of the queued events.
+    pub fn event_bytes(&self) -> usize {
+        self.lock().event_bytes
+    }
+
+    /// Whether the queue is closing (the connection is ending).
+    pub fn is_closing(&self) -> bool {
+        self.lock().closing
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Slots in use, holes included (what the queue's memory is proportional to).
+    #[cfg(test)]
+    fn slots(&self) -> usize {
+        self.lock().frames.len()
     }
 }
 
@@ -352,6 +547,80 @@ mod tests {
         assert_eq!(queue.push_event(event(1, 7, None)), Pushed::Queued);
     }
 
+    fn sized(subscription: u64, offset: u64, len: usize, coalesce: Option<&str>) -> Frame {
+        Frame { bytes: Bytes::from(vec![b'x'; len]), ..event(subscription, offset, coalesce) }
+    }
+
+    #[test]
+    fn crossing_the_byte_bound_overflows_like_crossing_the_count() {
+        let queue = Outbound::bounded(1000, 1000);
+        assert_eq!(queue.push_event(sized(1, 1, 400, None)), Pushed::Queued);
+        assert_eq!(queue.push_event(sized(1, 2, 400, None)), Pushed::Queued);
+        assert_eq!(queue.event_bytes(), 800);
+        assert_eq!(queue.push_event(sized(1, 3, 400, None)), Pushed::Overflowed);
+        assert_eq!(queue.event_bytes(), 0, "the queued events were dropped");
+        assert_eq!(queue.take_overflow().expect("overflowed").get(&1), None, "nothing was delivered");
+        // One event larger than the bound still goes through an empty queue.
+        assert_eq!(queue.push_event(sized(1, 4, 5000, None)), Pushed::Queued);
+        assert_eq!(queue.push_event(sized(1, 5, 1, None)), Pushed::Overflowed);
+    }
+
+    #[test]
+    fn progress_is_coalesced_once_half_the_bytes_are_queued() {
+        let queue = Outbound::bounded(1000, 1000);
+        assert_eq!(queue.push_event(sized(1, 1, 600, Some("e1"))), Pushed::Queued);
+        assert_eq!(queue.push_event(sized(1, 2, 300, Some("e1"))), Pushed::Coalesced);
+        assert_eq!(queue.event_bytes(), 300, "the replaced frame's bytes are given back");
+        let mut frames = Vec::new();
+        queue.pop_batch(10, &mut frames);
+        assert_eq!(offsets(&frames), [2]);
+        assert_eq!(queue.event_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_push_waits_for_bytes_too() {
+        let queue = Outbound::bounded(1000, 1000);
+        queue.push_event(sized(1, 1, 900, None));
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.push_event_waiting(sized(1, 2, 900, None)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        let mut frames = Vec::new();
+        queue.pop_batch(10, &mut frames);
+        let pushed =
+            tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.expect("resumes").expect("no panic");
+        assert_eq!(pushed, Some(()));
+    }
+
+    #[test]
+    fn control_replies_are_bounded_in_bytes() {
+        let queue = Outbound::bounded(10, 1024);
+        let big = || Frame {
+            bytes: Bytes::from(vec![b'x'; CONTROL_BYTES_MIN / 2]),
+            kind: FrameKind::Control { kind: "snapshot" },
+        };
+        assert!(queue.push_control(big()));
+        assert!(queue.push_control(big()));
+        assert!(!queue.push_control(big()));
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_byte_bound_but_takes_at_least_one_frame() {
+        let queue = Outbound::bounded(100, 1 << 20);
+        for offset in 1..=4 {
+            queue.push_event(sized(1, offset, 1000, None));
+        }
+        let mut frames = Vec::new();
+        queue.pop_batch_bytes(100, 1500, &mut frames);
+        assert_eq!(offsets(&frames), [1, 2]);
+        frames.clear();
+        queue.pop_batch_bytes(100, 10, &mut frames);
+        assert_eq!(offsets(&frames), [3]);
+        assert_eq!(queue.event_bytes(), 1000);
+    }
+
     #[test]
     fn control_replies_are_bounded_too() {
         let queue = Outbound::new(1);
@@ -378,5 +647,113 @@ mod tests {
         assert_eq!(pushed, Some(()));
         queue.close(1001, "bye");
         assert_eq!(queue.push_event_waiting(event(1, 3, None)).await, None);
+    }
+
+    #[test]
+    fn a_stalled_client_flooded_with_progress_holds_one_frame_per_entity_in_bounded_memory() {
+        let queue = Outbound::new(8);
+        queue.push_event(event(1, 1, None));
+        for offset in 2..=20_000 {
+            let entity = ["e1", "e2", "e3"][(offset % 3) as usize];
+            let pushed = queue.push_event(event(1, offset, Some(entity)));
+            assert!(matches!(pushed, Pushed::Queued | Pushed::Coalesced), "{pushed:?} at {offset}");
+        }
+        assert_eq!(queue.len(), 4, "the first event and the newest progress of each entity");
+        assert!(queue.slots() <= 2 * 4 + 65, "holes are squeezed out: {} slots", queue.slots());
+        let mut frames = Vec::new();
+        queue.pop_batch(100, &mut frames);
+        assert_eq!(offsets(&frames), [1, 19_998, 19_999, 20_000]);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The queue as it was specified before coalescing was O(1): a scan for the newest frame
+        /// of the same key, removed, the new frame appended.
+        #[derive(Default)]
+        struct Model {
+            frames: VecDeque<(u64, u64, Option<&'static str>)>,
+            overflowed: bool,
+        }
+
+        impl Model {
+            fn push(
+                &mut self,
+                capacity: usize,
+                subscription: u64,
+                offset: u64,
+                entity: Option<&'static str>,
+            ) -> Pushed {
+                if self.overflowed {
+                    return Pushed::Dropped;
+                }
+                if let Some(entity) = entity
+                    && self.frames.len() >= capacity / 2
+                    && let Some(position) = self.frames.iter().rposition(|f| f.0 == subscription && f.2 == Some(entity))
+                {
+                    self.frames.remove(position);
+                    self.frames.push_back((subscription, offset, Some(entity)));
+                    return Pushed::Coalesced;
+                }
+                if self.frames.len() >= capacity {
+                    self.frames.clear();
+                    self.overflowed = true;
+                    return Pushed::Overflowed;
+                }
+                self.frames.push_back((subscription, offset, entity));
+                Pushed::Queued
+            }
+
+            fn pop(&mut self, max: usize) -> Vec<u64> {
+                let take = self.frames.len().min(max);
+                self.frames.drain(..take).map(|f| f.1).collect()
+            }
+        }
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Push { subscription: u64, entity: Option<&'static str> },
+            Pop(usize),
+            Resync,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                8 => (1u64..3, prop_oneof![Just(None), Just(Some("a")), Just(Some("b")), Just(Some("c"))])
+                    .prop_map(|(subscription, entity)| Op::Push { subscription, entity }),
+                2 => (0usize..6).prop_map(Op::Pop),
+                1 => Just(Op::Resync),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn o1_coalescing_behaves_like_the_scan_it_replaced(capacity in 1usize..12, ops in proptest::collection::vec(op(), 1..400)) {
+                let queue = Outbound::new(capacity);
+                let mut model = Model::default();
+                let mut offset = 0;
+                for op in ops {
+                    match op {
+                        Op::Push { subscription, entity } => {
+                            offset += 1;
+                            let got = queue.push_event(event(subscription, offset, entity));
+                            prop_assert_eq!(got, model.push(capacity, subscription, offset, entity));
+                        }
+                        Op::Pop(max) => {
+                            let mut frames = Vec::new();
+                            queue.pop_batch(max, &mut frames);
+                            prop_assert_eq!(offsets(&frames), model.pop(max));
+                        }
+                        Op::Resync => {
+                            prop_assert_eq!(queue.take_overflow().is_some(), model.overflowed);
+                            model.overflowed = false;
+                        }
+                    }
+                    prop_assert_eq!(queue.len(), model.frames.len());
+                    prop_assert!(queue.slots() <= 2 * queue.len() + 65);
+                }
+            }
+        }
     }
 }

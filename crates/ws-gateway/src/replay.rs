@@ -4,20 +4,40 @@
 //! the stream's last sequence at that moment (JetStream while it still holds the offset), and the
 //! part older than the stream's first sequence from the PostgreSQL history the persister keeps
 //! (same offsets: `events.stream_offset`). Live events arriving meanwhile are held by the hub and
-//! released after the replay, deduplicated by offset. When neither source holds the offset, the
+//! released after the replay, deduplicated by offset. What is held is bounded: a replay slower
+//! than the live feed (a source answering slowly while a stream leader is elected) drops what it
+//! held and reads on from where it got to, since the stream still holds those events — a few
+//! rounds at most before the client is sent `resync`. When neither source holds the offset, the
 //! outcome is `recovered: false` and the subscription continues live from the head.
+//!
+//! Positions have an epoch (DESIGN §7): a resume naming another epoch than the stream's, or an
+//! offset beyond the stream's end, belongs to an earlier incarnation of the stream and replays
+//! nothing (`epoch_changed`); so does an offset nobody holds (`too_old`) or a gap only the history
+//! could fill while PostgreSQL is down (`unavailable`).
+//!
+//! A snapshot is the last event of the entity's subject; once the stream has aged it out, the read
+//! model row the persister keeps (`executions`, `agents`: `state`, `last_offset`).
+//!
+//! Fairness: replays run in one of the replica's slots (`RUNCAST_REPLAY_CONCURRENCY`), taken after
+//! one of the connection's own (`RUNCAST_WS_MAX_REPLAYS_PER_CONNECTION`). A replay whose client
+//! does not read (its queue is full) gives the replica slot back while it waits and queues for
+//! one again afterwards, so a stalled client never holds a slot others wait for.
 
 use crate::channel::{Channel, Routing};
 use crate::hub::{Dispatch, Subscriber};
+use crate::outbound::TryPush;
+use crate::protocol::NotRecovered;
 use crate::upstream;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use futures::StreamExt;
 use runcast_contract::v1::Event;
+use runcast_contract::v1::event::State;
 use runcast_contract::{EntityId, StreamKind};
 use runcast_runtime::nats::Nats;
-use runcast_runtime::{Error, ErrorKind, postgres};
-use sqlx::PgPool;
+use runcast_runtime::{Error, ErrorKind};
+use runcast_store::PgPool;
+use runcast_store::history::{EntityFilter, Stored};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -28,6 +48,71 @@ use tokio_util::sync::CancellationToken;
 pub struct Outcome {
     pub recovered: bool,
     pub replayed: u64,
+    /// Why it was not recovered.
+    pub reason: Option<NotRecovered>,
+    /// Whether the PostgreSQL history had to fill part of the gap (the stream no longer held the
+    /// position).
+    pub from_history: bool,
+    /// Whether the replica's recent window served all of it (no JetStream read).
+    pub from_memory: bool,
+}
+
+impl Outcome {
+    fn lost(reason: NotRecovered, replayed: u64) -> Self {
+        Self { recovered: false, replayed, reason: Some(reason), from_history: false, from_memory: false }
+    }
+
+    /// Where the resume was served from (`runcast_ws_resumes_total{source}`).
+    pub fn source(&self) -> ResumeSource {
+        if self.recovered && self.from_memory && !self.from_history {
+            return ResumeSource::Memory;
+        }
+        ResumeSource::classify(self.recovered, self.from_history)
+    }
+}
+
+/// Where a resume was served from: the stream alone, the PostgreSQL history (then the stream for
+/// the newest part), or nowhere (the client reloads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeSource {
+    /// The replica's window of recent events.
+    Memory,
+    JetStream,
+    Postgres,
+    Unrecoverable,
+}
+
+impl ResumeSource {
+    pub const ALL: [Self; 4] = [Self::Memory, Self::JetStream, Self::Postgres, Self::Unrecoverable];
+
+    /// A resume that was not recovered is `Unrecoverable` whatever it sent before giving up (a
+    /// history failing mid-replay); one that needed the history is `Postgres` even if the stream
+    /// served its newest part.
+    pub fn classify(recovered: bool, from_history: bool) -> Self {
+        match (recovered, from_history) {
+            (false, _) => Self::Unrecoverable,
+            (true, true) => Self::Postgres,
+            (true, false) => Self::JetStream,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::JetStream => "jetstream",
+            Self::Postgres => "postgres",
+            Self::Unrecoverable => "unrecoverable",
+        }
+    }
+}
+
+/// An entity's current state and the offset of its last event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub offset: u64,
+    pub state: Option<State>,
+    /// Read from the read model: the stream holds no event of the entity any more.
+    pub from_read_model: bool,
 }
 
 /// JetStream and the PostgreSQL history.
@@ -46,13 +131,45 @@ fn unavailable(what: &str, err: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Unavailable, format!("{what}: {err}"))
 }
 
+/// Waits for a permit of `slots`; `None` when `cancel` fires first (or the semaphore is closed).
+pub async fn acquire(slots: &Arc<Semaphore>, cancel: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        _ = cancel.cancelled() => None,
+        permit = slots.clone().acquire_owned() => permit.ok(),
+    }
+}
+
+/// One of the replica's replay slots, held by one replay, and given back while that replay waits
+/// for its client to make room.
+pub struct Slot {
+    slots: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Slot {
+    /// Whether the slot is held right now.
+    pub fn is_held(&self) -> bool {
+        self.permit.is_some()
+    }
+
+    fn release(&mut self) {
+        self.permit = None;
+    }
+
+    /// Takes a slot again (behind whoever waits already); `false` when `cancel` fires first.
+    async fn reacquire(&mut self, cancel: &CancellationToken) -> bool {
+        if self.permit.is_none() {
+            self.permit = acquire(&self.slots, cancel).await;
+        }
+        self.permit.is_some()
+    }
+}
+
 impl Sources {
     /// Waits for a replay slot; `None` when `cancel` fires first.
-    pub async fn slot(&self, cancel: &CancellationToken) -> Option<OwnedSemaphorePermit> {
-        tokio::select! {
-            _ = cancel.cancelled() => None,
-            permit = self.slots.clone().acquire_owned() => permit.ok(),
-        }
+    pub async fn slot(&self, cancel: &CancellationToken) -> Option<Slot> {
+        let permit = acquire(&self.slots, cancel).await?;
+        Some(Slot { slots: self.slots.clone(), permit: Some(permit) })
     }
 
     async fn stream(&self, kind: StreamKind) -> Result<async_nats::jetstream::stream::Stream, Error> {
@@ -64,9 +181,10 @@ impl Sources {
             .map_err(|err| unavailable(&format!("cannot open stream {name}"), err))
     }
 
-    /// The last event of the channel's entity and its offset: the entity's current state
-    /// (`None` for channels without an entity or an entity with no events yet).
-    pub async fn snapshot(&self, tenant: &EntityId, channel: &Channel) -> Result<Option<(Routing, Event)>, Error> {
+    /// The current state of the channel's entity: its last event on the stream, else its read
+    /// model row (`None` for channels without an entity or an entity nobody knows). PostgreSQL
+    /// down when the read model is needed: `Unavailable`, never `None`.
+    pub async fn snapshot(&self, tenant: &EntityId, channel: &Channel) -> Result<Option<Snapshot>, Error> {
         let Some(entity) = channel.snapshot_entity() else {
             return Ok(None);
         };
@@ -74,112 +192,145 @@ impl Sources {
         let stream = self.stream(kind).await?;
         let subject = self.nats.topology.entity_subject(kind, tenant, entity);
         match stream.direct_get_last_for_subject(subject.as_str()).await {
-            Ok(message) => Ok(upstream::decode(kind, &message.subject, &message.payload, message.sequence)),
-            Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+            Ok(message) => Ok(upstream::decode(kind, &message.subject, &message.payload, message.sequence)
+                .map(|(_, event)| Snapshot { offset: event.offset, state: event.state, from_read_model: false })),
+            Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => {
+                self.read_model(kind, tenant, entity).await
+            }
             Err(err) => Err(unavailable("cannot read the last event", err)),
         }
     }
 
-    /// Replays everything the subscriber wants after `since`, through [`Subscriber::replayed`].
+    /// The entity's row in the read model, its state's offset set to the row's `last_offset`.
+    async fn read_model(
+        &self,
+        kind: StreamKind,
+        tenant: &EntityId,
+        entity: &EntityId,
+    ) -> Result<Option<Snapshot>, Error> {
+        let state = match kind {
+            StreamKind::Agents => {
+                runcast_store::read_model::agent(&self.history, tenant, entity).await?.map(State::Agent)
+            }
+            _ => runcast_store::read_model::execution(&self.history, tenant, entity).await?.map(State::Execution),
+        };
+        Ok(state.map(|state| {
+            let offset = match &state {
+                State::Agent(agent) => agent.offset,
+                State::Execution(execution) => execution.offset,
+            };
+            Snapshot { offset, state: Some(state), from_read_model: true }
+        }))
+    }
+
+    /// Replays everything the subscriber wants after `since` (of epoch `since_epoch`, when the
+    /// client named one), through [`Subscriber::replayed`].
     pub async fn replay(
         &self,
         subscriber: &Subscriber,
         since: u64,
+        since_epoch: Option<&str>,
+        slot: &mut Slot,
         cancel: &CancellationToken,
     ) -> Result<Outcome, Error> {
         let kind = subscriber.channel.stream();
         let stream = self.stream(kind).await?;
-        let state = stream.get_info().await.map_err(|err| unavailable("cannot read the stream state", err))?.state;
-        let (first, last) = (state.first_sequence, state.last_sequence);
-        if since > last {
-            // Beyond everything ever published: the client's position is not ours.
-            return Ok(Outcome { recovered: false, replayed: 0 });
+        // Opening the stream read its state already: one JetStream request less per resume,
+        // which is one timeout less while a leader is being elected.
+        let info = stream.cached_info();
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let epoch = upstream::epoch(info);
+        if since_epoch.is_some_and(|since_epoch| !upstream::same_epoch(since_epoch, &epoch)) || since > last {
+            // Another incarnation of the stream, or beyond everything it ever held: the client's
+            // position is not ours.
+            return Ok(Outcome::lost(NotRecovered::EpochChanged, 0));
         }
         let mut replayed = 0;
         let mut after = since;
-        if since.saturating_add(1) < first {
-            if !self.history_reaches(kind, since).await? {
-                return Ok(Outcome { recovered: false, replayed: 0 });
+        let from_history = since.saturating_add(1) < first;
+        if from_history {
+            match self.history_reaches(kind, since).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(Outcome::lost(NotRecovered::TooOld, 0)),
+                Err(err) if err.kind() == ErrorKind::Unavailable => {
+                    tracing::warn!(cause = %err, "the history is unavailable; resume not recovered");
+                    return Ok(Outcome::lost(NotRecovered::Unavailable, 0));
+                }
+                Err(err) => return Err(err),
             }
-            let (count, reached) = self.replay_history(subscriber, kind, since, first, cancel).await?;
-            replayed += count;
-            after = reached.max(first - 1);
+            match self.replay_history(subscriber, kind, since, first, &mut replayed, slot, cancel).await {
+                Ok(reached) => after = reached.max(first - 1),
+                Err(err) if err.kind() == ErrorKind::Unavailable => {
+                    // What was sent is right; the rest of the gap cannot be filled now.
+                    tracing::warn!(cause = %err, replayed, "the history failed mid-replay; resume not recovered");
+                    return Ok(Outcome::lost(NotRecovered::Unavailable, replayed));
+                }
+                Err(err) => return Err(err),
+            }
         }
         if after < last {
-            replayed += self.replay_stream(subscriber, &stream, after + 1, last, cancel).await?;
+            replayed += self.replay_stream(subscriber, &stream, after + 1, last, slot, cancel).await?;
         }
-        Ok(Outcome { recovered: true, replayed })
+        Ok(Outcome { recovered: true, replayed, reason: None, from_history, from_memory: false })
     }
 
     /// Whether the history goes back to `since + 1` on this stream.
     async fn history_reaches(&self, kind: StreamKind, since: u64) -> Result<bool, Error> {
-        let oldest: Option<i64> = sqlx::query_scalar("SELECT min(stream_offset) FROM events WHERE stream = $1")
-            .bind(kind.base_name())
-            .fetch_one(&self.history)
-            .await
-            .map_err(|err| postgres::error("cannot read the history", err))?;
-        Ok(oldest.is_some_and(|oldest| u64::try_from(oldest).is_ok_and(|oldest| oldest <= since.saturating_add(1))))
+        Ok(runcast_store::history::reaches(&self.history, kind, since).await?)
     }
 
-    /// Pages through the history in offset order, from after `since` to before `before`.
-    /// Returns the count sent and the last offset read.
+    /// Pages through the history in offset order, from after `since` to before `before`, counting
+    /// what it sends into `sent`. Returns the last offset read.
+    #[allow(clippy::too_many_arguments)] // the replay's context, threaded through one call
     async fn replay_history(
         &self,
         subscriber: &Subscriber,
         kind: StreamKind,
         since: u64,
         before: u64,
+        sent: &mut u64,
+        slot: &mut Slot,
         cancel: &CancellationToken,
-    ) -> Result<(u64, u64), Error> {
-        let (execution, agent, workflow) = match &subscriber.channel {
-            Channel::Execution(id) | Channel::Logs(id) => (id.as_str(), "", ""),
-            Channel::Agent(id) => ("", id.as_str(), ""),
-            Channel::Workflow(id) => ("", "", id.as_str()),
-            _ => ("", "", ""),
+    ) -> Result<u64, Error> {
+        let filter = match &subscriber.channel {
+            Channel::Execution(id) | Channel::Logs(id) => {
+                EntityFilter { execution_id: Some(id.as_str()), ..EntityFilter::default() }
+            }
+            Channel::Agent(id) => EntityFilter { agent_id: Some(id.as_str()), ..EntityFilter::default() },
+            Channel::Workflow(id) => EntityFilter { workflow_id: Some(id.as_str()), ..EntityFilter::default() },
+            _ => EntityFilter::default(),
         };
-        let mut cursor = i64::try_from(since).unwrap_or(i64::MAX);
-        let before = i64::try_from(before).unwrap_or(i64::MAX);
-        let limit = i64::try_from(self.batch).unwrap_or(512);
-        let mut sent = 0;
+        let mut cursor = since;
         loop {
             if cancel.is_cancelled() {
-                return Ok((sent, u64::try_from(cursor).unwrap_or(0)));
+                return Ok(cursor);
             }
-            let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-                "SELECT stream_offset, body FROM events \
-                 WHERE stream = $1 AND tenant_id = $2 AND stream_offset > $3 AND stream_offset < $4 \
-                   AND ($5 = '' OR execution_id = $5) AND ($6 = '' OR agent_id = $6) \
-                   AND ($7 = '' OR workflow_id = $7) \
-                 ORDER BY stream_offset LIMIT $8",
+            let rows = runcast_store::history::page_by_offset(
+                &self.history,
+                kind,
+                &subscriber.tenant,
+                filter,
+                cursor,
+                before,
+                self.batch,
             )
-            .bind(kind.base_name())
-            .bind(subscriber.tenant.as_str())
-            .bind(cursor)
-            .bind(before)
-            .bind(execution)
-            .bind(agent)
-            .bind(workflow)
-            .bind(limit)
-            .fetch_all(&self.history)
-            .await
-            .map_err(|err| postgres::error("cannot read the history", err))?;
+            .await?;
             let page = rows.len();
-            for (offset, body) in rows {
+            for Stored { offset, body } in rows {
                 cursor = offset;
-                let offset = u64::try_from(offset).unwrap_or(0);
                 let Some((routing, event)) = self.decode_history(kind, &body, offset) else {
                     continue;
                 };
                 if !subscriber.wants(&routing, &event) {
                     continue;
                 }
-                if !deliver(subscriber, &routing, &event, offset).await {
-                    return Ok((sent, offset));
+                if !deliver(subscriber, &routing, &event, offset, slot, cancel).await {
+                    return Ok(offset);
                 }
-                sent += 1;
+                *sent += 1;
             }
             if page < self.batch {
-                return Ok((sent, u64::try_from(cursor).unwrap_or(0)));
+                return Ok(cursor);
             }
         }
     }
@@ -206,6 +357,7 @@ impl Sources {
         stream: &async_nats::jetstream::stream::Stream,
         start: u64,
         last: u64,
+        slot: &mut Slot,
         cancel: &CancellationToken,
     ) -> Result<u64, Error> {
         let kind = subscriber.channel.stream();
@@ -240,7 +392,7 @@ impl Sources {
                     if let Some((routing, event)) = upstream::decode(kind, &message.subject, &message.payload, offset)
                         && subscriber.wants(&routing, &event)
                     {
-                        if !deliver(subscriber, &routing, &event, offset).await {
+                        if !deliver(subscriber, &routing, &event, offset, slot, cancel).await {
                             return Ok(());
                         }
                         sent += 1;
@@ -265,9 +417,99 @@ impl Sources {
     }
 }
 
-async fn deliver(subscriber: &Subscriber, routing: &Routing, event: &Event, offset: u64) -> bool {
+/// Replays from the replica's recent window (see [`crate::hub::Hub::recent_after`]) everything
+/// after `since` the subscriber wants; `None` when the window does not cover `since`.
+pub async fn replay_recent(
+    hub: &crate::hub::Hub,
+    subscriber: &Subscriber,
+    since: u64,
+    since_epoch: Option<&str>,
+    slot: &mut Slot,
+    cancel: &CancellationToken,
+) -> Option<Outcome> {
+    let events = hub.recent_after(subscriber.channel.stream(), since, since_epoch)?;
+    let mut replayed = 0;
+    for recent in events {
+        if cancel.is_cancelled() {
+            break;
+        }
+        if !subscriber.wants(&recent.routing, &recent.event) {
+            continue;
+        }
+        let data = recent.data.clone();
+        if !deliver_encoded(subscriber, &recent.routing, &recent.event, recent.offset, data, slot, cancel).await {
+            break;
+        }
+        replayed += 1;
+    }
+    Some(Outcome { recovered: true, replayed, reason: None, from_history: false, from_memory: true })
+}
+
+/// Queues one replayed event. When the client's queue is full, the replica slot is given back
+/// while waiting for room and taken again afterwards. `false`: stop the replay (the connection is
+/// gone or overflowed, or the subscription was cancelled).
+async fn deliver(
+    subscriber: &Subscriber,
+    routing: &Routing,
+    event: &Event,
+    offset: u64,
+    slot: &mut Slot,
+    cancel: &CancellationToken,
+) -> bool {
     let Ok(data) = crate::protocol::event_data(event) else {
         return true; // skipped, like the live path does
     };
-    subscriber.replayed(&Dispatch::new(routing, event, offset, data, None)).await
+    deliver_encoded(subscriber, routing, event, offset, data, slot, cancel).await
+}
+
+/// [`deliver`] of an event whose JSON `data` is at hand.
+async fn deliver_encoded(
+    subscriber: &Subscriber,
+    routing: &Routing,
+    event: &Event,
+    offset: u64,
+    data: bytes::Bytes,
+    slot: &mut Slot,
+    cancel: &CancellationToken,
+) -> bool {
+    let Some(frame) = subscriber.replay_frame(&Dispatch::new(routing, event, offset, data, None)) else {
+        return true; // already given
+    };
+    let frame = match subscriber.outbound.try_push_event(frame) {
+        TryPush::Queued => return true,
+        TryPush::Closed => return false,
+        TryPush::Full(frame) => frame,
+    };
+    slot.release();
+    metrics::counter!("runcast_ws_replay_slot_yields_total").increment(1);
+    let pushed = tokio::select! {
+        _ = cancel.cancelled() => None,
+        pushed = subscriber.outbound.push_event_waiting(frame) => pushed,
+    };
+    pushed.is_some() && slot.reacquire(cancel).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resume_is_counted_where_it_was_served_from() {
+        assert_eq!(ResumeSource::classify(true, false), ResumeSource::JetStream);
+        assert_eq!(ResumeSource::classify(true, true), ResumeSource::Postgres);
+        assert_eq!(ResumeSource::classify(false, false), ResumeSource::Unrecoverable);
+        assert_eq!(ResumeSource::classify(false, true), ResumeSource::Unrecoverable, "a history that failed mid-way");
+        let lost = Outcome::lost(NotRecovered::TooOld, 0);
+        assert_eq!(lost.source(), ResumeSource::Unrecoverable);
+        let from_stream =
+            Outcome { recovered: true, replayed: 3, reason: None, from_history: false, from_memory: false };
+        assert_eq!(from_stream.source().as_str(), "jetstream");
+        let from_history = Outcome { from_history: true, ..from_stream };
+        assert_eq!(from_history.source().as_str(), "postgres");
+        let from_memory = Outcome { from_memory: true, ..from_stream };
+        assert_eq!(from_memory.source().as_str(), "memory");
+        assert_eq!(Outcome { recovered: false, ..from_memory }.source(), ResumeSource::Unrecoverable);
+        let names: Vec<_> = ResumeSource::ALL.iter().map(|source| source.as_str()).collect();
+        assert_eq!(names, ["memory", "jetstream", "postgres", "unrecoverable"]);
+    }
 }

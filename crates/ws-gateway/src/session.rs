@@ -4,28 +4,34 @@
 //! session pushes into its [`Outbound`] queue and a write-only transport empties it.
 
 use crate::channel::Channel;
-use crate::gateway::{Gateway, Transport};
-use crate::hub::{Start, Subscriber};
+use crate::gateway::{Admission, Gateway, Transport};
+use crate::hub::{GoLive, Start, Subscriber};
 use crate::outbound::{Frame, FrameKind, Outbound};
-use crate::protocol::{ClientMessage, CloseCode, Control, ErrorCode, Protocol, ProtocolError, SubscribeRequest};
+use crate::protocol::{
+    ClientMessage, CloseCode, ErrorCode, Protocol, ProtocolError, ServerMessage, SubscribeRequest, auth_error,
+};
 use bytes::Bytes;
+use chrono::Utc;
 use futures::{Stream, StreamExt};
 use runcast_runtime::ErrorKind;
-use runcast_runtime::auth::{AuthErrorKind, Principal};
+use runcast_runtime::auth::Principal;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// What a transport reads from its peer.
 #[derive(Debug)]
-pub enum Inbound {
+pub(crate) enum Inbound {
     Text(Bytes),
     Binary(Bytes),
     /// A frame that only proves the peer is alive (ping, pong).
     Alive,
+    /// A frame beyond what the transport reads at all (it stopped reading): close with 1009.
+    TooBig,
 }
 
 /// A subscription held by this connection.
@@ -35,6 +41,57 @@ struct Active {
     start: u64,
     /// Cancels the replay while it runs.
     replay: Option<CancellationToken>,
+}
+
+/// A connection's subscriptions. A connection holds a few (at most
+/// `RUNCAST_WS_MAX_SUBSCRIPTIONS`), so a list sized to fit, searched in place, costs every
+/// connection less memory than a hash map's table.
+#[derive(Default)]
+struct Subscriptions(Vec<(Channel, Active)>);
+
+impl Subscriptions {
+    fn position(&self, channel: &Channel) -> Option<usize> {
+        self.0.iter().position(|(held, _)| held == channel)
+    }
+
+    fn contains_key(&self, channel: &Channel) -> bool {
+        self.position(channel).is_some()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Adds a subscription of a channel not held yet (the session checks first).
+    fn insert(&mut self, channel: Channel, active: Active) {
+        self.0.reserve_exact(1);
+        self.0.push((channel, active));
+    }
+
+    fn get_mut(&mut self, channel: &Channel) -> Option<&mut Active> {
+        let index = self.position(channel)?;
+        self.0.get_mut(index).map(|(_, active)| active)
+    }
+
+    fn remove(&mut self, channel: &Channel) -> Option<Active> {
+        let index = self.position(channel)?;
+        let (_, active) = self.0.swap_remove(index);
+        self.0.shrink_to_fit();
+        Some(active)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Active> {
+        self.0.iter().map(|(_, active)| active)
+    }
+}
+
+impl IntoIterator for Subscriptions {
+    type Item = (Channel, Active);
+    type IntoIter = std::vec::IntoIter<(Channel, Active)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
 }
 
 /// Sent by a replay task when it is over.
@@ -74,13 +131,13 @@ enum Flow {
     Close(CloseCode),
 }
 
-pub struct Session {
+pub(crate) struct Session {
     gw: Arc<Gateway>,
     transport: Transport,
     protocol: Protocol,
     principal: Principal,
     outbound: Arc<Outbound>,
-    subscriptions: HashMap<Channel, Active>,
+    subscriptions: Subscriptions,
     /// Where replay tasks report; a plain list rather than a channel, which would allocate a
     /// block of slots per connection up front.
     replays: Arc<ReplayInbox>,
@@ -88,32 +145,32 @@ pub struct Session {
     connection: u64,
     /// Cancelled when the session ends: stops its replays.
     ended: CancellationToken,
+    /// This connection's share of replays running at once (`RUNCAST_WS_MAX_REPLAYS_PER_CONNECTION`):
+    /// taken before a replica slot, so one connection never holds more than its share of those.
+    replay_slots: Arc<tokio::sync::Semaphore>,
 }
 
-fn control_frame(control: &Control, protocol: Protocol) -> Frame {
-    Frame { bytes: control.encode(protocol), kind: FrameKind::Control { kind: control.kind } }
+fn control_frame(control: &ServerMessage, protocol: Protocol) -> Frame {
+    Frame { bytes: protocol.encode(control), kind: FrameKind::Control { kind: control.kind() } }
 }
 
 impl Session {
-    pub fn new(
-        gw: Arc<Gateway>,
-        transport: Transport,
-        protocol: Protocol,
-        principal: Principal,
-        outbound: Arc<Outbound>,
-    ) -> Self {
-        let connection = gw.connected(transport, &principal.subject);
+    /// The transport keeps the [`Admission`] (the connection's place under the caps) until its
+    /// socket or response is done, which may be after the session.
+    pub(crate) fn new(gw: Arc<Gateway>, protocol: Protocol, admission: &Admission, outbound: Arc<Outbound>) -> Self {
+        let replay_slots = Arc::new(tokio::sync::Semaphore::new(gw.limits.max_replays_per_connection.max(1)));
         Self {
             gw,
-            transport,
+            transport: admission.transport,
             protocol,
-            principal,
+            principal: admission.principal.clone(),
             outbound,
-            subscriptions: HashMap::new(),
+            subscriptions: Subscriptions::default(),
             replays: Arc::default(),
             rate: RateWindow { started: Instant::now(), count: 0, warned: false },
-            connection,
+            connection: admission.connection,
             ended: CancellationToken::new(),
+            replay_slots,
         }
     }
 
@@ -122,12 +179,12 @@ impl Session {
         if self.outbound.push_control(frame) { Flow::Continue } else { Flow::Close(CloseCode::PolicyViolation) }
     }
 
-    fn send(&self, control: Control) -> Flow {
+    fn send(&self, control: ServerMessage) -> Flow {
         self.reply(control_frame(&control, self.protocol))
     }
 
     fn error(&self, err: &ProtocolError) -> Flow {
-        self.send(Control::error(err))
+        self.send(ServerMessage::error(err))
     }
 
     fn close(&self, code: CloseCode) {
@@ -143,8 +200,25 @@ impl Session {
     }
 
     /// Runs until the peer goes (`closed`), the session closes it, or the replica drains.
-    #[tracing::instrument(skip_all, fields(connection = self.connection, transport = self.transport.name(), sub = %self.principal.subject, tenant = %self.principal.tenant))]
-    pub async fn run(mut self, mut inbound: impl Stream<Item = Inbound> + Unpin, closed: CancellationToken) {
+    ///
+    /// Not an `async fn`: that would keep the session twice in the connection's future (as the
+    /// argument and as the local it is moved into), for as long as the connection lives.
+    pub(crate) fn run(
+        mut self,
+        mut inbound: impl Stream<Item = Inbound> + Unpin,
+        closed: CancellationToken,
+    ) -> impl Future<Output = ()> {
+        let span = tracing::info_span!(
+            "run",
+            connection = self.connection,
+            transport = self.transport.name(),
+            sub = %self.principal.subject,
+            tenant = %self.principal.tenant
+        );
+        async move { self.serve(&mut inbound, &closed).await }.instrument(span)
+    }
+
+    async fn serve(&mut self, inbound: &mut (impl Stream<Item = Inbound> + Unpin), closed: &CancellationToken) {
         tracing::debug!("session started");
         let gw = self.gw.clone();
         let outbound = self.outbound.clone();
@@ -156,9 +230,10 @@ impl Session {
                 biased;
                 _ = closed.cancelled() => break,
                 _ = gw.shutdown.cancelled() => {
-                    let _ = self.send(Control {
-                        reason: Some("the replica is draining: reconnect and resume from your last offsets".into()),
-                        ..Control::new("reconnect")
+                    let _ = self.send(ServerMessage::Reconnect {
+                        timestamp: Utc::now(),
+                        reason: "the replica is draining: reconnect and resume from your last offsets".into(),
+                        retry_after_ms: reconnect_delay_ms(gw.limits.drain_reconnect_window, random_u64()),
                     });
                     self.close(CloseCode::GoingAway);
                     break;
@@ -168,8 +243,15 @@ impl Session {
                     break;
                 },
                 _ = replays.ready.notified() => {
+                    let mut closing = None;
                     for done in replays.take() {
-                        self.on_replay_done(done);
+                        if let Flow::Close(code) = self.on_replay_done(done) {
+                            closing = Some(code);
+                        }
+                    }
+                    if let Some(code) = closing {
+                        self.close(code);
+                        break;
                     }
                 }
                 _ = tokio::time::sleep_until(expiry.unwrap_or(far)), if expiry.is_some() => {
@@ -194,6 +276,7 @@ impl Session {
     fn on_inbound(&mut self, message: Inbound) -> Flow {
         let (bytes, binary) = match message {
             Inbound::Alive => return Flow::Continue,
+            Inbound::TooBig => return Flow::Close(CloseCode::MessageTooBig),
             Inbound::Text(bytes) => (bytes, false),
             Inbound::Binary(bytes) => (bytes, true),
         };
@@ -247,7 +330,7 @@ impl Session {
 
     fn handle(&mut self, message: ClientMessage) -> Flow {
         match message {
-            ClientMessage::Ping { id } => self.send(Control { id, ..Control::new("pong") }),
+            ClientMessage::Ping { id } => self.send(ServerMessage::Pong { timestamp: Utc::now(), id }),
             ClientMessage::Subscribe(request) => match self.subscribe(request) {
                 Ok(()) => Flow::Continue,
                 Err(err) => self.error(&err),
@@ -255,7 +338,7 @@ impl Session {
             ClientMessage::Unsubscribe { channel, id } => match self.subscriptions.remove(&channel) {
                 Some(active) => {
                     self.drop_subscription(&active);
-                    self.send(Control { channel: Some(channel.to_string()), id, ..Control::new("unsubscribed") })
+                    self.send(ServerMessage::Unsubscribed { timestamp: Utc::now(), channel: channel.to_string(), id })
                 }
                 None => self.error(&ProtocolError {
                     code: ErrorCode::NotSubscribed,
@@ -275,27 +358,22 @@ impl Session {
 
     /// In-band token refresh: same tenant and subject, later expiry.
     fn refresh(&mut self, token: &str) -> Result<(), ProtocolError> {
-        let principal = self.gw.authenticator.verify_token(token).map_err(|err| match err.kind() {
-            AuthErrorKind::Unauthenticated => ProtocolError::new(ErrorCode::Unauthenticated, err.to_string()),
-            AuthErrorKind::PermissionDenied => ProtocolError::new(ErrorCode::PermissionDenied, err.to_string()),
-        })?;
+        let principal = self.gw.authenticator.verify_token(token).map_err(auth_error)?;
         if principal.tenant != self.principal.tenant || principal.subject != self.principal.subject {
             return Err(ProtocolError::new(
                 ErrorCode::PermissionDenied,
                 "the new token must be for the same subject and tenant as the connection",
             ));
         }
-        principal
-            .require(runcast_runtime::auth::Action::Read)
-            .map_err(|err| ProtocolError::new(ErrorCode::PermissionDenied, err.to_string()))?;
+        principal.require(runcast_runtime::auth::Action::Read).map_err(auth_error)?;
         self.principal = principal;
         Ok(())
     }
 
     /// Validates and starts a subscription: live at once, or after a snapshot and/or replay that
     /// runs in its own task while this connection keeps serving other messages.
-    pub fn subscribe(&mut self, request: SubscribeRequest) -> Result<(), ProtocolError> {
-        let SubscribeRequest { channel, filters, since_offset, snapshot, id } = request;
+    pub(crate) fn subscribe(&mut self, request: SubscribeRequest) -> Result<(), ProtocolError> {
+        let SubscribeRequest { channel, filters, since_offset, since_epoch, snapshot, id } = request;
         let fail = |code, message: String| ProtocolError { code, message, id: id.clone() };
         if self.subscriptions.contains_key(&channel) {
             return Err(fail(
@@ -322,11 +400,15 @@ impl Session {
             self.gw.hub.subscribe(tenant, channel.clone(), filters, self.outbound.clone(), self.protocol, start);
         if !resume {
             self.subscriptions.insert(channel.clone(), Active { subscriber, start: head, replay: None });
-            if let Flow::Close(_) = self.send(Control {
-                channel: Some(channel.to_string()),
-                offset: Some(head),
+            if let Flow::Close(_) = self.send(ServerMessage::Subscribed {
+                timestamp: Utc::now(),
+                channel: channel.to_string(),
+                offset: head,
+                epoch: self.gw.hub.epoch(channel.stream()).to_string(),
+                recovered: None,
+                replayed: None,
+                reason: None,
                 id,
-                ..Control::new("subscribed")
             }) {
                 self.outbound.force_overflow();
             }
@@ -343,30 +425,39 @@ impl Session {
         );
         let gw = self.gw.clone();
         let done = self.replays.clone();
+        let own_slots = self.replay_slots.clone();
         self.gw.tasks.spawn(async move {
-            let failed = resume_subscription(&gw, &subscriber, since_offset, snapshot, head, id, &cancel).await.err();
+            let resume = Resume { since_offset, since_epoch, snapshot, head, id };
+            let failed = resume_subscription(&gw, &subscriber, resume, &own_slots, &cancel).await.err();
             // The session may be gone already; then there is nobody to tell.
             done.push(ReplayDone { subscription: subscriber.id, channel, failed });
         });
         Ok(())
     }
 
-    fn on_replay_done(&mut self, done: ReplayDone) {
+    fn on_replay_done(&mut self, done: ReplayDone) -> Flow {
         let Some(active) = self.subscriptions.get_mut(&done.channel) else {
-            return;
+            return Flow::Continue;
         };
         if active.subscriber.id != done.subscription {
-            return; // an older subscription of the same channel
+            return Flow::Continue; // an older subscription of the same channel
         }
         active.replay = None;
-        if let Some(err) = done.failed {
-            // The subscription is not live: drop it, so the client can retry it.
-            if let Some(active) = self.subscriptions.remove(&done.channel) {
-                self.drop_subscription(&active);
-            }
-            if let Flow::Close(code) = self.error(&err) {
-                self.close(code);
-            }
+        let Some(err) = done.failed else {
+            return Flow::Continue;
+        };
+        // The subscription is not live: drop it, so the client can retry it.
+        if let Some(active) = self.subscriptions.remove(&done.channel) {
+            self.drop_subscription(&active);
+        }
+        if let Flow::Close(code) = self.error(&err) {
+            return Flow::Close(code);
+        }
+        match self.transport {
+            // An SSE client cannot subscribe again on its stream, which would stay open and
+            // silent: end it, and `EventSource` reconnects with `Last-Event-ID` (like a resync).
+            Transport::Sse => Flow::Close(CloseCode::GoingAway),
+            Transport::WebSocket => Flow::Continue,
         }
     }
 
@@ -382,13 +473,21 @@ impl Session {
         let subscriptions = std::mem::take(&mut self.subscriptions);
         for (channel, active) in subscriptions {
             self.drop_subscription(&active);
-            let offset = delivered.get(&active.subscriber.id).copied().unwrap_or(active.start);
             self.gw.count_resync();
-            let _ = self.send(Control {
-                channel: Some(channel.to_string()),
-                offset: Some(offset),
-                reason: Some("the client fell behind; subscribe again with since_offset = offset".into()),
-                ..Control::new("resync")
+            let (offset, reason) = if active.subscriber.epoch_lost() {
+                (0, "the stream was re-created; subscribe again with since_offset = 0, since_epoch = epoch")
+            } else {
+                (
+                    delivered.get(&active.subscriber.id).copied().unwrap_or(active.start),
+                    "the client fell behind; subscribe again with since_offset = offset, since_epoch = epoch",
+                )
+            };
+            let _ = self.send(ServerMessage::Resync {
+                timestamp: Utc::now(),
+                channel: channel.to_string(),
+                offset,
+                epoch: self.gw.hub.epoch(channel.stream()).to_string(),
+                reason: reason.into(),
             });
         }
         tracing::info!("outbound queue overflowed; resync sent");
@@ -413,20 +512,32 @@ impl Drop for Session {
         for active in self.subscriptions.values() {
             self.gw.hub.unsubscribe(&active.subscriber);
         }
-        self.gw.disconnected(self.transport, &self.principal.subject);
     }
+}
+
+/// Times a replay may read on because it was slower than the live feed before the client is
+/// sent `resync` instead (each round reads what arrived during the previous one).
+const MAX_CATCH_UPS: u32 = 8;
+
+/// What a subscription that does not start live asked for.
+struct Resume {
+    since_offset: Option<u64>,
+    since_epoch: Option<String>,
+    snapshot: bool,
+    /// The head of the stream when the subscription was registered.
+    head: u64,
+    id: Option<Value>,
 }
 
 /// Snapshot, replay, then live. Errors are reported to the client by the session.
 async fn resume_subscription(
     gw: &Gateway,
     subscriber: &Subscriber,
-    since_offset: Option<u64>,
-    snapshot: bool,
-    head: u64,
-    id: Option<Value>,
+    resume: Resume,
+    own_slots: &Arc<tokio::sync::Semaphore>,
     cancel: &CancellationToken,
 ) -> Result<(), ProtocolError> {
+    let Resume { since_offset, since_epoch, snapshot, head, id } = resume;
     let unavailable = |err: runcast_runtime::Error| {
         let code = match err.kind() {
             ErrorKind::Unavailable => ErrorCode::Unavailable,
@@ -435,23 +546,31 @@ async fn resume_subscription(
         tracing::warn!(channel = %subscriber.channel, cause = %err, "resume failed");
         ProtocolError { code, message: err.to_string(), id: id.clone() }
     };
-    let Some(_slot) = gw.sources.slot(cancel).await else {
+    // The connection's own share first, so it never queues for more replica slots than that.
+    let Some(_own) = crate::replay::acquire(own_slots, cancel).await else {
         return Ok(()); // the subscription or the connection is gone
     };
+    let Some(mut slot) = gw.sources.slot(cancel).await else {
+        return Ok(());
+    };
+    // Live events passed this subscription by while it waited; from here they are held. The
+    // head read now covers every one that passed (see `Subscriber::hold`).
+    subscriber.hold();
+    let head = head.max(gw.hub.head(subscriber.channel.stream()));
     let channel = subscriber.channel_name.clone();
     let mut since = since_offset;
     if snapshot && let Some(_) = subscriber.channel.snapshot_entity() {
         let found = gw.sources.snapshot(&subscriber.tenant, &subscriber.channel).await.map_err(unavailable)?;
         let (offset, state) = match &found {
-            Some((_, event)) => (event.offset, event.state.clone()),
+            Some(found) => (found.offset, found.state.clone()),
             None => (0, None),
         };
-        let snapshot = Control {
-            channel: Some(channel.clone()),
-            offset: Some(offset),
-            state: Some(state),
+        let snapshot = ServerMessage::Snapshot {
+            timestamp: Utc::now(),
+            channel: channel.clone(),
+            offset,
+            data: state.map(Box::new),
             id: id.clone(),
-            ..Control::new("snapshot")
         };
         let frame = control_frame(&snapshot, subscriber.protocol);
         if !subscriber.outbound.push_control(frame) {
@@ -459,35 +578,120 @@ async fn resume_subscription(
             return Ok(());
         }
         // Without `since_offset`, the events after the snapshot follow it with no gap; without
-        // a snapshot either, the subscription starts at the head.
-        since = since.or(Some(if found.is_some() { offset } else { head }));
+        // a snapshot either, the subscription starts at the head. A snapshot from the read model
+        // means the stream holds no event of the entity up to the head: nothing to replay.
+        let after_snapshot = match &found {
+            Some(found) if !found.from_read_model => offset,
+            _ => head,
+        };
+        since = since.or(Some(after_snapshot));
     }
     let since = since.unwrap_or(head);
     subscriber.set_position(since);
-    let outcome = gw.sources.replay(subscriber, since, cancel).await.map_err(unavailable)?;
-    if cancel.is_cancelled() {
-        // Unsubscribed, overflowed (the client got `resync`) or disconnected meanwhile.
-        return Ok(());
-    }
+    // The epoch only qualifies the client's own offset.
+    let since_epoch = since_offset.and(since_epoch);
+    let mut outcome =
+        replay(gw, subscriber, since, since_epoch.as_deref(), &mut slot, cancel).await.map_err(unavailable)?;
     if !outcome.recovered {
         // Neither source holds the position: continue live from the head; the client reloads.
         subscriber.set_position(head);
     }
-    let outcome = since_offset.map(|_| {
-        gw.count_replay(outcome.recovered, outcome.replayed);
-        outcome
-    });
-    subscriber.go_live(|offset| {
-        let offset = offset.max(head);
-        let subscribed = Control {
-            channel: Some(channel),
-            offset: Some(offset),
-            recovered: outcome.map(|o| o.recovered),
-            replayed: outcome.map(|o| o.replayed),
-            id,
-            ..Control::new("subscribed")
+    let epoch = gw.hub.epoch(subscriber.channel.stream()).to_string();
+    let mut catch_ups = 0;
+    loop {
+        if cancel.is_cancelled() {
+            // Unsubscribed, overflowed (the client got `resync`) or disconnected meanwhile.
+            return Ok(());
+        }
+        let went = subscriber.go_live(|offset| {
+            let reported = since_offset.map(|_| outcome);
+            let subscribed = ServerMessage::Subscribed {
+                timestamp: Utc::now(),
+                channel: channel.clone(),
+                offset: offset.max(head),
+                epoch: epoch.clone(),
+                recovered: reported.map(|o| o.recovered),
+                replayed: reported.map(|o| o.replayed),
+                reason: reported.and_then(|o| o.reason),
+                id: id.clone(),
+            };
+            control_frame(&subscribed, subscriber.protocol)
+        });
+        let after = match went {
+            GoLive::Live | GoLive::Overflowed => break,
+            GoLive::CatchUp { after } => after,
         };
-        control_frame(&subscribed, subscriber.protocol)
-    });
+        // The replay was slower than the live feed (held events were dropped): read on.
+        catch_ups += 1;
+        metrics::counter!("runcast_ws_replay_catch_ups_total").increment(1);
+        if catch_ups > MAX_CATCH_UPS {
+            subscriber.outbound.force_overflow();
+            return Ok(());
+        }
+        let more = replay(gw, subscriber, after, None, &mut slot, cancel).await.map_err(unavailable)?;
+        if !more.recovered {
+            // What was dropped is gone from every source too: the client resumes from scratch.
+            subscriber.outbound.force_overflow();
+            return Ok(());
+        }
+        outcome.replayed += more.replayed;
+        outcome.from_history |= more.from_history;
+        outcome.from_memory &= more.from_memory;
+    }
+    if since_offset.is_some() {
+        gw.count_replay(&outcome);
+    }
     Ok(())
+}
+
+/// Replays after `since` from the replica's recent window when it covers `since`, else from
+/// JetStream and the history.
+async fn replay(
+    gw: &Gateway,
+    subscriber: &Subscriber,
+    since: u64,
+    since_epoch: Option<&str>,
+    slot: &mut crate::replay::Slot,
+    cancel: &CancellationToken,
+) -> Result<crate::replay::Outcome, runcast_runtime::Error> {
+    if let Some(outcome) = crate::replay::replay_recent(&gw.hub, subscriber, since, since_epoch, slot, cancel).await {
+        return Ok(outcome);
+    }
+    gw.sources.replay(subscriber, since, since_epoch, slot, cancel).await
+}
+
+/// A delay drawn from `[0, window)` by `random` (uniform over the window for a uniform `random`),
+/// in whole milliseconds; 0 for an empty window.
+fn reconnect_delay_ms(window: Duration, random: u64) -> u64 {
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    if window_ms == 0 { 0 } else { random % window_ms }
+}
+
+/// A random number without a random-number crate: std's per-instance random hasher keys.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_spread_over_the_drain_window() {
+        let window = Duration::from_secs(2);
+        assert_eq!(reconnect_delay_ms(Duration::ZERO, 12345), 0, "no window: at once");
+        assert_eq!(reconnect_delay_ms(window, 2_000), 0);
+        assert_eq!(reconnect_delay_ms(window, 3_999), 1_999);
+        // Many draws land in every quarter of the window, none beyond it.
+        let mut quarters = [0u32; 4];
+        for _ in 0..4_000 {
+            let delay = reconnect_delay_ms(window, random_u64());
+            assert!(delay < 2_000, "{delay}");
+            quarters[(delay / 500) as usize] += 1;
+        }
+        assert!(quarters.iter().all(|&n| (700..=1_300).contains(&n)), "not uniform: {quarters:?}");
+    }
 }

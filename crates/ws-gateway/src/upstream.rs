@@ -6,42 +6,142 @@
 //! The ordered consumer starts right after the stream's last sequence at start-up (clients resume
 //! older positions through replay), and after a failure it is recreated from the hub's head + 1,
 //! so a NATS restart leaves neither a gap nor a duplicate.
+//!
+//! A restarted server has forgotten the ephemeral consumer, and the client library would only
+//! notice after missing idle heartbeats (tens of seconds). So the consumer also watches the
+//! connection ([`Nats::link`]): while it is down the stream is not live (`/readyz` answers 503),
+//! and on the reconnect the consumer is recreated at once.
 
 use crate::channel::Routing;
-use crate::hub::{Dispatch, Hub};
+use crate::hub::{Dispatch, Hub, RecentEvent};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures::StreamExt;
 use prost::Message as _;
 use runcast_contract::StreamKind;
 use runcast_contract::v1::Event;
-use runcast_runtime::nats::Nats;
+use runcast_runtime::backoff::Backoff;
+use runcast_runtime::nats::{Link, Nats};
 use runcast_runtime::ops::ReadyFlag;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Runs the consumer of `kind` until `shutdown`, recreating it with capped backoff.
-pub async fn run(nats: Nats, hub: Arc<Hub>, kind: StreamKind, provisioned: ReadyFlag, shutdown: CancellationToken) {
+/// First wait before recreating a failed consumer; it doubles up to [`MAX_RETRY_DELAY`]. Short:
+/// right after a NATS restart JetStream may need a moment before it answers.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How often a running consumer checks that its stream is still the one it started on. A deleted
+/// and re-created stream does not stop an ordered consumer (the client library recreates it on
+/// the new stream, past offsets that stream will take long to reach): only the epoch shows it.
+const EPOCH_CHECK: Duration = Duration::from_secs(3);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a running consumer stopped.
+enum Stopped {
+    /// The replica is shutting down.
+    Shutdown,
+    /// The connection dropped, or came back after a drop: the consumer is gone with the server.
+    Link,
+    /// Anything else: recreate after a backoff.
+    Failed(BoxError),
+}
+
+/// Runs the consumer of `kind` until `shutdown`, recreating it after a reconnect at once and after
+/// other failures with capped backoff.
+/// Most events one pull of the live feed asks for.
+const UPSTREAM_BATCH: i64 = 32;
+
+pub(crate) async fn run(
+    nats: Nats,
+    hub: Arc<Hub>,
+    kind: StreamKind,
+    provisioned: ReadyFlag,
+    shutdown: CancellationToken,
+) {
     tokio::select! {
         _ = shutdown.cancelled() => return,
         _ = provisioned.wait() => {}
     }
-    let mut delay = Duration::from_millis(100);
+    let mut link = nats.link.clone();
+    let mut backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY);
     let mut started = false;
     loop {
-        match consume(&nats, &hub, kind, &shutdown, &mut started).await {
-            Ok(()) => return, // shutdown
-            Err(err) => {
+        let connects = link.borrow_and_update().connects;
+        let mut running = false;
+        match consume(&nats, &hub, kind, &shutdown, &mut started, &mut running, &mut link).await {
+            Stopped::Shutdown => return,
+            Stopped::Link => {
                 hub.stop_stream(kind);
-                tracing::warn!(stream = kind.base_name(), cause = %err, retry_in = ?delay, "upstream consumer failed; recreating");
+                tracing::info!(stream = kind.base_name(), "NATS connection lost or renewed; recreating the consumer");
+                metrics::counter!("runcast_ws_upstream_restarts_total", "stream" => kind.base_name()).increment(1);
+                backoff.reset();
+                // Recreate as soon as the connection is up again.
+                if !wait_connected(&nats, &mut link, &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+            Stopped::Failed(err) => {
+                hub.stop_stream(kind);
+                if running {
+                    backoff.reset();
+                }
+                tracing::warn!(stream = kind.base_name(), cause = %err, retry_in = ?backoff.peek(), "upstream consumer failed; recreating");
                 metrics::counter!("runcast_ws_upstream_restarts_total", "stream" => kind.base_name()).increment(1);
             }
         }
+        // Wait out the backoff, but retry at once when the client reconnects meanwhile.
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(backoff.next()) => {}
+            _ = reconnected(&mut link, connects) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Resolves once the connection is up (`false`: `shutdown` fired). The client's own state is
+/// polled too, in case its event was dropped (the client sends events without waiting).
+async fn wait_connected(nats: &Nats, link: &mut watch::Receiver<Link>, shutdown: &CancellationToken) -> bool {
+    loop {
+        if link.borrow_and_update().connected
+            || nats.client.connection_state() == async_nats::connection::State::Connected
+        {
+            return true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            changed = link.changed() => if changed.is_err() {
+                // The client is gone with its events: polling is all that is left.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            },
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+/// Resolves when the client has connected again since `connects` (never if the watch ends).
+async fn reconnected(link: &mut watch::Receiver<Link>, connects: u64) {
+    if link.wait_for(|link| link.connected && link.connects > connects).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The epoch of a stream (DESIGN §7): its creation time, RFC 3339 in UTC with the server's
+/// precision.
+pub(crate) fn epoch(info: &async_nats::jetstream::stream::Info) -> String {
+    let created = info.created;
+    chrono::DateTime::from_timestamp(created.unix_timestamp(), created.nanosecond())
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_default()
+}
+
+/// Whether two epochs name the same instant (a client may echo it in another RFC 3339 spelling).
+pub(crate) fn same_epoch(a: &str, b: &str) -> bool {
+    match (chrono::DateTime::parse_from_rfc3339(a), chrono::DateTime::parse_from_rfc3339(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 
@@ -51,38 +151,97 @@ async fn consume(
     kind: StreamKind,
     shutdown: &CancellationToken,
     started: &mut bool,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    running: &mut bool,
+    link: &mut watch::Receiver<Link>,
+) -> Stopped {
+    let connects = link.borrow_and_update().connects;
     let name = nats.topology.stream_name(kind);
-    let stream = nats.jetstream.get_stream(&name).await?;
-    // The first time: from the end of the stream. After a failure: right after the last event
-    // dispatched, so nothing published while the consumer was down is skipped.
-    let start = if *started { hub.head(kind) + 1 } else { stream.get_info().await?.state.last_sequence + 1 };
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: nats.topology.stream_subjects(kind),
-            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
-    hub.start_stream(kind, start - 1);
+    let setup = async {
+        let mut stream = nats.jetstream.get_stream(&name).await?;
+        let info = stream.info().await?;
+        let epoch = epoch(info);
+        let known = hub.epoch(kind);
+        let recreated = *started && !known.is_empty() && !same_epoch(&known, &epoch);
+        // The first time, or on a re-created stream: from the end of the stream. After a failure:
+        // right after the last event dispatched, so nothing published while the consumer was down
+        // is skipped.
+        let start = if *started && !recreated { hub.head(kind) + 1 } else { info.state.last_sequence + 1 };
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: nats.topology.stream_subjects(kind),
+                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
+                // Messages in flight to this replica at most (the client's default is 500): with
+                // events up to 1 MiB, what the feed may hold before the hub sees it stays bounded.
+                max_batch: UPSTREAM_BATCH,
+                ..Default::default()
+            })
+            .await?;
+        let messages = consumer.messages().await?;
+        Ok::<_, BoxError>((stream, messages, start, epoch, recreated))
+    };
+    let (stream, mut messages, start, epoch, recreated) = tokio::select! {
+        _ = shutdown.cancelled() => return Stopped::Shutdown,
+        // A reconnect while creating: the consumer may have been created on the old server.
+        _ = reconnected(link, connects) => return Stopped::Link,
+        setup = setup => match setup {
+            Ok(setup) => setup,
+            Err(err) => return Stopped::Failed(err),
+        },
+    };
+    if recreated {
+        tracing::warn!(stream = %name, %epoch, "the stream was re-created: subscriptions of it are resynced from offset 0");
+        hub.restart_stream(kind, start - 1, &epoch);
+    } else {
+        hub.start_stream(kind, start - 1, &epoch);
+    }
     *started = true;
-    tracing::info!(
-        stream = %name,
-        from_offset = start,
-        "upstream consumer running"
-    );
+    *running = true;
+    tracing::info!(stream = %name, from_offset = start, %epoch, "upstream consumer running");
+    let lag = metrics::gauge!("runcast_ws_delivery_lag_seconds", "stream" => kind.base_name());
+    let upstream_events = metrics::counter!("runcast_ws_upstream_events_total", "stream" => kind.base_name());
+    let mut epoch_check = tokio::time::interval(EPOCH_CHECK);
+    epoch_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    epoch_check.reset();
+    let mut checking: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send>>> = None;
     loop {
         let message = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return Stopped::Shutdown,
+            _ = epoch_check.tick(), if checking.is_none() => {
+                // Runs beside the feed: a check stuck on a dead connection must not delay noticing
+                // the reconnect.
+                let stream = stream.clone();
+                checking = Some(Box::pin(async move { stream.get_info().await.ok().map(|info| self::epoch(&info)) }));
+                continue;
+            }
+            Some(current) = futures::future::OptionFuture::from(checking.as_mut()), if checking.is_some() => {
+                checking = None;
+                // Best effort: a failed check is retried at the next tick; the feed's own errors
+                // and the connection's state say when NATS is gone.
+                if current.is_some_and(|current| !same_epoch(&current, &epoch)) {
+                    return Stopped::Failed(format!("stream {name} was re-created").into());
+                }
+                continue;
+            }
+            changed = link.changed() => {
+                let now = *link.borrow_and_update();
+                if changed.is_err() || !now.connected || now.connects != connects {
+                    return Stopped::Link;
+                }
+                continue;
+            }
             next = messages.next() => match next {
-                Some(message) => message?,
-                None => return Err("the ordered consumer ended".into()),
+                Some(Ok(message)) => message,
+                Some(Err(err)) => return Stopped::Failed(err.into()),
+                None => return Stopped::Failed("the ordered consumer ended".into()),
             },
         };
         let received = Instant::now();
-        let offset = message.info()?.stream_sequence;
-        metrics::counter!("runcast_ws_upstream_events_total", "stream" => kind.base_name()).increment(1);
+        let offset = match message.info() {
+            Ok(info) => info.stream_sequence,
+            Err(err) => return Stopped::Failed(err),
+        };
+        upstream_events.increment(1);
+        hub.observe(kind, offset);
         let Some((routing, event)) = decode(kind, &message.subject, &message.payload, offset) else {
             continue;
         };
@@ -96,13 +255,45 @@ async fn consume(
         // One span per event and replica, continuing the trace of the command that caused it.
         let span = tracing::info_span!("dispatch", stream = kind.base_name(), offset);
         runcast_runtime::telemetry::trace_context::follow_nats(&span, message.headers.as_ref());
-        span.in_scope(|| hub.dispatch(&Dispatch::new(&routing, &event, offset, data, Some(received))));
+        if let Some(seconds) = lag_seconds(event.occurred_at.as_ref(), std::time::SystemTime::now()) {
+            lag.set(seconds);
+        }
+        // Into the recent window first, then to the subscribers (the order `hold` relies on).
+        let recent = Arc::new(RecentEvent { offset, routing, event, data });
+        hub.remember(kind, recent.clone());
+        span.in_scope(|| {
+            hub.dispatch(&Dispatch::new(&recent.routing, &recent.event, offset, recent.data.clone(), Some(received)))
+        });
+    }
+}
+
+/// `runcast_ws_delivery_lag_seconds`: how long ago (at `now`) the api accepted an event this
+/// replica is dispatching, from the event's `occurred_at`. Taken at dispatch, so an idle stream
+/// keeps the lag of its last event instead of growing; never negative (clocks of api replicas and
+/// gateways may differ slightly). `None` for an event without a time.
+pub(crate) fn lag_seconds(occurred_at: Option<&prost_types::Timestamp>, now: std::time::SystemTime) -> Option<f64> {
+    let occurred_at = occurred_at?;
+    let since_epoch = now.duration_since(std::time::UNIX_EPOCH).ok()?;
+    let nanos = i128::from(occurred_at.seconds) * 1_000_000_000 + i128::from(occurred_at.nanos);
+    let lag = i128::try_from(since_epoch.as_nanos()).ok()? - nanos;
+    Some((lag.max(0) as f64) / 1e9)
+}
+
+/// The offset is not part of the published bytes: whoever reads the event fills it in, on the
+/// event and on the state it carries (the state's `offset` is that of the entity's last event).
+pub(crate) fn set_offset(event: &mut Event, offset: u64) {
+    use runcast_contract::v1::event::State;
+    event.offset = offset;
+    match &mut event.state {
+        Some(State::Execution(execution)) => execution.offset = offset,
+        Some(State::Agent(agent)) => agent.offset = offset,
+        None => {}
     }
 }
 
 /// Decodes a stored event and routes it by its subject; `None` (logged, counted) for anything
 /// that is not a Runcast event, so one bad message never stops the feed.
-pub fn decode(kind: StreamKind, subject: &str, payload: &[u8], offset: u64) -> Option<(Routing, Event)> {
+pub(crate) fn decode(kind: StreamKind, subject: &str, payload: &[u8], offset: u64) -> Option<(Routing, Event)> {
     let mut event = match Event::decode(payload) {
         Ok(event) => event,
         Err(err) => {
@@ -111,11 +302,44 @@ pub fn decode(kind: StreamKind, subject: &str, payload: &[u8], offset: u64) -> O
             return None;
         }
     };
-    event.offset = offset;
+    set_offset(&mut event, offset);
     let Some(routing) = Routing::from_subject(kind, subject, &event) else {
         tracing::warn!(stream = kind.base_name(), offset, subject, "event on an unexpected subject skipped");
         metrics::counter!("runcast_ws_undecodable_events_total").increment(1);
         return None;
     };
     Some((routing, event))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runcast_contract::v1::{Execution, event::State};
+
+    #[test]
+    fn epochs_compare_as_instants_whatever_the_spelling() {
+        assert!(same_epoch("2026-12-01T21:00:00.500000000Z", "2026-12-01T21:00:00.5Z"));
+        assert!(same_epoch("2026-12-01T21:00:00.5Z", "2026-12-01T22:00:00.5+01:00"));
+        assert!(!same_epoch("2026-12-01T21:00:00.5Z", "2026-12-01T21:00:00.500000001Z"));
+        assert!(!same_epoch("", "2026-12-01T21:00:00Z"));
+    }
+
+    #[test]
+    fn the_delivery_lag_is_the_age_of_the_event_at_dispatch_never_negative() {
+        let now = std::time::UNIX_EPOCH + Duration::from_millis(1_790_000_010_250);
+        let occurred = prost_types::Timestamp { seconds: 1_790_000_010, nanos: 0 };
+        let lag = lag_seconds(Some(&occurred), now).expect("a lag");
+        assert!((lag - 0.25).abs() < 1e-6, "{lag}");
+        let later = prost_types::Timestamp { seconds: 1_790_000_011, nanos: 0 };
+        assert_eq!(lag_seconds(Some(&later), now), Some(0.0), "a clock ahead of ours is no negative lag");
+        assert_eq!(lag_seconds(None, now), None);
+    }
+
+    #[test]
+    fn the_offset_is_set_on_the_event_and_on_its_state() {
+        let mut event = Event { state: Some(State::Execution(Execution::default())), ..Default::default() };
+        set_offset(&mut event, 17);
+        assert_eq!(event.offset, 17);
+        assert!(matches!(event.state, Some(State::Execution(Execution { offset: 17, .. }))));
+    }
 }

@@ -2,18 +2,21 @@
 //! and the write-only half that empties the connection's queue — every frame queued at a wake-up
 //! is fed, then flushed once — plus the ping keepalive that closes dead peers.
 
-use crate::gateway::{Gateway, Transport};
+use crate::gateway::{Admission, Gateway, Transport};
 use crate::outbound::{Frame, FrameKind, Outbound};
-use crate::protocol::{CloseCode, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL, Protocol};
+use crate::protocol::{CloseCode, ErrorCode, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL, Protocol};
+use crate::series::WriterMeters;
 use crate::session::{Inbound, Session};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Query, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
-use runcast_runtime::auth::Principal;
+use runcast_runtime::auth::json_error;
 use serde::Deserialize;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,71 +24,141 @@ use tokio_util::sync::CancellationToken;
 
 /// Frames written per flush at most, so one busy connection does not monopolize its task.
 const WRITE_BATCH: usize = 256;
+/// Bytes taken from the queue per flush at most (at least one frame): what the writer holds
+/// outside the queue's own byte bound while a slow peer's socket is full.
+pub(crate) const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// The socket's read buffer, allocated with the connection: client messages are small (a
+/// subscribe is ~100 bytes), and a larger one grows it for as long as it needs; every idle
+/// connection holds this much.
+const READ_BUFFER_BYTES: usize = 512;
+
+/// The only query parameter `/ws` accepts (browsers cannot set headers on a WebSocket).
+const WS_PARAMETERS: [&str; 1] = ["token"];
 
 #[derive(Debug, Deserialize)]
-pub struct UpgradeQuery {
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpgradeQuery {
     token: Option<String>,
 }
 
-pub async fn upgrade(
+/// The `?token=` of an upgrade; anything else in the query string is a JSON 400 naming it.
+pub(crate) fn parse_query(query: Option<&str>) -> Result<Option<String>, String> {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return Ok(None);
+    };
+    let uri: axum::http::Uri =
+        format!("/ws?{query}").parse().map_err(|_| "the query string is malformed".to_owned())?;
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&uri)
+        .map_err(|err| format!("the query string is malformed: {}", err.body_text()))?;
+    if let Some((name, _)) = pairs.iter().find(|(name, _)| !WS_PARAMETERS.contains(&name.as_str())) {
+        return Err(format!("unknown query parameter '{}': the only one accepted is token", name.escape_debug()));
+    }
+    Query::<UpgradeQuery>::try_from_uri(&uri)
+        .map(|Query(query)| query.token)
+        .map_err(|err| format!("invalid query: {}", err.body_text()))
+}
+
+pub(crate) async fn upgrade(
     State(gw): State<Arc<Gateway>>,
-    Query(query): Query<UpgradeQuery>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let principal = match gw.admit(&headers, query.token.as_deref()) {
-        Ok(principal) => principal,
-        Err(refusal) => return *refusal,
+    let token = match parse_query(query.as_deref()) {
+        Ok(token) => token,
+        Err(message) => return json_error(StatusCode::BAD_REQUEST, ErrorCode::InvalidMessage.as_str(), &message),
+    };
+    // Not a WebSocket handshake: the same JSON error shape as everything else.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return json_error(rejection.status(), "NOT_A_WEBSOCKET_UPGRADE", &rejection.body_text());
+        }
+    };
+    let admission = match gw.admit(&headers, token.as_deref(), Transport::WebSocket) {
+        Ok(admission) => admission,
+        Err(refusal) => return refusal.into_response(),
     };
     let limits = &gw.limits;
-    // tungstenite's own limit sits well above ours, so an oversized frame reaches the session,
-    // which closes with 1009 instead of the socket just failing.
+    // tungstenite's own limit sits well above ours, so an oversized frame usually reaches the
+    // session, which closes with 1009; a frame even beyond tungstenite's limit is not read at all,
+    // and closes with 1009 too (see `is_too_big`).
     let hard_limit = (limits.max_frame_bytes * 4).max(64 * 1024);
     let tracker = gw.tasks.clone();
     let ws = ws.protocols([JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL]);
     let protocol = Protocol::from_subprotocol(ws.selected_protocol().and_then(|v| v.to_str().ok()));
-    ws.read_buffer_size(4 * 1024)
+    ws.read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| tracker.track_future(serve(gw, socket, protocol, principal)))
+        // One box for what the callback needs: axum keeps the callback's captures in the
+        // connection's task for its whole life, besides the future the callback returns.
+        .on_upgrade({
+            let captured = Box::new((gw, protocol, admission, tracker));
+            move |socket| {
+                let (gw, protocol, admission, tracker) = *captured;
+                tracker.track_future(serve(gw, socket, protocol, admission))
+            }
+        })
         .into_response()
 }
 
-async fn serve(gw: Arc<Gateway>, socket: WebSocket, protocol: Protocol, principal: Principal) {
+/// The connection: a writer task, and the session on this one. Not an `async fn`: that would
+/// keep its arguments (the whole socket) in the connection's future for its lifetime besides
+/// what was moved out of them; every idle connection would carry them.
+fn serve(gw: Arc<Gateway>, socket: WebSocket, protocol: Protocol, admission: Admission) -> impl Future<Output = ()> {
     let (sink, stream) = socket.split();
-    let outbound = Outbound::new(gw.limits.queue_capacity);
+    let outbound = Outbound::bounded(gw.limits.queue_capacity, gw.limits.queue_bytes);
     let closed = CancellationToken::new();
     let started = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
-    let writer = tokio::spawn(write_loop(
-        sink,
-        outbound.clone(),
-        closed.clone(),
-        protocol,
-        gw.limits.clone(),
-        started,
-        last_seen.clone(),
-    ));
-    let seen = last_seen.clone();
-    let inbound = stream.take_while(|message| std::future::ready(message.is_ok())).filter_map(move |message| {
-        seen.store(millis_since(started), Ordering::Relaxed);
-        std::future::ready(match message {
-            Ok(Message::Text(text)) => Some(Inbound::Text(text.into())),
-            Ok(Message::Binary(bytes)) => Some(Inbound::Binary(bytes)),
-            Ok(Message::Ping(_) | Message::Pong(_)) => Some(Inbound::Alive),
-            Ok(Message::Close(_)) | Err(_) => None,
+    let times = WriterTimes { write_timeout: gw.limits.write_timeout, ping_interval: gw.limits.ping_interval };
+    let writer =
+        tokio::spawn(write_loop(sink, outbound.clone(), closed.clone(), protocol, times, started, last_seen.clone()));
+    // Read errors end the stream, except a frame beyond tungstenite's own limit: that one becomes
+    // `TooBig`, so the client learns why (1009) instead of seeing the socket fail.
+    let inbound = stream
+        .map(move |message| {
+            last_seen.store(millis_since(started), Ordering::Relaxed);
+            match message {
+                Ok(Message::Text(text)) => Ok(Some(Inbound::Text(text.into()))),
+                Ok(Message::Binary(bytes)) => Ok(Some(Inbound::Binary(bytes))),
+                Ok(Message::Ping(_) | Message::Pong(_)) => Ok(Some(Inbound::Alive)),
+                Ok(Message::Close(_)) => Ok(None),
+                Err(err) => {
+                    if is_too_big(err) {
+                        Ok(Some(Inbound::TooBig))
+                    } else {
+                        Err(())
+                    }
+                }
+            }
         })
-    });
+        .take_while(|message| std::future::ready(message.is_ok()))
+        .filter_map(|message| std::future::ready(message.ok().flatten()));
     // A peer's close frame ends the stream (tungstenite answers it), which ends the session.
-    let inbound = Box::pin(inbound);
-    Session::new(gw.clone(), Transport::WebSocket, protocol, principal, outbound).run(inbound, closed.clone()).await;
-    // Let the writer deliver what the session queued last (reconnect, error, close frame).
-    if tokio::time::timeout(gw.limits.write_timeout, writer).await.is_err() {
-        tracing::debug!("writer did not finish in time");
+    let session = Session::new(gw.clone(), protocol, &admission, outbound).run(Box::pin(inbound), closed.clone());
+    async move {
+        session.await;
+        // Let the writer deliver what the session queued last (reconnect, error, close frame).
+        if tokio::time::timeout(times.write_timeout, writer).await.is_err() {
+            tracing::debug!("writer did not finish in time");
+        }
+        closed.cancel();
+        // The socket is done: only now does the connection leave the caps.
+        drop(admission);
     }
-    closed.cancel();
+}
+
+/// Whether a read failed on a message or frame larger than the socket's limit.
+fn is_too_big(err: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite;
+    matches!(
+        err.into_inner().downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong { .. }))
+    )
 }
 
 fn millis_since(started: Instant) -> u64 {
@@ -104,75 +177,130 @@ fn to_message(frame: Frame, protocol: Protocol) -> Option<Message> {
     }
 }
 
-async fn write_loop(
+/// What the writer needs of the limits.
+#[derive(Debug, Clone, Copy)]
+struct WriterTimes {
+    write_timeout: Duration,
+    ping_interval: Duration,
+}
+
+/// The write-only half: not an `async fn`, for the reason [`serve`] gives.
+fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     outbound: Arc<Outbound>,
     closed: CancellationToken,
     protocol: Protocol,
-    limits: crate::gateway::Limits,
+    times: WriterTimes,
     started: Instant,
     last_seen: Arc<AtomicU64>,
-) {
-    let timeout = limits.write_timeout;
-    let mut ping = tokio::time::interval(limits.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
-    let dead_after = u64::try_from((limits.ping_interval * 2).as_millis()).unwrap_or(u64::MAX);
-    // Grown on demand and released after a burst: an idle connection holds no batch memory.
-    let mut batch = Vec::new();
-    loop {
-        tokio::select! {
-            _ = closed.cancelled() => return,
-            _ = outbound.ready() => {}
-            _ = ping.tick() => {
-                let idle = millis_since(started).saturating_sub(last_seen.load(Ordering::Relaxed));
-                if idle > dead_after {
-                    tracing::info!(idle_ms = idle, "peer does not answer pings; closing");
-                    outbound.close(CloseCode::GoingAway.code(), "ping timeout");
-                } else if !send(&mut sink, Message::Ping(Default::default()), timeout).await {
-                    closed.cancel();
-                    return;
-                }
-            }
-        }
+) -> impl Future<Output = ()> {
+    let timeout = times.write_timeout;
+    let dead_after = u64::try_from((times.ping_interval * 2).as_millis()).unwrap_or(u64::MAX);
+    async move {
+        let mut ping = tokio::time::interval(times.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        // Grown on demand and released after each burst: an idle connection holds no batch memory.
+        let mut batch = Vec::new();
+        let meters = WriterMeters::new(Transport::WebSocket);
         loop {
-            outbound.pop_batch(WRITE_BATCH, &mut batch);
-            if batch.is_empty() {
-                if batch.capacity() > 16 {
-                    batch = Vec::new();
-                }
-                break;
-            }
-            let mut events = 0u64;
-            for frame in batch.drain(..) {
-                if let FrameKind::Event(meta) = &frame.kind {
-                    events += 1;
-                    if let Some(received) = meta.received {
-                        metrics::histogram!("runcast_ws_delivery_latency_seconds")
-                            .record(received.elapsed().as_secs_f64());
+            tokio::select! {
+                _ = closed.cancelled() => return,
+                _ = outbound.ready() => {}
+                _ = ping.tick() => {
+                    let idle = millis_since(started).saturating_sub(last_seen.load(Ordering::Relaxed));
+                    if idle > dead_after {
+                        tracing::info!(idle_ms = idle, "peer does not answer pings; closing");
+                        outbound.close(CloseCode::GoingAway.code(), "ping timeout");
+                    } else if !send(&mut sink, Message::Ping(Default::default()), timeout).await {
+                        closed.cancel();
+                        return;
                     }
                 }
-                let is_close = matches!(frame.kind, FrameKind::Close { .. });
-                let Some(message) = to_message(frame, protocol) else {
-                    continue;
-                };
-                let fed = tokio::time::timeout(timeout, sink.feed(message)).await;
-                if !matches!(fed, Ok(Ok(()))) || is_close {
-                    let _ = tokio::time::timeout(timeout, sink.flush()).await;
-                    closed.cancel();
-                    return;
-                }
             }
-            metrics::counter!("runcast_ws_messages_out_total", "transport" => "websocket").increment(events);
-            if !matches!(tokio::time::timeout(timeout, sink.flush()).await, Ok(Ok(()))) {
-                tracing::debug!("flush failed or timed out; dropping the connection");
-                closed.cancel();
-                return;
+            loop {
+                outbound.pop_batch_bytes(WRITE_BATCH, WRITE_BATCH_BYTES, &mut batch);
+                if batch.is_empty() {
+                    batch = Vec::new();
+                    break;
+                }
+                // One timer for the whole batch, and the latency of its oldest event (the one that
+                // waited longest) as the batch's sample: per-frame timers and histogram records
+                // would cost more than writing the frame.
+                let (events, oldest) = crate::outbound::events_and_oldest(&batch);
+                let written = tokio::time::timeout(timeout, write_batch(&mut sink, &mut batch, protocol)).await;
+                meters.written(events, oldest);
+                match written {
+                    Ok(Ok(Written::All)) => {}
+                    Ok(Ok(Written::Closed)) => {
+                        closed.cancel();
+                        return;
+                    }
+                    Ok(Err(_)) | Err(_) => {
+                        tracing::debug!("write failed or timed out; dropping the connection");
+                        closed.cancel();
+                        return;
+                    }
+                }
             }
         }
     }
 }
 
+enum Written {
+    All,
+    /// The close frame was written: the connection is done.
+    Closed,
+}
+
+/// Feeds every frame of `batch` (emptying it), then flushes once.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    batch: &mut Vec<Frame>,
+    protocol: Protocol,
+) -> Result<Written, axum::Error> {
+    for frame in batch.drain(..) {
+        let is_close = matches!(frame.kind, FrameKind::Close { .. });
+        let Some(message) = to_message(frame, protocol) else {
+            continue;
+        };
+        sink.feed(message).await?;
+        if is_close {
+            sink.flush().await?;
+            return Ok(Written::Closed);
+        }
+    }
+    sink.flush().await?;
+    Ok(Written::All)
+}
+
 async fn send(sink: &mut SplitSink<WebSocket, Message>, message: Message, timeout: Duration) -> bool {
     matches!(tokio::time::timeout(timeout, sink.send(message)).await, Ok(Ok(())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite;
+
+    #[test]
+    fn the_upgrade_query_takes_a_token_and_nothing_else() {
+        assert_eq!(parse_query(None), Ok(None));
+        assert_eq!(parse_query(Some("")), Ok(None));
+        assert_eq!(parse_query(Some("token=abc%2Bd")), Ok(Some("abc+d".to_owned())));
+        let err = parse_query(Some("token=a&tokn=b")).expect_err("unknown parameter");
+        assert!(err.contains("'tokn'") && err.contains("token"), "{err}");
+        assert!(parse_query(Some("token=a&token=b")).is_err(), "a repeated token is refused");
+    }
+
+    #[test]
+    fn only_a_message_too_long_counts_as_too_big() {
+        let too_long = tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
+            size: 300_000,
+            max_size: 262_144,
+        });
+        assert!(is_too_big(axum::Error::new(too_long)));
+        assert!(!is_too_big(axum::Error::new(tungstenite::Error::ConnectionClosed)));
+        assert!(!is_too_big(axum::Error::new(std::io::Error::other("reset"))));
+    }
 }

@@ -4,8 +4,12 @@
 // the execution page, and the connection indicator across a gateway stop/restart, after which the
 // table matches the REST list. Screenshots go to clients/js/test-artifacts/.
 //
-// Until ws-gateway serves the dashboard at `/`, a tiny static server serves clients/dashboard/dist
-// and the page is pointed at the gateway and the API with query parameters.
+// Besides the dashboard served by ws-gateway at `/`, a tiny static server serves
+// clients/dashboard/dist and a /config.json like the gateway's (the API, plus the gateway's origin
+// in `allowed_origins`), and the page is pointed at the gateway and the API with query parameters.
+// Where the token may go: a link naming another API or gateway sends it nowhere (a listener there
+// records every request), the token leaves the address bar, a rejected token (REST 401, WebSocket
+// close 4001) is forgotten and the login box comes back.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
@@ -21,11 +25,17 @@ const ARTIFACTS = resolve(here, "../../test-artifacts");
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 
 let stack, server, browser, origin, token;
+/** What the static server answers at /config.json (set once the stack is up). */
+let servedConfig = {};
 
 function staticServer(root) {
   const types = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".map": "application/json" };
   return http.createServer((req, res) => {
     const path = new URL(req.url, "http://x").pathname;
+    if (path === "/config.json") {
+      res.writeHead(200, { "content-type": "application/json", "cache-control": "no-cache" }).end(JSON.stringify(servedConfig));
+      return;
+    }
     const file = join(root, path === "/" ? "index.html" : path.replace(/^\/+/, ""));
     if (!file.startsWith(root) || !existsSync(file)) {
       res.writeHead(404).end("not found");
@@ -45,6 +55,8 @@ before(async () => {
   stack = new Stack();
   stack.corsOrigins = origin;
   await stack.start();
+  // as the gateway's /config.json names the API; the gateway itself is another origin here
+  servedConfig = { api: stack.apiUrl, allowed_origins: [stack.gatewayHttp] };
   token = mintToken({ ttlSeconds: 3600 });
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -277,4 +289,163 @@ test("dashboard: 1,000 executions updating 5 times a second stay smooth (rAF-bat
   }, [status, expected], { timeout: 5000 });
   await shot(page, "08-filtered");
   await page.close();
+});
+
+/** An HTTP listener standing for "somewhere else": records every request (and WebSocket upgrade)
+ * with its Authorization header, answers CORS preflights permissively (so a browser *would* send
+ * the token if the page tried) and everything else with a 401 in the API's error shape. */
+async function recorder() {
+  const seen = [];
+  const server = http.createServer((req, res) => {
+    seen.push({ method: req.method, url: req.url, authorization: req.headers.authorization });
+    const cors = {
+      "access-control-allow-origin": "*",
+      "access-control-allow-headers": req.headers["access-control-request-headers"] ?? "authorization, content-type",
+      "access-control-allow-methods": "GET, POST, OPTIONS",
+    };
+    if (req.method === "OPTIONS") return res.writeHead(204, cors).end();
+    res.writeHead(401, { ...cors, "content-type": "application/json" }).end(JSON.stringify({ error: { code: "UNAUTHENTICATED", message: "the recorder accepts no token" } }));
+  });
+  server.on("upgrade", (req, socket) => {
+    seen.push({ method: "UPGRADE", url: req.url, authorization: req.headers.authorization });
+    socket.destroy();
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return { seen, url: `http://127.0.0.1:${server.address().port}`, close: () => { server.close(); server.closeAllConnections?.(); } };
+}
+
+const escapeRe = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+const stored = (page, key) => page.evaluate((k) => sessionStorage.getItem(k), key);
+
+test("dashboard: a link naming another API or gateway sends the token nowhere; the token leaves the address bar", { timeout: 60000 }, async () => {
+  const rec = await recorder();
+  const leaks = (t) => rec.seen.filter((r) => r.authorization || r.url.includes(t));
+  try {
+    // `?api=` elsewhere (token in the fragment), and `gateway=` elsewhere with everything in the fragment
+    const links = [
+      { name: "api", value: `${rec.url}/api/v1`, url: `${origin}/?${new URLSearchParams({ api: `${rec.url}/api/v1` })}#${new URLSearchParams({ token })}` },
+      { name: "gateway", value: rec.url.replace(/^http/, "ws"), url: `${origin}/#${new URLSearchParams({ token, gateway: rec.url.replace(/^http/, "ws") })}` },
+    ];
+    for (const link of links) {
+      const page = await browser.newPage();
+      const errors = [];
+      page.on("pageerror", (e) => errors.push(String(e)));
+      await page.goto(link.url);
+      await page.waitForSelector("#blocked:not([hidden])", { timeout: 10000 });
+      const message = await page.textContent("#blocked-message");
+      assert.match(message, new RegExp(`at ${escapeRe(new URL(link.value).origin.replace(/^ws/, "http"))} .*which this gateway does not name; not sending your token there`));
+      assert.ok(message.includes(`${link.name}=${link.value}`), message);
+      assert.equal(await page.isHidden("#app"), true, "nothing connects");
+      assert.equal(await page.isHidden("#login"), true);
+      assert.doesNotMatch(await page.textContent("#conn"), /Connecting/);
+      assert.ok(!page.url().includes(token), `the token left the address bar: ${page.url()}`);
+      assert.ok(!(await page.evaluate(() => location.href)).includes(token));
+      assert.equal(await stored(page, "runcast.token"), token, "kept for this tab");
+      assert.equal(await stored(page, `runcast.${link.name}`), null, "the refused target is not remembered");
+      await page.waitForLoadState("networkidle");
+      await shot(page, `10-link-elsewhere-${link.name}`);
+      assert.deepEqual(leaks(token), [], `${link.name}=elsewhere: the listener received the token`);
+      assert.deepEqual(errors, []);
+      await page.close();
+    }
+    assert.deepEqual(leaks(token), []);
+
+    // Control: once /config.json allows the listener's origin, the same link does send the token
+    // there (so the listener would have seen a leak above), and its 401 is a rejected token.
+    servedConfig = { ...servedConfig, allowed_origins: [stack.gatewayHttp, rec.url] };
+    const page = await browser.newPage();
+    await page.goto(links[0].url);
+    await waitFor("the allowed listener to receive the token", () => rec.seen.some((r) => r.authorization === `Bearer ${token}`), 10000);
+    await page.waitForSelector("#login:not([hidden])", { timeout: 10000 });
+    assert.match(await page.textContent("#login-error"), /Token rejected: the recorder accepts no token/);
+    await page.close();
+  } finally {
+    servedConfig = { ...servedConfig, allowed_origins: [stack.gatewayHttp] };
+    rec.close();
+  }
+});
+
+test("dashboard: a rejected token shows 'token rejected' and the login box, does not survive a reload, and a new token connects", { timeout: 60000 }, async () => {
+  // a token with a broken signature: the API answers 401
+  const [head, body, sig] = token.split(".");
+  const bad = `${head}.${body}.${sig.startsWith("A") ? "B" : "A"}${sig.slice(1)}`;
+  const page = await browser.newPage({ viewport: { width: 1200, height: 700 } });
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  const sentBad = [];
+  page.on("request", (r) => {
+    if (r.headers().authorization === `Bearer ${bad}` || r.url().includes(bad)) sentBad.push(r.url());
+  });
+  const q = new URLSearchParams({ gateway: stack.gatewayUrl, api: stack.apiUrl });
+  await page.goto(`${origin}/?${q}#${new URLSearchParams({ token: bad })}`);
+  await page.waitForSelector("#login:not([hidden])", { timeout: 15000 });
+  assert.match(await page.textContent("#login-error"), /token rejected/i);
+  assert.match(await page.textContent("#conn"), /token rejected/i);
+  assert.equal(await page.getAttribute("#conn", "data-status"), "rejected");
+  assert.equal(await page.isHidden("#app"), true);
+  assert.equal(await stored(page, "runcast.token"), null, "the rejected token is forgotten");
+  assert.ok(!page.url().includes(bad));
+  assert.ok(sentBad.length > 0, "it was tried against the real API");
+  await shot(page, "11-token-rejected-login");
+
+  // a reload does not bring it back: the login box, nothing sent with it
+  await page.reload();
+  await page.waitForSelector("#login:not([hidden])", { timeout: 10000 });
+  await page.waitForLoadState("networkidle");
+  const afterReload = sentBad.length;
+  assert.equal(await page.isHidden("#login-error"), true);
+  assert.match(await page.textContent("#conn"), /Not signed in/);
+  assert.equal(await stored(page, "runcast.token"), null);
+
+  // the way back: a good token in the login box connects
+  await page.fill("#login-token", token);
+  await page.click('#login-form button[type="submit"]');
+  await page.waitForSelector('#conn[data-status="live"]', { timeout: 20000 });
+  assert.equal(await page.isHidden("#app"), false);
+  assert.equal(await stored(page, "runcast.token"), token);
+  assert.equal(sentBad.length, afterReload, `the forgotten token was sent again: ${sentBad.slice(afterReload)}`);
+  await shot(page, "12-login-again-live");
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test("dashboard: a token that expires while live (gateway close 4001) is rejected and forgotten; the login box takes a new one", { timeout: 60000 }, async () => {
+  const short = mintToken({ ttlSeconds: 10 }); // long enough to load and go live on a busy machine
+  const page = await browser.newPage({ viewport: { width: 1200, height: 700 } });
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  const q = new URLSearchParams({ gateway: stack.gatewayUrl, api: stack.apiUrl, transport: "websocket" });
+  await page.goto(`${origin}/?${q}#token=${short}`);
+  await page.waitForSelector('#conn[data-status="live"]', { timeout: 20000 });
+  assert.ok(!page.url().includes(short));
+  await page.waitForSelector('#conn[data-status="rejected"]', { timeout: 20000 });
+  assert.match(await page.textContent("#login-error"), /Token rejected: the token expired/);
+  assert.equal(await page.isVisible("#login"), true);
+  assert.equal(await stored(page, "runcast.token"), null);
+  await shot(page, "13-token-expired");
+  // a new token from the login box: the page starts over with it
+  await page.fill("#login-token", token);
+  await Promise.all([page.waitForEvent("load"), page.click('#login-form button[type="submit"]')]);
+  await page.waitForSelector('#conn[data-status="live"]', { timeout: 20000 });
+  assert.equal(await stored(page, "runcast.token"), token);
+  assert.equal(await page.isHidden("#login"), true);
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test("dashboard served by ws-gateway: `#token=` (and the old `?token=`) leaves the address bar and the page goes live", { timeout: 60000 }, async (t) => {
+  const res = await fetch(`${stack.gatewayHttp}/`);
+  if (res.status === 404) {
+    t.skip("this ws-gateway binary was built without clients/dashboard/dist");
+    return;
+  }
+  for (const link of [`/#${new URLSearchParams({ token })}`, `/?${new URLSearchParams({ token, transport: "auto" })}#/`]) {
+    const page = await browser.newPage();
+    await page.goto(`${stack.gatewayHttp}${link}`);
+    await page.waitForSelector('#conn[data-status="live"]', { timeout: 20000 });
+    assert.ok(!page.url().includes(token), page.url());
+    assert.equal(page.url(), link.startsWith("/#") ? `${stack.gatewayHttp}/` : `${stack.gatewayHttp}/?transport=auto#/`);
+    assert.equal(await stored(page, "runcast.token"), token);
+    await page.close();
+  }
 });

@@ -131,6 +131,25 @@ test("reconnect (drain) reconnects at once; unsubscribe stops delivery", async (
   assert.deepEqual(got, []);
 });
 
+test("reconnect (drain) with retry_after_ms waits that long, then resumes from the last offset", async () => {
+  const { clock, WS, conn } = setup();
+  conn.subscribe("executions", { onEvent: () => {} });
+  await flush();
+  WS.sockets[0].open();
+  await flush();
+  WS.sockets[0].event("executions", 41);
+  WS.sockets[0].deliver({ type: "reconnect", retry_after_ms: 1200 });
+  assert.equal(conn.state.status, "reconnecting");
+  assert.equal(conn.state.delayMs, 1200);
+  await clock.advance(1199);
+  assert.equal(WS.sockets.length, 1, "not before the hinted delay");
+  await clock.advance(1);
+  assert.equal(WS.sockets.length, 2);
+  WS.sockets[1].open();
+  await flush();
+  assert.equal(WS.sockets[1].subscribes()[0].since_offset, 41);
+});
+
 test("the token provider is called again before expiry and the new token is sent in band", async () => {
   const clock = new Clock();
   let n = 0;

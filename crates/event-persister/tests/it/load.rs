@@ -33,7 +33,7 @@ async fn ten_thousand_events_land_once_each_and_the_read_model_is_their_fold() {
 
     // The low watermark reaches the head, and the api reads it through the library.
     eventually("as_of_offset at the head", WAIT, || async {
-        let offset = event_persister::read_model::as_of_offset(&world.pool, StreamKind::Executions).await.ok()?;
+        let offset = runcast_store::read_model::as_of_offset(&world.pool, StreamKind::Executions).await.ok()?;
         (offset == last_offset).then_some(())
     })
     .await

@@ -51,7 +51,7 @@ async fn two_replicas_on_one_consumer_reach_the_same_state_as_one() {
 
     let head = published.iter().map(|p| p.offset).max().expect("events");
     eventually("the shared low watermark at the head", WAIT, || async {
-        let offset = event_persister::read_model::as_of_offset(&two.pool, StreamKind::Executions).await.ok()?;
+        let offset = runcast_store::read_model::as_of_offset(&two.pool, StreamKind::Executions).await.ok()?;
         (offset == head).then_some(())
     })
     .await
@@ -65,7 +65,7 @@ async fn watch_the_watermark(pool: sqlx::PgPool, done: tokio_util::sync::Cancell
     let (mut samples, mut highest) = (0, 0);
     while !done.is_cancelled() {
         // Watermark first, rows second: rows it covers were committed before it was recorded.
-        let watermark = event_persister::read_model::as_of_offset(&pool, StreamKind::Executions).await.expect("read");
+        let watermark = runcast_store::read_model::as_of_offset(&pool, StreamKind::Executions).await.expect("read");
         let stored: i64 = sqlx::query_scalar(
             "SELECT count(DISTINCT stream_offset) FROM events WHERE stream = 'EXECUTIONS' AND stream_offset <= $1",
         )

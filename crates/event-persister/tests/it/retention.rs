@@ -36,14 +36,23 @@ async fn retention_drops_expired_partitions_keeps_today_and_deletes_the_rest_on_
             .expect("old partition");
     }
 
-    // 40-day-old events, an hour-old load, fresh events; 10-day-old and fresh logs.
-    let now = Utc::now().timestamp();
+    // 40-day-old events, an older load of today, fresh events; 10-day-old and fresh logs. The
+    // load is an hour old, or just after midnight UTC when the test runs in the first hour of a
+    // day (an hour earlier would be yesterday's partition, which the deletion below drops whole).
+    // Its events are `load_at` + 1..=5 s; the fresh ones, `now`, must stay after the cutoff.
+    let mut now = Utc::now().timestamp();
+    if now.rem_euclid(86_400) < 20 {
+        tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+        now = Utc::now().timestamp();
+    }
+    let load_at = (now - 3600).max(now - now.rem_euclid(86_400) + 1);
+    let cutoff = chrono::DateTime::from_timestamp(load_at + 10, 0).expect("a valid time");
     let subject = |id: &str| world.subject(StreamKind::Executions, "acme", id);
     let mut events: Vec<_> = support::execution_events("acme", "old", 3, now - 40 * 86_400)
         .into_iter()
         .map(|e| (subject("old"), e))
         .collect();
-    events.extend(support::load(&world, 10, 5));
+    events.extend(support::load_at(&world, 10, 5, load_at));
     events.extend(support::execution_events("acme", "fresh", 2, now).into_iter().map(|e| (subject("fresh"), e)));
     let mut old_log = support::log_event("acme", "old", 1, 3);
     old_log.occurred_at = Some(prost_types::Timestamp { seconds: now - 10 * 86_400, nanos: 0 });
@@ -74,9 +83,8 @@ async fn retention_drops_expired_partitions_keeps_today_and_deletes_the_rest_on_
     let lines: i64 = sqlx::query_scalar("SELECT count(*) FROM log_lines").fetch_one(&world.pool).await.expect("lines");
     assert_eq!(lines, 2);
 
-    // DELETE /events?older_than=30 minutes ago: the hour-old load goes row by row.
-    let deleted =
-        retention::delete_events_older_than(&world.pool, Utc::now() - Duration::minutes(30)).await.expect("delete");
+    // DELETE /events?older_than=just after the load: today's partition, so the load goes row by row.
+    let deleted = retention::delete_events_older_than(&world.pool, cutoff).await.expect("delete");
     // The hour-old load, and the 10-day-old log.appended event (history of the LOGS stream).
     assert_eq!(deleted.rows_deleted, 50 + 1);
     let left: Vec<String> =

@@ -6,21 +6,21 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use prost::Message as _;
 use runcast_contract::v1::{
-    Agent, AgentStatus, Approval, ApprovalStatus, Event, EventType, Execution, ExecutionStatus, LogLine, LogsAppended,
+    Agent, AgentStatus, Approval, ApprovalStatus, Event, EventType, Execution, ExecutionStatus, LogLine,
     event::Payload, event::State,
 };
 use runcast_contract::{EntityId, StreamKind, Topology};
 use runcast_runtime::config::StreamLimits;
-use runcast_testkit::{Infra, Isolation, ServiceProcess, eventually};
+use runcast_testkit::{Infra, Isolation, ServiceProcess, events, eventually};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 /// Un-awaited publish acks at most (STACK-NOTES: the client stalls beyond 5,000).
 const PUBLISH_WINDOW: usize = 1000;
-pub const WAIT: Duration = Duration::from_secs(90);
+pub(crate) const WAIT: Duration = Duration::from_secs(90);
 
-pub struct World {
+pub(crate) struct World {
     pub infra: Infra,
     pub isolation: Isolation,
     pub topology: Topology,
@@ -30,13 +30,13 @@ pub struct World {
 
 impl World {
     /// Servers, a stream prefix and database of its own, streams and schema ready.
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let infra = Infra::start().await.expect("servers");
         let isolation = infra.isolate().await.expect("isolation");
         Self::on(infra, isolation).await
     }
 
-    pub async fn on(infra: Infra, isolation: Isolation) -> Self {
+    pub(crate) async fn on(infra: Infra, isolation: Isolation) -> Self {
         let topology = Topology::with_prefix(&isolation.stream_prefix).expect("prefix");
         let client =
             async_nats::ConnectOptions::new().retry_on_initial_connect().connect(infra.nats.url()).await.expect("nats");
@@ -51,7 +51,7 @@ impl World {
     }
 
     /// The persister process on this world, with short waits so tests run fast.
-    pub async fn persister(&self, extra: &[(&str, &str)]) -> ServiceProcess {
+    pub(crate) async fn persister(&self, extra: &[(&str, &str)]) -> ServiceProcess {
         let nats_url = self.infra.nats.url();
         let mut env = vec![
             ("NATS_URL", nats_url.as_str()),
@@ -66,7 +66,7 @@ impl World {
         ServiceProcess::spawn("event-persister", &env).await.expect("persister starts")
     }
 
-    pub fn subject(&self, kind: StreamKind, tenant: &str, entity: &str) -> String {
+    pub(crate) fn subject(&self, kind: StreamKind, tenant: &str, entity: &str) -> String {
         self.topology.entity_subject(
             kind,
             &EntityId::parse("tenant", tenant).expect("id"),
@@ -76,16 +76,16 @@ impl World {
 
     /// Publishes in order with a bounded window of outstanding acks; returns each event with
     /// its offset.
-    pub async fn publish(&self, events: Vec<(String, Event)>) -> Vec<Published> {
+    pub(crate) async fn publish(&self, events: Vec<(String, Event)>) -> Vec<Published> {
         publish(&self.jetstream, events).await
     }
 
-    pub async fn history_count(&self) -> i64 {
+    pub(crate) async fn history_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&self.pool).await.unwrap_or(-1)
     }
 
     /// Waits until the history holds `count` rows.
-    pub async fn wait_for_history(&self, count: i64) {
+    pub(crate) async fn wait_for_history(&self, count: i64) {
         let outcome = eventually(&format!("{count} history rows"), WAIT, || async {
             (self.history_count().await == count).then_some(())
         })
@@ -96,20 +96,20 @@ impl World {
     }
 
     /// (stream, offset, event_id) of every history row, in order.
-    pub async fn history(&self) -> Vec<(String, i64, String)> {
+    pub(crate) async fn history(&self) -> Vec<(String, i64, String)> {
         sqlx::query_as("SELECT stream, stream_offset, event_id::text FROM events ORDER BY stream, stream_offset")
             .fetch_all(&self.pool)
             .await
             .expect("history")
     }
 
-    pub async fn executions(&self) -> BTreeMap<(String, String), ExecutionView> {
+    pub(crate) async fn executions(&self) -> BTreeMap<(String, String), ExecutionView> {
         read_executions(&self.pool).await
     }
 }
 
 /// The sum of a metric's samples on a service's `/metrics` page (0 when absent).
-pub async fn metric(service: &runcast_testkit::ServiceProcess, name: &str) -> f64 {
+pub(crate) async fn metric(service: &runcast_testkit::ServiceProcess, name: &str) -> f64 {
     let Ok(response) = reqwest::get(service.http_url("/metrics")).await else {
         return 0.0;
     };
@@ -120,7 +120,7 @@ pub async fn metric(service: &runcast_testkit::ServiceProcess, name: &str) -> f6
         .sum()
 }
 
-pub async fn publish(js: &jetstream::Context, events: Vec<(String, Event)>) -> Vec<Published> {
+pub(crate) async fn publish(js: &jetstream::Context, events: Vec<(String, Event)>) -> Vec<Published> {
     let mut pending = VecDeque::with_capacity(PUBLISH_WINDOW);
     let mut published = Vec::with_capacity(events.len());
     for (subject, event) in events {
@@ -141,7 +141,7 @@ pub async fn publish(js: &jetstream::Context, events: Vec<(String, Event)>) -> V
 }
 
 #[derive(Debug, Clone)]
-pub struct Published {
+pub(crate) struct Published {
     pub event: Event,
     pub offset: u64,
 }
@@ -154,7 +154,7 @@ impl Published {
 
 /// What the read model says about one execution.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ExecutionView {
+pub(crate) struct ExecutionView {
     pub version: i64,
     pub last_offset: i64,
     pub status: String,
@@ -166,7 +166,7 @@ pub struct ExecutionView {
 
 type ExecutionRow = (String, String, i64, i64, String, Option<String>, Vec<u8>);
 
-pub async fn read_executions(pool: &PgPool) -> BTreeMap<(String, String), ExecutionView> {
+pub(crate) async fn read_executions(pool: &PgPool) -> BTreeMap<(String, String), ExecutionView> {
     let rows: Vec<ExecutionRow> = sqlx::query_as(
         "SELECT tenant_id, execution_id, version, last_offset, status, idempotency_key, state
          FROM executions",
@@ -206,7 +206,7 @@ pub async fn read_executions(pool: &PgPool) -> BTreeMap<(String, String), Execut
 }
 
 /// The read model the published events should produce: the state of each execution's last event.
-pub fn expected_executions(published: &[Published]) -> BTreeMap<(String, String), ExecutionView> {
+pub(crate) fn expected_executions(published: &[Published]) -> BTreeMap<(String, String), ExecutionView> {
     let mut views: BTreeMap<(String, String), ExecutionView> = BTreeMap::new();
     let mut keys: BTreeMap<(String, String), String> = BTreeMap::new();
     for item in published {
@@ -253,7 +253,7 @@ pub fn expected_executions(published: &[Published]) -> BTreeMap<(String, String)
 }
 
 /// Every row of the read model as text, for exact comparisons (rebuild, replicas).
-pub async fn read_model_snapshot(pool: &PgPool) -> Vec<String> {
+pub(crate) async fn read_model_snapshot(pool: &PgPool) -> Vec<String> {
     let mut rows: Vec<String> = Vec::new();
     for query in [
         "SELECT to_jsonb(x)::text FROM executions x ORDER BY tenant_id, execution_id",
@@ -276,7 +276,7 @@ fn now_seconds() -> i64 {
 
 /// The `count` events of one execution (at least 2), in order, each with the whole state after
 /// it: created, started, an approval asked for and granted, progress, and completed last.
-pub fn execution_events(tenant: &str, execution: &str, count: u64, at: i64) -> Vec<Event> {
+pub(crate) fn execution_events(tenant: &str, execution: &str, count: u64, at: i64) -> Vec<Event> {
     let mut state = Execution {
         execution_id: execution.into(),
         tenant_id: tenant.into(),
@@ -352,8 +352,12 @@ pub fn execution_events(tenant: &str, execution: &str, count: u64, at: i64) -> V
 
 /// `executions` executions of `per_execution` events each, interleaved the way concurrent
 /// executions interleave on the stream (per-execution order kept).
-pub fn load(world: &World, executions: usize, per_execution: u64) -> Vec<(String, Event)> {
-    let at = now_seconds() - 3600;
+pub(crate) fn load(world: &World, executions: usize, per_execution: u64) -> Vec<(String, Event)> {
+    load_at(world, executions, per_execution, now_seconds() - 3600)
+}
+
+/// [`load`] with the events' time (`occurred_at`, Unix seconds).
+pub(crate) fn load_at(world: &World, executions: usize, per_execution: u64, at: i64) -> Vec<(String, Event)> {
     let scripts: Vec<(String, Vec<Event>)> = (0..executions)
         .map(|n| {
             let id = format!("exec-{n}");
@@ -369,31 +373,24 @@ pub fn load(world: &World, executions: usize, per_execution: u64) -> Vec<(String
     events
 }
 
-pub fn log_event(tenant: &str, execution: &str, first_line: u64, lines: u64) -> Event {
+pub(crate) fn log_event(tenant: &str, execution: &str, first_line: u64, lines: u64) -> Event {
     Event {
-        event_id: uuid::Uuid::now_v7().to_string(),
-        tenant_id: tenant.into(),
-        execution_id: execution.into(),
         occurred_at: Some(timestamp(now_seconds())),
-        r#type: EventType::LogAppended.into(),
-        payload: Some(Payload::LogsAppended(LogsAppended {
-            lines: (first_line..first_line + lines)
+        ..events::log_event(
+            tenant,
+            execution,
+            (first_line..first_line + lines)
                 .map(|n| LogLine { line_number: n, text: format!("line {n}"), stream: 1 })
                 .collect(),
-        })),
-        ..Default::default()
+        )
     }
 }
 
-pub fn agent_event(tenant: &str, agent: &str, version: u64, status: AgentStatus) -> Event {
+pub(crate) fn agent_event(tenant: &str, agent: &str, version: u64, status: AgentStatus) -> Event {
     let at = timestamp(now_seconds());
+    let kind = if version == 1 { EventType::AgentOnline } else { EventType::AgentHeartbeat };
     Event {
-        event_id: uuid::Uuid::now_v7().to_string(),
-        tenant_id: tenant.into(),
-        agent_id: agent.into(),
-        version,
         occurred_at: Some(at),
-        r#type: if version == 1 { EventType::AgentOnline.into() } else { EventType::AgentHeartbeat.into() },
         state: Some(State::Agent(Agent {
             agent_id: agent.into(),
             tenant_id: tenant.into(),
@@ -406,6 +403,6 @@ pub fn agent_event(tenant: &str, agent: &str, version: u64, status: AgentStatus)
             online_since: Some(at),
             ..Default::default()
         })),
-        ..Default::default()
+        ..events::agent_event(tenant, agent, version, kind)
     }
 }

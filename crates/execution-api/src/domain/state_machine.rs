@@ -9,7 +9,12 @@
 //! current state and a command and returns the one event that records the change — its type, its
 //! payload and the whole state after it — or the reason the command is refused. Nothing else in
 //! the service decides transitions.
+//!
+//! It also keeps an execution within the bounds of DESIGN §7 (steps, approvals, encoded size):
+//! a change that would cross one is refused naming the limit, except a terminal one, for which
+//! [`TERMINAL_RESERVE_BYTES`] are always left free.
 
+use prost::Message as _;
 use prost_types::Timestamp;
 use runcast_contract::WireEnum;
 use runcast_contract::v1::{
@@ -17,6 +22,16 @@ use runcast_contract::v1::{
     ProgressReported, StatusChanged, Step, StepChanged, StepStatus, event::Payload,
 };
 use std::collections::HashMap;
+
+/// At most this many steps per execution.
+pub(crate) const MAX_STEPS: usize = 1000;
+/// At most this many approvals per execution.
+pub(crate) const MAX_APPROVALS: usize = 100;
+/// The encoded state never exceeds this.
+pub(crate) const MAX_STATE_BYTES: usize = 256 * 1024;
+/// Room kept free for the terminal transition (a 4 KiB error, a 4 KiB message, timestamps), so an
+/// execution at its limit can still be cancelled, failed or completed.
+pub(crate) const TERMINAL_RESERVE_BYTES: usize = 16 * 1024;
 
 /// Everything that can be asked of an execution. Inputs are already validated for shape (ids,
 /// lengths, ranges); this decides only whether the change is legal now.
@@ -29,11 +44,14 @@ pub enum Command {
         idempotency_key: String,
         labels: HashMap<String, String>,
         input: Option<prost_types::Struct>,
+        heartbeat_timeout_seconds: u32,
     },
     SetStatus {
         to: ExecutionStatus,
         message: String,
         error: String,
+        /// The reporting agent (empty: not said). Moving to running makes it the owner.
+        agent_id: String,
     },
     ReportStep {
         step_id: String,
@@ -70,6 +88,13 @@ pub enum Command {
     ExpireApproval {
         approval_id: String,
     },
+    /// Issued by the sweeper: the owning agent went offline and stayed away past the grace.
+    FailForLostAgent {
+        agent_id: String,
+    },
+    /// Issued by the sweeper: a running execution with `heartbeat_timeout_seconds` had no event
+    /// for that long.
+    FailForSilence,
 }
 
 impl Command {
@@ -86,13 +111,15 @@ impl Command {
             Self::RequestApproval { .. } => "request an approval",
             Self::ResolveApproval { .. } => "resolve an approval",
             Self::ExpireApproval { .. } => "expire an approval",
+            Self::FailForLostAgent { .. } => "fail for a lost agent",
+            Self::FailForSilence => "fail for a missed heartbeat",
         }
     }
 }
 
 /// The event a legal command produces.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Change {
+pub(crate) struct Change {
     pub event_type: EventType,
     pub payload: Payload,
     /// The whole state after the change, `version` already incremented.
@@ -113,9 +140,13 @@ pub enum Refusal {
     /// The command names something the execution does not have, or repeats something it has.
     #[error("{0}")]
     Conflict(String),
-    /// The command's arguments make no sense (e.g. status `unspecified`).
+    /// The command's arguments make no sense (e.g. status `unspecified`), or it would cross a
+    /// count limit (steps, approvals).
     #[error("{0}")]
     InvalidArgument(String),
+    /// The state after the change would be larger than [`MAX_STATE_BYTES`] allows.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 fn illegal(command: &Command, status: ExecutionStatus, hint: &'static str) -> Refusal {
@@ -127,10 +158,21 @@ fn status_of(execution: &Execution) -> ExecutionStatus {
 }
 
 /// Decides what `command` does to `current` at time `now`.
-pub fn decide(current: Option<&Execution>, command: &Command, now: Timestamp) -> Result<Change, Refusal> {
+pub(crate) fn decide(current: Option<&Execution>, command: &Command, now: Timestamp) -> Result<Change, Refusal> {
     let current = match (current, command) {
         (Some(_), Command::Create { .. }) => return Err(Refusal::AlreadyExists),
-        (None, Command::Create { tenant_id, execution_id, workflow_id, idempotency_key, labels, input }) => {
+        (
+            None,
+            Command::Create {
+                tenant_id,
+                execution_id,
+                workflow_id,
+                idempotency_key,
+                labels,
+                input,
+                heartbeat_timeout_seconds,
+            },
+        ) => {
             let state = Execution {
                 execution_id: execution_id.clone(),
                 tenant_id: tenant_id.clone(),
@@ -139,6 +181,7 @@ pub fn decide(current: Option<&Execution>, command: &Command, now: Timestamp) ->
                 version: 1,
                 labels: labels.clone(),
                 input: input.clone(),
+                heartbeat_timeout_seconds: *heartbeat_timeout_seconds,
                 created_at: Some(now),
                 updated_at: Some(now),
                 ..Default::default()
@@ -162,7 +205,7 @@ pub fn decide(current: Option<&Execution>, command: &Command, now: Timestamp) ->
     use ExecutionStatus as S;
     let (event_type, payload) = match command {
         Command::Create { .. } => unreachable!("handled above"),
-        Command::SetStatus { to, message, error } => {
+        Command::SetStatus { to, message, error, agent_id } => {
             let event_type = match (status, *to) {
                 (S::Pending, S::Running) => EventType::ExecutionStarted,
                 (S::Paused | S::Blocked, S::Running) => EventType::ExecutionResumed,
@@ -188,6 +231,9 @@ pub fn decide(current: Option<&Execution>, command: &Command, now: Timestamp) ->
             transition(&mut state, *to, now);
             if *to == S::Failed && !error.is_empty() {
                 state.error = error.clone();
+            }
+            if *to == S::Running && !agent_id.is_empty() {
+                state.agent_id = agent_id.clone();
             }
             state.status_message = message.clone();
             (event_type, status_changed(status, *to, message, error, ""))
@@ -254,6 +300,11 @@ pub fn decide(current: Option<&Execution>, command: &Command, now: Timestamp) ->
             if !matches!(status, S::Running | S::Blocked) {
                 return Err(illegal(command, status, ": approvals are requested by a running execution"));
             }
+            if state.approvals.len() >= MAX_APPROVALS {
+                return Err(Refusal::InvalidArgument(format!(
+                    "approvals: the execution has {MAX_APPROVALS} approvals, the most one execution may have"
+                )));
+            }
             if state.approvals.iter().any(|a| &a.approval_id == approval_id) {
                 return Err(Refusal::Conflict(format!("approval {approval_id} was already requested")));
             }
@@ -289,8 +340,53 @@ pub fn decide(current: Option<&Execution>, command: &Command, now: Timestamp) ->
             resolve_approval(&mut state, approval_id, ApprovalStatus::Expired, "", "", now)?;
             (EventType::ApprovalExpired, approval_changed(approval_id, ApprovalStatus::Expired, ""))
         }
+        Command::FailForLostAgent { agent_id } => {
+            if !current.agent_id.is_empty() && &current.agent_id != agent_id {
+                return Err(Refusal::Conflict(format!("execution is owned by agent {}", current.agent_id)));
+            }
+            if status == S::Pending {
+                return Err(illegal(command, status, ": no agent runs it yet"));
+            }
+            let error = format!("agent {agent_id} went offline");
+            fail(&mut state, status, error, now)
+        }
+        Command::FailForSilence => {
+            let timeout = current.heartbeat_timeout_seconds;
+            let last = current.updated_at.map_or(i64::MIN, |at| at.seconds);
+            if status != S::Running || timeout == 0 || last.saturating_add(i64::from(timeout)) > now.seconds {
+                return Err(Refusal::Conflict("the execution had an event within its heartbeat timeout".into()));
+            }
+            fail(&mut state, status, format!("no heartbeat for {timeout}s"), now)
+        }
     };
+    check_size(&state, status)?;
     Ok(Change { event_type, payload, state })
+}
+
+/// Ends an execution as failed with `error` (for the sweepers; from any non-terminal state).
+fn fail(state: &mut Execution, from: ExecutionStatus, error: String, now: Timestamp) -> (EventType, Payload) {
+    state.error = error.clone();
+    transition(state, ExecutionStatus::Failed, now);
+    (EventType::ExecutionFailed, status_changed(from, ExecutionStatus::Failed, "", &error, ""))
+}
+
+/// Refuses a non-terminal change whose state would leave less than [`TERMINAL_RESERVE_BYTES`]
+/// below [`MAX_STATE_BYTES`]; a terminal change fits in that reserve and is always accepted.
+fn check_size(state: &Execution, from: ExecutionStatus) -> Result<(), Refusal> {
+    if status_of(state).is_terminal() {
+        return Ok(());
+    }
+    let size = state.encoded_len();
+    let limit = MAX_STATE_BYTES - TERMINAL_RESERVE_BYTES;
+    if size > limit {
+        return Err(Refusal::TooLarge(format!(
+            "state: the execution's state would be {size} bytes, above the limit of {limit} bytes \
+             ({MAX_STATE_BYTES} bytes, less {TERMINAL_RESERVE_BYTES} kept for its end) while {}: \
+             end it (complete, fail or cancel) or report less",
+            from.wire_name()
+        )));
+    }
+    Ok(())
 }
 
 /// Sets the status and the timestamps that go with it.
@@ -336,6 +432,11 @@ fn upsert_step(
 ) -> Result<(), Refusal> {
     let index = match state.steps.iter().position(|s| s.step_id == step_id) {
         Some(index) => index,
+        None if state.steps.len() >= MAX_STEPS => {
+            return Err(Refusal::InvalidArgument(format!(
+                "steps: the execution has {MAX_STEPS} steps, the most one execution may have"
+            )));
+        }
         None => {
             state.steps.push(Step { step_id: step_id.to_owned(), name: name.to_owned(), ..Default::default() });
             state.steps.len() - 1
@@ -419,7 +520,7 @@ mod tests {
     }
 
     fn set(to: ExecutionStatus) -> Command {
-        Command::SetStatus { to, message: String::new(), error: String::new() }
+        Command::SetStatus { to, message: String::new(), error: String::new(), agent_id: String::new() }
     }
 
     /// Every (state, target status) pair of `SetStatus`, against the table of DESIGN §2.
@@ -523,8 +624,10 @@ mod tests {
             idempotency_key: "k".into(),
             labels: HashMap::new(),
             input: None,
+            heartbeat_timeout_seconds: 30,
         };
         let change = decide(None, &create, NOW).expect("creates");
+        assert_eq!(change.state.heartbeat_timeout_seconds, 30);
         assert_eq!(change.event_type, EventType::ExecutionCreated);
         assert_eq!((change.state.version, change.state.status), (1, i32::from(ExecutionStatus::Pending)));
         assert_eq!(change.state.created_at, Some(NOW));
@@ -550,7 +653,12 @@ mod tests {
     fn failure_records_the_error() {
         let failed = decide(
             Some(&execution(ExecutionStatus::Running)),
-            &Command::SetStatus { to: ExecutionStatus::Failed, message: "m".into(), error: "disk full".into() },
+            &Command::SetStatus {
+                to: ExecutionStatus::Failed,
+                message: "m".into(),
+                error: "disk full".into(),
+                agent_id: String::new(),
+            },
             NOW,
         )
         .expect("fails");
@@ -653,6 +761,137 @@ mod tests {
                 decide(Some(&execution(status)), &request("a"), NOW),
                 Err(Refusal::IllegalTransition { .. })
             ));
+        }
+    }
+
+    fn step(step_id: &str, status: StepStatus, error: &str) -> Command {
+        Command::ReportStep { step_id: step_id.into(), name: String::new(), status, error: error.into() }
+    }
+
+    #[test]
+    fn the_agent_that_starts_an_execution_owns_it_and_keeps_it() {
+        let start = Command::SetStatus {
+            to: ExecutionStatus::Running,
+            message: String::new(),
+            error: String::new(),
+            agent_id: "agent-7".into(),
+        };
+        let running = decide(Some(&execution(ExecutionStatus::Pending)), &start, NOW).expect("starts").state;
+        assert_eq!(running.agent_id, "agent-7");
+        let progressed = decide(
+            Some(&running),
+            &Command::ReportProgress { percent: 5, current_step: String::new(), message: String::new() },
+            NOW,
+        )
+        .expect("progress")
+        .state;
+        assert_eq!(progressed.agent_id, "agent-7", "every later state names the owner");
+        // Another agent's status report without a move to running does not take it over.
+        let paused = decide(
+            Some(&progressed),
+            &Command::SetStatus {
+                to: ExecutionStatus::Paused,
+                message: String::new(),
+                error: String::new(),
+                agent_id: "agent-8".into(),
+            },
+            NOW,
+        )
+        .expect("pauses")
+        .state;
+        assert_eq!(paused.agent_id, "agent-7");
+    }
+
+    #[test]
+    fn a_lost_agent_fails_what_it_owns_from_any_active_state() {
+        let lost = Command::FailForLostAgent { agent_id: "agent-7".into() };
+        for status in [ExecutionStatus::Running, ExecutionStatus::Paused, ExecutionStatus::Blocked] {
+            let owned = Execution { agent_id: "agent-7".into(), ..execution(status) };
+            let change = decide(Some(&owned), &lost, NOW).expect("fails");
+            assert_eq!(change.event_type, EventType::ExecutionFailed);
+            assert_eq!(change.state.status, i32::from(ExecutionStatus::Failed));
+            assert_eq!(change.state.error, "agent agent-7 went offline");
+            assert_eq!(change.state.finished_at, Some(NOW));
+        }
+        let other = Execution { agent_id: "agent-8".into(), ..execution(ExecutionStatus::Running) };
+        assert!(matches!(decide(Some(&other), &lost, NOW), Err(Refusal::Conflict(_))));
+        assert!(decide(Some(&execution(ExecutionStatus::Pending)), &lost, NOW).is_err());
+        assert!(decide(Some(&execution(ExecutionStatus::Completed)), &lost, NOW).is_err());
+    }
+
+    #[test]
+    fn a_silent_execution_fails_only_after_its_timeout() {
+        let last = Timestamp { seconds: NOW.seconds - 10, nanos: 0 };
+        let watched =
+            Execution { heartbeat_timeout_seconds: 10, updated_at: Some(last), ..execution(ExecutionStatus::Running) };
+        let change = decide(Some(&watched), &Command::FailForSilence, NOW).expect("fails at the timeout");
+        assert_eq!(change.state.error, "no heartbeat for 10s");
+        assert_eq!(change.state.status, i32::from(ExecutionStatus::Failed));
+        let early = Timestamp { seconds: NOW.seconds - 1, nanos: 0 };
+        assert!(matches!(decide(Some(&watched), &Command::FailForSilence, early), Err(Refusal::Conflict(_))));
+        let unwatched = Execution { heartbeat_timeout_seconds: 0, ..watched.clone() };
+        assert!(decide(Some(&unwatched), &Command::FailForSilence, NOW).is_err());
+        let paused = Execution { status: ExecutionStatus::Paused.into(), ..watched };
+        assert!(decide(Some(&paused), &Command::FailForSilence, NOW).is_err(), "only running executions");
+    }
+
+    #[test]
+    fn steps_and_approvals_are_bounded_in_number() {
+        let mut state = execution(ExecutionStatus::Running);
+        state.steps = (0..MAX_STEPS - 1)
+            .map(|n| Step { step_id: format!("s{n}"), status: StepStatus::Completed.into(), ..Default::default() })
+            .collect();
+        let last = decide(Some(&state), &step("last", StepStatus::Running, ""), NOW).expect("the 1000th step");
+        assert_eq!(last.state.steps.len(), MAX_STEPS);
+        let err = decide(Some(&last.state), &step("one-more", StepStatus::Running, ""), NOW).expect_err("1001st");
+        assert!(matches!(err, Refusal::InvalidArgument(_)));
+        assert!(err.to_string().contains("1000 steps"), "names the limit: {err}");
+        // An existing step still moves on at the limit.
+        decide(Some(&last.state), &step("last", StepStatus::Completed, ""), NOW).expect("known step");
+
+        let mut blocked = execution(ExecutionStatus::Running);
+        blocked.approvals = (0..MAX_APPROVALS - 1)
+            .map(|n| Approval {
+                approval_id: format!("a{n}"),
+                status: ApprovalStatus::Granted.into(),
+                ..Default::default()
+            })
+            .collect();
+        let full = decide(Some(&blocked), &request("last"), NOW).expect("the 100th approval").state;
+        let err = decide(Some(&full), &request("one-more"), NOW).expect_err("101st");
+        assert!(err.to_string().contains("100 approvals"), "names the limit: {err}");
+    }
+
+    #[test]
+    fn state_stays_below_its_byte_limit_and_terminal_changes_always_fit() {
+        let error = "e".repeat(4096);
+        let mut state = execution(ExecutionStatus::Running);
+        let mut refused = None;
+        for n in 0..MAX_STEPS {
+            match decide(Some(&state), &step(&format!("s{n}"), StepStatus::Failed, &error), NOW) {
+                Ok(change) => state = change.state,
+                Err(err) => {
+                    refused = Some(err);
+                    break;
+                }
+            }
+        }
+        let refused = refused.expect("4 KiB errors reach the byte limit before the step limit");
+        assert!(matches!(refused, Refusal::TooLarge(_)), "{refused}");
+        assert!(refused.to_string().contains(&format!("limit of {}", MAX_STATE_BYTES - TERMINAL_RESERVE_BYTES)));
+        assert!(state.encoded_len() <= MAX_STATE_BYTES - TERMINAL_RESERVE_BYTES);
+        // Progress on a full execution is refused too; every terminal change is accepted and fits.
+        let progress = Command::ReportProgress { percent: 50, current_step: "x".repeat(256), message: error.clone() };
+        assert!(matches!(decide(Some(&state), &progress, NOW), Err(Refusal::TooLarge(_))));
+        let fail = Command::SetStatus {
+            to: ExecutionStatus::Failed,
+            message: error.clone(),
+            error: error.clone(),
+            agent_id: String::new(),
+        };
+        for command in [Command::Cancel { reason: error.clone() }, fail, set(ExecutionStatus::Completed)] {
+            let end = decide(Some(&state), &command, NOW).expect("terminal changes are always accepted");
+            assert!(end.state.encoded_len() <= MAX_STATE_BYTES, "{} bytes", end.state.encoded_len());
         }
     }
 }

@@ -1,7 +1,6 @@
 //! Identity over both front ends: the role × method matrix, bad tokens, tenant isolation.
 
 use crate::support::{SECRET, Stack, TENANT, admin, agents, executions, http, token_for};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use runcast_contract::v1::*;
 use tonic::Code;
 
@@ -97,12 +96,7 @@ async fn role_by_method_matrix_over_grpc_and_rest() {
 async fn expired_garbled_and_wrong_key_tokens_are_unauthenticated() {
     let stack = Stack::start().await;
     let mut api = stack.api(&[]).await;
-    let wrong_key = jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &serde_json::json!({"sub": "x", "tenant": TENANT, "roles": ["admin"], "exp": chrono::Utc::now().timestamp() + 600}),
-        &EncodingKey::from_secret(b"not-the-secret"),
-    )
-    .expect("token");
+    let wrong_key = runcast_testkit::token::token("not-the-secret", "x", TENANT, &["admin"], 600);
     assert_ne!(SECRET.as_bytes(), b"not-the-secret");
     let cases = [
         (Some(token_for(TENANT, &["admin"], -60)), "expired"),
@@ -158,7 +152,7 @@ async fn another_tenants_executions_are_not_found_on_get_watch_list_and_events()
     let err = globex.get_execution(GetExecutionRequest { execution_id: id.clone() }).await.expect_err("isolated");
     assert_eq!(err.code(), Code::NotFound);
     let err = globex
-        .watch_execution(WatchExecutionRequest { execution_id: id.clone(), from_offset: 0 })
+        .watch_execution(WatchExecutionRequest { execution_id: id.clone(), from_offset: None })
         .await
         .expect_err("isolated");
     assert_eq!(err.code(), Code::NotFound);

@@ -1,4 +1,11 @@
 #[tokio::test]
 async fn starts_without_nats_becomes_ready_follows_nats_and_stops_on_sigterm() {
-    runcast_testkit::lifecycle::check("execution-api", false).await.expect("lifecycle contract holds");
+    let series = [
+        "runcast_api_commands_total",
+        "runcast_api_command_seconds",
+        "runcast_api_write_conflicts_total",
+        "runcast_api_requests_shed_total",
+        "runcast_api_requests_timed_out_total",
+    ];
+    runcast_testkit::lifecycle::check("execution-api", false, &series).await.expect("lifecycle contract holds");
 }

@@ -2,9 +2,16 @@
 //! real event-persister where the read model is involved), driven over gRPC and REST.
 
 mod auth;
+mod bench;
+mod error_contract;
 mod failures;
 mod lifecycle;
+mod limits;
+mod long_lived;
+mod ownership;
 mod reads;
+mod rest_workers;
+mod retention;
 mod support;
 mod sweepers;
 mod trace_context;

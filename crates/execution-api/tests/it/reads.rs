@@ -141,7 +141,7 @@ async fn watch_streams_the_state_then_events_and_resumes_from_an_offset_without_
     let mut client = executions(&mut api, Some(&admin())).await;
     let id = crate::support::create(&mut client, "wf").await;
     let mut watch = client
-        .watch_execution(WatchExecutionRequest { execution_id: id.clone(), from_offset: 0 })
+        .watch_execution(WatchExecutionRequest { execution_id: id.clone(), from_offset: None })
         .await
         .expect("watch")
         .into_inner();
@@ -163,7 +163,7 @@ async fn watch_streams_the_state_then_events_and_resumes_from_an_offset_without_
             .expect("progress");
     }
     let mut resumed = client
-        .watch_execution(WatchExecutionRequest { execution_id: id.clone(), from_offset: started.offset })
+        .watch_execution(WatchExecutionRequest { execution_id: id.clone(), from_offset: Some(started.offset) })
         .await
         .expect("resume")
         .into_inner();
@@ -226,4 +226,66 @@ async fn the_openapi_document_is_public_and_describes_the_rest_api_with_the_cont
         .collect();
     assert!(list_params.contains(&"type") && list_params.contains(&"cursor"), "{list_params:?}");
     assert!(document["components"]["securitySchemes"]["bearer"].is_object());
+    let statuses = execution["status"]["enum"].as_array().expect("enum names listed");
+    assert!(statuses.iter().any(|name| name == "running") && !statuses.iter().any(|name| name == "unspecified"));
+    let create = &document["components"]["schemas"]["CreateExecutionRequest"];
+    assert_eq!(create["required"], serde_json::json!(["workflow_id"]), "{create}");
+    for worker_path in ["steps", "progress", "logs", "approvals", "status"] {
+        let path = format!("/api/v1/executions/{{id}}/{worker_path}");
+        assert!(document["paths"][&path]["post"].is_object(), "POST {path} is documented");
+    }
+
+    // The whole document passes an independent validator of the OpenAPI specification.
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), serde_json::to_vec(&document).expect("json")).expect("written");
+    let validator = runcast_testkit::tools::openapi_spec_validator().expect("installed by make tools");
+    let output = std::process::Command::new(validator).arg(file.path()).output().expect("runs");
+    assert!(
+        output.status.success(),
+        "openapi-spec-validator: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn grpc_reflection_answers_in_v1_and_v1alpha() {
+    use futures::StreamExt as _;
+    use tonic_reflection::pb::{v1, v1alpha};
+    let stack = Stack::start().await;
+    let mut api = stack.api(&[]).await;
+    let addr = api.addr("grpc_addr").await.expect("grpc");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects");
+
+    let mut current = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = v1::ServerReflectionRequest {
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+        ..Default::default()
+    };
+    let mut answers = current.server_reflection_info(futures::stream::iter([request])).await.expect("v1").into_inner();
+    let Some(Ok(answer)) = answers.next().await else { panic!("a v1 answer") };
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = answer.message_response
+    else {
+        panic!("a v1 service list")
+    };
+    assert!(list.service.iter().any(|s| s.name == "runcast.v1.ExecutionService"), "{list:?}");
+
+    let mut older = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1alpha::ServerReflectionRequest {
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+        ..Default::default()
+    };
+    let mut answers =
+        older.server_reflection_info(futures::stream::iter([request])).await.expect("v1alpha").into_inner();
+    let Some(Ok(answer)) = answers.next().await else { panic!("a v1alpha answer") };
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answer.message_response
+    else {
+        panic!("a v1alpha service list")
+    };
+    assert!(list.service.iter().any(|s| s.name == "runcast.v1.AgentService"), "{list:?}");
 }

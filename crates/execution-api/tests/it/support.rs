@@ -1,6 +1,5 @@
 //! A running stack for one test: servers, isolation, api replicas, clients with tokens.
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use runcast_contract::client::Bearer;
 use runcast_contract::v1::agent_service_client::AgentServiceClient;
 use runcast_contract::v1::execution_service_client::ExecutionServiceClient;
@@ -9,30 +8,27 @@ use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub const SECRET: &str = "integration-test-secret";
-pub const TENANT: &str = "acme";
+pub(crate) const SECRET: &str = "integration-test-secret";
+pub(crate) const TENANT: &str = "acme";
 
-pub fn token_for(tenant: &str, roles: &[&str], ttl_seconds: i64) -> String {
-    let exp = chrono::Utc::now().timestamp() + ttl_seconds;
-    let claims = serde_json::json!({"sub": format!("{tenant}-user"), "tenant": tenant, "roles": roles, "exp": exp});
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes()))
-        .expect("token")
+pub(crate) fn token_for(tenant: &str, roles: &[&str], ttl_seconds: i64) -> String {
+    runcast_testkit::token::token(SECRET, &format!("{tenant}-user"), tenant, roles, ttl_seconds)
 }
 
-pub fn admin() -> String {
+pub(crate) fn admin() -> String {
     token_for(TENANT, &["admin"], 3600)
 }
 
-pub type Executions = ExecutionServiceClient<InterceptedService<Channel, Bearer>>;
-pub type Agents = AgentServiceClient<InterceptedService<Channel, Bearer>>;
+pub(crate) type Executions = ExecutionServiceClient<InterceptedService<Channel, Bearer>>;
+pub(crate) type Agents = AgentServiceClient<InterceptedService<Channel, Bearer>>;
 
-pub struct Stack {
+pub(crate) struct Stack {
     pub infra: Infra,
     pub isolation: Isolation,
 }
 
 impl Stack {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let infra = Infra::start().await.expect("servers");
         let isolation = infra.isolate().await.expect("isolation");
         Self { infra, isolation }
@@ -50,7 +46,7 @@ impl Stack {
     }
 
     /// An execution-api process, ready (streams provisioned).
-    pub async fn api(&self, extra: &[(&str, &str)]) -> ServiceProcess {
+    pub(crate) async fn api(&self, extra: &[(&str, &str)]) -> ServiceProcess {
         let nats_url = self.infra.nats.url();
         let mut api = ServiceProcess::spawn("execution-api", &self.env(&nats_url, extra)).await.expect("api starts");
         wait_ready(&api).await;
@@ -59,12 +55,12 @@ impl Stack {
     }
 
     /// An event-persister process, ready (schema migrated).
-    pub async fn persister(&self) -> ServiceProcess {
+    pub(crate) async fn persister(&self) -> ServiceProcess {
         self.persister_with(&[]).await
     }
 
     /// An event-persister process with extra settings, ready (schema migrated).
-    pub async fn persister_with(&self, extra: &[(&str, &str)]) -> ServiceProcess {
+    pub(crate) async fn persister_with(&self, extra: &[(&str, &str)]) -> ServiceProcess {
         let nats_url = self.infra.nats.url();
         let persister =
             ServiceProcess::spawn("event-persister", &self.env(&nats_url, extra)).await.expect("persister starts");
@@ -73,7 +69,7 @@ impl Stack {
     }
 }
 
-pub async fn wait_ready(service: &ServiceProcess) {
+pub(crate) async fn wait_ready(service: &ServiceProcess) {
     let url = service.http_url("/readyz");
     runcast_testkit::eventually(&format!("{url} to be ready"), Duration::from_secs(30), || {
         let url = url.clone();
@@ -98,25 +94,25 @@ fn bearer(token: Option<&str>) -> Bearer {
     Bearer::new(token).expect("ascii token")
 }
 
-pub async fn executions(api: &mut ServiceProcess, token: Option<&str>) -> Executions {
+pub(crate) async fn executions(api: &mut ServiceProcess, token: Option<&str>) -> Executions {
     ExecutionServiceClient::with_interceptor(channel(api).await, bearer(token))
 }
 
-pub async fn agents(api: &mut ServiceProcess, token: Option<&str>) -> Agents {
+pub(crate) async fn agents(api: &mut ServiceProcess, token: Option<&str>) -> Agents {
     AgentServiceClient::with_interceptor(channel(api).await, bearer(token))
 }
 
-pub fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("client")
 }
 
 /// Every event stored on an execution's subject, in order, decoded.
-pub async fn events_of(stack: &Stack, execution_id: &str) -> Vec<runcast_contract::v1::Event> {
+pub(crate) async fn events_of(stack: &Stack, execution_id: &str) -> Vec<runcast_contract::v1::Event> {
     events_on(stack, runcast_contract::StreamKind::Executions, execution_id).await
 }
 
 /// Every event stored on the subject of one entity of `kind` (tenant [`TENANT`]), in order.
-pub async fn events_on(
+pub(crate) async fn events_on(
     stack: &Stack,
     kind: runcast_contract::StreamKind,
     entity: &str,
@@ -152,7 +148,7 @@ pub async fn events_on(
 }
 
 /// Creates an execution of `workflow` and returns its id.
-pub async fn create(client: &mut Executions, workflow: &str) -> String {
+pub(crate) async fn create(client: &mut Executions, workflow: &str) -> String {
     let request = runcast_contract::v1::CreateExecutionRequest { workflow_id: workflow.into(), ..Default::default() };
     client.create_execution(request).await.expect("create").into_inner().execution_id
 }

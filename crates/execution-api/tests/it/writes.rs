@@ -215,7 +215,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_changes_nothing() {
     client.update_execution_status(set(&id, ExecutionStatus::Running)).await.expect("run");
     let before = events_of(&stack, &id).await.len();
 
-    let labels = (0..40).map(|n| (format!("k{n}"), "v".to_owned())).collect();
+    let labels = (0..65).map(|n| (format!("k{n}"), "v".to_owned())).collect(); // at most 64 (DESIGN §7)
     let failures = vec![
         (client.get_execution(GetExecutionRequest { execution_id: "a.b".into() }).await.map(drop), "execution_id"),
         (client.get_execution(GetExecutionRequest { execution_id: "x".repeat(65) }).await.map(drop), "execution_id"),

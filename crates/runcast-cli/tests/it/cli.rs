@@ -19,6 +19,11 @@ struct Stack {
 
 impl Stack {
     async fn start() -> Self {
+        Self::start_with_api(&[]).await
+    }
+
+    /// The stack with extra settings for execution-api.
+    async fn start_with_api(api_settings: &[(&str, &str)]) -> Self {
         let infra = Infra::start().await.expect("servers");
         let isolation = infra.isolate().await.expect("isolation");
         let nats = infra.nats.url();
@@ -28,8 +33,9 @@ impl Stack {
             ("RUNCAST_STREAM_PREFIX", isolation.stream_prefix.as_str()),
             ("RUNCAST_JWT_SECRET", SECRET),
         ];
+        let api_env: Vec<(&str, &str)> = env.iter().chain(api_settings).copied().collect();
         let (api, persister, gateway) = tokio::join!(
-            ServiceProcess::spawn("execution-api", &env),
+            ServiceProcess::spawn("execution-api", &api_env),
             ServiceProcess::spawn("event-persister", &env),
             ServiceProcess::spawn("ws-gateway", &env),
         );
@@ -243,9 +249,18 @@ async fn every_subcommand_works_against_the_real_stack() {
     assert_eq!(tail[1]["data"]["payload"]["logs_appended"]["lines"][1]["stream"], "stderr");
 }
 
-/// A `runcast watch` process whose stdout lines arrive on a channel.
+/// A `runcast --json watch executions` process whose stdout lines arrive on a channel. (Piped
+/// `watch` prints text lines since issue 14; the frames these tests read are its `--json` form.)
 fn watch(env: &[(String, String)]) -> (tokio::process::Child, mpsc::Receiver<String>, mpsc::Receiver<String>) {
-    let mut command = runcast(env, &["watch", "executions"]);
+    spawn_lines(env, &["--json", "watch", "executions"])
+}
+
+/// A `runcast` process whose stdout and stderr lines arrive on channels.
+fn spawn_lines(
+    env: &[(String, String)],
+    args: &[&str],
+) -> (tokio::process::Child, mpsc::Receiver<String>, mpsc::Receiver<String>) {
+    let mut command = runcast(env, args);
     command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut child = command.spawn().expect("watch starts");
     let lines = |reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
@@ -273,6 +288,9 @@ async fn next_offsets(stdout: &mut mpsc::Receiver<String>, count: usize) -> Vec<
             .expect("an event in time")
             .expect("watch still running");
         let frame: Value = serde_json::from_str(&line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+        if frame["type"] == "snapshot" {
+            continue; // the current state watch starts with: entities, not events
+        }
         offsets.push(frame["offset"].as_u64().expect("event frames carry offsets"));
     }
     offsets
@@ -370,4 +388,443 @@ async fn bad_flags_and_unreachable_services_give_one_line_and_a_non_zero_exit() 
     let no_secret = run(&[("RUNCAST_API_URL".to_owned(), "http://127.0.0.1:1".to_owned())], &["token"]).await;
     assert!(String::from_utf8_lossy(&no_secret.stderr).contains("RUNCAST_JWT_SECRET"));
     assert!(!no_secret.status.success());
+}
+
+#[tokio::test]
+async fn a_stopped_simulated_fleet_has_its_executions_failed_by_the_grace() {
+    let mut stack = Stack::start_with_api(&[("RUNCAST_AGENT_LOST_GRACE", "1s")]).await;
+    let env = stack.cli_env().await;
+    let simulated = run(&env, &["simulate", "--agents", "2", "--rate", "10", "--duration", "2s", "--no-pick-up"]).await;
+    assert!(simulated.status.success(), "{}", String::from_utf8_lossy(&simulated.stderr));
+
+    // What the fleet left running, each owned by one of its agents.
+    let orphans = eventually("executions the stopped fleet left running", Duration::from_secs(20), || {
+        let env = env.clone();
+        async move {
+            let active = json_lines(&env, &["exec", "list", "--status", "running,paused,blocked"]).await;
+            (!active.is_empty()).then_some(active)
+        }
+    })
+    .await
+    .expect("a fleet stopped mid-run leaves running executions");
+    // The list comes from the read model, which may lag; `exec get` reads the stream.
+    let mut orphans_now = Vec::new();
+    for listed in &orphans {
+        let current = one(&env, &["exec", "get", listed["execution_id"].as_str().expect("id")]).await;
+        if matches!(current["status"].as_str(), Some("running" | "paused" | "blocked")) {
+            orphans_now.push(current);
+        }
+    }
+    let orphans = orphans_now;
+    assert!(!orphans.is_empty(), "the fleet stopped with executions in flight");
+    for execution in &orphans {
+        assert!(execution["agent_id"].as_str().is_some_and(|id| id.starts_with("sim-")), "owned: {execution}");
+    }
+
+    // Its agents go offline after their heartbeat timeout; after the grace, each execution fails.
+    let mut lost_agent_failures = 0;
+    for execution in &orphans {
+        let id = execution["execution_id"].as_str().expect("id").to_owned();
+        let owner = execution["agent_id"].as_str().expect("owner").to_owned();
+        let failed = eventually(&format!("{id} to fail"), Duration::from_secs(60), || {
+            let (env, id) = (env.clone(), id.clone());
+            async move {
+                let execution = one(&env, &["exec", "get", &id]).await;
+                (execution["status"] == "failed").then_some(execution)
+            }
+        })
+        .await
+        .expect("failed by the grace");
+        let lost = format!("agent {owner} went offline");
+        if execution["status"] == "blocked" {
+            // Its approval's deadline (3 s in simulate) may pass before the agent's grace does.
+            let error = failed["error"].as_str().unwrap_or_default();
+            assert!(error == lost || error.ends_with("expired"), "{id}: {error}");
+        } else {
+            assert_eq!(failed["error"], lost, "{id}");
+            lost_agent_failures += 1;
+        }
+    }
+    assert!(lost_agent_failures > 0, "at least one running execution was failed for its lost agent");
+}
+
+/// The next line of a spawned command within 30 s.
+async fn next_line(lines: &mut mpsc::Receiver<String>, what: &str) -> String {
+    tokio::time::timeout(Duration::from_secs(30), lines.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no line in time"))
+        .unwrap_or_else(|| panic!("{what}: the command ended"))
+}
+
+/// Runs, expects success, returns stdout as text.
+async fn text(env: &[(String, String)], args: &[&str]) -> String {
+    let output = run(env, args).await;
+    assert!(output.status.success(), "runcast {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn exit_codes_are_the_documented_ones() {
+    let unreachable = vec![
+        ("RUNCAST_API_URL".to_owned(), "http://127.0.0.1:1".to_owned()),
+        ("RUNCAST_GATEWAY_URL".to_owned(), "ws://127.0.0.1:1".to_owned()),
+        ("RUNCAST_JWT_SECRET".to_owned(), SECRET.to_owned()),
+    ];
+    // 2: the command line is wrong, whether clap or the command itself finds it (before any call).
+    let usage: &[&[&str]] = &[
+        &["exec", "list", "--status", "sideways"],
+        &["watch", "--status", "sideways"],
+        &["watch", "agents", "--status", "sideways"],
+        &["agents", "--status", "sideways"],
+        &["events", "--type", "nope"],
+        &["events", "--since", "yesterday"],
+        &["exec", "status", "e1", "sideways"],
+        &["exec", "create", "--workflow", "w", "--input", "[1]"],
+        &["exec", "create"],
+        &["no-such-command"],
+        &["simulate", "--rate", "0"],
+    ];
+    for args in usage {
+        let output = run(&unreachable, args).await;
+        assert_eq!(output.status.code(), Some(2), "runcast {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    // 1: understood, but it failed.
+    for args in [&["exec", "get", "e1"][..], &["watch"], &["logs", "tail", "e1"]] {
+        let output = run(&unreachable, args).await;
+        assert_eq!(output.status.code(), Some(1), "runcast {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    // 0: help, for every subcommand.
+    for args in [&["--help"][..], &["exec", "get", "--help"], &["watch", "--help"], &["logs", "tail", "--help"]] {
+        let output = run(&unreachable, args).await;
+        assert_eq!(output.status.code(), Some(0), "runcast {args:?}");
+    }
+}
+
+#[tokio::test]
+async fn people_get_text_watch_starts_from_the_current_state_and_logs_tail_ends_with_the_execution() {
+    let mut stack = Stack::start().await;
+    let env = stack.cli_env().await;
+
+    // An execution with a finished step, progress, a pending approval and two log lines.
+    let first = one(&env, &["exec", "create", "--workflow", "deploy", "--label", "team=infra"]).await;
+    let id = first["execution_id"].as_str().expect("id").to_owned();
+    one(&env, &["exec", "status", &id, "running", "--agent", "agent-7"]).await;
+    one(&env, &["exec", "step", &id, "build", "running", "--name", "Build"]).await;
+    one(&env, &["exec", "step", &id, "build", "completed"]).await;
+    one(&env, &["exec", "progress", &id, "40", "--step", "test"]).await;
+    one(&env, &["logs", "append", &id, "first line", "second line"]).await;
+    one(&env, &["exec", "request-approval", &id, "release", "--reason", "prod", "--expires-in", "1h"]).await;
+
+    // exec get: the whole execution in text; --json unchanged.
+    let shown = text(&env, &["exec", "get", &id]).await;
+    for expected in [
+        &format!("execution  {id}") as &str,
+        "workflow   deploy",
+        "status     blocked  40%  step test",
+        "agent      agent-7",
+        "labels     team=infra",
+        "created    ",
+        "started    ",
+        "duration   ",
+        "steps (1)",
+        "  build (Build)  completed",
+        "approvals (1)",
+        "  release  pending  deadline ",
+        "(in 59m",
+        "reason: prod",
+    ] {
+        assert!(shown.contains(expected), "exec get lacks {expected:?}:\n{shown}");
+    }
+    assert_eq!(one(&env, &["exec", "get", &id]).await["steps"][0]["status"], "completed");
+
+    // The list behind watch's current state comes from the read model: wait until it is there.
+    eventually("the blocked execution in the list", Duration::from_secs(20), || {
+        let env = env.clone();
+        async move { (!json_lines(&env, &["exec", "list", "--status", "blocked"]).await.is_empty()).then_some(()) }
+    })
+    .await
+    .expect("listed");
+
+    // watch, piped, started after the execution exists: its current state comes first, as text;
+    // then what happens next, each once.
+    let (_plain, mut plain, _) = spawn_lines(&env, &["watch", "executions"]);
+    let (_json, mut json, _) = spawn_lines(&env, &["--json", "watch", "executions"]);
+    let line = next_line(&mut plain, "watch's first line").await;
+    assert!(line.contains(" EXECUTIONS ") && line.contains(" state ") && line.contains(&id), "{line}");
+    assert!(line.contains("blocked 40% (deploy) step test"), "{line}");
+    let frame: Value = serde_json::from_str(&next_line(&mut json, "watch --json's first line").await).expect("JSON");
+    assert_eq!((frame["type"].as_str(), frame["data"]["execution_id"].as_str()), (Some("snapshot"), Some(id.as_str())));
+    let state_offset = frame["offset"].as_u64().expect("offset");
+
+    one(&env, &["exec", "approve", &id, "release"]).await;
+    let line = next_line(&mut plain, "the approval").await;
+    assert!(
+        line.contains("approval.granted") && line.contains(&id) && line.contains("approval release granted"),
+        "{line}"
+    );
+    let frame: Value = serde_json::from_str(&next_line(&mut json, "the approval").await).expect("JSON");
+    assert_eq!(frame["type"], "approval.granted");
+    assert!(frame["offset"].as_u64().expect("offset") > state_offset, "no event the state already held: {frame}");
+
+    // logs tail: the history first, as plain lines, then new ones, and it ends with the execution.
+    let (mut tail, mut tail_lines, _) = spawn_lines(&env, &["logs", "tail", &id]);
+    assert_eq!(next_line(&mut tail_lines, "history").await, "first line");
+    assert_eq!(next_line(&mut tail_lines, "history").await, "second line");
+    one(&env, &["logs", "append", &id, "third line"]).await;
+    assert_eq!(next_line(&mut tail_lines, "a new line").await, "third line");
+    // Lines appended just before the end are shown before it exits.
+    one(&env, &["logs", "append", &id, "last words"]).await;
+    one(&env, &["exec", "status", &id, "completed"]).await;
+    assert_eq!(next_line(&mut tail_lines, "the last line").await, "last words");
+    let status = tokio::time::timeout(Duration::from_secs(30), tail.wait())
+        .await
+        .expect("logs tail exits once the execution has ended")
+        .expect("waits");
+    assert!(status.success(), "{status:?}");
+    assert!(tail_lines.recv().await.is_none(), "nothing after the end");
+
+    // On an execution that has ended: the whole log, then exit; --json keeps the event frames.
+    assert_eq!(text(&env, &["logs", "tail", &id]).await, "first line\nsecond line\nthird line\nlast words\n");
+    let frames = json_lines(&env, &["logs", "tail", &id]).await;
+    assert_eq!(frames.len(), 3, "one frame per append: {frames:?}");
+    assert_eq!(frames[0]["data"]["payload"]["logs_appended"]["lines"][1]["text"], "second line");
+
+    // watch logs:<id>, piped: the text of each line, from the first.
+    let (_watch_logs, mut watched, _) = spawn_lines(&env, &["watch", &format!("logs:{id}")]);
+    for expected in ["first line", "second line", "third line", "last words"] {
+        assert_eq!(next_line(&mut watched, "watch logs").await, expected);
+    }
+
+    // events: the stream beside each offset and what each event changed.
+    let history = eventually("the history up to the end", Duration::from_secs(20), || {
+        let (env, id) = (env.clone(), id.clone());
+        async move {
+            let history = text(&env, &["events", "--execution", &id, "--limit", "100"]).await;
+            history.contains("execution.completed").then_some(history)
+        }
+    })
+    .await
+    .expect("history");
+    for expected in [
+        "created (deploy) team=infra",
+        "pending → running",
+        "step build (Build) running",
+        "step build completed",
+        "progress 40% in step test",
+        "approval release pending (deadline ",
+        "approval release granted",
+        "running → completed",
+    ] {
+        assert!(
+            history.lines().any(|line| line.contains(" EXECUTIONS ") && line.contains(expected)),
+            "no EXECUTIONS line with {expected:?}:\n{history}"
+        );
+    }
+    assert!(
+        history.lines().any(|line| line.contains(" LOGS ") && line.contains("2 lines #1-2: first line")),
+        "log events are named as LOGS:\n{history}"
+    );
+
+    // watch agents starts from the agents as listed, in their own terms.
+    let simulated = run(&env, &["simulate", "--agents", "1", "--rate", "1", "--duration", "1s", "--no-pick-up"]).await;
+    assert!(simulated.status.success(), "{}", String::from_utf8_lossy(&simulated.stderr));
+    eventually("the simulated agent in the list", Duration::from_secs(20), || {
+        let env = env.clone();
+        async move { (json_lines(&env, &["agents"]).await.len() == 1).then_some(()) }
+    })
+    .await
+    .expect("listed");
+    let (_agents, mut agents, _) = spawn_lines(&env, &["watch", "agents"]);
+    let line = next_line(&mut agents, "watch agents' first line").await;
+    assert!(line.contains(" AGENTS ") && line.contains(" state ") && line.contains(" sim-"), "{line}");
+    assert!(line.contains(" cpu ") && line.contains(" running "), "{line}");
+
+    // Without the api (or its read model) watch says so and follows the live feed.
+    let mut no_api = env.clone();
+    no_api.retain(|(name, _)| name != "RUNCAST_API_URL");
+    no_api.push(("RUNCAST_API_URL".into(), "http://127.0.0.1:1".into()));
+    let (_live, mut live, mut live_stderr) = spawn_lines(&no_api, &["watch", "executions"]);
+    let said = next_line(&mut live_stderr, "watch without the api").await;
+    assert!(said.contains("cannot load the current state") && said.contains("live events only"), "{said}");
+    // Live from when its subscription is in place: create until one shows up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no live event without the api");
+        let created = one(&env, &["exec", "create", "--workflow", "live-only"]).await;
+        let id = created["execution_id"].as_str().expect("id").to_owned();
+        let shown = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(line) = live.recv().await {
+                if line.contains(&id) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        if let Ok(Some(line)) = shown {
+            assert!(line.contains("execution.created") && line.contains("created (live-only)"), "{line}");
+            break;
+        }
+    }
+}
+
+/// The screens a terminal `watch` drew: what follows each cursor-home, without colours, as lines.
+fn screens(output: &str) -> Vec<Vec<String>> {
+    let plain = {
+        let mut text = String::new();
+        let mut chars = output.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' && chars.peek() == Some(&'[') {
+                let mut sequence = String::new();
+                for c in chars.by_ref() {
+                    sequence.push(c);
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+                if sequence.ends_with('H') {
+                    text.push('\u{1}'); // a new screen starts here
+                }
+            } else if c != '\r' {
+                text.push(c);
+            }
+        }
+        text
+    };
+    plain
+        .split('\u{1}')
+        .filter(|screen| !screen.trim().is_empty())
+        .map(|screen| screen.lines().map(str::to_owned).filter(|line| !line.is_empty()).collect())
+        .collect()
+}
+
+#[tokio::test]
+async fn watch_on_a_terminal_fits_it_and_starts_from_the_current_state() {
+    let mut stack = Stack::start().await;
+    let env = stack.cli_env().await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(
+            one(&env, &["exec", "create", "--workflow", "deploy"]).await["execution_id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
+    }
+    eventually("the 20 executions in the list", Duration::from_secs(20), || {
+        let env = env.clone();
+        async move { (json_lines(&env, &["exec", "list"]).await.len() == 20).then_some(()) }
+    })
+    .await
+    .expect("listed");
+
+    // A pseudo-terminal of 90×15, through util-linux `script`; watch exits after one event.
+    let watch = format!("stty cols 90 rows 15 && exec {} watch executions --count 1", env!("CARGO_BIN_EXE_runcast"));
+    let mut command = Command::new("script");
+    command
+        .args(["-qfec", &watch, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut watching = command.spawn().expect("script runs");
+    let mut stdout = watching.stdout.take().expect("stdout");
+    let (sender, mut chunks) = mpsc::channel::<Vec<u8>>(1000);
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut buffer = vec![0u8; 16 * 1024];
+        while let Ok(read @ 1..) = stdout.read(&mut buffer).await {
+            if sender.send(buffer[..read].to_vec()).await.is_err() {
+                break;
+            }
+        }
+    });
+    // The first screen (the current state) is drawn before the subscription; anything created
+    // after it is after the state's offset, so it is the event that ends `--count 1`.
+    let mut output = Vec::new();
+    while !String::from_utf8_lossy(&output).contains("STATUS") {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), chunks.recv())
+            .await
+            .expect("a first screen in time")
+            .unwrap_or_else(|| panic!("watch ended: {}", String::from_utf8_lossy(&output)));
+        output.extend(chunk);
+    }
+    let created = one(&env, &["exec", "create", "--workflow", "deploy-late"]).await["execution_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let status = tokio::time::timeout(Duration::from_secs(60), watching.wait())
+        .await
+        .expect("watch --count 1 ends")
+        .expect("waits");
+    assert!(status.success(), "{status:?}: {}", String::from_utf8_lossy(&output));
+    while let Some(chunk) = chunks.recv().await {
+        output.extend(chunk);
+    }
+    let output = String::from_utf8_lossy(&output).into_owned();
+    let screens = screens(&output);
+    assert!(!screens.is_empty(), "no screen drawn: {output:?}");
+    for screen in &screens {
+        assert!(screen.len() <= 14, "one line spare on a 15-line terminal: {screen:#?}");
+        assert!(screen[0].starts_with("ID ") && screen[0].contains("STATUS"), "the header stays on top: {screen:#?}");
+        for line in screen {
+            assert!(line.chars().count() <= 90, "{} columns: {line:?}", line.chars().count());
+        }
+    }
+    // The first screen already shows executions created before watch started.
+    let first = &screens[0];
+    assert!(
+        ids.iter().any(|id| first.iter().any(|line| line.contains(&id[id.len() - 12..]))),
+        "the current state first: {first:#?}"
+    );
+    let last = screens.last().expect("a screen");
+    assert!(last.last().is_some_and(|footer| footer.contains("more below")), "the rest counted: {last:#?}");
+    assert!(last[1].contains(&created[created.len() - 12..]), "the new execution on top, newest first: {last:#?}");
+}
+
+#[tokio::test]
+async fn a_persons_decision_on_a_simulated_approval_drives_the_run_to_its_end() {
+    let mut stack = Stack::start().await;
+    let env = stack.cli_env().await;
+    // Every run asks for an approval that waits 60 s, and the fleet decides none itself.
+    let args = [
+        "simulate",
+        "--agents",
+        "1",
+        "--rate",
+        "1",
+        "--duration",
+        "40s",
+        "--no-pick-up",
+        "--approval-percent",
+        "100",
+        "--approval-wait",
+        "60s",
+        "--self-decide-percent",
+        "0",
+    ];
+    let mut simulate = runcast(&env, &args).spawn().expect("simulate");
+    let waiting = eventually("a run waiting for its approval", Duration::from_secs(30), || {
+        let env = env.clone();
+        async move { json_lines(&env, &["exec", "list", "--status", "blocked"]).await.into_iter().next() }
+    })
+    .await
+    .expect("blocked");
+    let id = waiting["execution_id"].as_str().expect("id").to_owned();
+    let approved = run(&env, &["exec", "approve", &id, "release", "--comment", "a person said yes"]).await;
+    assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
+    let done = eventually(&format!("{id} to run to its end"), Duration::from_secs(30), || {
+        let (env, id) = (env.clone(), id.clone());
+        async move {
+            let execution = one(&env, &["exec", "get", &id]).await;
+            (execution["status"] == "completed").then_some(execution)
+        }
+    })
+    .await
+    .expect("the granted run completes");
+    assert_eq!(done["approvals"][0]["status"], "granted");
+    assert_eq!(done["approvals"][0]["comment"], "a person said yes");
+    let _ = simulate.start_kill();
 }

@@ -5,9 +5,9 @@ use bytes::Bytes;
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
-use runcast_contract::v1::{Agent, Event, EventType, Execution, ExecutionStatus, event};
+use runcast_contract::v1::{Event, EventType, ExecutionStatus};
 use runcast_contract::{EntityId, StreamKind, Topology};
-use runcast_testkit::{Infra, Isolation, ServiceProcess, eventually};
+use runcast_testkit::{Infra, Isolation, ServiceProcess, events, eventually};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,27 +15,23 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 use tokio_util::sync::CancellationToken;
 use ws_gateway::{Application, Config};
 
-pub const SECRET: &str = "gateway-test-secret";
-pub const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const SECRET: &str = "gateway-test-secret";
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
-pub fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
-pub fn token(tenant: &str, subject: &str, expires_in: i64) -> String {
-    let claims = serde_json::json!({
-        "sub": subject, "tenant": tenant, "roles": ["viewer"], "exp": now() + expires_in,
-    });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("token encodes")
+pub(crate) fn token(tenant: &str, subject: &str, expires_in: i64) -> String {
+    token_with_roles(tenant, subject, &["viewer"], expires_in)
+}
+
+pub(crate) fn token_with_roles(tenant: &str, subject: &str, roles: &[&str], expires_in: i64) -> String {
+    runcast_testkit::token::token(SECRET, subject, tenant, roles, expires_in)
 }
 
 /// Servers plus one test's stream prefix and database.
-pub struct World {
+pub(crate) struct World {
     pub infra: Infra,
     pub isolation: Isolation,
     pub jetstream: async_nats::jetstream::Context,
@@ -43,7 +39,7 @@ pub struct World {
 }
 
 impl World {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let infra = Infra::start().await.expect("NATS and PostgreSQL start");
         let isolation = infra.isolate().await.expect("isolation");
         let nats = async_nats::connect(infra.nats.url()).await.expect("test client connects");
@@ -53,7 +49,7 @@ impl World {
     }
 
     /// The arguments every gateway of this world runs with, plus `extra`.
-    pub fn args(&self, extra: &[(&str, &str)]) -> Vec<String> {
+    pub(crate) fn args(&self, extra: &[(&str, &str)]) -> Vec<String> {
         let mut args = vec![
             "ws-gateway".to_owned(),
             "--http-addr=127.0.0.1:0".to_owned(),
@@ -64,12 +60,17 @@ impl World {
             "--jwt-leeway-seconds=0".to_owned(),
             "--shutdown-grace=5s".to_owned(),
         ];
+        // Without the window of recent events, resumes take the JetStream and PostgreSQL paths
+        // these tests were written for; the tests of the window turn it on.
+        if !extra.iter().any(|(k, _)| *k == "recent-events") {
+            args.push("--recent-events=0".to_owned());
+        }
         args.extend(extra.iter().map(|(k, v)| format!("--{k}={v}")));
         args
     }
 
     /// A gateway replica in this process.
-    pub async fn gateway(&self, extra: &[(&str, &str)]) -> Gateway {
+    pub(crate) async fn gateway(&self, extra: &[(&str, &str)]) -> Gateway {
         let config = Config::try_parse_from(self.args(extra)).expect("configuration parses");
         let app = Application::build(config).await.expect("gateway builds");
         let addr = app.http_addr();
@@ -81,13 +82,15 @@ impl World {
     }
 
     /// A gateway replica as a process (for signals and resident memory), ready.
-    pub async fn gateway_process(&self, extra: &[(&str, &str)]) -> (ServiceProcess, Gateway) {
+    pub(crate) async fn gateway_process(&self, extra: &[(&str, &str)]) -> (ServiceProcess, Gateway) {
         let nats_url = self.infra.nats.url();
         let mut env = vec![
             ("NATS_URL", nats_url.as_str()),
             ("RUNCAST_STREAM_PREFIX", self.isolation.stream_prefix.as_str()),
             ("DATABASE_URL", self.isolation.database_url.as_str()),
             ("RUNCAST_JWT_SECRET", SECRET),
+            // As in `args` (a later RUNCAST_WS_RECENT_EVENTS in `extra` wins).
+            ("RUNCAST_WS_RECENT_EVENTS", "0"),
         ];
         env.extend_from_slice(extra);
         let mut process = ServiceProcess::spawn("ws-gateway", &env).await.expect("gateway process starts");
@@ -97,16 +100,16 @@ impl World {
     }
 
     /// Publishes like the api: protobuf `Event`, `Nats-Msg-Id` = event id. Returns the offset.
-    pub async fn publish(&self, event: &Event) -> u64 {
+    pub(crate) async fn publish(&self, event: &Event) -> u64 {
         self.publish_nowait(event).await.await.expect("publish acknowledged").sequence
     }
 
-    pub async fn publish_nowait(&self, event: &Event) -> async_nats::jetstream::context::PublishAckFuture {
+    pub(crate) async fn publish_nowait(&self, event: &Event) -> async_nats::jetstream::context::PublishAckFuture {
         self.publish_with_headers(event, async_nats::HeaderMap::new()).await
     }
 
     /// Publishes with `headers` (e.g. `traceparent`) besides `Nats-Msg-Id`.
-    pub async fn publish_with_headers(
+    pub(crate) async fn publish_with_headers(
         &self,
         event: &Event,
         mut headers: async_nats::HeaderMap,
@@ -128,7 +131,7 @@ impl World {
     }
 
     /// Publishes many events with a bounded window of unacknowledged publishes.
-    pub async fn publish_many(&self, events: impl IntoIterator<Item = Event>) -> Vec<u64> {
+    pub(crate) async fn publish_many(&self, events: impl IntoIterator<Item = Event>) -> Vec<u64> {
         let mut window = std::collections::VecDeque::new();
         let mut offsets = Vec::new();
         for event in events {
@@ -146,23 +149,23 @@ impl World {
     }
 }
 
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub addr: SocketAddr,
     /// Stops an in-process gateway when dropped (unused for a process).
     pub shutdown: CancellationToken,
 }
 
 impl Gateway {
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    pub fn ws_url(&self, query: &str) -> String {
+    pub(crate) fn ws_url(&self, query: &str) -> String {
         format!("ws://{}/ws{query}", self.addr)
     }
 
     /// An SSE stream of `channel` with a bearer token, past its `subscribed` event.
-    pub async fn sse(&self, channel: &str, token: &str) -> SseClient {
+    pub(crate) async fn sse(&self, channel: &str, token: &str) -> SseClient {
         let url = self.url(&format!("/sse?channel={channel}"));
         let mut sse = SseClient::connect(&url, &[("Authorization", format!("Bearer {token}"))]).await;
         sse.until("subscribed").await;
@@ -182,11 +185,20 @@ impl Gateway {
         .expect("gateway ready");
     }
 
-    pub async fn stats(&self) -> Value {
-        reqwest::get(self.url("/ws/stats")).await.expect("stats answer").json().await.expect("stats are JSON")
+    /// `/ws/stats` as an admin sees it (everything on the replica).
+    pub(crate) async fn stats(&self) -> Value {
+        self.stats_as(&token_with_roles("ops", "operator", &["admin"], 600)).await
     }
 
-    pub async fn connect(&self, token: &str) -> WsClient {
+    /// `/ws/stats` with `token`.
+    pub(crate) async fn stats_as(&self, token: &str) -> Value {
+        let response =
+            reqwest::Client::new().get(self.url("/ws/stats")).bearer_auth(token).send().await.expect("stats answer");
+        assert_eq!(response.status(), 200, "stats with credentials");
+        response.json().await.expect("stats are JSON")
+    }
+
+    pub(crate) async fn connect(&self, token: &str) -> WsClient {
         WsClient::connect(&self.ws_url(""), Some(("Authorization", format!("Bearer {token}")))).await
     }
 }
@@ -199,12 +211,8 @@ impl Drop for Gateway {
 
 static EVENT_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn event_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
 /// An execution event carrying the whole state, as the api publishes it.
-pub fn execution_event(
+pub(crate) fn execution_event(
     tenant: &str,
     execution: &str,
     workflow: &str,
@@ -213,60 +221,34 @@ pub fn execution_event(
 ) -> Event {
     let version = EVENT_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     Event {
-        event_id: event_id(),
-        tenant_id: tenant.into(),
-        execution_id: execution.into(),
-        workflow_id: workflow.into(),
-        version,
         occurred_at: Some(prost_types::Timestamp { seconds: now(), nanos: 0 }),
-        r#type: kind.into(),
-        state: Some(event::State::Execution(Execution {
-            execution_id: execution.into(),
-            tenant_id: tenant.into(),
-            workflow_id: workflow.into(),
-            status: status.into(),
-            version,
-            ..Default::default()
-        })),
-        ..Default::default()
+        ..events::execution_event(tenant, execution, workflow, version, kind, status)
     }
 }
 
-pub fn agent_event(tenant: &str, agent: &str, kind: EventType) -> Event {
-    Event {
-        event_id: event_id(),
-        tenant_id: tenant.into(),
-        agent_id: agent.into(),
-        version: 1,
-        r#type: kind.into(),
-        state: Some(event::State::Agent(Agent {
-            agent_id: agent.into(),
-            tenant_id: tenant.into(),
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
+pub(crate) fn agent_event(tenant: &str, agent: &str, kind: EventType) -> Event {
+    events::agent_event(tenant, agent, 1, kind)
 }
 
-pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-pub struct WsClient {
+pub(crate) struct WsClient {
     pub socket: Socket,
 }
 
 /// What the next frame was.
 #[derive(Debug)]
-pub enum Received {
+pub(crate) enum Received {
     Json(Value),
     Closed(Option<u16>),
 }
 
 impl WsClient {
-    pub async fn connect(url: &str, header: Option<(&str, String)>) -> Self {
+    pub(crate) async fn connect(url: &str, header: Option<(&str, String)>) -> Self {
         Self::try_connect(url, header).await.expect("upgrade accepted")
     }
 
-    pub async fn try_connect(url: &str, header: Option<(&str, String)>) -> Result<Self, tungstenite::Error> {
+    pub(crate) async fn try_connect(url: &str, header: Option<(&str, String)>) -> Result<Self, tungstenite::Error> {
         let mut request = url.into_client_request().expect("request");
         if let Some((name, value)) = header {
             request.headers_mut().insert(
@@ -278,16 +260,16 @@ impl WsClient {
         Ok(Self { socket })
     }
 
-    pub async fn send(&mut self, message: Value) {
+    pub(crate) async fn send(&mut self, message: Value) {
         self.socket.send(tungstenite::Message::text(message.to_string())).await.expect("sent");
     }
 
-    pub async fn send_raw(&mut self, text: String) {
+    pub(crate) async fn send_raw(&mut self, text: String) {
         self.socket.send(tungstenite::Message::text(text)).await.expect("sent");
     }
 
     /// The next text frame or the close, skipping pings; fails the test after `WAIT`.
-    pub async fn next(&mut self) -> Received {
+    pub(crate) async fn next(&mut self) -> Received {
         loop {
             let next = tokio::time::timeout(WAIT, self.socket.next()).await.expect("a frame arrives in time");
             match next {
@@ -304,7 +286,7 @@ impl WsClient {
     }
 
     /// The next text frame as it came.
-    pub async fn next_text(&mut self) -> String {
+    pub(crate) async fn next_text(&mut self) -> String {
         loop {
             let next = tokio::time::timeout(WAIT, self.socket.next()).await.expect("a frame arrives in time");
             match next {
@@ -317,7 +299,7 @@ impl WsClient {
         }
     }
 
-    pub async fn next_json(&mut self) -> Value {
+    pub(crate) async fn next_json(&mut self) -> Value {
         match self.next().await {
             Received::Json(value) => value,
             Received::Closed(code) => panic!("connection closed ({code:?}) while a message was expected"),
@@ -325,7 +307,7 @@ impl WsClient {
     }
 
     /// Skips everything until a message of `kind`.
-    pub async fn until(&mut self, kind: &str) -> Value {
+    pub(crate) async fn until(&mut self, kind: &str) -> Value {
         loop {
             let value = self.next_json().await;
             if value["type"] == kind {
@@ -335,7 +317,7 @@ impl WsClient {
     }
 
     /// Subscribes and returns the `subscribed` reply (events before it are collected).
-    pub async fn subscribe(&mut self, request: Value) -> (Value, Vec<Value>) {
+    pub(crate) async fn subscribe(&mut self, request: Value) -> (Value, Vec<Value>) {
         self.send(request).await;
         let mut before = Vec::new();
         loop {
@@ -349,7 +331,7 @@ impl WsClient {
     }
 
     /// The next `n` event frames (anything with an `offset` and `data`).
-    pub async fn events(&mut self, n: usize) -> Vec<Value> {
+    pub(crate) async fn events(&mut self, n: usize) -> Vec<Value> {
         let mut events = Vec::with_capacity(n);
         while events.len() < n {
             let value = self.next_json().await;
@@ -360,7 +342,7 @@ impl WsClient {
         events
     }
 
-    pub async fn expect_close(&mut self) -> Option<u16> {
+    pub(crate) async fn expect_close(&mut self) -> Option<u16> {
         loop {
             if let Received::Closed(code) = self.next().await {
                 return code;
@@ -371,20 +353,20 @@ impl WsClient {
 
 /// One SSE record.
 #[derive(Debug, Clone)]
-pub struct Record {
+pub(crate) struct Record {
     pub id: Option<String>,
     pub event: Option<String>,
     pub data: Value,
 }
 
-pub struct SseClient {
+pub(crate) struct SseClient {
     stream: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
     buffer: String,
     pub comments: usize,
 }
 
 impl SseClient {
-    pub async fn connect(url: &str, headers: &[(&str, String)]) -> Self {
+    pub(crate) async fn connect(url: &str, headers: &[(&str, String)]) -> Self {
         let mut request = reqwest::Client::new().get(url);
         for (name, value) in headers {
             request = request.header(*name, value);
@@ -395,7 +377,7 @@ impl SseClient {
     }
 
     /// The next record; `None` when the stream ended.
-    pub async fn next(&mut self) -> Option<Record> {
+    pub(crate) async fn next(&mut self) -> Option<Record> {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
@@ -425,7 +407,7 @@ impl SseClient {
         }
     }
 
-    pub async fn until(&mut self, event: &str) -> Record {
+    pub(crate) async fn until(&mut self, event: &str) -> Record {
         loop {
             let record = self.next().await.expect("stream open");
             if record.event.as_deref() == Some(event) {
@@ -435,7 +417,7 @@ impl SseClient {
     }
 
     /// The next `n` records that carry an id (events).
-    pub async fn events(&mut self, n: usize) -> Vec<Record> {
+    pub(crate) async fn events(&mut self, n: usize) -> Vec<Record> {
         let mut events = Vec::with_capacity(n);
         while events.len() < n {
             let record = self.next().await.expect("stream open");
@@ -447,10 +429,10 @@ impl SseClient {
     }
 }
 
-pub fn offsets(events: &[Value]) -> Vec<u64> {
+pub(crate) fn offsets(events: &[Value]) -> Vec<u64> {
     events.iter().map(|e| e["offset"].as_u64().expect("offset")).collect()
 }
 
-pub fn assert_strictly_increasing(offsets: &[u64]) {
+pub(crate) fn assert_strictly_increasing(offsets: &[u64]) {
     assert!(offsets.windows(2).all(|w| w[0] < w[1]), "offsets must strictly increase: {offsets:?}");
 }

@@ -62,7 +62,7 @@ async fn a_client_resumes_on_the_other_replica_with_exactly_the_missed_events_th
 async fn offsets_older_than_the_stream_are_served_from_the_history() {
     let world = World::start().await;
     let pool = sqlx::PgPool::connect(&world.isolation.database_url).await.expect("database");
-    sqlx::migrate!("../../migrations").run(&pool).await.expect("schema");
+    runcast_store::schema::migrate(&pool).await.expect("schema");
     let gateway = world.gateway(&[("max-messages", "5")]).await;
 
     let events: Vec<Event> = (0..20).map(started).collect();
@@ -123,7 +123,7 @@ async fn offsets_older_than_the_stream_are_served_from_the_history() {
 async fn an_offset_the_history_does_not_reach_is_not_recovered() {
     let world = World::start().await;
     let pool = sqlx::PgPool::connect(&world.isolation.database_url).await.expect("database");
-    sqlx::migrate!("../../migrations").run(&pool).await.expect("schema");
+    runcast_store::schema::migrate(&pool).await.expect("schema");
     let gateway = world.gateway(&[("max-messages", "3")]).await;
     let published = world.publish_many((0..10).map(started)).await;
     let mut ws = gateway.connect(&token("acme", "alice", 600)).await;
@@ -131,4 +131,49 @@ async fn an_offset_the_history_does_not_reach_is_not_recovered() {
         ws.subscribe(json!({"type": "subscribe", "channel": "executions", "since_offset": published[0]})).await;
     assert_eq!(subscribed["recovered"], false, "{subscribed}");
     assert!(replayed.is_empty());
+}
+
+/// The `runcast_ws_resumes_total` counter of `source` on `/metrics`.
+async fn resumes_from(gateway: &Gateway, source: &str) -> Option<f64> {
+    let page = reqwest::get(gateway.url("/metrics")).await.expect("metrics").text().await.expect("body");
+    let series = format!("runcast_ws_resumes_total{{source=\"{source}\"}}");
+    page.lines().find_map(|line| line.strip_prefix(series.as_str())?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn a_resume_within_the_recent_window_is_served_from_memory_and_an_older_one_is_not() {
+    let world = World::start().await;
+    let pool = sqlx::PgPool::connect(&world.isolation.database_url).await.expect("database");
+    runcast_store::schema::migrate(&pool).await.expect("schema");
+    // The stream keeps 3 events and the history none: only the replica's window of the last 8
+    // events it saw live can serve a resume.
+    let gateway = world.gateway(&[("max-messages", "3"), ("recent-events", "8")]).await;
+    // One at a time, each read by the live feed before the next pushes the oldest out.
+    let mut published = Vec::new();
+    for i in 0..12 {
+        let offset = world.publish(&started(i)).await;
+        runcast_testkit::eventually("the live feed to read the event", WAIT, || async {
+            (gateway.stats().await["streams"]["EXECUTIONS"]["head"].as_u64() >= Some(offset)).then_some(())
+        })
+        .await
+        .expect("read live");
+        published.push(offset);
+    }
+    let mut ws = gateway.connect(&token("acme", "alice", 600)).await;
+
+    // Within the window: the 6 events after the 6th, exactly, though the stream dropped 3 of them
+    // and the history holds none.
+    let (subscribed, replayed) =
+        ws.subscribe(json!({"type": "subscribe", "channel": "executions", "since_offset": published[5]})).await;
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+    assert_eq!(offsets(&replayed), published[6..]);
+    assert_eq!(resumes_from(&gateway, "memory").await, Some(1.0));
+
+    // Before the window, with neither the stream nor the history holding it: not recovered.
+    let (subscribed, replayed) =
+        ws.subscribe(json!({"type": "subscribe", "channel": "executions:e-1", "since_offset": published[0]})).await;
+    assert_eq!(subscribed["recovered"], false, "{subscribed}");
+    assert!(replayed.is_empty());
+    assert_eq!(resumes_from(&gateway, "memory").await, Some(1.0));
+    assert_eq!(resumes_from(&gateway, "unrecoverable").await, Some(1.0));
 }

@@ -12,13 +12,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 fn api_token() -> String {
-    let claims = serde_json::json!({"sub": "ops", "tenant": "acme", "roles": ["admin"], "exp": now() + 600});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("token")
+    runcast_testkit::token::token(SECRET, "ops", "acme", &["admin"], 600)
 }
 
 #[tokio::test]

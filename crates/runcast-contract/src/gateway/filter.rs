@@ -1,9 +1,10 @@
 //! Subscription filters (DESIGN §4): `workflow_ids`, `execution_ids`, `statuses`, `types`. Each
 //! non-empty list must contain the event's value (lists are ANDed, values within a list ORed).
-//! Values are validated when the subscription is made, so matching never fails.
+//! Values are validated when the subscription is made, so matching never fails. Matching runs per
+//! event per subscriber in the gateway's hub: it allocates nothing.
 
-use runcast_contract::v1::{AgentStatus, Event, EventType, ExecutionStatus, event};
-use runcast_contract::{EntityId, WireEnum};
+use crate::v1::{AgentStatus, Event, EventType, ExecutionStatus, event};
+use crate::{EntityId, WireEnum};
 use serde::Deserialize;
 
 /// Longest list a filter may hold; longer lists are refused, not truncated.
@@ -128,6 +129,7 @@ impl Filters {
             && self.types.is_empty()
     }
 
+    #[inline]
     pub fn matches(&self, event: &Event) -> bool {
         if !self.workflow_ids.is_empty() && !self.workflow_ids.iter().any(|id| id.as_str() == event.workflow_id) {
             return false;
@@ -159,7 +161,7 @@ impl Filters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runcast_contract::v1::{Agent, Execution};
+    use crate::v1::{Agent, Execution};
 
     fn execution_event(workflow: &str, execution: &str, kind: EventType, status: ExecutionStatus) -> Event {
         Event {

@@ -1,0 +1,277 @@
+//! Ingest measurement (issue 16): `ReportProgress` over gRPC on 1,000 running executions with many
+//! concurrent callers, beside a raw JetStream publish of the same events to the same stream (async
+//! publishes, a bounded ack window of 1,000) in the same run, and idempotent create. Ignored by
+//! default: run with `make bench` (release build) and read the printed `BENCH` rows.
+//!
+//! Every acked call is checked to be in the history exactly once: each call carries a unique
+//! progress message, and the whole stream is read back afterwards.
+
+use crate::support::{Stack, TENANT, admin, executions};
+use futures::StreamExt as _;
+use prost::Message as _;
+use runcast_contract::v1::*;
+use runcast_contract::{EntityId, StreamKind, Topology};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+const EXECUTIONS: usize = 1_000;
+const ACK_WINDOW: usize = 1_000;
+
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// p50 / p99 in milliseconds of latencies in microseconds.
+fn quantiles(latencies: &mut [u64]) -> (f64, f64) {
+    latencies.sort_unstable();
+    if latencies.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)] as f64 / 1000.0;
+    (at(0.5), at(0.99))
+}
+
+struct Phase {
+    acked: Vec<String>,
+    failed: Vec<String>,
+    latencies: Vec<u64>,
+    elapsed: Duration,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.acked.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// `callers` tasks, each owning the executions `i % callers == caller`, calling `ReportProgress`
+/// round robin over them for `seconds`, over `channels` gRPC connections.
+async fn api_phase(clients: &[crate::support::Executions], ids: &[String], callers: usize, seconds: u64) -> Phase {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for caller in 0..callers {
+        let mut client = clients[caller % clients.len()].clone();
+        let mine: Vec<String> = ids.iter().skip(caller).step_by(callers).cloned().collect();
+        tasks.push(tokio::spawn(async move {
+            let (mut acked, mut failed, mut latencies) = (Vec::new(), Vec::new(), Vec::new());
+            let mut n = 0usize;
+            while Instant::now() < deadline && !mine.is_empty() {
+                let id = &mine[n % mine.len()];
+                let message = format!("api-{caller}-{n}");
+                n += 1;
+                let request = ReportProgressRequest {
+                    execution_id: id.clone(),
+                    percent: (n % 100) as u32,
+                    current_step: "load".into(),
+                    message: message.clone(),
+                };
+                let sent = Instant::now();
+                match client.report_progress(request).await {
+                    Ok(_) => {
+                        latencies.push(sent.elapsed().as_micros() as u64);
+                        acked.push(message);
+                    }
+                    Err(_) => failed.push(message),
+                }
+            }
+            (acked, failed, latencies)
+        }));
+    }
+    let mut phase = Phase { acked: Vec::new(), failed: Vec::new(), latencies: Vec::new(), elapsed: Duration::ZERO };
+    for task in tasks {
+        let (acked, failed, latencies) = task.await.expect("caller");
+        phase.acked.extend(acked);
+        phase.failed.extend(failed);
+        phase.latencies.extend(latencies);
+    }
+    phase.elapsed = started.elapsed();
+    phase
+}
+
+/// The same events published straight to JetStream: each execution's last stored (progress) event
+/// as a template, a fresh event id (the `Nats-Msg-Id`, as the api sets it) and message per publish,
+/// round robin over the executions' subjects, at most `ACK_WINDOW` acks outstanding.
+async fn raw_phase(js: &async_nats::jetstream::Context, templates: &[(String, Event)], seconds: u64) -> Phase {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut window: VecDeque<(Instant, String, async_nats::jetstream::context::PublishAckFuture)> = VecDeque::new();
+    let mut phase = Phase { acked: Vec::new(), failed: Vec::new(), latencies: Vec::new(), elapsed: Duration::ZERO };
+    let settle = |phase: &mut Phase, sent: Instant, message: String, ack: Result<_, _>| match ack {
+        Ok(_) => {
+            phase.latencies.push(sent.elapsed().as_micros() as u64);
+            phase.acked.push(message);
+        }
+        Err(_) => phase.failed.push(message),
+    };
+    let mut n = 0usize;
+    while Instant::now() < deadline {
+        let (subject, template) = &templates[n % templates.len()];
+        let mut event = template.clone();
+        event.event_id = uuid::Uuid::now_v7().to_string();
+        let message = format!("raw-{n}");
+        n += 1;
+        if let Some(event::Payload::ProgressReported(progress)) = event.payload.as_mut() {
+            progress.message = message.clone();
+        }
+        let publish = async_nats::jetstream::message::PublishMessage::build()
+            .payload(event.encode_to_vec().into())
+            .message_id(&event.event_id);
+        let sent = Instant::now();
+        match js.send_publish(subject.clone(), publish).await {
+            Ok(ack) => window.push_back((sent, message, ack)),
+            Err(_) => phase.failed.push(message),
+        }
+        while window.len() >= ACK_WINDOW {
+            let Some((sent, message, ack)) = window.pop_front() else { break };
+            settle(&mut phase, sent, message, ack.await);
+        }
+    }
+    while let Some((sent, message, ack)) = window.pop_front() {
+        settle(&mut phase, sent, message, ack.await);
+    }
+    phase.elapsed = started.elapsed();
+    phase
+}
+
+/// How many times each progress message occurs in the executions stream.
+async fn progress_messages(js: &async_nats::jetstream::Context, topology: &Topology) -> HashMap<String, usize> {
+    let stream = js.get_stream(topology.stream_name(StreamKind::Executions)).await.expect("stream");
+    let last = stream.get_info().await.expect("info").state.last_sequence;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut seen = HashMap::new();
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+        let sequence = message.info().expect("info").stream_sequence;
+        let event = Event::decode(message.payload.as_ref()).expect("decodes");
+        if let Some(event::Payload::ProgressReported(progress)) = event.payload {
+            *seen.entry(progress.message).or_insert(0) += 1;
+        }
+        if sequence >= last {
+            break;
+        }
+    }
+    seen
+}
+
+/// Every acked message exactly once; a failed call at most once (its outcome is unknown).
+fn check_exactly_once(what: &str, phase: &Phase, seen: &HashMap<String, usize>) -> String {
+    let wrong: Vec<(&String, usize)> =
+        phase.acked.iter().map(|m| (m, seen.get(m).copied().unwrap_or(0))).filter(|(_, n)| *n != 1).take(10).collect();
+    assert!(wrong.is_empty(), "{what}: acked calls not in the history exactly once: {wrong:?}");
+    let doubled = phase.failed.iter().filter(|m| seen.get(*m).copied().unwrap_or(0) > 1).count();
+    assert_eq!(doubled, 0, "{what}: a failed call stored twice");
+    format!("all {} acked exactly once ({} failed)", phase.acked.len(), phase.failed.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn bench_api_ingest_vs_raw_jetstream_publish() {
+    let callers = knob("BENCH_CALLERS", 64);
+    let channels = knob("BENCH_CHANNELS", 4).max(1);
+    let seconds = knob("BENCH_SECONDS", 10) as u64;
+    let stack = Stack::start().await;
+    let mut api = stack.api(&[]).await;
+    let token = admin();
+    let mut clients = Vec::new();
+    for _ in 0..channels {
+        clients.push(executions(&mut api, Some(&token)).await);
+    }
+
+    // Idempotent create, as many callers, every create with its own key: the 1,000 executions.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for caller in 0..callers {
+        let mut client = clients[caller % channels].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut made = Vec::new();
+            for i in (caller..EXECUTIONS).step_by(callers) {
+                let request = CreateExecutionRequest {
+                    workflow_id: "bench".into(),
+                    idempotency_key: format!("bench-{i}"),
+                    ..Default::default()
+                };
+                let sent = Instant::now();
+                let id = client.create_execution(request).await.expect("create").into_inner().execution_id;
+                made.push((i, id, sent.elapsed().as_micros() as u64));
+            }
+            made
+        }));
+    }
+    let mut ids = vec![String::new(); EXECUTIONS];
+    let mut create_latencies = Vec::new();
+    for task in tasks {
+        for (i, id, latency) in task.await.expect("creator") {
+            ids[i] = id;
+            create_latencies.push(latency);
+        }
+    }
+    let create_rate = EXECUTIONS as f64 / started.elapsed().as_secs_f64();
+    let (create_p50, create_p99) = quantiles(&mut create_latencies);
+    // The same keys again (inside the duplicate window): the same executions, nothing new.
+    let mut client = clients[0].clone();
+    for i in (0..EXECUTIONS).step_by(50) {
+        let request = CreateExecutionRequest {
+            workflow_id: "bench".into(),
+            idempotency_key: format!("bench-{i}"),
+            ..Default::default()
+        };
+        let again = client.create_execution(request).await.expect("create again").into_inner().execution_id;
+        assert_eq!(again, ids[i], "an idempotency key made two executions");
+    }
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), EXECUTIONS, "every key its own execution");
+
+    for id in &ids {
+        let request = UpdateExecutionStatusRequest {
+            execution_id: id.clone(),
+            status: ExecutionStatus::Running.into(),
+            ..Default::default()
+        };
+        client.update_execution_status(request).await.expect("running");
+    }
+
+    let api_phase = api_phase(&clients, &ids, callers, seconds).await;
+
+    // Raw publish of the same events, to the same stream, from the same process.
+    let topology = Topology::with_prefix(&stack.isolation.stream_prefix).expect("prefix");
+    let js = async_nats::jetstream::new(async_nats::connect(stack.infra.nats.url()).await.expect("nats"));
+    let stream = js.get_stream(topology.stream_name(StreamKind::Executions)).await.expect("stream");
+    let tenant = EntityId::parse("tenant_id", TENANT).expect("tenant");
+    let mut templates = Vec::new();
+    for id in &ids {
+        let subject = topology.entity_subject(StreamKind::Executions, &tenant, &EntityId::parse("id", id).expect("id"));
+        let last = stream.direct_get_last_for_subject(subject.clone()).await.expect("last event");
+        let event = Event::decode(last.payload.as_ref()).expect("decodes");
+        if matches!(event.payload, Some(event::Payload::ProgressReported(_))) {
+            templates.push((subject, event));
+        }
+    }
+    assert!(!templates.is_empty(), "no execution received a progress event");
+    let raw_phase = raw_phase(&js, &templates, seconds).await;
+
+    let seen = progress_messages(&js, &topology).await;
+    let api_check = check_exactly_once("api", &api_phase, &seen);
+    let raw_check = check_exactly_once("raw", &raw_phase, &seen);
+
+    let (api_p50, api_p99) = quantiles(&mut api_phase.latencies.clone());
+    let (raw_p50, raw_p99) = quantiles(&mut raw_phase.latencies.clone());
+    let ratio = 100.0 * api_phase.rate() / raw_phase.rate();
+    println!(
+        "BENCH | api ingest ReportProgress, {EXECUTIONS} running executions, {callers} callers on {channels} connections, \
+         {seconds} s | {:.0} calls/s ({ratio:.0} % of raw), p50 {api_p50:.2} ms, p99 {api_p99:.2} ms | >= 50 % of raw \
+         | raw JetStream publish, window {ACK_WINDOW}: {:.0} events/s, publish-to-ack p50 {raw_p50:.2} ms, p99 \
+         {raw_p99:.2} ms | api: {api_check}; raw: {raw_check} |",
+        api_phase.rate(),
+        raw_phase.rate(),
+    );
+    println!(
+        "BENCH | api idempotent create, {EXECUTIONS} keys, {callers} callers | {create_rate:.0} creates/s, p50 \
+         {create_p50:.2} ms, p99 {create_p99:.2} ms | the ingest rate ({:.0}/s) | ReportProgress above | \
+         {EXECUTIONS} distinct executions, every 50th key re-sent returned its execution |",
+        api_phase.rate(),
+    );
+}

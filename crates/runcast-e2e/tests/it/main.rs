@@ -1,0 +1,5 @@
+//! One test binary for the crate (see `src/lib.rs` for what each module checks).
+
+mod node_loss;
+mod rolling_restart;
+mod support;

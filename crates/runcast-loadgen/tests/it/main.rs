@@ -1,0 +1,3 @@
+//! The load client against real servers, small: so the benchmark cannot rot unnoticed.
+
+mod fanout;
