@@ -139,32 +139,38 @@ async fn over_the_concurrency_limit_requests_are_refused_at_once_and_slow_ones_t
     }
     client.get_execution(get()).await.expect("a slot is free again");
 
-    // REST: three requests whose bodies never finish hold the slots until the request timeout.
+    // REST: three requests whose bodies never finish hold the slots until the request timeout. A
+    // stalled request that arrives while a probe holds a slot is itself refused: send it again.
     let addr = api.addr("http_addr").await.expect("http");
-    let mut stalled = Vec::new();
-    for _ in 0..3 {
+    let stall = || async {
         let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connects");
         let head = format!(
             "POST /api/v1/executions HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {token}\r\n\
              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
         );
         socket.write_all(head.as_bytes()).await.expect("half a request");
-        stalled.push(socket);
+        socket
+    };
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        stalled.push(stall().await);
     }
     let url = format!("{}/{id}", api.http_url("/api/v1/executions"));
-    // Well within the 12 s the stalled requests may hold their slots (a loaded machine may take a
-    // few seconds to accept and read them).
-    let shed =
-        runcast_testkit::eventually("a REST call beyond the limit to be refused", Duration::from_secs(9), || {
-            let url = url.clone();
-            let token = token.clone();
-            async move {
-                let response = http().get(url).bearer_auth(token).send().await.ok()?;
-                (response.status().as_u16() == 503).then_some(response)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let shed = loop {
+        for socket in stalled.iter_mut() {
+            // Answered (refused) or closed: it holds no slot.
+            if !matches!(socket.try_read(&mut [0_u8; 1]), Err(err) if err.kind() == std::io::ErrorKind::WouldBlock) {
+                *socket = stall().await;
             }
-        })
-        .await
-        .expect("503 while the slots are held");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let response = http().get(&url).bearer_auth(&token).send().await.expect("sent");
+        if response.status().as_u16() == 503 {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "never refused with three stalled requests holding the three slots");
+    };
     assert_eq!(shed.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
     let body: serde_json::Value = shed.json().await.expect("json");
     assert_eq!(body["error"]["code"], "RESOURCE_EXHAUSTED");
