@@ -4,7 +4,7 @@
 
 use crate::commands::now;
 use crate::error::{ApiError, ApiErrorKind};
-use crate::store::{EventStore, StoreErrorKind, Stored};
+use crate::store::{EventStore, Read, StoreErrorKind, Stored};
 use crate::validate;
 use prost_types::Timestamp;
 use runcast_contract::v1::{Agent, AgentReported, AgentStatus, Event, EventType, HeartbeatRequest, event};
@@ -116,8 +116,10 @@ pub(crate) async fn heartbeat(
     request: HeartbeatRequest,
 ) -> Result<Agent, ApiError> {
     let agent_id = validate::id("agent_id", &request.agent_id)?;
-    for _ in 0..crate::commands::MAX_ATTEMPTS {
-        let last = store.last(StreamKind::Agents, tenant, &agent_id).await?;
+    for attempt in 0..crate::commands::MAX_ATTEMPTS {
+        // A stale first read fails the guarded append; retries read the leader.
+        let read = if attempt == 0 { Read::AnyReplica } else { Read::Leader };
+        let last = store.last(StreamKind::Agents, tenant, &agent_id, read).await?;
         let previous = last.as_ref().and_then(agent_of);
         let (event_type, mut agent) = heartbeat_change(previous, tenant, &request, now())?;
         let expected = last.as_ref().map_or(0, |stored| stored.sequence);

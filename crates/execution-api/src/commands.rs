@@ -8,7 +8,7 @@
 
 use crate::domain::state_machine::{Command, Refusal, decide};
 use crate::error::{ApiError, ApiErrorKind};
-use crate::store::{EventStore, StoreErrorKind, Stored};
+use crate::store::{EventStore, Read, StoreErrorKind, Stored};
 use prost_types::Timestamp;
 use runcast_contract::v1::{Event, Execution, event};
 use runcast_contract::{EntityId, StreamKind};
@@ -135,8 +135,9 @@ impl Executions {
         tenant: &EntityId,
         execution_id: &EntityId,
         fallback: Fallback,
+        read: Read,
     ) -> Result<Option<Current>, ApiError> {
-        if let Some(stored) = self.store.last(StreamKind::Executions, tenant, execution_id).await? {
+        if let Some(stored) = self.store.last(StreamKind::Executions, tenant, execution_id, read).await? {
             let execution = execution_of(&stored).cloned().ok_or_else(|| {
                 ApiError::internal(format!("the last event of execution {execution_id} has no state"))
             })?;
@@ -155,7 +156,7 @@ impl Executions {
 
     /// The execution's latest state, from the stream or (once aged out) the read model.
     pub async fn current(&self, tenant: &EntityId, execution_id: &EntityId) -> Result<Option<Current>, ApiError> {
-        self.current_with(tenant, execution_id, Fallback::Required).await
+        self.current_with(tenant, execution_id, Fallback::Required, Read::Leader).await
     }
 
     pub fn store(&self) -> &EventStore {
@@ -206,12 +207,20 @@ impl Executions {
             Command::Create { .. } => Fallback::IfReachable,
             _ => Fallback::Required,
         };
+        // The first read may come from a replica that trails the leader: a stale state fails the
+        // append's sequence check, and a refusal is confirmed against the leader before it is given.
+        let mut read = Read::AnyReplica;
         for attempt in 0..MAX_ATTEMPTS {
-            let latest = self.current_with(tenant, execution_id, fallback).await?;
+            let latest = self.current_with(tenant, execution_id, fallback, read).await?;
             let current = latest.as_ref().map(|latest| &latest.execution);
+            let confirmed = self.store.is_exact(read);
+            read = Read::Leader;
             if let (Some(expected), Some(current)) = (expected_version, current)
                 && current.version != expected
             {
+                if !confirmed {
+                    continue;
+                }
                 return Err(ApiError::new(
                     ApiErrorKind::Aborted,
                     format!(
@@ -223,6 +232,7 @@ impl Executions {
             let now = now();
             let change = match decide(current, &command, now) {
                 Ok(change) => change,
+                Err(_) if !confirmed => continue,
                 Err(Refusal::AlreadyExists) => {
                     return current.cloned().ok_or_else(|| ApiError::internal("an existing execution has no state"));
                 }

@@ -154,7 +154,7 @@ impl Application {
         let provisioned = readiness.add_flag("streams");
         tasks.spawn(nats.spawn_provisioning(config.nats.streams.clone(), provisioned, shutdown.clone()));
 
-        let store = store::EventStore::new(nats.jetstream.clone(), nats.topology.clone());
+        let store = store::EventStore::new(nats.jetstream.clone(), nats.topology.clone(), config.nats.streams.replicas);
         let app = App {
             executions: commands::Executions::with_read_model(store.clone(), pool.clone(), config.nats.streams.max_age),
             queries: queries::Queries::new(pool.clone()),

@@ -4,7 +4,7 @@
 
 use crate::commands::now;
 use crate::error::{ApiError, ApiErrorKind};
-use crate::store::{EventStore, StoreErrorKind};
+use crate::store::{EventStore, Read, StoreErrorKind};
 use crate::validate;
 use runcast_contract::v1::{AppendLogsRequest, Event, EventType, LogLine, LogStream, LogsAppended, event};
 use runcast_contract::{EntityId, StreamKind, WireEnum};
@@ -117,8 +117,10 @@ pub(crate) async fn append(
     workflow_id: &str,
     lines: Vec<LogLine>,
 ) -> Result<u64, ApiError> {
-    for _ in 0..crate::commands::MAX_ATTEMPTS {
-        let last = store.last(StreamKind::Logs, tenant, execution_id).await?;
+    for attempt in 0..crate::commands::MAX_ATTEMPTS {
+        // A stale first read fails the guarded append; retries read the leader.
+        let read = if attempt == 0 { Read::AnyReplica } else { Read::Leader };
+        let last = store.last(StreamKind::Logs, tenant, execution_id, read).await?;
         let (last_line, version, expected) = match (&last, history) {
             (Some(stored), _) => {
                 let last_line = match &stored.event.payload {

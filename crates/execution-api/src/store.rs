@@ -3,7 +3,11 @@
 //! `Nats-Expected-Last-Subject-Sequence` (optimistic concurrency) with `Nats-Msg-Id` = event id
 //! (a retried publish is deduplicated by the server).
 
-use async_nats::jetstream::{self, context::PublishErrorKind, stream::DirectGetErrorKind};
+use async_nats::jetstream::{
+    self,
+    context::PublishErrorKind,
+    stream::{DirectGetErrorKind, RawMessageErrorKind},
+};
 use prost::Message as _;
 use runcast_contract::v1::Event;
 use runcast_contract::{EntityId, StreamKind, Topology};
@@ -60,11 +64,31 @@ pub struct Stored {
 pub struct EventStore {
     jetstream: jetstream::Context,
     topology: Topology,
+    /// Streams have more than one replica: a direct get may be answered by a follower that has not
+    /// applied the newest events yet.
+    replicated: bool,
+}
+
+/// How fresh a read of a subject's last event must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Any replica may answer (JetStream direct get): on a cluster it may trail the newest event by
+    /// a few milliseconds. Only for the first try of a guarded append, where a stale read fails the
+    /// expected-sequence check instead of deciding wrong.
+    AnyReplica,
+    /// The stream leader answers: the newest acknowledged event. For what callers are told (state,
+    /// `NOT_FOUND`, refusals) and for retries after a conflict.
+    Leader,
 }
 
 impl EventStore {
-    pub fn new(jetstream: jetstream::Context, topology: Topology) -> Self {
-        Self { jetstream, topology }
+    pub fn new(jetstream: jetstream::Context, topology: Topology, replicas: u8) -> Self {
+        Self { jetstream, topology, replicated: replicas > 1 }
+    }
+
+    /// Whether a read of this kind sees the newest acknowledged event.
+    pub fn is_exact(&self, read: Read) -> bool {
+        read == Read::Leader || !self.replicated
     }
 
     pub fn topology(&self) -> &Topology {
@@ -85,6 +109,7 @@ impl EventStore {
         kind: StreamKind,
         tenant: &EntityId,
         entity: &EntityId,
+        read: Read,
     ) -> Result<Option<Stored>, StoreError> {
         let subject = self.subject(kind, tenant, entity);
         let stream_name = self.topology.stream_name(kind);
@@ -92,10 +117,18 @@ impl EventStore {
             let stream = self.jetstream.get_stream_no_info(&stream_name).await.map_err(|err| {
                 StoreError::new(StoreErrorKind::Unavailable, format!("cannot reach stream {stream_name}: {err}"))
             })?;
-            match stream.direct_get_last_for_subject(subject.clone()).await {
+            // With one replica every direct get is answered by the leader: the cheaper call is exact.
+            if !self.replicated || read == Read::AnyReplica {
+                return match stream.direct_get_last_for_subject(subject.clone()).await {
+                    Ok(message) => Ok(Some(message)),
+                    Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+                    Err(err) => Err(read_error(&subject, &err)),
+                };
+            }
+            match stream.raw_message_builder().last_by_subject(subject.clone()).send().await {
                 Ok(message) => Ok(Some(message)),
-                Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => Ok(None),
-                Err(err) => Err(read_error(&subject, &err)),
+                Err(err) if matches!(err.kind(), RawMessageErrorKind::NoMessageFound) => Ok(None),
+                Err(err) => Err(leader_read_error(&subject, &err)),
             }
         };
         let message = tokio::time::timeout(OPERATION_TIMEOUT, fetch).await.map_err(|_| {
@@ -172,6 +205,20 @@ fn read_error(subject: &str, err: &jetstream::stream::DirectGetError) -> StoreEr
     }
 }
 
+/// A failed read through the stream leader: anything but a malformed subject is the cluster
+/// being unreachable or electing a leader.
+fn leader_read_error(subject: &str, err: &jetstream::stream::RawMessageError) -> StoreError {
+    match err.kind() {
+        RawMessageErrorKind::InvalidSubject => {
+            StoreError::new(StoreErrorKind::Internal, format!("cannot read {subject}: {err}"))
+        }
+        _ => StoreError::new(
+            StoreErrorKind::Unavailable,
+            format!("the stream leader did not answer reading {subject}: {err}"),
+        ),
+    }
+}
+
 fn publish_error(subject: &str, err: jetstream::context::PublishError) -> StoreError {
     match err.kind() {
         PublishErrorKind::WrongLastSequence => {
@@ -213,6 +260,9 @@ mod tests {
             let err = read_error("exec.acme.e1", &DirectGetError::new(kind.clone()));
             assert_eq!(err.kind(), expected, "{kind:?}");
         }
+        let leader = |kind| leader_read_error("exec.acme.e1", &jetstream::stream::RawMessageError::new(kind)).kind();
+        assert_eq!(leader(RawMessageErrorKind::Other), StoreErrorKind::Unavailable);
+        assert_eq!(leader(RawMessageErrorKind::InvalidSubject), StoreErrorKind::Internal);
         let unavailable: crate::error::ApiError =
             read_error("exec.acme.e1", &DirectGetError::new(DirectGetErrorKind::TimedOut)).into();
         assert_eq!(unavailable.kind(), crate::error::ApiErrorKind::Unavailable);

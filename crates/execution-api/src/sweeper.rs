@@ -11,7 +11,7 @@
 
 use crate::commands::{Executions, now};
 use crate::domain::state_machine::Command;
-use crate::store::{EventStore, StoreErrorKind};
+use crate::store::{EventStore, Read, StoreErrorKind};
 use async_nats::jetstream::kv;
 use futures::TryStreamExt as _;
 use runcast_contract::v1::{AgentStatus, EventType};
@@ -174,7 +174,8 @@ async fn sweep_agents(store: &EventStore) -> Result<(), String> {
         else {
             continue;
         };
-        let Some(last) = store.last(StreamKind::Agents, &tenant, &agent_id).await.map_err(|err| err.to_string())?
+        let Some(last) =
+            store.last(StreamKind::Agents, &tenant, &agent_id, Read::Leader).await.map_err(|err| err.to_string())?
         else {
             continue;
         };
@@ -267,7 +268,7 @@ async fn agent_still_lost(store: &EventStore, tenant: &str, agent_id: &str, grac
     else {
         return false;
     };
-    match store.last(StreamKind::Agents, &tenant, &agent_id).await {
+    match store.last(StreamKind::Agents, &tenant, &agent_id, Read::Leader).await {
         Ok(Some(last)) => crate::agents::agent_of(&last).is_some_and(|agent| {
             let silent_since = agent.last_heartbeat_at.map_or(0, |at| at.seconds);
             let lost_at = silent_since
