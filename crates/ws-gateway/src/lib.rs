@@ -251,8 +251,8 @@ impl Application {
         let gateway = Arc::new(Gateway::new(
             hub,
             replay::Sources {
-                nats,
-                history,
+                log: Arc::new(runcast_eventlog::JetStreamLog::new(nats.clone(), history)),
+                topology: nats.topology.clone(),
                 batch: config.gateway.replay_batch as usize,
                 slots: Arc::new(tokio::sync::Semaphore::new(config.gateway.replay_concurrency as usize)),
             },

@@ -28,18 +28,13 @@ use crate::hub::{Dispatch, Subscriber};
 use crate::outbound::TryPush;
 use crate::protocol::NotRecovered;
 use crate::upstream;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-use async_nats::jetstream::stream::DirectGetErrorKind;
 use futures::StreamExt;
 use runcast_contract::v1::Event;
 use runcast_contract::v1::event::State;
-use runcast_contract::{EntityId, StreamKind};
-use runcast_runtime::nats::Nats;
+use runcast_contract::{EntityId, Topology};
+use runcast_eventlog::{EventLog, ReadError, Scope};
 use runcast_runtime::{Error, ErrorKind};
-use runcast_store::PgPool;
-use runcast_store::history::{EntityFilter, Stored};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -115,11 +110,11 @@ pub struct Snapshot {
     pub from_read_model: bool,
 }
 
-/// JetStream and the PostgreSQL history.
+/// The event log (JetStream and the PostgreSQL history; in memory in unit tests).
 #[derive(Clone)]
 pub struct Sources {
-    pub nats: Nats,
-    pub history: PgPool,
+    pub log: Arc<dyn EventLog>,
+    pub topology: Topology,
     /// Events read per round trip.
     pub batch: usize,
     /// Replays (and snapshots) running at once on this replica: a reconnect storm after a drain
@@ -127,8 +122,16 @@ pub struct Sources {
     pub slots: Arc<Semaphore>,
 }
 
-fn unavailable(what: &str, err: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Unavailable, format!("{what}: {err}"))
+/// What a channel reads from the log: its subjects on the stream, its entity in the history.
+fn scope(channel: &Channel, topology: &Topology, tenant: &EntityId) -> Scope {
+    let id = |id: &EntityId| Some(id.to_string());
+    let (execution_id, agent_id, workflow_id) = match channel {
+        Channel::Execution(execution) | Channel::Logs(execution) => (id(execution), None, None),
+        Channel::Agent(agent) => (None, id(agent), None),
+        Channel::Workflow(workflow) => (None, None, id(workflow)),
+        Channel::Executions | Channel::Approvals | Channel::Agents => (None, None, None),
+    };
+    Scope { subject: channel.replay_subject(topology, tenant), execution_id, agent_id, workflow_id }
 }
 
 /// Waits for a permit of `slots`; `None` when `cancel` fires first (or the semaphore is closed).
@@ -172,15 +175,6 @@ impl Sources {
         Some(Slot { slots: self.slots.clone(), permit: Some(permit) })
     }
 
-    async fn stream(&self, kind: StreamKind) -> Result<async_nats::jetstream::stream::Stream, Error> {
-        let name = self.nats.topology.stream_name(kind);
-        self.nats
-            .jetstream
-            .get_stream(&name)
-            .await
-            .map_err(|err| unavailable(&format!("cannot open stream {name}"), err))
-    }
-
     /// The current state of the channel's entity: its last event on the stream, else its read
     /// model row (`None` for channels without an entity or an entity nobody knows). PostgreSQL
     /// down when the read model is needed: `Unavailable`, never `None`.
@@ -189,31 +183,15 @@ impl Sources {
             return Ok(None);
         };
         let kind = channel.stream();
-        let stream = self.stream(kind).await?;
-        let subject = self.nats.topology.entity_subject(kind, tenant, entity);
-        match stream.direct_get_last_for_subject(subject.as_str()).await {
-            Ok(message) => Ok(upstream::decode(kind, &message.subject, &message.payload, message.sequence)
-                .map(|(_, event)| Snapshot { offset: event.offset, state: event.state, from_read_model: false })),
-            Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => {
-                self.read_model(kind, tenant, entity).await
-            }
-            Err(err) => Err(unavailable("cannot read the last event", err)),
+        let subject = self.topology.entity_subject(kind, tenant, entity);
+        if let Some(last) = self.log.last(kind, &subject).await? {
+            return Ok(upstream::decode(kind, &last.subject, &last.payload, last.offset).map(|(_, event)| Snapshot {
+                offset: event.offset,
+                state: event.state,
+                from_read_model: false,
+            }));
         }
-    }
-
-    /// The entity's row in the read model, its state's offset set to the row's `last_offset`.
-    async fn read_model(
-        &self,
-        kind: StreamKind,
-        tenant: &EntityId,
-        entity: &EntityId,
-    ) -> Result<Option<Snapshot>, Error> {
-        let state = match kind {
-            StreamKind::Agents => {
-                runcast_store::read_model::agent(&self.history, tenant, entity).await?.map(State::Agent)
-            }
-            _ => runcast_store::read_model::execution(&self.history, tenant, entity).await?.map(State::Execution),
-        };
+        let state = self.log.archived(kind, tenant, entity).await?;
         Ok(state.map(|state| {
             let offset = match &state {
                 State::Agent(agent) => agent.offset,
@@ -234,186 +212,39 @@ impl Sources {
         cancel: &CancellationToken,
     ) -> Result<Outcome, Error> {
         let kind = subscriber.channel.stream();
-        let stream = self.stream(kind).await?;
-        // Opening the stream read its state already: one JetStream request less per resume,
-        // which is one timeout less while a leader is being elected.
-        let info = stream.cached_info();
-        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-        let epoch = upstream::epoch(info);
-        if since_epoch.is_some_and(|since_epoch| !upstream::same_epoch(since_epoch, &epoch)) || since > last {
-            // Another incarnation of the stream, or beyond everything it ever held: the client's
-            // position is not ours.
-            return Ok(Outcome::lost(NotRecovered::EpochChanged, 0));
-        }
+        let plan = match runcast_eventlog::plan(self.log.as_ref(), kind, since, since_epoch).await? {
+            Ok(plan) => plan,
+            Err(reason) => return Ok(Outcome::lost(reason, 0)),
+        };
+        let scope = scope(&subscriber.channel, &self.topology, &subscriber.tenant);
+        let mut events =
+            runcast_eventlog::read_after(self.log.as_ref(), kind, &subscriber.tenant, &scope, since, &plan, self.batch);
         let mut replayed = 0;
-        let mut after = since;
-        let from_history = since.saturating_add(1) < first;
-        if from_history {
-            match self.history_reaches(kind, since).await {
-                Ok(true) => {}
-                Ok(false) => return Ok(Outcome::lost(NotRecovered::TooOld, 0)),
-                Err(err) if err.kind() == ErrorKind::Unavailable => {
-                    tracing::warn!(cause = %err, "the history is unavailable; resume not recovered");
-                    return Ok(Outcome::lost(NotRecovered::Unavailable, 0));
-                }
-                Err(err) => return Err(err),
+        while let Some(read) = events.next().await {
+            if cancel.is_cancelled() {
+                break;
             }
-            match self.replay_history(subscriber, kind, since, first, &mut replayed, slot, cancel).await {
-                Ok(reached) => after = reached.max(first - 1),
-                Err(err) if err.kind() == ErrorKind::Unavailable => {
+            let logged = match read {
+                Ok(logged) => logged,
+                Err(ReadError { from_history: true, error }) if error.kind() == ErrorKind::Unavailable => {
                     // What was sent is right; the rest of the gap cannot be filled now.
-                    tracing::warn!(cause = %err, replayed, "the history failed mid-replay; resume not recovered");
+                    tracing::warn!(cause = %error, replayed, "the history failed mid-replay; resume not recovered");
                     return Ok(Outcome::lost(NotRecovered::Unavailable, replayed));
                 }
-                Err(err) => return Err(err),
+                Err(ReadError { error, .. }) => return Err(error),
+            };
+            let Some((routing, event)) = upstream::decode(kind, &logged.subject, &logged.payload, logged.offset) else {
+                continue;
+            };
+            if !subscriber.wants(&routing, &event) {
+                continue;
             }
+            if !deliver(subscriber, &routing, &event, logged.offset, slot, cancel).await {
+                break;
+            }
+            replayed += 1;
         }
-        if after < last {
-            replayed += self.replay_stream(subscriber, &stream, after + 1, last, slot, cancel).await?;
-        }
-        Ok(Outcome { recovered: true, replayed, reason: None, from_history, from_memory: false })
-    }
-
-    /// Whether the history goes back to `since + 1` on this stream.
-    async fn history_reaches(&self, kind: StreamKind, since: u64) -> Result<bool, Error> {
-        Ok(runcast_store::history::reaches(&self.history, kind, since).await?)
-    }
-
-    /// Pages through the history in offset order, from after `since` to before `before`, counting
-    /// what it sends into `sent`. Returns the last offset read.
-    #[allow(clippy::too_many_arguments)] // the replay's context, threaded through one call
-    async fn replay_history(
-        &self,
-        subscriber: &Subscriber,
-        kind: StreamKind,
-        since: u64,
-        before: u64,
-        sent: &mut u64,
-        slot: &mut Slot,
-        cancel: &CancellationToken,
-    ) -> Result<u64, Error> {
-        let filter = match &subscriber.channel {
-            Channel::Execution(id) | Channel::Logs(id) => {
-                EntityFilter { execution_id: Some(id.as_str()), ..EntityFilter::default() }
-            }
-            Channel::Agent(id) => EntityFilter { agent_id: Some(id.as_str()), ..EntityFilter::default() },
-            Channel::Workflow(id) => EntityFilter { workflow_id: Some(id.as_str()), ..EntityFilter::default() },
-            _ => EntityFilter::default(),
-        };
-        let mut cursor = since;
-        loop {
-            if cancel.is_cancelled() {
-                return Ok(cursor);
-            }
-            let rows = runcast_store::history::page_by_offset(
-                &self.history,
-                kind,
-                &subscriber.tenant,
-                filter,
-                cursor,
-                before,
-                self.batch,
-            )
-            .await?;
-            let page = rows.len();
-            for Stored { offset, body } in rows {
-                cursor = offset;
-                let Some((routing, event)) = self.decode_history(kind, &body, offset) else {
-                    continue;
-                };
-                if !subscriber.wants(&routing, &event) {
-                    continue;
-                }
-                if !deliver(subscriber, &routing, &event, offset, slot, cancel).await {
-                    return Ok(offset);
-                }
-                *sent += 1;
-            }
-            if page < self.batch {
-                return Ok(cursor);
-            }
-        }
-    }
-
-    /// History rows hold the event bytes, not the subject: rebuild the subject from the event.
-    fn decode_history(&self, kind: StreamKind, body: &[u8], offset: u64) -> Option<(Routing, Event)> {
-        use prost::Message as _;
-        let event = Event::decode(body).ok()?;
-        let tenant = EntityId::parse("tenant_id", &event.tenant_id).ok()?;
-        let entity = match kind {
-            StreamKind::Agents => &event.agent_id,
-            _ => &event.execution_id,
-        };
-        let entity = EntityId::parse("entity", entity).ok()?;
-        let subject = self.nats.topology.entity_subject(kind, &tenant, &entity);
-        upstream::decode(kind, &subject, body, offset)
-    }
-
-    /// Reads the stream from `start` with a consumer of its own (no acks, deleted afterwards),
-    /// until the stream's last sequence as of the start of the replay.
-    async fn replay_stream(
-        &self,
-        subscriber: &Subscriber,
-        stream: &async_nats::jetstream::stream::Stream,
-        start: u64,
-        last: u64,
-        slot: &mut Slot,
-        cancel: &CancellationToken,
-    ) -> Result<u64, Error> {
-        let kind = subscriber.channel.stream();
-        let consumer = stream
-            .create_consumer(pull::Config {
-                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
-                ack_policy: AckPolicy::None,
-                filter_subject: subscriber.channel.replay_subject(&self.nats.topology, &subscriber.tenant),
-                inactive_threshold: Duration::from_secs(30),
-                memory_storage: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|err| unavailable("cannot create a replay consumer", err))?;
-        let name = consumer.cached_info().name.clone();
-        let mut sent = 0;
-        let mut done = consumer.cached_info().num_pending == 0;
-        let result = async {
-            while !done && !cancel.is_cancelled() {
-                let mut batch = consumer
-                    .fetch()
-                    .max_messages(self.batch)
-                    .messages()
-                    .await
-                    .map_err(|err| unavailable("cannot fetch from the stream", err))?;
-                let mut received = 0;
-                while let Some(message) = batch.next().await {
-                    let message = message.map_err(|err| unavailable("cannot fetch from the stream", err))?;
-                    received += 1;
-                    let info = message.info().map_err(|err| Error::new(ErrorKind::Internal, err.to_string()))?;
-                    let (offset, pending) = (info.stream_sequence, info.pending);
-                    if let Some((routing, event)) = upstream::decode(kind, &message.subject, &message.payload, offset)
-                        && subscriber.wants(&routing, &event)
-                    {
-                        if !deliver(subscriber, &routing, &event, offset, slot, cancel).await {
-                            return Ok(());
-                        }
-                        sent += 1;
-                    }
-                    if pending == 0 || offset >= last {
-                        done = true;
-                        break;
-                    }
-                }
-                if received == 0 {
-                    done = true;
-                }
-            }
-            Ok::<(), Error>(())
-        }
-        .await;
-        // Best effort: the consumer also expires on its own after its inactivity threshold.
-        if let Err(err) = stream.delete_consumer(&name).await {
-            tracing::debug!(cause = %err, "replay consumer not deleted; it will expire");
-        }
-        result.map(|()| sent)
+        Ok(Outcome { recovered: true, replayed, reason: None, from_history: plan.from_history, from_memory: false })
     }
 }
 

@@ -128,22 +128,7 @@ async fn reconnected(link: &mut watch::Receiver<Link>, connects: u64) {
     }
 }
 
-/// The epoch of a stream (DESIGN §7): its creation time, RFC 3339 in UTC with the server's
-/// precision.
-pub(crate) fn epoch(info: &async_nats::jetstream::stream::Info) -> String {
-    let created = info.created;
-    chrono::DateTime::from_timestamp(created.unix_timestamp(), created.nanosecond())
-        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        .unwrap_or_default()
-}
-
-/// Whether two epochs name the same instant (a client may echo it in another RFC 3339 spelling).
-pub(crate) fn same_epoch(a: &str, b: &str) -> bool {
-    match (chrono::DateTime::parse_from_rfc3339(a), chrono::DateTime::parse_from_rfc3339(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    }
-}
+pub(crate) use runcast_eventlog::{epoch, same_epoch};
 
 async fn consume(
     nats: &Nats,
@@ -315,14 +300,6 @@ pub(crate) fn decode(kind: StreamKind, subject: &str, payload: &[u8], offset: u6
 mod tests {
     use super::*;
     use runcast_contract::v1::{Execution, event::State};
-
-    #[test]
-    fn epochs_compare_as_instants_whatever_the_spelling() {
-        assert!(same_epoch("2026-12-01T21:00:00.500000000Z", "2026-12-01T21:00:00.5Z"));
-        assert!(same_epoch("2026-12-01T21:00:00.5Z", "2026-12-01T22:00:00.5+01:00"));
-        assert!(!same_epoch("2026-12-01T21:00:00.5Z", "2026-12-01T21:00:00.500000001Z"));
-        assert!(!same_epoch("", "2026-12-01T21:00:00Z"));
-    }
 
     #[test]
     fn the_delivery_lag_is_the_age_of_the_event_at_dispatch_never_negative() {
