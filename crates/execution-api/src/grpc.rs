@@ -181,6 +181,7 @@ impl ExecutionService for App {
         let id = validate::id("execution_id", &request.get_ref().execution_id)?;
         let stream = crate::watch::watch(
             &self.executions,
+            &self.log,
             &principal.tenant,
             &id,
             request.get_ref().from_offset,

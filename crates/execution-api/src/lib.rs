@@ -101,6 +101,8 @@ pub struct Config {
 #[derive(Clone)]
 pub struct App {
     pub executions: commands::Executions,
+    /// What `WatchExecution` reads after an offset the stream may have aged out.
+    pub log: std::sync::Arc<dyn runcast_eventlog::EventLog>,
     pub queries: queries::Queries,
     pub shutdown: CancellationToken,
 }
@@ -157,6 +159,7 @@ impl Application {
         let store = store::EventStore::new(nats.jetstream.clone(), nats.topology.clone(), config.nats.streams.replicas);
         let app = App {
             executions: commands::Executions::with_read_model(store.clone(), pool.clone(), config.nats.streams.max_age),
+            log: std::sync::Arc::new(runcast_eventlog::JetStreamLog::new(nats.clone(), pool.clone())),
             queries: queries::Queries::new(pool.clone()),
             shutdown: shutdown.clone(),
         };

@@ -1,21 +1,30 @@
 //! `WatchExecution`: the execution's current state (its last event), then every later event, from
 //! an ordered consumer on the execution's subject — or, with `from_offset`, exactly the events
-//! after that offset. Once the stream has aged the execution's events out, the current state is
-//! the read model's, sent as an event of the type its status implies (no `event_id`, no payload). The stream ends after a terminal event, when the client goes away, or when
-//! the service shuts down. One bounded channel per watcher: a slow client slows only itself.
+//! after that offset: the part the stream has aged out is read from the PostgreSQL history
+//! through the event log (as the gateway's resume reads it), the rest from the stream. Once the
+//! stream has aged the execution's events out, the current state is the read model's, sent as an
+//! event of the type its status implies (no `event_id`, no payload). The stream ends after a
+//! terminal event, when the client goes away, or when the service shuts down. One bounded channel
+//! per watcher: a slow client slows only itself.
 
 use crate::commands::Executions;
 use crate::error::ApiError;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use futures::StreamExt as _;
 use prost::Message as _;
+use runcast_contract::gateway::NotRecovered;
 use runcast_contract::v1::{Event, EventType, Execution, ExecutionStatus, event};
 use runcast_contract::{EntityId, StreamKind};
+use runcast_eventlog::{EventLog, Plan, Scope};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 const BUFFERED_EVENTS: usize = 64;
+
+/// History events read per page when `from_offset` is older than the stream.
+const HISTORY_PAGE: usize = 256;
 
 pub(crate) type WatchStream = ReceiverStream<Result<Event, tonic::Status>>;
 
@@ -60,8 +69,54 @@ fn check_from_offset(after: u64, last: u64) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Decodes a stored event and sets its offset (on the event and its state).
+fn decode(payload: &[u8], offset: u64) -> Option<Event> {
+    let mut event = match Event::decode(payload) {
+        Ok(event) => event,
+        Err(err) => {
+            tracing::error!(offset, cause = %err, "an event does not decode; skipping it");
+            return None;
+        }
+    };
+    event.offset = offset;
+    if let Some(event::State::Execution(execution)) = event.state.as_mut() {
+        execution.offset = offset;
+    }
+    Some(event)
+}
+
+/// Where the events after `after` are: `None` when the stream still holds them all, else the
+/// plan to read the history first. Nobody holding them is an error naming `from_offset`.
+async fn history_plan(log: &dyn EventLog, after: u64, execution_id: &EntityId) -> Result<Option<Plan>, ApiError> {
+    let unavailable =
+        |err: &dyn std::fmt::Display| ApiError::unavailable(format!("cannot read execution {execution_id}: {err}"));
+    let plan = match runcast_eventlog::plan(log, StreamKind::Executions, after, None).await {
+        Ok(Ok(plan)) => plan,
+        Ok(Err(NotRecovered::EpochChanged)) => {
+            let last = log.bounds(StreamKind::Executions).await.map_err(|err| unavailable(&err))?.last;
+            check_from_offset(after, last)?;
+            return Err(unavailable(&"the stream changed while reading it"));
+        }
+        Ok(Err(NotRecovered::TooOld)) => {
+            return Err(ApiError::new(
+                crate::error::ApiErrorKind::FailedPrecondition,
+                format!(
+                    "from_offset {after} is older than the history keeps (retention): watch without from_offset \
+                     to start from the current state"
+                ),
+            ));
+        }
+        Ok(Err(_)) => {
+            return Err(unavailable(&"the history (PostgreSQL) cannot be read now: retry with the same from_offset"));
+        }
+        Err(err) => return Err(unavailable(&err)),
+    };
+    Ok(plan.from_history.then_some(plan))
+}
+
 pub(crate) async fn watch(
     executions: &Executions,
+    log: &Arc<dyn EventLog>,
     tenant: &EntityId,
     execution_id: &EntityId,
     from_offset: Option<u64>,
@@ -78,6 +133,7 @@ pub(crate) async fn watch(
     };
     let (sender, receiver) = mpsc::channel(BUFFERED_EVENTS);
     let terminal = is_terminal(&last_event);
+    let mut from_history = None;
     let start_sequence = match from_offset {
         None => {
             let _ = sender.send(Ok(last_event)).await;
@@ -87,14 +143,24 @@ pub(crate) async fn watch(
             last_sequence + 1
         }
         Some(after) if terminal && after >= last_sequence => return Ok(ReceiverStream::new(receiver)),
-        Some(after) => after.saturating_add(1),
+        Some(after) => match history_plan(log.as_ref(), after, execution_id).await? {
+            // The history first, then the stream after what it held when the read started.
+            Some(plan) => {
+                let start = plan.bounds.last + 1;
+                from_history = Some((after, plan));
+                start
+            }
+            None => after.saturating_add(1),
+        },
     };
     let store = executions.store();
     let stream_name = store.topology().stream_name(StreamKind::Executions);
     let unavailable =
         |err: &dyn std::fmt::Display| ApiError::unavailable(format!("cannot follow execution {execution_id}: {err}"));
     let mut stream = store.jetstream().get_stream(&stream_name).await.map_err(|err| unavailable(&err))?;
-    if let Some(after) = from_offset {
+    if let Some(after) = from_offset
+        && from_history.is_none()
+    {
         let last = stream.info().await.map_err(|err| unavailable(&err))?.state.last_sequence;
         check_from_offset(after, last)?;
     }
@@ -107,7 +173,42 @@ pub(crate) async fn watch(
         .await
         .map_err(|err| unavailable(&err))?;
     let mut messages = consumer.messages().await.map_err(|err| unavailable(&err))?;
+    let (log, tenant) = (log.clone(), tenant.clone());
+    let scope = Scope {
+        subject: store.subject(StreamKind::Executions, &tenant, execution_id),
+        execution_id: Some(execution_id.to_string()),
+        ..Scope::default()
+    };
     tokio::spawn(async move {
+        if let Some((after, plan)) = from_history {
+            let mut missed = runcast_eventlog::read_after(
+                log.as_ref(),
+                StreamKind::Executions,
+                &tenant,
+                &scope,
+                after,
+                &plan,
+                HISTORY_PAGE,
+            );
+            while let Some(read) = missed.next().await {
+                let logged = match read {
+                    Ok(logged) => logged,
+                    Err(err) => {
+                        let status = tonic::Status::unavailable(format!(
+                            "cannot read the missed events ({}): watch again from your last offset",
+                            err.error
+                        ));
+                        let _ = sender.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let Some(event) = decode(&logged.payload, logged.offset) else { continue };
+                let terminal = is_terminal(&event);
+                if sender.send(Ok(event)).await.is_err() || terminal {
+                    return;
+                }
+            }
+        }
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -130,17 +231,7 @@ pub(crate) async fn watch(
                 None => return,
             };
             let offset = message.info().map(|info| info.stream_sequence).unwrap_or(0);
-            let mut event = match Event::decode(message.payload.as_ref()) {
-                Ok(event) => event,
-                Err(err) => {
-                    tracing::error!(offset, cause = %err, "an event in the stream does not decode; skipping it");
-                    continue;
-                }
-            };
-            event.offset = offset;
-            if let Some(event::State::Execution(execution)) = event.state.as_mut() {
-                execution.offset = offset;
-            }
+            let Some(event) = decode(&message.payload, offset) else { continue };
             let terminal = is_terminal(&event);
             if sender.send(Ok(event)).await.is_err() || terminal {
                 return;

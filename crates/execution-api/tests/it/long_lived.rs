@@ -210,6 +210,38 @@ async fn executions_idle_past_the_stream_max_age_keep_working() {
         .expect("ok");
     assert_eq!((next.r#type, next.version), (i32::from(EventType::ExecutionProgress), watched.version + 1));
 
+    // Watch from an offset the stream no longer holds: the missed events come from the history
+    // (the stream part and then live follow), none skipped.
+    let created_at: i64 =
+        sqlx::query_scalar("SELECT min(stream_offset) FROM events WHERE tenant_id = $1 AND execution_id = $2")
+            .bind(TENANT)
+            .bind(&watched.execution_id)
+            .fetch_one(&pool)
+            .await
+            .expect("the created event's offset");
+    let mut replay = client
+        .watch_execution(WatchExecutionRequest {
+            execution_id: watched.execution_id.clone(),
+            from_offset: Some(created_at as u64),
+        })
+        .await
+        .expect("watch from an aged-out offset")
+        .into_inner();
+    let mut versions = Vec::new();
+    while versions.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(10), replay.next())
+            .await
+            .expect("the missed events in time")
+            .expect("event")
+            .expect("ok");
+        versions.push((event.version, event.offset));
+    }
+    assert_eq!(
+        versions,
+        [(watched.version, watched.offset), (next.version, next.offset)],
+        "running (from the history), then progress (from the stream)"
+    );
+
     // The deadline, far beyond the stream's age, expires exactly once.
     let id = due.execution_id.clone();
     runcast_testkit::eventually("the approval to expire", Duration::from_secs(40), || async {
