@@ -676,22 +676,4 @@ fn random_u64() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reconnect_delays_spread_over_the_drain_window() {
-        let window = Duration::from_secs(2);
-        assert_eq!(reconnect_delay_ms(Duration::ZERO, 12345), 0, "no window: at once");
-        assert_eq!(reconnect_delay_ms(window, 2_000), 0);
-        assert_eq!(reconnect_delay_ms(window, 3_999), 1_999);
-        // Many draws land in every quarter of the window, none beyond it.
-        let mut quarters = [0u32; 4];
-        for _ in 0..4_000 {
-            let delay = reconnect_delay_ms(window, random_u64());
-            assert!(delay < 2_000, "{delay}");
-            quarters[(delay / 500) as usize] += 1;
-        }
-        assert!(quarters.iter().all(|&n| (700..=1_300).contains(&n)), "not uniform: {quarters:?}");
-    }
-}
+mod tests;
