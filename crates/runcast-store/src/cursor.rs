@@ -37,7 +37,10 @@ impl Cursor {
         }
         hex::decode(token)
             .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .and_then(|bytes| serde_json::from_slice::<Self>(&bytes).ok())
+            // Every time this store hands out is within PostgreSQL's range: a crafted one outside
+            // it (chrono reads signed years) would otherwise reach the database as an error.
+            .filter(|cursor| (1..=9999).contains(&chrono::Datelike::year(&cursor.at)))
             .map(Some)
             .ok_or(InvalidCursor::Malformed)
     }
@@ -88,6 +91,14 @@ pub(crate) fn paginate<R, T, E>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_outside_what_the_store_hands_out_are_refused_before_the_database() {
+        let crafted = |at: &str| hex::encode(format!(r#"{{"at":"{at}","id":"0190a7d0-0000-7000-8000-000000000000"}}"#));
+        assert_eq!(Cursor::decode(&crafted("-10000-01-01T00:00:00Z")), Err(InvalidCursor::Malformed));
+        assert_eq!(Cursor::decode(&crafted("+10000-01-01T00:00:00Z")), Err(InvalidCursor::Malformed));
+        assert!(Cursor::decode_event(&crafted("2026-12-01T00:00:00Z")).expect("in range").is_some());
+    }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
