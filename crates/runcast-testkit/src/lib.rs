@@ -10,7 +10,8 @@
 //!   be crashed, stopped and restarted, and the leader of a stream;
 //! - [`postgres`]: a PostgreSQL cluster (as an unprivileged user when running as root) that hands
 //!   out one fresh database per test;
-//! - [`service`]: the three service binaries as real processes, with their bound addresses;
+//! - [`service`]: the three service binaries as real processes, with their bound addresses, and
+//!   [`ServiceEnv`] — where one test's services find NATS, PostgreSQL, their prefix and secret;
 //! - [`lifecycle`]: the start-up, readiness and shutdown contract every service binary keeps;
 //! - [`otlp`]: an OpenTelemetry trace endpoint that hands the spans services export to the test;
 //! - [`slow_peers`]: connections that never finish a request, to check listeners shed them;
@@ -36,7 +37,7 @@ pub mod tools;
 pub use cluster::NatsCluster;
 pub use nats::NatsServer;
 pub use postgres::PostgresServer;
-pub use service::ServiceProcess;
+pub use service::{ServiceEnv, ServiceProcess, wait_ready};
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -87,6 +88,17 @@ impl Infra {
         let name = unique_name("t");
         let database_url = self.postgres.create_database(&name).await?;
         Ok(Isolation { stream_prefix: name, database_url })
+    }
+
+    /// Where a test's services find these servers, with its `isolation` and token `secret`.
+    pub fn services(&self, isolation: &Isolation, secret: &str) -> ServiceEnv {
+        ServiceEnv {
+            nats_url: self.nats.url(),
+            database_url: isolation.database_url.clone(),
+            stream_prefix: isolation.stream_prefix.clone(),
+            replicas: 1,
+            secret: secret.to_owned(),
+        }
     }
 }
 

@@ -203,3 +203,61 @@ mod tests {
         assert!(worth_echoing("thread 'main' panicked at src/main.rs:1:1"));
     }
 }
+
+/// How long a service may take to say `/readyz` 200 once its listener is bound.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where one test's services find NATS, PostgreSQL, their stream prefix and the token secret:
+/// the fixture every crate's integration tests start their services with.
+#[derive(Debug, Clone)]
+pub struct ServiceEnv {
+    /// One URL, or a cluster's comma-separated URLs.
+    pub nats_url: String,
+    pub database_url: String,
+    pub stream_prefix: String,
+    /// `RUNCAST_STREAM_REPLICAS`: 1 on one server, 3 on a cluster.
+    pub replicas: u8,
+    /// The HS256 secret of the test's tokens (`RUNCAST_JWT_SECRET`).
+    pub secret: String,
+}
+
+impl ServiceEnv {
+    /// The environment of every service of this test, then `extra` (later entries win).
+    pub fn vars(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut vars = vec![
+            ("NATS_URL".to_owned(), self.nats_url.clone()),
+            ("DATABASE_URL".to_owned(), self.database_url.clone()),
+            ("RUNCAST_STREAM_PREFIX".to_owned(), self.stream_prefix.clone()),
+            ("RUNCAST_STREAM_REPLICAS".to_owned(), self.replicas.to_string()),
+            ("RUNCAST_JWT_SECRET".to_owned(), self.secret.clone()),
+        ];
+        vars.extend(extra.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())));
+        vars
+    }
+
+    /// Starts `binary` with this environment plus `extra`; its HTTP listener is bound, it may
+    /// not be ready yet.
+    pub async fn start(&self, binary: &str, extra: &[(&str, &str)]) -> ServiceProcess {
+        let vars = self.vars(extra);
+        let env: Vec<(&str, &str)> = vars.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
+        ServiceProcess::spawn(binary, &env).await.unwrap_or_else(|err| panic!("{binary}: {err}"))
+    }
+
+    /// [`start`](Self::start), then waits until it is ready.
+    pub async fn spawn(&self, binary: &str, extra: &[(&str, &str)]) -> ServiceProcess {
+        let service = self.start(binary, extra).await;
+        wait_ready(&service).await;
+        service
+    }
+}
+
+/// Waits until `service` answers `/readyz` with 200; panics with its recent log otherwise.
+pub async fn wait_ready(service: &ServiceProcess) {
+    let url = service.http_url("/readyz");
+    crate::eventually(&format!("{url} to be ready"), READY_TIMEOUT, || {
+        let url = url.clone();
+        async move { reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}\n{}", service.recent_log()));
+}

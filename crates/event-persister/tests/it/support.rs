@@ -52,18 +52,14 @@ impl World {
 
     /// The persister process on this world, with short waits so tests run fast.
     pub(crate) async fn persister(&self, extra: &[(&str, &str)]) -> ServiceProcess {
-        let nats_url = self.infra.nats.url();
         let mut env = vec![
-            ("NATS_URL", nats_url.as_str()),
-            ("DATABASE_URL", self.isolation.database_url.as_str()),
-            ("RUNCAST_STREAM_PREFIX", self.isolation.stream_prefix.as_str()),
             ("RUNCAST_BATCH_WAIT", "50ms"),
             ("RUNCAST_LAG_INTERVAL", "200ms"),
             ("RUNCAST_DB_RETRY_MAX", "1s"),
             ("RUNCAST_SHUTDOWN_GRACE", "5s"),
         ];
         env.extend_from_slice(extra);
-        ServiceProcess::spawn("event-persister", &env).await.expect("persister starts")
+        self.infra.services(&self.isolation, "persister-tests").start("event-persister", &env).await
     }
 
     pub(crate) fn subject(&self, kind: StreamKind, tenant: &str, entity: &str) -> String {

@@ -3,7 +3,7 @@
 use runcast_contract::client::Bearer;
 use runcast_contract::v1::agent_service_client::AgentServiceClient;
 use runcast_contract::v1::execution_service_client::ExecutionServiceClient;
-use runcast_testkit::{Infra, Isolation, ServiceProcess};
+use runcast_testkit::{Infra, Isolation, ServiceEnv, ServiceProcess};
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -34,22 +34,14 @@ impl Stack {
         Self { infra, isolation }
     }
 
-    fn env<'a>(&'a self, nats_url: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-        let mut env = vec![
-            ("NATS_URL", nats_url),
-            ("DATABASE_URL", self.isolation.database_url.as_str()),
-            ("RUNCAST_STREAM_PREFIX", self.isolation.stream_prefix.as_str()),
-            ("RUNCAST_JWT_SECRET", SECRET),
-        ];
-        env.extend_from_slice(extra);
-        env
+    /// Where this stack's services find NATS, PostgreSQL, their prefix and the secret.
+    pub(crate) fn services(&self) -> ServiceEnv {
+        self.infra.services(&self.isolation, SECRET)
     }
 
     /// An execution-api process, ready (streams provisioned).
     pub(crate) async fn api(&self, extra: &[(&str, &str)]) -> ServiceProcess {
-        let nats_url = self.infra.nats.url();
-        let mut api = ServiceProcess::spawn("execution-api", &self.env(&nats_url, extra)).await.expect("api starts");
-        wait_ready(&api).await;
+        let mut api = self.services().spawn("execution-api", extra).await;
         api.addr("grpc_addr").await.expect("grpc listener");
         api
     }
@@ -61,22 +53,8 @@ impl Stack {
 
     /// An event-persister process with extra settings, ready (schema migrated).
     pub(crate) async fn persister_with(&self, extra: &[(&str, &str)]) -> ServiceProcess {
-        let nats_url = self.infra.nats.url();
-        let persister =
-            ServiceProcess::spawn("event-persister", &self.env(&nats_url, extra)).await.expect("persister starts");
-        wait_ready(&persister).await;
-        persister
+        self.services().spawn("event-persister", extra).await
     }
-}
-
-pub(crate) async fn wait_ready(service: &ServiceProcess) {
-    let url = service.http_url("/readyz");
-    runcast_testkit::eventually(&format!("{url} to be ready"), Duration::from_secs(30), || {
-        let url = url.clone();
-        async move { reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
-    })
-    .await
-    .unwrap_or_else(|err| panic!("{err}\n{}", service.recent_log()));
 }
 
 async fn channel(api: &mut ServiceProcess) -> Channel {

@@ -26,41 +26,19 @@ impl Stack {
     async fn start_with_api(api_settings: &[(&str, &str)]) -> Self {
         let infra = Infra::start().await.expect("servers");
         let isolation = infra.isolate().await.expect("isolation");
-        let nats = infra.nats.url();
-        let env = [
-            ("NATS_URL", nats.as_str()),
-            ("DATABASE_URL", isolation.database_url.as_str()),
-            ("RUNCAST_STREAM_PREFIX", isolation.stream_prefix.as_str()),
-            ("RUNCAST_JWT_SECRET", SECRET),
-        ];
-        let api_env: Vec<(&str, &str)> = env.iter().chain(api_settings).copied().collect();
-        let (api, persister, gateway) = tokio::join!(
-            ServiceProcess::spawn("execution-api", &api_env),
-            ServiceProcess::spawn("event-persister", &env),
-            ServiceProcess::spawn("ws-gateway", &env),
+        let services = infra.services(&isolation, SECRET);
+        let (mut api, persister, gateway) = tokio::join!(
+            services.spawn("execution-api", api_settings),
+            services.spawn("event-persister", &[]),
+            services.spawn("ws-gateway", &[]),
         );
-        let (mut api, persister, gateway) =
-            (api.expect("api"), persister.expect("persister"), gateway.expect("gateway"));
         api.addr("grpc_addr").await.expect("grpc");
-        let stack = Self { infra, isolation, api, _persister: persister, gateway };
-        for service in [&stack.api, &stack._persister, &stack.gateway] {
-            wait_ready(service).await;
-        }
-        stack
+        Self { infra, isolation, api, _persister: persister, gateway }
     }
 
+    /// A gateway on `http_addr` (a restarted one, on the address its clients know).
     async fn gateway_env(&self, http_addr: &str) -> ServiceProcess {
-        let nats = self.infra.nats.url();
-        let env = [
-            ("NATS_URL", nats.as_str()),
-            ("DATABASE_URL", self.isolation.database_url.as_str()),
-            ("RUNCAST_STREAM_PREFIX", self.isolation.stream_prefix.as_str()),
-            ("RUNCAST_JWT_SECRET", SECRET),
-            ("RUNCAST_HTTP_ADDR", http_addr),
-        ];
-        let gateway = ServiceProcess::spawn("ws-gateway", &env).await.expect("gateway");
-        wait_ready(&gateway).await;
-        gateway
+        self.infra.services(&self.isolation, SECRET).spawn("ws-gateway", &[("RUNCAST_HTTP_ADDR", http_addr)]).await
     }
 
     async fn cli_env(&mut self) -> Vec<(String, String)> {
@@ -73,16 +51,6 @@ impl Stack {
             ("RUNCAST_TENANT".into(), "acme".into()),
         ]
     }
-}
-
-async fn wait_ready(service: &ServiceProcess) {
-    let url = service.http_url("/readyz");
-    eventually(&format!("{url} ready"), Duration::from_secs(30), || {
-        let url = url.clone();
-        async move { reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
-    })
-    .await
-    .unwrap_or_else(|err| panic!("{err}\n{}", service.recent_log()));
 }
 
 fn runcast(env: &[(String, String)], args: &[&str]) -> Command {

@@ -20,7 +20,7 @@ use runcast_contract::v1::{
     UpdateExecutionStatusRequest,
 };
 use runcast_contract::{EntityId, StreamKind, Topology};
-use runcast_testkit::{NatsCluster, PostgresServer, eventually, unique_name};
+use runcast_testkit::{NatsCluster, PostgresServer, ServiceEnv, eventually, unique_name};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -221,11 +221,12 @@ async fn acknowledged_writes_survive_the_loss_of_stream_leaders_exactly_once() {
     let postgres = postgres.unwrap_or_else(|err| panic!("{err}"));
     let prefix = unique_name("e");
     let database_url = postgres.create_database(&prefix).await.unwrap_or_else(|err| panic!("{err}"));
-    let env = Env {
+    let env = ServiceEnv {
         nats_url: cluster.urls(),
         database_url: database_url.clone(),
         stream_prefix: prefix.clone(),
-        replicas: "3",
+        replicas: 3,
+        secret: SECRET.into(),
     };
     let topology = Topology::with_prefix(&prefix).expect("prefix");
     let stream = topology.stream_name(StreamKind::Executions);

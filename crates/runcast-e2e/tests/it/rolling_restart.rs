@@ -54,12 +54,7 @@ async fn a_rolling_restart_of_three_gateways_loses_no_event_of_1000_clients_and_
     let began = Instant::now();
     let infra = Infra::start().await.unwrap_or_else(|err| panic!("{err}"));
     let isolation = infra.isolate().await.unwrap_or_else(|err| panic!("{err}"));
-    let env = Env {
-        nats_url: infra.nats.url(),
-        database_url: isolation.database_url.clone(),
-        stream_prefix: isolation.stream_prefix.clone(),
-        replicas: "1",
-    };
+    let env = infra.services(&isolation, SECRET);
     let window = format!("{}s", RECONNECT_WINDOW.as_secs());
     let gateway_env = [("RUNCAST_WS_DRAIN_RECONNECT_WINDOW", window.as_str()), ("RUNCAST_SHUTDOWN_GRACE", "5s")];
     let balancer = Arc::new(Balancer::default());

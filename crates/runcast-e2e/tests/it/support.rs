@@ -3,7 +3,7 @@
 //! every offset they receive.
 
 use futures::{SinkExt, StreamExt};
-use runcast_testkit::{ServiceProcess, eventually};
+use runcast_testkit::eventually;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -23,42 +23,6 @@ pub(crate) fn token(subject: &str, roles: &[&str]) -> String {
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Where the services find NATS, PostgreSQL and their stream prefix.
-#[derive(Clone)]
-pub(crate) struct Env {
-    pub nats_url: String,
-    pub database_url: String,
-    pub stream_prefix: String,
-    pub replicas: &'static str,
-}
-
-impl Env {
-    /// Starts `binary` with this environment plus `extra`, and waits until `/readyz` says 200.
-    pub(crate) async fn spawn(&self, binary: &str, extra: &[(&str, &str)]) -> ServiceProcess {
-        let mut env = vec![
-            ("NATS_URL", self.nats_url.as_str()),
-            ("DATABASE_URL", self.database_url.as_str()),
-            ("RUNCAST_STREAM_PREFIX", self.stream_prefix.as_str()),
-            ("RUNCAST_STREAM_REPLICAS", self.replicas),
-            ("RUNCAST_JWT_SECRET", SECRET),
-        ];
-        env.extend_from_slice(extra);
-        let service = ServiceProcess::spawn(binary, &env).await.unwrap_or_else(|err| panic!("{binary}: {err}"));
-        wait_ready(&service).await;
-        service
-    }
-}
-
-pub(crate) async fn wait_ready(service: &ServiceProcess) {
-    let url = service.http_url("/readyz");
-    eventually(&format!("{url} to be ready"), READY_TIMEOUT, || {
-        let url = url.clone();
-        async move { reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
-    })
-    .await
-    .unwrap_or_else(|err| panic!("{err}\n{}", service.recent_log()));
 }
 
 /// A plain load balancer: round robin over the gateways that are up (a draining one is taken out

@@ -83,17 +83,10 @@ impl World {
 
     /// A gateway replica as a process (for signals and resident memory), ready.
     pub(crate) async fn gateway_process(&self, extra: &[(&str, &str)]) -> (ServiceProcess, Gateway) {
-        let nats_url = self.infra.nats.url();
-        let mut env = vec![
-            ("NATS_URL", nats_url.as_str()),
-            ("RUNCAST_STREAM_PREFIX", self.isolation.stream_prefix.as_str()),
-            ("DATABASE_URL", self.isolation.database_url.as_str()),
-            ("RUNCAST_JWT_SECRET", SECRET),
-            // As in `args` (a later RUNCAST_WS_RECENT_EVENTS in `extra` wins).
-            ("RUNCAST_WS_RECENT_EVENTS", "0"),
-        ];
+        // As in `args` (a later RUNCAST_WS_RECENT_EVENTS in `extra` wins).
+        let mut env = vec![("RUNCAST_WS_RECENT_EVENTS", "0")];
         env.extend_from_slice(extra);
-        let mut process = ServiceProcess::spawn("ws-gateway", &env).await.expect("gateway process starts");
+        let mut process = self.infra.services(&self.isolation, SECRET).start("ws-gateway", &env).await;
         let gateway = Gateway { addr: process.addr("http_addr").await.expect("address"), shutdown: Default::default() };
         gateway.wait_ready().await;
         (process, gateway)
