@@ -138,7 +138,7 @@ impl StreamConsumer {
                     Ok(consumer) => consumer,
                     Err(err) => {
                         tracing::warn!(cause = %err, "cannot get the durable consumer yet");
-                        if !backoff.wait(&shutdown).await {
+                        if !runcast_runtime::backoff::wait(&mut backoff, &shutdown).await {
                             return;
                         }
                         continue;
@@ -164,7 +164,7 @@ impl StreamConsumer {
                         }
                         Err(err) => {
                             tracing::warn!(cause = %err, "fetch failed; fetching again");
-                            if !backoff.wait(&shutdown).await {
+                            if !runcast_runtime::backoff::wait(&mut backoff, &shutdown).await {
                                 return;
                             }
                             continue 'connect;
@@ -312,7 +312,7 @@ impl StreamConsumer {
                     for item in items {
                         let _ = item.message.ack_with(AckKind::Progress).await;
                     }
-                    if !backoff.wait(shutdown).await {
+                    if !runcast_runtime::backoff::wait(&mut backoff, shutdown).await {
                         // Hand the batch back at once rather than after `ack_wait`.
                         for item in items {
                             let _ = item.message.ack_with(AckKind::Nak(None)).await;
@@ -370,13 +370,13 @@ mod tests {
         let mut delays = Vec::new();
         for _ in 0..5 {
             delays.push(backoff.peek());
-            assert!(backoff.wait(&shutdown).await);
+            assert!(runcast_runtime::backoff::wait(&mut backoff, &shutdown).await);
         }
         assert_eq!(delays, [100, 200, 400, 500, 500].map(Duration::from_millis));
         backoff.reset();
         assert_eq!(backoff.peek(), Duration::from_millis(100));
         shutdown.cancel();
-        assert!(!backoff.wait(&shutdown).await);
+        assert!(!runcast_runtime::backoff::wait(&mut backoff, &shutdown).await);
     }
 
     #[test]

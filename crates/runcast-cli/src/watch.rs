@@ -12,6 +12,7 @@ use crate::cli::{Global, WatchArgs};
 use crate::table::{Kind, Table};
 use crate::{CliError, api, output, state};
 use futures::{SinkExt as _, StreamExt as _};
+use runcast_contract::backoff::Backoff;
 use runcast_contract::gateway::{CloseCode, ErrorCode};
 use runcast_contract::v1::ExecutionStatus;
 use runcast_contract::v1::GetExecutionRequest;
@@ -189,31 +190,32 @@ async fn follow_on(
     sink: &mut dyn Sink,
 ) -> Result<(), CliError> {
     let mut state = State { subscriptions, refreshing: HashSet::new(), live: false, sink };
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
     let mut attempt = 0u32;
     loop {
         state.live = false;
         let outcome = session(credentials, global, &mut state, attempt > 0, connected.take()).await?;
         state.refreshing.clear();
         if state.live {
-            backoff = Duration::from_secs(1); // that connection worked: start over
+            backoff.reset(); // that connection worked: start over
         }
         match outcome {
             Ended::Done => return Ok(()),
             Ended::Reconnect => {
                 eprintln!("runcast: the gateway replica is draining; reconnecting");
                 state.sink.connection(Some("the gateway replica is draining; reconnecting".into()));
-                backoff = Duration::from_secs(1);
+                backoff.reset();
                 attempt = 1;
             }
             Ended::Lost(reason) => {
                 attempt += 1;
+                let delay = backoff.next();
                 eprintln!(
                     "runcast: lost the gateway ({reason}); reconnecting in {}s (attempt {attempt})",
-                    backoff.as_secs()
+                    delay.as_secs()
                 );
                 state.sink.connection(Some(format!("stale: lost the gateway, reconnecting (attempt {attempt})")));
-                let deadline = tokio::time::Instant::now() + backoff;
+                let deadline = tokio::time::Instant::now() + delay;
                 let mut ticks = tokio::time::interval(TICK);
                 loop {
                     tokio::select! {
@@ -221,7 +223,6 @@ async fn follow_on(
                         _ = ticks.tick() => state.sink.tick(),
                     }
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }

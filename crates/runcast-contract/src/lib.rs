@@ -14,6 +14,7 @@
 //!
 //! Pure code: no I/O, so everything here is unit-tested.
 
+pub mod backoff;
 pub mod client;
 pub mod gateway;
 pub mod id;

@@ -170,7 +170,7 @@ impl Nats {
                         tracing::warn!(cause = %err, retry_in = ?backoff.peek(), "cannot provision streams yet")
                     }
                 }
-                if !backoff.wait(&shutdown).await {
+                if !crate::backoff::wait(&mut backoff, &shutdown).await {
                     return;
                 }
             }
