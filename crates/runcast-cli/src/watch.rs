@@ -13,7 +13,7 @@ use crate::table::{Kind, Table};
 use crate::{CliError, api, output, state};
 use futures::{SinkExt as _, StreamExt as _};
 use runcast_contract::backoff::Backoff;
-use runcast_contract::gateway::{CloseCode, ErrorCode};
+use runcast_contract::gateway::{CloseCode, ErrorCode, NotRecovered, ServerMessage};
 use runcast_contract::v1::ExecutionStatus;
 use runcast_contract::v1::GetExecutionRequest;
 use serde_json::{Value, json};
@@ -345,19 +345,33 @@ async fn session(
         };
         let Ok(message) = serde_json::from_str::<Value>(&text) else { continue };
         let channel = message["channel"].as_str().unwrap_or_default().to_owned();
-        let next = match message["type"].as_str().unwrap_or_default() {
-            "subscribed" => {
+        // Control messages are the contract's typed `ServerMessage`; any other `type` is an event.
+        let kind = message["type"].as_str().unwrap_or_default();
+        let control = if ServerMessage::TYPES.contains(&kind) {
+            match serde_json::from_value::<ServerMessage>(message.clone()) {
+                Ok(control) => Some(control),
+                Err(err) => {
+                    eprintln!("runcast: a {kind} message from the gateway is not understood ({err}): {text}");
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let next = match control {
+            Some(ServerMessage::Subscribed { recovered, replayed, reason, .. }) => {
                 let from = state.subscription(&channel).and_then(|s| s.last_offset);
                 if resuming {
+                    let shown = |value: Option<String>| value.unwrap_or_else(|| "null".into());
                     eprintln!(
                         "runcast: subscribed to {channel} from offset {} (recovered: {}, replayed: {})",
                         from.map_or_else(|| "now".to_owned(), |o| o.to_string()),
-                        message["recovered"],
-                        message["replayed"]
+                        shown(recovered.map(|r| r.to_string())),
+                        shown(replayed.map(|r| r.to_string())),
                     );
                 }
-                if message["recovered"] == false {
-                    let reason = message["reason"].as_str().unwrap_or("not held");
+                if recovered == Some(false) {
+                    let reason = reason.map_or("not held", NotRecovered::as_str);
                     eprintln!(
                         "runcast: the gateway cannot replay {channel} from that offset ({reason}): showing live events only"
                     );
@@ -372,7 +386,7 @@ async fn session(
                     state.sink.subscribed(&channel)
                 }
             }
-            "unsubscribed" => {
+            Some(ServerMessage::Unsubscribed { .. }) => {
                 if state.refreshing.remove(&channel) {
                     let message = state.subscription(&channel).map(|s| s.subscribe_message());
                     if let Some(message) = message
@@ -383,13 +397,10 @@ async fn session(
                 }
                 Next::Continue
             }
-            "error" => {
-                let code = message["code"].as_str().unwrap_or("unknown");
-                let known = code.parse::<ErrorCode>().ok();
-                let detail = message["message"].as_str().unwrap_or_default();
+            Some(ServerMessage::Error { code, message: detail, id, .. }) => {
                 // A refresh whose subscription the gateway had already dropped: subscribe now.
-                let refreshed = message["id"].as_str().and_then(|id| id.strip_prefix(REFRESH_ID));
-                if known == Some(ErrorCode::NotSubscribed)
+                let refreshed = id.as_ref().and_then(Value::as_str).and_then(|id| id.strip_prefix(REFRESH_ID));
+                if code == ErrorCode::NotSubscribed
                     && let Some(channel) = refreshed
                 {
                     if state.refreshing.remove(channel) {
@@ -402,30 +413,29 @@ async fn session(
                     }
                     continue;
                 }
-                if known.is_some_and(|code| FATAL_CODES.contains(&code)) {
-                    return Err(CliError::failed(format!("the gateway refused the subscription ({code}): {detail}")));
+                let name = code.as_str();
+                if FATAL_CODES.contains(&code) {
+                    return Err(CliError::failed(format!("the gateway refused the subscription ({name}): {detail}")));
                 }
-                eprintln!("runcast: gateway error {code}: {detail}");
+                eprintln!("runcast: gateway error {name}: {detail}");
                 Next::Continue
             }
-            "resync" => {
+            Some(ServerMessage::Resync { offset, .. }) => {
                 // The gateway has dropped the subscription: subscribe again from where it says.
-                let offset =
-                    message["offset"].as_u64().or_else(|| state.subscription(&channel).and_then(|s| s.last_offset));
-                eprintln!("runcast: fell behind on {channel}; resubscribing from offset {}", offset.unwrap_or(0));
+                eprintln!("runcast: fell behind on {channel}; resubscribing from offset {offset}");
                 state.refreshing.remove(&channel);
                 let Some(subscription) = state.subscription(&channel) else { continue };
-                subscription.last_offset = offset;
+                subscription.last_offset = Some(offset);
                 let message = subscription.subscribe_message();
                 if let Err(err) = send(&mut socket, &message).await {
                     return Ok(Ended::Lost(err));
                 }
                 Next::Continue
             }
-            "reconnect" => return Ok(Ended::Reconnect),
-            "pong" => Next::Continue,
-            "snapshot" => state.sink.show(&message),
-            _ => {
+            Some(ServerMessage::Reconnect { .. }) => return Ok(Ended::Reconnect),
+            Some(ServerMessage::Pong { .. }) => Next::Continue,
+            Some(ServerMessage::Snapshot { .. }) => state.sink.show(&message),
+            None => {
                 let Some(offset) = message["offset"].as_u64() else { continue };
                 let Some(subscription) = state.subscription(&channel) else { continue };
                 if subscription.last_offset.is_some_and(|last| offset <= last) {
