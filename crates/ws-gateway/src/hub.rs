@@ -426,7 +426,7 @@ impl Hub {
         since_epoch: Option<&str>,
     ) -> Option<Vec<Arc<RecentEvent>>> {
         if self.recent_max_events == 0
-            || since_epoch.is_some_and(|epoch| !crate::upstream::same_epoch(epoch, &self.epoch(stream)))
+            || since_epoch.is_some_and(|epoch| !runcast_eventlog::same_epoch(epoch, &self.epoch(stream)))
         {
             return None;
         }

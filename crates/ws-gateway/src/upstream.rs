@@ -128,7 +128,7 @@ async fn reconnected(link: &mut watch::Receiver<Link>, connects: u64) {
     }
 }
 
-pub(crate) use runcast_eventlog::{epoch, same_epoch};
+use runcast_eventlog::{epoch, same_epoch};
 
 async fn consume(
     nats: &Nats,
