@@ -144,6 +144,13 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
     }
 }
 
+/// No query parameters at all: a route that takes none refuses any rather than ignoring it.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParameters {}
+
+type NoQuery = Params<NoParameters>;
+
 /// The property names of a request type's schema: what a body may contain.
 fn field_names<T: utoipa::PartialSchema>() -> Vec<String> {
     match T::schema() {
@@ -236,6 +243,7 @@ fn rfc3339(field: &str, value: Option<&str>) -> Result<Option<chrono::DateTime<c
 async fn create_execution(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
+    _: NoQuery,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Execution>), ApiError> {
     let (id, command) = requests::create(&principal.tenant, body::<CreateExecutionRequest>(payload)?)?;
@@ -248,6 +256,7 @@ async fn create_execution(
 async fn get_execution(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
+    _: NoQuery,
     Path(id): Path<String>,
 ) -> Result<Json<Execution>, ApiError> {
     let id = validate::id("execution_id", &id)?;
@@ -261,6 +270,7 @@ async fn get_execution(
 async fn update_execution_status(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
+    _: NoQuery,
     Path(id): Path<String>,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<Execution>, ApiError> {
@@ -289,6 +299,7 @@ async fn execute_from_path<T: serde::de::DeserializeOwned + utoipa::PartialSchem
 async fn report_step(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
+    _: NoQuery,
     Path(id): Path<String>,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<Execution>, ApiError> {
@@ -303,6 +314,7 @@ async fn report_step(
 async fn report_progress(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
+    _: NoQuery,
     Path(id): Path<String>,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<Execution>, ApiError> {
@@ -317,6 +329,7 @@ async fn report_progress(
 async fn request_approval(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
+    _: NoQuery,
     Path(id): Path<String>,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<Execution>, ApiError> {
@@ -331,6 +344,7 @@ async fn request_approval(
 async fn append_logs(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
+    _: NoQuery,
     Path(id): Path<String>,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<AppendLogsResponse>, ApiError> {
@@ -348,6 +362,7 @@ async fn append_logs(
 async fn heartbeat(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
+    _: NoQuery,
     Path(id): Path<String>,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<Agent>, ApiError> {
@@ -385,6 +400,7 @@ async fn control(
 async fn cancel_execution(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
+    _: NoQuery,
     Path(id): Path<String>,
     payload: Bytes,
 ) -> Result<Json<Execution>, ApiError> {
@@ -397,6 +413,7 @@ async fn cancel_execution(
 async fn pause_execution(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
+    _: NoQuery,
     Path(id): Path<String>,
     payload: Bytes,
 ) -> Result<Json<Execution>, ApiError> {
@@ -409,6 +426,7 @@ async fn pause_execution(
 async fn resume_execution(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
+    _: NoQuery,
     Path(id): Path<String>,
     payload: Bytes,
 ) -> Result<Json<Execution>, ApiError> {
@@ -428,6 +446,7 @@ struct Resolution {
 async fn resolve_approval(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
+    _: NoQuery,
     Path((id, approval_id)): Path<(String, String)>,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<Execution>, ApiError> {

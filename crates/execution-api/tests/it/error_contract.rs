@@ -28,6 +28,13 @@ async fn every_rest_error_has_one_json_shape_and_names_the_field() {
         (http().get(format!("{base}/executions?limit=many")), 400, "INVALID_ARGUMENT", "limit"),
         (http().get(format!("{base}/events?types=execution.created")), 400, "INVALID_ARGUMENT", "`type`"),
         (http().get(format!("{base}/nowhere")), 404, "NOT_FOUND", "/api/v1/nowhere"),
+        (http().get(format!("{base}/executions/{id}?fields=status")), 400, "INVALID_ARGUMENT", "`fields`"),
+        (
+            http().post(format!("{base}/executions/{id}/cancel?force=true")).json(&serde_json::json!({})),
+            400,
+            "INVALID_ARGUMENT",
+            "`force`",
+        ),
         (http().put(format!("{base}/executions")), 405, "INVALID_ARGUMENT", "PUT"),
         (
             http().post(format!("{base}/executions")).json(&serde_json::json!({"workflow": "wf"})),
