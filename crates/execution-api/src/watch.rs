@@ -157,13 +157,8 @@ pub(crate) async fn watch(
     let stream_name = store.topology().stream_name(StreamKind::Executions);
     let unavailable =
         |err: &dyn std::fmt::Display| ApiError::unavailable(format!("cannot follow execution {execution_id}: {err}"));
-    let mut stream = store.jetstream().get_stream(&stream_name).await.map_err(|err| unavailable(&err))?;
-    if let Some(after) = from_offset
-        && from_history.is_none()
-    {
-        let last = stream.info().await.map_err(|err| unavailable(&err))?.state.last_sequence;
-        check_from_offset(after, last)?;
-    }
+    // `history_plan` checked `from_offset` against the stream's bounds already.
+    let stream = store.jetstream().get_stream_no_info(&stream_name).await.map_err(|err| unavailable(&err))?;
     let consumer = stream
         .create_consumer(OrderedConfig {
             filter_subject: store.subject(StreamKind::Executions, tenant, execution_id),

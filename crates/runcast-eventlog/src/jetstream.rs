@@ -39,11 +39,22 @@ impl JetStreamLog {
         Self { nats, history }
     }
 
+    /// The stream with its state (one JetStream request).
     async fn stream(&self, kind: StreamKind) -> Result<Stream, Error> {
         let name = self.nats.topology.stream_name(kind);
         self.nats
             .jetstream
             .get_stream(&name)
+            .await
+            .map_err(|err| unavailable(&format!("cannot open stream {name}"), err))
+    }
+
+    /// A handle on the stream, without asking for its state (no request).
+    async fn handle(&self, kind: StreamKind) -> Result<Stream<()>, Error> {
+        let name = self.nats.topology.stream_name(kind);
+        self.nats
+            .jetstream
+            .get_stream_no_info(&name)
             .await
             .map_err(|err| unavailable(&format!("cannot open stream {name}"), err))
     }
@@ -63,7 +74,7 @@ impl JetStreamLog {
 
 /// A replay consumer being read: one batch fetched at a time.
 struct Reading {
-    stream: Stream,
+    stream: Stream<()>,
     consumer: async_nats::jetstream::consumer::Consumer<pull::Config>,
     batch: Option<async_nats::jetstream::consumer::pull::Batch>,
     received: usize,
@@ -130,13 +141,7 @@ impl EventLog for JetStreamLog {
 
     fn last<'a>(&'a self, kind: StreamKind, subject: &'a str) -> BoxFuture<'a, Result<Option<Logged>, Error>> {
         Box::pin(async move {
-            let name = self.nats.topology.stream_name(kind);
-            let stream = self
-                .nats
-                .jetstream
-                .get_stream_no_info(&name)
-                .await
-                .map_err(|err| unavailable(&format!("cannot open stream {name}"), err))?;
+            let stream = self.handle(kind).await?;
             match stream.direct_get_last_for_subject(subject).await {
                 Ok(message) => Ok(Some(Logged {
                     subject: message.subject.to_string(),
@@ -211,7 +216,7 @@ impl EventLog for JetStreamLog {
         batch: usize,
     ) -> BoxStream<'a, Result<Logged, Error>> {
         let open = async move {
-            let stream = self.stream(kind).await?;
+            let stream = self.handle(kind).await?;
             let consumer = stream
                 .create_consumer(pull::Config {
                     deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
