@@ -194,7 +194,7 @@ impl Application {
             .layer(auth_layer.clone())
             .layer(axum::middleware::from_fn_with_state(admission("grpc", &config), admission::admit))
             .layer(axum::middleware::from_fn(trace_context::layer));
-        tasks.spawn(ops::serve(grpc, grpc_router, config.lifecycle.header_timeout, shutdown.clone()));
+        tasks.spawn(ops::serve(grpc, grpc_router, (&config.lifecycle).into(), shutdown.clone()));
 
         let http_router = rest::router(app)
             .layer(auth_layer)

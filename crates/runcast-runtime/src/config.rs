@@ -66,6 +66,12 @@ pub struct LifecycleArgs {
     /// requests, before it is closed (slow or silent peers cannot pin connections).
     #[arg(long, env = "RUNCAST_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
+
+    /// New HTTP connections read and answered at once, up to their first response (at most
+    /// 50 ms each, unless a WebSocket waits for its first subscriptions); the others wait in the
+    /// listen backlog. Paces a reconnect storm so it does not delay the connections already open.
+    #[arg(long, env = "RUNCAST_HANDSHAKE_CONCURRENCY", default_value_t = crate::ops::DEFAULT_HANDSHAKES)]
+    pub handshake_concurrency: usize,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -175,44 +175,119 @@ fn no_delay(tcp: &tokio::net::TcpStream) {
 pub struct ServeOptions {
     /// Time in-flight work gets after the shutdown signal.
     pub shutdown_grace: Duration,
+    pub connections: ConnectionOptions,
+}
+
+/// How a listener accepts and reads its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionOptions {
     /// Longest wait for a request's headers, from the connection's first byte or from the end of
     /// the previous response (idle keep-alive), and for a silent peer's first byte.
     pub header_timeout: Duration,
+    /// New connections read and answered at once, up to their first response (at most
+    /// [`HANDSHAKE_HOLD`] each); the others wait in the listen backlog. This paces a reconnect
+    /// storm: ten thousand handshakes accepted at once would all be runnable together, and the
+    /// live work of the connections already open would wait behind every one of them.
+    pub handshakes: usize,
 }
 
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_HANDSHAKES: usize = 16;
 
-impl From<&crate::config::LifecycleArgs> for ServeOptions {
-    fn from(args: &crate::config::LifecycleArgs) -> Self {
-        Self { shutdown_grace: args.shutdown_grace, header_timeout: args.header_timeout }
+/// How long a new connection counts against [`ConnectionOptions::handshakes`] at most: a peer
+/// that sends its request slowly does not hold back the connections behind it for longer.
+pub const HANDSHAKE_HOLD: Duration = Duration::from_millis(50);
+
+impl Default for ConnectionOptions {
+    fn default() -> Self {
+        Self { header_timeout: DEFAULT_HEADER_TIMEOUT, handshakes: DEFAULT_HANDSHAKES }
     }
 }
 
-/// A grace period alone: the default header timeout.
+impl From<&crate::config::LifecycleArgs> for ConnectionOptions {
+    fn from(args: &crate::config::LifecycleArgs) -> Self {
+        Self { header_timeout: args.header_timeout, handshakes: args.handshake_concurrency.max(1) }
+    }
+}
+
+impl From<&crate::config::LifecycleArgs> for ServeOptions {
+    fn from(args: &crate::config::LifecycleArgs) -> Self {
+        Self { shutdown_grace: args.shutdown_grace, connections: args.into() }
+    }
+}
+
+/// A grace period alone: the default connection options.
 impl From<Duration> for ServeOptions {
     fn from(shutdown_grace: Duration) -> Self {
-        Self { shutdown_grace, header_timeout: DEFAULT_HEADER_TIMEOUT }
+        Self { shutdown_grace, connections: ConnectionOptions::default() }
+    }
+}
+
+/// A new connection's place among the handshakes in progress ([`ConnectionOptions::handshakes`]),
+/// given back at its first response, after [`HANDSHAKE_HOLD`], or when the connection ends,
+/// whichever comes first. Each request of the connection carries it as an extension: a handler
+/// whose response is only the start of the handshake (a WebSocket upgrade) can [`keep`] it past
+/// both, and must then give it back with [`done`] within a bound of its own.
+///
+/// [`keep`]: HandshakePlace::keep
+/// [`done`]: HandshakePlace::done
+#[derive(Clone)]
+pub struct HandshakePlace(Arc<Place>);
+
+struct Place {
+    permit: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    kept: std::sync::atomic::AtomicBool,
+}
+
+impl HandshakePlace {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        Self(Arc::new(Place { permit: Mutex::new(Some(permit)), kept: false.into() }))
+    }
+
+    /// The place outlives the response, until [`done`](Self::done) or the hold.
+    pub fn keep(&self) {
+        self.0.kept.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Gives the place to the next connection waiting (again: a no-op).
+    pub fn done(&self) {
+        drop(self.0.permit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
+    }
+
+    /// A place kept by its handler is the handler's to bound.
+    fn held_too_long(&self) {
+        if !self.0.kept.load(std::sync::atomic::Ordering::Relaxed) {
+            self.done();
+        }
+    }
+
+    fn responded(&self) {
+        if !self.0.kept.load(std::sync::atomic::Ordering::Relaxed) {
+            self.done();
+        }
     }
 }
 
 /// Serves `router` on `listener` (HTTP/1 with upgrades, and HTTP/2) until `shutdown`, then stops
 /// accepting and lets open requests finish. A peer that sends nothing, sends its headers too
 /// slowly, or idles between requests longer than `header_timeout` is disconnected; an HTTP/2 peer
-/// that stops answering pings too. Upgraded connections (WebSocket) leave hyper and are the
-/// router's to bound.
-pub async fn serve(listener: TcpListener, router: Router, header_timeout: Duration, shutdown: CancellationToken) {
+/// that stops answering pings too. At most `handshakes` new connections are read at once.
+/// Upgraded connections (WebSocket) leave hyper and are the router's to bound.
+pub async fn serve(listener: TcpListener, router: Router, options: ConnectionOptions, shutdown: CancellationToken) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let ConnectionOptions { header_timeout, handshakes } = options;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(header_timeout).keep_alive_timeout(header_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(handshakes.max(1)));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
+            accepted = accept(&listener, &handshakes) => accepted,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, permit) = match accepted {
+            Ok(accepted) => accepted,
             Err(err) => {
                 // Out of file descriptors, most likely: wait for some to close instead of spinning.
                 tracing::warn!(cause = %err, "cannot accept a connection");
@@ -221,22 +296,56 @@ pub async fn serve(listener: TcpListener, router: Router, header_timeout: Durati
             }
         };
         no_delay(&tcp);
-        let (builder, service, watcher) = (builder.clone(), router.clone(), graceful.watcher());
+        let handshake = HandshakePlace::new(permit);
+        let service = {
+            let (carried, responded) = (handshake.clone(), handshake.clone());
+            let carrying = tower::util::MapRequest::new(router.clone(), move |mut request: axum::http::Request<_>| {
+                request.extensions_mut().insert(carried.clone());
+                request
+            });
+            tower::util::MapResponse::new(carrying, move |response: Response| {
+                responded.responded();
+                response
+            })
+        };
+        let (builder, watcher, shutdown) = (builder.clone(), graceful.watcher(), shutdown.clone());
         tokio::spawn(async move {
-            // hyper reads the first bytes to choose HTTP/1 or HTTP/2 with no deadline of its own.
-            let mut first = [0_u8; 1];
-            if !matches!(tokio::time::timeout(header_timeout, tcp.peek(&mut first)).await, Ok(Ok(1..))) {
-                return;
-            }
-            let service = hyper_util::service::TowerToHyperService::new(service);
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-            if let Err(err) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(cause = %err, "connection ended with an error");
-            }
+            let served = async move {
+                // hyper reads the first bytes to choose HTTP/1 or HTTP/2 with no deadline of its
+                // own; a peer still silent at shutdown is dropped at once.
+                let mut first = [0_u8; 1];
+                let peeked = tokio::select! {
+                    peeked = tokio::time::timeout(header_timeout, tcp.peek(&mut first)) => peeked,
+                    () = shutdown.cancelled() => return,
+                };
+                if !matches!(peeked, Ok(Ok(1..))) {
+                    return;
+                }
+                let service = hyper_util::service::TowerToHyperService::new(service);
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                if let Err(err) = watcher.watch(connection.into_owned()).await {
+                    tracing::debug!(cause = %err, "connection ended with an error");
+                }
+            };
+            let hold = async move {
+                tokio::time::sleep(HANDSHAKE_HOLD).await;
+                handshake.held_too_long();
+            };
+            futures::future::join(served, hold).await;
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Waits for a handshake place, then for a connection.
+async fn accept(
+    listener: &TcpListener,
+    handshakes: &Arc<tokio::sync::Semaphore>,
+) -> std::io::Result<(tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+    let permit = handshakes.clone().acquire_owned().await.map_err(std::io::Error::other)?;
+    let (tcp, _) = listener.accept().await?;
+    Ok((tcp, permit))
 }
 
 /// Serves `router` until `shutdown` is cancelled, then gives in-flight requests and the service's
@@ -248,8 +357,8 @@ pub async fn serve_until_stopped(
     shutdown: CancellationToken,
     options: impl Into<ServeOptions>,
 ) -> Result<(), crate::Error> {
-    let ServeOptions { shutdown_grace: grace, header_timeout } = options.into();
-    let served = tokio::spawn(serve(listener, router, header_timeout, shutdown.clone()));
+    let ServeOptions { shutdown_grace: grace, connections } = options.into();
+    let served = tokio::spawn(serve(listener, router, connections, shutdown.clone()));
     shutdown.cancelled().await;
     tasks.close();
     let drained = tokio::time::timeout(grace, async {
@@ -305,7 +414,8 @@ mod tests {
         let shutdown = CancellationToken::new();
         let timeout = Duration::from_millis(300);
         let router = Router::new().route("/healthz", get(|| async { "ok" }));
-        let server = tokio::spawn(serve(listener, router, timeout, shutdown.clone()));
+        let options = ConnectionOptions { header_timeout: timeout, handshakes: DEFAULT_HANDSHAKES };
+        let server = tokio::spawn(serve(listener, router, options, shutdown.clone()));
 
         let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connects");
         let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connects");
@@ -325,6 +435,73 @@ mod tests {
         let idle_answer = closed_by_server(&mut idle, Duration::from_secs(5)).await;
         assert!(idle_answer.starts_with(b"HTTP/1.1 200"), "answered, then closed once idle");
 
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), server).await.expect("stops").expect("no panic");
+    }
+
+    /// Requests on fresh connections; the handler records how many run at once.
+    async fn concurrent_first_requests(handshakes: usize, connections: usize) -> usize {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncWriteExt as _;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let handler = {
+            let (running, most) = (running.clone(), most.clone());
+            move || {
+                let (running, most) = (running.clone(), most.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    // Well inside HANDSHAKE_HOLD, long enough for unpaced requests to overlap.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    "ok"
+                }
+            }
+        };
+        let router = Router::new().route("/work", get(handler));
+        let shutdown = CancellationToken::new();
+        let options = ConnectionOptions { header_timeout: Duration::from_secs(5), handshakes };
+        let server = tokio::spawn(serve(listener, router, options, shutdown.clone()));
+        let clients = (0..connections).map(|_| {
+            tokio::spawn(async move {
+                let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connects");
+                tcp.write_all(b"GET /work HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("sent");
+                closed_by_server(&mut tcp, Duration::from_secs(10)).await
+            })
+        });
+        for answer in futures::future::join_all(clients).await {
+            let answer = answer.expect("client task");
+            assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+        }
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), server).await.expect("stops").expect("no panic");
+        most.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn new_connections_are_read_a_bounded_number_at_a_time() {
+        assert_eq!(concurrent_first_requests(1, 8).await, 1, "one handshake at a time");
+        let paced = concurrent_first_requests(3, 12).await;
+        assert!((2..=3).contains(&paced), "at most three at a time, and more than one: {paced}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_new_connection_holds_back_the_next_ones_only_briefly() {
+        use tokio::io::AsyncWriteExt as _;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let router = Router::new().route("/healthz", get(|| async { "ok" }));
+        // One place, a header timeout far beyond the test: only the hold frees the place.
+        let options = ConnectionOptions { header_timeout: Duration::from_secs(60), handshakes: 1 };
+        let server = tokio::spawn(serve(listener, router, options, shutdown.clone()));
+        let _silent = tokio::net::TcpStream::connect(addr).await.expect("connects");
+        let mut next = tokio::net::TcpStream::connect(addr).await.expect("connects");
+        next.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("sent");
+        let answer = closed_by_server(&mut next, Duration::from_secs(10)).await;
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), server).await.expect("stops").expect("no panic");
     }

@@ -232,6 +232,23 @@ impl Subscriber {
         Some(dispatch.frame(self, dispatch.encode(&self.channel_name, self.protocol)))
     }
 
+    /// [`replay_frame`](Self::replay_frame) of an event of the recent window, whose encodings it
+    /// shares with every other replay of the same channel.
+    pub fn replay_recent_frame(&self, recent: &RecentEvent) -> Option<Frame> {
+        {
+            let mut state = self.lock();
+            if recent.offset <= state.last_offset {
+                return None;
+            }
+            state.last_offset = recent.offset;
+        }
+        let dispatch = Dispatch::new(&recent.routing, &recent.event, recent.offset, recent.data.clone(), None);
+        let bytes = recent
+            .frames
+            .get_or_encode(&self.channel_name, self.protocol, || dispatch.encode(&self.channel_name, self.protocol));
+        Some(dispatch.frame(self, bytes))
+    }
+
     /// Ends the replay: queues `subscribed` (built from the offset the subscriber got to), then
     /// the live events that arrived meanwhile and were not replayed, and goes live — unless held
     /// events had to be dropped, in which case the replay must first read on from where the
@@ -286,12 +303,41 @@ pub struct RecentEvent {
     pub event: Event,
     /// The event's JSON `data`.
     pub data: Bytes,
+    /// Its frames for the channels it was replayed on.
+    frames: EncodedFrames,
 }
 
 impl RecentEvent {
-    /// What it costs the window: the JSON twice over stands for the decoded event beside it.
+    pub fn new(offset: u64, routing: Routing, event: Event, data: Bytes) -> Self {
+        Self { offset, routing, event, data, frames: EncodedFrames::default() }
+    }
+
+    /// What it costs the window: the JSON twice over stands for the decoded event beside it,
+    /// plus the frames it may keep.
     fn weight(&self) -> usize {
-        self.data.len() * 2 + 256
+        (self.data.len() + 256) * (2 + EncodedFrames::MAX)
+    }
+}
+
+/// The frames of one event encoded for replays, per channel and protocol (a few at most): when
+/// thousands of clients resume the same channel at once, each event is encoded once, not once
+/// per client.
+#[derive(Default)]
+struct EncodedFrames(Mutex<Vec<(Box<str>, Protocol, Bytes)>>);
+
+impl EncodedFrames {
+    const MAX: usize = 4;
+
+    fn get_or_encode(&self, channel: &str, protocol: Protocol, encode: impl FnOnce() -> Bytes) -> Bytes {
+        let mut frames = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, _, bytes)) = frames.iter().find(|(held, p, _)| **held == *channel && *p == protocol) {
+            return bytes.clone();
+        }
+        let bytes = encode();
+        if frames.len() < Self::MAX {
+            frames.push((channel.into(), protocol, bytes.clone()));
+        }
+        bytes
     }
 }
 
@@ -815,7 +861,7 @@ mod tests {
     fn recent_event(offset: u64) -> RecentEvent {
         let p = published("acme", "e1", EventType::StepStarted);
         let data = protocol::event_data(&p.event).expect("encodes");
-        RecentEvent { offset, routing: p.routing, event: p.event, data }
+        RecentEvent::new(offset, p.routing, p.event, data)
     }
 
     /// What the upstream does with a deliverable event at `offset`, short of dispatching it.
@@ -838,6 +884,43 @@ mod tests {
             }),
             kind: FrameKind::Control { kind: "subscribed" },
         }
+    }
+
+    #[test]
+    fn resumes_of_one_channel_share_each_recent_event_s_encoding() {
+        let hub = Hub::new(16);
+        let recent = recent_event(7);
+        let (first, second) = (Outbound::new(16), Outbound::new(16));
+        let (a, b) = (resuming(&hub, &first), resuming(&hub, &second));
+        let frame_a = a.replay_recent_frame(&recent).expect("first delivery");
+        let frame_b = b.replay_recent_frame(&recent).expect("first delivery");
+        assert_eq!(frame_a.bytes.as_ptr(), frame_b.bytes.as_ptr(), "encoded once, shared");
+        assert!(a.replay_recent_frame(&recent).is_none(), "an offset already given is skipped");
+        let frame: serde_json::Value = serde_json::from_slice(&frame_a.bytes).expect("json");
+        assert_eq!((frame["channel"].as_str(), frame["offset"].as_u64()), (Some("executions"), Some(7)));
+        // Another channel or protocol gets its own encoding, never the first one's.
+        let (proto, _) = hub.subscribe(
+            id("acme"),
+            Channel::Executions,
+            Filters::default(),
+            Outbound::new(16),
+            Protocol::Proto,
+            Start::Replay { after: 0 },
+        );
+        let (one_execution, _) = hub.subscribe(
+            id("acme"),
+            Channel::parse("executions:e1").expect("channel"),
+            Filters::default(),
+            Outbound::new(16),
+            Protocol::Json,
+            Start::Replay { after: 0 },
+        );
+        let proto_frame = proto.replay_recent_frame(&recent).expect("delivered");
+        assert_ne!(proto_frame.bytes, frame_a.bytes);
+        let own: serde_json::Value =
+            serde_json::from_slice(&one_execution.replay_recent_frame(&recent).expect("delivered").bytes)
+                .expect("json");
+        assert_eq!(own["channel"], "executions:e1");
     }
 
     #[test]

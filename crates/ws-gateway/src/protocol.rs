@@ -71,7 +71,8 @@ pub(crate) fn event_data(event: &runcast_contract::v1::Event) -> Result<Bytes, s
 /// `{"type", "timestamp", "channel", "offset", "data"}` around already encoded event JSON:
 /// string assembly, so the event itself is not serialized again per channel.
 pub(crate) fn event_frame(event_type: &str, timestamp: &str, channel: &str, offset: u64, data: &[u8]) -> Bytes {
-    let mut frame = Vec::with_capacity(data.len() + channel.len() + 96);
+    // The fixed parts are 57 bytes and an offset at most 20: sized once, never grown.
+    let mut frame = Vec::with_capacity(event_type.len() + timestamp.len() + channel.len() + data.len() + 80);
     frame.extend_from_slice(b"{\"type\":\"");
     frame.extend_from_slice(event_type.as_bytes());
     frame.extend_from_slice(b"\",\"timestamp\":\"");

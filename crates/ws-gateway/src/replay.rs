@@ -25,7 +25,7 @@
 
 use crate::channel::{Channel, Routing};
 use crate::hub::{Dispatch, Subscriber};
-use crate::outbound::TryPush;
+use crate::outbound::{Frame, TryPush};
 use crate::protocol::NotRecovered;
 use crate::upstream;
 use futures::StreamExt;
@@ -267,8 +267,10 @@ pub async fn replay_recent(
         if !subscriber.wants(&recent.routing, &recent.event) {
             continue;
         }
-        let data = recent.data.clone();
-        if !deliver_encoded(subscriber, &recent.routing, &recent.event, recent.offset, data, slot, cancel).await {
+        let Some(frame) = subscriber.replay_recent_frame(&recent) else {
+            continue; // already given
+        };
+        if !queue(subscriber, frame, slot, cancel).await {
             break;
         }
         replayed += 1;
@@ -290,22 +292,14 @@ async fn deliver(
     let Ok(data) = crate::protocol::event_data(event) else {
         return true; // skipped, like the live path does
     };
-    deliver_encoded(subscriber, routing, event, offset, data, slot, cancel).await
-}
-
-/// [`deliver`] of an event whose JSON `data` is at hand.
-async fn deliver_encoded(
-    subscriber: &Subscriber,
-    routing: &Routing,
-    event: &Event,
-    offset: u64,
-    data: bytes::Bytes,
-    slot: &mut Slot,
-    cancel: &CancellationToken,
-) -> bool {
     let Some(frame) = subscriber.replay_frame(&Dispatch::new(routing, event, offset, data, None)) else {
         return true; // already given
     };
+    queue(subscriber, frame, slot, cancel).await
+}
+
+/// Queues a replayed frame, as [`deliver`] says.
+async fn queue(subscriber: &Subscriber, frame: Frame, slot: &mut Slot, cancel: &CancellationToken) -> bool {
     let frame = match subscriber.outbound.try_push_event(frame) {
         TryPush::Queued => return true,
         TryPush::Closed => return false,

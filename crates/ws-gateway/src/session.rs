@@ -15,6 +15,7 @@ use chrono::Utc;
 use futures::{Stream, StreamExt};
 use runcast_runtime::ErrorKind;
 use runcast_runtime::auth::Principal;
+use runcast_runtime::ops::HandshakePlace;
 use serde_json::Value;
 use std::future::Future;
 use std::sync::Arc;
@@ -94,6 +95,11 @@ impl IntoIterator for Subscriptions {
     }
 }
 
+/// How long a new connection keeps its place among the replica's handshakes at most, waiting
+/// for its first message and for the resumes it asks for: a silent client, or resumes slowed
+/// down by JetStream or PostgreSQL, hold back the connections behind them no longer than this.
+const HANDSHAKE_SETTLE_MAX: Duration = Duration::from_secs(1);
+
 /// Sent by a replay task when it is over.
 struct ReplayDone {
     subscription: u64,
@@ -148,6 +154,10 @@ pub(crate) struct Session {
     /// This connection's share of replays running at once (`RUNCAST_WS_MAX_REPLAYS_PER_CONNECTION`):
     /// taken before a replica slot, so one connection never holds more than its share of those.
     replay_slots: Arc<tokio::sync::Semaphore>,
+    /// The connection's place among the replica's handshakes, kept until its first
+    /// subscriptions are live (or refused): a reconnect storm is admitted a bounded number of
+    /// connections at a time, resumes included, instead of all at once.
+    handshake: Option<HandshakePlace>,
 }
 
 fn control_frame(control: &ServerMessage, protocol: Protocol) -> Frame {
@@ -171,6 +181,24 @@ impl Session {
             connection: admission.connection,
             ended: CancellationToken::new(),
             replay_slots,
+            handshake: None,
+        }
+    }
+
+    /// Holds `place` until the connection's first subscriptions are settled, at most
+    /// [`HANDSHAKE_SETTLE_MAX`].
+    pub(crate) fn holding(mut self, place: Option<HandshakePlace>) -> Self {
+        self.handshake = place;
+        self
+    }
+
+    /// Gives the handshake place back once no replay is pending (after the client's first
+    /// messages are handled and their replays are over).
+    fn settle(&mut self) {
+        if self.handshake.is_some() && self.subscriptions.values().all(|active| active.replay.is_none()) {
+            if let Some(place) = self.handshake.take() {
+                place.done();
+            }
         }
     }
 
@@ -223,11 +251,17 @@ impl Session {
         let gw = self.gw.clone();
         let outbound = self.outbound.clone();
         let replays = self.replays.clone();
+        let settle_by = Instant::now() + HANDSHAKE_SETTLE_MAX;
         loop {
             let expiry = self.expiry();
             let far = Instant::now() + Duration::from_secs(86_400 * 365);
             tokio::select! {
                 biased;
+                _ = tokio::time::sleep_until(settle_by), if self.handshake.is_some() => {
+                    if let Some(place) = self.handshake.take() {
+                        place.done();
+                    }
+                }
                 _ = closed.cancelled() => break,
                 _ = gw.shutdown.cancelled() => {
                     let _ = self.send(ServerMessage::Reconnect {
@@ -253,6 +287,7 @@ impl Session {
                         self.close(code);
                         break;
                     }
+                    self.settle();
                 }
                 _ = tokio::time::sleep_until(expiry.unwrap_or(far)), if expiry.is_some() => {
                     let _ = self.error(&ProtocolError::new(ErrorCode::Unauthenticated, "the token expired; reconnect with a fresh one"));
@@ -261,10 +296,13 @@ impl Session {
                 }
                 next = inbound.next() => match next {
                     None => break,
-                    Some(message) => if let Flow::Close(code) = self.on_inbound(message) {
-                        self.close(code);
-                        break;
-                    },
+                    Some(message) => {
+                        if let Flow::Close(code) = self.on_inbound(message) {
+                            self.close(code);
+                            break;
+                        }
+                        self.settle();
+                    }
                 },
             }
         }

@@ -244,7 +244,7 @@ async fn consume(
             lag.set(seconds);
         }
         // Into the recent window first, then to the subscribers (the order `hold` relies on).
-        let recent = Arc::new(RecentEvent { offset, routing, event, data });
+        let recent = Arc::new(RecentEvent::new(offset, routing, event, data));
         hub.remember(kind, recent.clone());
         span.in_scope(|| {
             hub.dispatch(&Dispatch::new(&recent.routing, &recent.event, offset, recent.data.clone(), Some(received)))

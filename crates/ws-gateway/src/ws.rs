@@ -7,6 +7,7 @@ use crate::outbound::{Frame, FrameKind, Outbound};
 use crate::protocol::{CloseCode, ErrorCode, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL, Protocol};
 use crate::series::WriterMeters;
 use crate::session::{Inbound, Session};
+use axum::Extension;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, RawQuery, State};
@@ -15,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use runcast_runtime::auth::json_error;
+use runcast_runtime::ops::HandshakePlace;
 use serde::Deserialize;
 use std::future::Future;
 use std::sync::Arc;
@@ -63,6 +65,7 @@ pub(crate) async fn upgrade(
     State(gw): State<Arc<Gateway>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    handshake: Option<Extension<HandshakePlace>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let token = match parse_query(query.as_deref()) {
@@ -80,6 +83,12 @@ pub(crate) async fn upgrade(
         Ok(admission) => admission,
         Err(refusal) => return refusal.into_response(),
     };
+    // The place among the replica's handshakes is given back once the first subscriptions are
+    // live, not at the 101.
+    let handshake = handshake.map(|Extension(place)| {
+        place.keep();
+        place
+    });
     let limits = &gw.limits;
     // tungstenite's own limit sits well above ours, so an oversized frame usually reaches the
     // session, which closes with 1009; a frame even beyond tungstenite's limit is not read at all,
@@ -96,10 +105,10 @@ pub(crate) async fn upgrade(
         // One box for what the callback needs: axum keeps the callback's captures in the
         // connection's task for its whole life, besides the future the callback returns.
         .on_upgrade({
-            let captured = Box::new((gw, protocol, admission, tracker));
+            let captured = Box::new((gw, protocol, admission, tracker, handshake));
             move |socket| {
-                let (gw, protocol, admission, tracker) = *captured;
-                tracker.track_future(serve(gw, socket, protocol, admission))
+                let (gw, protocol, admission, tracker, handshake) = *captured;
+                tracker.track_future(serve(gw, socket, protocol, admission, handshake))
             }
         })
         .into_response()
@@ -108,7 +117,13 @@ pub(crate) async fn upgrade(
 /// The connection: a writer task, and the session on this one. Not an `async fn`: that would
 /// keep its arguments (the whole socket) in the connection's future for its lifetime besides
 /// what was moved out of them; every idle connection would carry them.
-fn serve(gw: Arc<Gateway>, socket: WebSocket, protocol: Protocol, admission: Admission) -> impl Future<Output = ()> {
+fn serve(
+    gw: Arc<Gateway>,
+    socket: WebSocket,
+    protocol: Protocol,
+    admission: Admission,
+    handshake: Option<HandshakePlace>,
+) -> impl Future<Output = ()> {
     let (sink, stream) = socket.split();
     let outbound = Outbound::bounded(gw.limits.queue_capacity, gw.limits.queue_bytes);
     let closed = CancellationToken::new();
@@ -139,7 +154,9 @@ fn serve(gw: Arc<Gateway>, socket: WebSocket, protocol: Protocol, admission: Adm
         .take_while(|message| std::future::ready(message.is_ok()))
         .filter_map(|message| std::future::ready(message.ok().flatten()));
     // A peer's close frame ends the stream (tungstenite answers it), which ends the session.
-    let session = Session::new(gw.clone(), protocol, &admission, outbound).run(Box::pin(inbound), closed.clone());
+    let session = Session::new(gw.clone(), protocol, &admission, outbound)
+        .holding(handshake)
+        .run(Box::pin(inbound), closed.clone());
     async move {
         session.await;
         // Let the writer deliver what the session queued last (reconnect, error, close frame).

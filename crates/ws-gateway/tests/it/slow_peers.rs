@@ -22,3 +22,25 @@ async fn a_slowloris_is_disconnected_after_the_header_timeout_while_clients_are_
     client.send(serde_json::json!({"type": "ping", "id": "p2"})).await;
     assert_eq!(client.next_json().await["type"], "pong", "the WebSocket outlives the header timeout");
 }
+
+/// `RUNCAST_HANDSHAKE_CONCURRENCY`: a WebSocket keeps its handshake place until its first
+/// subscription is live, so with a single place a client that upgrades and then says nothing
+/// could hold back everyone behind it; the session gives the place back after a bound.
+#[tokio::test]
+async fn with_one_handshake_place_a_silent_websocket_holds_back_the_next_clients_only_briefly() {
+    let world = World::start().await;
+    let gateway = world.gateway(&[("handshake-concurrency", "1")]).await;
+    let _silent = gateway.connect(&token("acme", "mallory", 600)).await;
+    for user in ["alice", "bob"] {
+        let connected = tokio::time::timeout(Duration::from_secs(15), async {
+            let mut client = gateway.connect(&token("acme", user, 600)).await;
+            let (subscribed, _) =
+                client.subscribe(serde_json::json!({"type": "subscribe", "channel": "executions"})).await;
+            (client, subscribed)
+        })
+        .await;
+        let (_client, subscribed) =
+            connected.unwrap_or_else(|_| panic!("{user} is never admitted behind a silent peer"));
+        assert_eq!(subscribed["channel"], "executions", "{subscribed}");
+    }
+}
