@@ -195,10 +195,10 @@ impl Session {
     /// Gives the handshake place back once no replay is pending (after the client's first
     /// messages are handled and their replays are over).
     fn settle(&mut self) {
-        if self.handshake.is_some() && self.subscriptions.values().all(|active| active.replay.is_none()) {
-            if let Some(place) = self.handshake.take() {
-                place.done();
-            }
+        if self.subscriptions.values().all(|active| active.replay.is_none())
+            && let Some(place) = self.handshake.take()
+        {
+            place.done();
         }
     }
 
