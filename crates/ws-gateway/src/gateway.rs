@@ -170,7 +170,8 @@ impl Refusal {
 /// An admitted connection: its principal and its place under every cap, given back on drop.
 pub(crate) struct Admission {
     gateway: Arc<Gateway>,
-    pub principal: Principal,
+    /// Shared with the connection's session (every connection carries one).
+    pub principal: Arc<Principal>,
     pub transport: Transport,
     /// For logs.
     pub connection: u64,
@@ -366,7 +367,7 @@ impl Gateway {
         match counted {
             Ok(principal) => Ok(Admission {
                 gateway: self.clone(),
-                principal,
+                principal: Arc::new(principal),
                 transport,
                 connection: self.next_connection.fetch_add(1, Ordering::Relaxed),
             }),

@@ -23,8 +23,9 @@
 
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// Control replies that may queue beyond the event capacity, so a full queue can still carry
@@ -196,6 +197,10 @@ pub struct Outbound {
     overflow: Notify,
     /// Wakes a replay waiting for room.
     room: Notify,
+    /// When the peer was last heard from, in milliseconds since the queue was made: the
+    /// transport's reader sets it, its keepalive reads it (the queue is what both share).
+    peer_seen_ms: AtomicU64,
+    made: Instant,
 }
 
 impl Outbound {
@@ -213,7 +218,24 @@ impl Outbound {
             ready: Notify::new(),
             overflow: Notify::new(),
             room: Notify::new(),
+            peer_seen_ms: AtomicU64::new(0),
+            made: Instant::now(),
         })
+    }
+
+    /// The peer sent something.
+    pub fn peer_seen(&self) {
+        self.peer_seen_ms.store(self.millis(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long ago the peer last sent something (since the queue was made, if never).
+    pub fn peer_silent_for(&self) -> Duration {
+        let seen = self.peer_seen_ms.load(std::sync::atomic::Ordering::Relaxed);
+        Duration::from_millis(self.millis().saturating_sub(seen))
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.made.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

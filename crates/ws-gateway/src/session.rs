@@ -125,6 +125,31 @@ impl ReplayInbox {
     }
 }
 
+/// A connection's replays: where they report, and its share of the replica's replays.
+struct Replays {
+    inbox: ReplayInbox,
+    /// Replays running at once (`RUNCAST_WS_MAX_REPLAYS_PER_CONNECTION`): taken before a replica
+    /// slot, so one connection never holds more than its share of those.
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Replays {
+    fn new(per_connection: usize) -> Self {
+        Self { inbox: ReplayInbox::default(), slots: Arc::new(tokio::sync::Semaphore::new(per_connection.max(1))) }
+    }
+}
+
+/// Waits for replay outcomes, if the connection ever resumed (otherwise: never).
+async fn replays_done(replays: Option<Arc<Replays>>) -> Option<Arc<Replays>> {
+    match replays {
+        Some(replays) => {
+            replays.inbox.ready.notified().await;
+            Some(replays)
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Inbound messages counted per one-second window.
 struct RateWindow {
     started: Instant,
@@ -141,19 +166,16 @@ pub(crate) struct Session {
     gw: Arc<Gateway>,
     transport: Transport,
     protocol: Protocol,
-    principal: Principal,
+    /// The admission's, until an in-band refresh replaces it.
+    principal: Arc<Principal>,
     outbound: Arc<Outbound>,
     subscriptions: Subscriptions,
     /// Where replay tasks report; a plain list rather than a channel, which would allocate a
     /// block of slots per connection up front.
-    replays: Arc<ReplayInbox>,
+    /// Made at the connection's first resume: most connections never resume.
+    replays: Option<Arc<Replays>>,
     rate: RateWindow,
     connection: u64,
-    /// Cancelled when the session ends: stops its replays.
-    ended: CancellationToken,
-    /// This connection's share of replays running at once (`RUNCAST_WS_MAX_REPLAYS_PER_CONNECTION`):
-    /// taken before a replica slot, so one connection never holds more than its share of those.
-    replay_slots: Arc<tokio::sync::Semaphore>,
     /// The connection's place among the replica's handshakes, kept until its first
     /// subscriptions are live (or refused): a reconnect storm is admitted a bounded number of
     /// connections at a time, resumes included, instead of all at once.
@@ -168,7 +190,6 @@ impl Session {
     /// The transport keeps the [`Admission`] (the connection's place under the caps) until its
     /// socket or response is done, which may be after the session.
     pub(crate) fn new(gw: Arc<Gateway>, protocol: Protocol, admission: &Admission, outbound: Arc<Outbound>) -> Self {
-        let replay_slots = Arc::new(tokio::sync::Semaphore::new(gw.limits.max_replays_per_connection.max(1)));
         Self {
             gw,
             transport: admission.transport,
@@ -176,11 +197,9 @@ impl Session {
             principal: admission.principal.clone(),
             outbound,
             subscriptions: Subscriptions::default(),
-            replays: Arc::default(),
+            replays: None,
             rate: RateWindow { started: Instant::now(), count: 0, warned: false },
             connection: admission.connection,
-            ended: CancellationToken::new(),
-            replay_slots,
             handshake: None,
         }
     }
@@ -250,18 +269,14 @@ impl Session {
         tracing::debug!("session started");
         let gw = self.gw.clone();
         let outbound = self.outbound.clone();
-        let replays = self.replays.clone();
         let settle_by = Instant::now() + HANDSHAKE_SETTLE_MAX;
         loop {
             let expiry = self.expiry();
+            // One timer for both deadlines: every connection carries it, idle or not.
+            let wake_at = expiry.into_iter().chain(self.handshake.is_some().then_some(settle_by)).min();
             let far = Instant::now() + Duration::from_secs(86_400 * 365);
             tokio::select! {
                 biased;
-                _ = tokio::time::sleep_until(settle_by), if self.handshake.is_some() => {
-                    if let Some(place) = self.handshake.take() {
-                        place.done();
-                    }
-                }
                 _ = closed.cancelled() => break,
                 _ = gw.shutdown.cancelled() => {
                     let _ = self.send(ServerMessage::Reconnect {
@@ -276,9 +291,9 @@ impl Session {
                     self.close(code);
                     break;
                 },
-                _ = replays.ready.notified() => {
+                Some(replays) = replays_done(self.replays.clone()) => {
                     let mut closing = None;
-                    for done in replays.take() {
+                    for done in replays.inbox.take() {
                         if let Flow::Close(code) = self.on_replay_done(done) {
                             closing = Some(code);
                         }
@@ -289,10 +304,16 @@ impl Session {
                     }
                     self.settle();
                 }
-                _ = tokio::time::sleep_until(expiry.unwrap_or(far)), if expiry.is_some() => {
-                    let _ = self.error(&ProtocolError::new(ErrorCode::Unauthenticated, "the token expired; reconnect with a fresh one"));
-                    self.close(CloseCode::TokenExpired);
-                    break;
+                _ = tokio::time::sleep_until(wake_at.unwrap_or(far)), if wake_at.is_some() => {
+                    let now = Instant::now();
+                    if now >= settle_by && let Some(place) = self.handshake.take() {
+                        place.done();
+                    }
+                    if expiry.is_some_and(|expiry| now >= expiry) {
+                        let _ = self.error(&ProtocolError::new(ErrorCode::Unauthenticated, "the token expired; reconnect with a fresh one"));
+                        self.close(CloseCode::TokenExpired);
+                        break;
+                    }
                 }
                 next = inbound.next() => match next {
                     None => break,
@@ -404,7 +425,7 @@ impl Session {
             ));
         }
         principal.require(runcast_runtime::auth::Action::Read).map_err(auth_error)?;
-        self.principal = principal;
+        self.principal = Arc::new(principal);
         Ok(())
     }
 
@@ -452,7 +473,8 @@ impl Session {
             }
             return Ok(());
         }
-        let cancel = self.ended.child_token();
+        // Cancelled when the subscription is dropped, or with the session (see `Drop`).
+        let cancel = CancellationToken::new();
         self.subscriptions.insert(
             channel.clone(),
             Active {
@@ -462,13 +484,15 @@ impl Session {
             },
         );
         let gw = self.gw.clone();
-        let done = self.replays.clone();
-        let own_slots = self.replay_slots.clone();
+        let replays = self
+            .replays
+            .get_or_insert_with(|| Arc::new(Replays::new(self.gw.limits.max_replays_per_connection)))
+            .clone();
         self.gw.tasks.spawn(async move {
             let resume = Resume { since_offset, since_epoch, snapshot, head, id };
-            let failed = resume_subscription(&gw, &subscriber, resume, &own_slots, &cancel).await.err();
+            let failed = resume_subscription(&gw, &subscriber, resume, &replays.slots, &cancel).await.err();
             // The session may be gone already; then there is nobody to tell.
-            done.push(ReplayDone { subscription: subscriber.id, channel, failed });
+            replays.inbox.push(ReplayDone { subscription: subscriber.id, channel, failed });
         });
         Ok(())
     }
@@ -546,8 +570,10 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.ended.cancel();
         for active in self.subscriptions.values() {
+            if let Some(replay) = &active.replay {
+                replay.cancel();
+            }
             self.gw.hub.unsubscribe(&active.subscriber);
         }
     }

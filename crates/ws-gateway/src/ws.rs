@@ -20,8 +20,7 @@ use runcast_runtime::ops::HandshakePlace;
 use serde::Deserialize;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Frames written per flush at most, so one busy connection does not monopolize its task.
@@ -33,7 +32,7 @@ pub(crate) const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// The socket's read buffer, allocated with the connection: client messages are small (a
 /// subscribe is ~100 bytes), and a larger one grows it for as long as it needs; every idle
 /// connection holds this much.
-const READ_BUFFER_BYTES: usize = 512;
+const READ_BUFFER_BYTES: usize = 256;
 
 /// The only query parameter `/ws` accepts (browsers cannot set headers on a WebSocket).
 const WS_PARAMETERS: [&str; 1] = ["token"];
@@ -114,9 +113,9 @@ pub(crate) async fn upgrade(
         .into_response()
 }
 
-/// The connection: a writer task, and the session on this one. Not an `async fn`: that would
-/// keep its arguments (the whole socket) in the connection's future for its lifetime besides
-/// what was moved out of them; every idle connection would carry them.
+/// The connection, in one task: the session and the writer polled together (see [`Connection`]).
+/// Not an `async fn`: that would keep its arguments (the whole socket) in the connection's future
+/// for its lifetime besides what was moved out of them; every idle connection would carry them.
 fn serve(
     gw: Arc<Gateway>,
     socket: WebSocket,
@@ -127,16 +126,14 @@ fn serve(
     let (sink, stream) = socket.split();
     let outbound = Outbound::bounded(gw.limits.queue_capacity, gw.limits.queue_bytes);
     let closed = CancellationToken::new();
-    let started = Instant::now();
-    let last_seen = Arc::new(AtomicU64::new(0));
     let times = WriterTimes { write_timeout: gw.limits.write_timeout, ping_interval: gw.limits.ping_interval };
-    let writer =
-        tokio::spawn(write_loop(sink, outbound.clone(), closed.clone(), protocol, times, started, last_seen.clone()));
+    let writer = write_loop(sink, outbound.clone(), closed.clone(), protocol, times);
     // Read errors end the stream, except a frame beyond tungstenite's own limit: that one becomes
     // `TooBig`, so the client learns why (1009) instead of seeing the socket fail.
+    let seen = outbound.clone();
     let inbound = stream
         .map(move |message| {
-            last_seen.store(millis_since(started), Ordering::Relaxed);
+            seen.peer_seen();
             match message {
                 Ok(Message::Text(text)) => Ok(Some(Inbound::Text(text.into()))),
                 Ok(Message::Binary(bytes)) => Ok(Some(Inbound::Binary(bytes))),
@@ -157,15 +154,82 @@ fn serve(
     let session = Session::new(gw.clone(), protocol, &admission, outbound)
         .holding(handshake)
         .run(Box::pin(inbound), closed.clone());
-    async move {
-        session.await;
-        // Let the writer deliver what the session queued last (reconnect, error, close frame).
-        if tokio::time::timeout(times.write_timeout, writer).await.is_err() {
-            tracing::debug!("writer did not finish in time");
+    Connection {
+        writer,
+        writer_done: false,
+        phase: Phase::Session { session },
+        write_timeout: times.write_timeout,
+        closed,
+        admission: Some(admission),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's one task: its session and its writer, polled together. A hand-written
+    /// future rather than an `async` block: that would hold the session's future twice (as the
+    /// captured value and as the future being awaited), and a second task would cost a task of
+    /// its own; every idle connection carries this.
+    struct Connection<S, W> {
+        #[pin]
+        writer: W,
+        writer_done: bool,
+        #[pin]
+        phase: Phase<S>,
+        write_timeout: Duration,
+        closed: CancellationToken,
+        admission: Option<Admission>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = PhaseProjection]
+    enum Phase<S> {
+        Session { #[pin] session: S },
+        /// The session ended: the writer delivers what it queued last (reconnect, error, close
+        /// frame) until this deadline at most. It takes the session's place in memory.
+        Finishing { #[pin] deadline: tokio::time::Sleep },
+    }
+}
+
+impl<S: Future<Output = ()>, W: Future<Output = ()>> Future for Connection<S, W> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::task::Poll;
+        let mut this = self.project();
+        // A writer that stops (write error or timeout, close frame written) cancels `closed`,
+        // which ends the session.
+        if !*this.writer_done && this.writer.as_mut().poll(cx).is_ready() {
+            *this.writer_done = true;
         }
-        closed.cancel();
+        loop {
+            match this.phase.as_mut().project() {
+                PhaseProjection::Session { session } => {
+                    if session.poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    if *this.writer_done {
+                        break;
+                    }
+                    let deadline = tokio::time::sleep(*this.write_timeout);
+                    this.phase.set(Phase::Finishing { deadline });
+                }
+                PhaseProjection::Finishing { deadline } => {
+                    if *this.writer_done {
+                        break;
+                    }
+                    if deadline.poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    tracing::debug!("writer did not finish in time");
+                    break;
+                }
+            }
+        }
+        this.closed.cancel();
         // The socket is done: only now does the connection leave the caps.
-        drop(admission);
+        this.admission.take();
+        Poll::Ready(())
     }
 }
 
@@ -176,10 +240,6 @@ fn is_too_big(err: axum::Error) -> bool {
         err.into_inner().downcast_ref::<tungstenite::Error>(),
         Some(tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong { .. }))
     )
-}
-
-fn millis_since(started: Instant) -> u64 {
-    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 fn to_message(frame: Frame, protocol: Protocol) -> Option<Message> {
@@ -208,11 +268,9 @@ fn write_loop(
     closed: CancellationToken,
     protocol: Protocol,
     times: WriterTimes,
-    started: Instant,
-    last_seen: Arc<AtomicU64>,
 ) -> impl Future<Output = ()> {
     let timeout = times.write_timeout;
-    let dead_after = u64::try_from((times.ping_interval * 2).as_millis()).unwrap_or(u64::MAX);
+    let dead_after = times.ping_interval * 2;
     async move {
         let mut ping = tokio::time::interval(times.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -225,9 +283,9 @@ fn write_loop(
                 _ = closed.cancelled() => return,
                 _ = outbound.ready() => {}
                 _ = ping.tick() => {
-                    let idle = millis_since(started).saturating_sub(last_seen.load(Ordering::Relaxed));
+                    let idle = outbound.peer_silent_for();
                     if idle > dead_after {
-                        tracing::info!(idle_ms = idle, "peer does not answer pings; closing");
+                        tracing::info!(idle_ms = idle.as_millis(), "peer does not answer pings; closing");
                         outbound.close(CloseCode::GoingAway.code(), "ping timeout");
                     } else if !send(&mut sink, Message::Ping(Default::default()), timeout).await {
                         closed.cancel();
