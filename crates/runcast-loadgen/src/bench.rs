@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// Subscribed idle connections of scenario d (memory per connection).
     #[arg(long, default_value_t = 10_000)]
     pub idle_connections: usize,
+    /// Subscribed idle connections of scenario f (one replica within 1 GiB; ws-gateway only).
+    #[arg(long, default_value_t = 100_000)]
+    pub many_idle_connections: usize,
     /// Scenario e: subscribed connections receiving a steady stream through the storm.
     #[arg(long, default_value_t = 1_000)]
     pub steady_connections: usize,
@@ -58,8 +61,9 @@ pub struct BenchArgs {
     /// Executions the events are spread over.
     #[arg(long, default_value_t = 100)]
     pub executions: u64,
-    /// Scenarios to run, of a (peak), b (overload), c (latency), d (idle memory), e (storm).
-    #[arg(long, default_value = "a,b,c,d,e", value_delimiter = ',')]
+    /// Scenarios to run, of a (peak), b (overload), c (latency), d (idle memory), e (storm),
+    /// f (idle memory at 100,000 connections, ws-gateway only).
+    #[arg(long, default_value = "a,b,c,d,e,f", value_delimiter = ',')]
     pub scenarios: Vec<char>,
     /// The core the measured server is pinned to (`taskset -c`); the client pins itself to
     /// --client-cpu. Pinning is skipped on a machine with one core.
@@ -101,15 +105,27 @@ pub fn pin_client(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Raises the soft open-files limit to the hard one; the servers started later inherit it.
+/// Open files the bench asks for: scenario f's 100,000 connections, on both ends, and then some.
+const OPEN_FILES_WANTED: u64 = 250_000;
+/// Descriptors a process needs besides its connections (NATS, listeners, logs, the runtime).
+const OPEN_FILES_SPARE: u64 = 1_000;
+
+/// Raises the open-files limit: to [`OPEN_FILES_WANTED`] where the process may raise its hard
+/// limit (root), else the soft limit to the hard one. The servers started later inherit it.
 pub fn raise_open_files_limit() -> anyhow::Result<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if hard < OPEN_FILES_WANTED && setrlimit(Resource::RLIMIT_NOFILE, OPEN_FILES_WANTED, OPEN_FILES_WANTED).is_ok() {
+        return Ok(OPEN_FILES_WANTED);
+    }
     if soft < hard {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
     Ok(getrlimit(Resource::RLIMIT_NOFILE)?.0)
 }
+
+/// About a gateway event frame's size for a 200-byte event (the floor's frame).
+const FLOOR_FRAME_BYTES: usize = 400;
 
 /// The storm of scenario e is given up after this long.
 const STORM_TIMEOUT: Duration = Duration::from_secs(120);
@@ -182,7 +198,7 @@ fn metrics(scenario: char) -> &'static [Metric] {
     match scenario {
         'a' | 'b' => THROUGHPUT,
         'c' => LATENCY,
-        'd' => IDLE,
+        'd' | 'f' => IDLE,
         _ => STORM,
     }
 }
@@ -261,6 +277,27 @@ pub async fn run(args: &BenchArgs, command_line: &str) -> anyhow::Result<String>
                 args.idle_connections,
                 None,
             ),
+            'f' => {
+                // Each end holds one descriptor per connection, within the limit both inherit.
+                let connections = args.many_idle_connections.min(open_files.saturating_sub(OPEN_FILES_SPARE) as usize);
+                let capped = if connections < args.many_idle_connections {
+                    format!(
+                        "; {} asked, capped by this machine's open-files limit ({open_files}, not raisable without \
+                         CAP_SYS_RESOURCE)",
+                        thousands(args.many_idle_connections as f64)
+                    )
+                } else {
+                    String::new()
+                };
+                (
+                    format!(
+                        "(f) {} idle subscribed connections (ws-gateway only: nats-server's default limit is 65,536{capped})",
+                        thousands(connections as f64)
+                    ),
+                    connections,
+                    None,
+                )
+            }
             'e' => {
                 storm = Some(StormPlan {
                     connections: args.storm_connections,
@@ -280,7 +317,7 @@ pub async fn run(args: &BenchArgs, command_line: &str) -> anyhow::Result<String>
                     Some(args.steady_rate),
                 )
             }
-            other => anyhow::bail!("unknown scenario '{other}': use a, b, c, d or e"),
+            other => anyhow::bail!("unknown scenario '{other}': use a, b, c, d, e or f"),
         };
         scenarios.push(Scenario { id: *id, title, connections, rate, storm });
     }
@@ -289,12 +326,23 @@ pub async fn run(args: &BenchArgs, command_line: &str) -> anyhow::Result<String>
     for scenario in &scenarios {
         let mut pair = Vec::new();
         for server in [Server::Gateway, Server::Nats] {
+            if scenario.id == 'f' && server == Server::Nats {
+                pair.push(Outcome::default()); // not run: every cell "–"
+                continue;
+            }
             let outcome = measure(args, scenario, server, &nats_binary, &gateway_binary).await?;
             eprintln!("{}", summary(scenario, &outcome));
             pair.push(outcome);
         }
         results.push(pair);
     }
+    let floor = if args.scenarios.contains(&'c') {
+        let interval = Duration::from_secs(1) / u32::try_from(args.latency_rate.max(1)).unwrap_or(u32::MAX);
+        let client_cpu = args.pinned().then_some(args.client_cpu);
+        Some(crate::floor::measure(args.connections, FLOOR_FRAME_BYTES, interval, args.server_cpu(), client_cpu)?)
+    } else {
+        None
+    };
 
     let mut out = String::new();
     writeln!(out, "machine: {}", procfs::machine())?;
@@ -345,9 +393,24 @@ pub async fn run(args: &BenchArgs, command_line: &str) -> anyhow::Result<String>
             writeln!(out, "{}", row(title, metric, &pair[0], &pair[1]))?;
         }
     }
+    if let Some(floor) = floor {
+        writeln!(
+            out,
+            "\nraw floor beside (c), same machine, same pinning: one thread writing a {FLOOR_FRAME_BYTES}-byte frame to \
+             each of {} loopback TCP sockets in turn ({} passes at the latency rate; a Tokio task per socket reads them on \
+             the other core): median pass {:.2} ms, slowest {:.2} ms, {:.2} µs per write. On loopback the writer also runs \
+             the receiver's TCP input, so the last socket has the frame when the pass ends: one core fanning an event out \
+             to these sockets cannot have a p99 latency to the socket below ~0.99 × the pass.",
+            thousands(floor.connections as f64),
+            crate::floor::PASSES,
+            floor.median_pass.as_secs_f64() * 1e3,
+            floor.slowest_pass.as_secs_f64() * 1e3,
+            floor.micros_per_write()
+        )?;
+    }
     writeln!(out)?;
     for (scenario, pair) in scenarios.iter().zip(&results) {
-        for outcome in pair {
+        for outcome in pair.iter().filter(|outcome| outcome.connections > 0) {
             writeln!(out, "- {}", summary(scenario, outcome))?;
         }
     }

@@ -19,6 +19,32 @@ use tokio_util::sync::CancellationToken;
 /// Bytes read at most per read: about 40 gateway frames.
 const READ_CHUNK: usize = 16 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections opened from one loopback source address: one address has ~28,000 ephemeral ports
+/// (`ip_local_port_range`), and scenario f opens 100,000.
+const CONNECTIONS_PER_SOURCE: usize = 20_000;
+
+/// The source address of connection `index` to a loopback `server`: 127.0.0.2, .3, … one per
+/// [`CONNECTIONS_PER_SOURCE`] (all of 127.0.0.0/8 is loopback on Linux). `None`: let the kernel
+/// choose (a server elsewhere).
+fn source_address(index: usize, server: SocketAddr) -> Option<std::net::IpAddr> {
+    let SocketAddr::V4(server) = server else {
+        return None;
+    };
+    if !server.ip().is_loopback() {
+        return None;
+    }
+    let host = u8::try_from(2 + index / CONNECTIONS_PER_SOURCE).ok().filter(|host| *host < 255)?;
+    Some(std::net::Ipv4Addr::new(127, 0, 0, host).into())
+}
+
+async fn connect_from(source: Option<std::net::IpAddr>, server: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(server).await;
+    };
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(server).await
+}
 
 /// Which server a connection subscribes to, and how.
 #[derive(Debug, Clone)]
@@ -399,7 +425,9 @@ struct WsConn {
 impl WsConn {
     async fn connect(index: usize, addr: SocketAddr, path: &str) -> anyhow::Result<Self> {
         let connect = async {
-            let mut stream = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
+            let mut stream = connect_from(source_address(index, addr), addr)
+                .await
+                .with_context(|| format!("cannot connect to {addr}"))?;
             stream.set_nodelay(true)?;
             stream.write_all(wsframe::upgrade_request(&addr.to_string(), path).as_bytes()).await?;
             let mut buf = Vec::with_capacity(READ_CHUNK);

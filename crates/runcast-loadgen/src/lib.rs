@@ -14,6 +14,7 @@
 //! - [`publisher`]: the events (with the marker `seq=<n> t=<nanos>`) and the paced publisher.
 //! - [`conn`]: one subscribed connection to either server, as a task of the current thread.
 //! - [`fanout`]: one measured run against one server: connect, publish, measure, drain, add up.
+//! - [`floor`]: the raw floor beside scenario (c): one core writing a frame to every socket.
 //! - [`storm`]: scenario (e), steady clients' latency before and during a burst of resuming ones.
 //! - [`servers`]: nats-server (JetStream + WebSocket) and ws-gateway as pinned child processes.
 //! - [`bench`]: the scenarios, side by side, and the table.
@@ -21,6 +22,7 @@
 pub mod bench;
 pub mod conn;
 pub mod fanout;
+pub mod floor;
 pub mod frames;
 pub mod natsproto;
 pub mod procfs;
