@@ -23,17 +23,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// (`ip_local_port_range`), and scenario f opens 100,000.
 const CONNECTIONS_PER_SOURCE: usize = 20_000;
 
-/// The source address of connection `index` to a loopback `server`: 127.0.0.2, .3, … one per
-/// [`CONNECTIONS_PER_SOURCE`] (all of 127.0.0.0/8 is loopback on Linux). `None`: let the kernel
-/// choose (a server elsewhere).
+/// The source address of connection `index` to a loopback `server`: the kernel's choice for the
+/// first [`CONNECTIONS_PER_SOURCE`] (its `connect` reuses ports across destinations and from
+/// `TIME_WAIT`, which back-to-back runs need), then 127.0.0.2, .3, … one per
+/// [`CONNECTIONS_PER_SOURCE`] (all of 127.0.0.0/8 is loopback on Linux). `None`: the kernel's.
 fn source_address(index: usize, server: SocketAddr) -> Option<std::net::IpAddr> {
     let SocketAddr::V4(server) = server else {
         return None;
     };
-    if !server.ip().is_loopback() {
+    if !server.ip().is_loopback() || index < CONNECTIONS_PER_SOURCE {
         return None;
     }
-    let host = u8::try_from(2 + index / CONNECTIONS_PER_SOURCE).ok().filter(|host| *host < 255)?;
+    let host = u8::try_from(1 + index / CONNECTIONS_PER_SOURCE).ok().filter(|host| *host < 255)?;
     Some(std::net::Ipv4Addr::new(127, 0, 0, host).into())
 }
 
@@ -42,6 +43,8 @@ async fn connect_from(source: Option<std::net::IpAddr>, server: SocketAddr) -> s
         return TcpStream::connect(server).await;
     };
     let socket = tokio::net::TcpSocket::new_v4()?;
+    // Ports of an earlier run's connections in `TIME_WAIT` may be bound again.
+    socket.set_reuseaddr(true)?;
     socket.bind(SocketAddr::new(source, 0))?;
     socket.connect(server).await
 }
@@ -529,5 +532,22 @@ impl WsConn {
             }
         }
         Ok(open)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_beyond_one_source_s_ports_come_from_further_loopback_addresses() {
+        let server: SocketAddr = ([127, 0, 0, 1], 4000).into();
+        assert_eq!(source_address(0, server), None, "the kernel's choice first");
+        assert_eq!(source_address(CONNECTIONS_PER_SOURCE - 1, server), None);
+        let second = source_address(CONNECTIONS_PER_SOURCE, server);
+        assert_eq!(second, Some(std::net::Ipv4Addr::new(127, 0, 0, 2).into()));
+        let sixth = source_address(5 * CONNECTIONS_PER_SOURCE + 7, server);
+        assert_eq!(sixth, Some(std::net::Ipv4Addr::new(127, 0, 0, 6).into()));
+        assert_eq!(source_address(CONNECTIONS_PER_SOURCE, ([10, 0, 0, 1], 4000).into()), None, "not loopback");
     }
 }
