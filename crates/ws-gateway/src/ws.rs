@@ -1,6 +1,7 @@
 //! The WebSocket transport at `/ws`: authentication and origin check at upgrade, socket limits,
 //! and the write-only half that empties the connection's queue — every frame queued at a wake-up
-//! is fed, then flushed once — plus the ping keepalive that closes dead peers.
+//! is fed, then flushed once — plus the ping keepalive that closes dead peers. The session and the
+//! writer of a connection share one task ([`Connection`]).
 
 use crate::gateway::{Admission, Gateway, Transport};
 use crate::outbound::{Frame, FrameKind, Outbound};
