@@ -191,6 +191,21 @@ pub struct AuthArgs {
     pub jwt_issuer: Option<String>,
 }
 
+impl AuthArgs {
+    /// Tokens signed with one shared HS256 secret, no leeway, no audience or issuer check.
+    pub fn shared_secret(secret: &str) -> Self {
+        Self {
+            jwt_secret: Some(secret.to_owned()),
+            jwt_public_key_file: None,
+            jwt_jwks_file: None,
+            api_keys_file: None,
+            jwt_leeway_seconds: 0,
+            jwt_audience: None,
+            jwt_issuer: None,
+        }
+    }
+}
+
 /// A verification key and the algorithms it may verify.
 struct TokenKey {
     kid: Option<String>,
@@ -514,16 +529,7 @@ mod tests {
     }
 
     fn authenticator() -> Authenticator {
-        Authenticator::from_args(&AuthArgs {
-            jwt_secret: Some(SECRET.into()),
-            jwt_public_key_file: None,
-            jwt_jwks_file: None,
-            api_keys_file: None,
-            jwt_leeway_seconds: 0,
-            jwt_audience: None,
-            jwt_issuer: None,
-        })
-        .expect("configured")
+        Authenticator::from_args(&AuthArgs::shared_secret(SECRET)).expect("configured")
     }
 
     fn token(secret: &str, tenant: &str, roles: &[&str], exp_in: i64) -> String {
@@ -583,16 +589,8 @@ mod tests {
                 .to_string(),
         )
         .expect("write");
-        let auth = Authenticator::from_args(&AuthArgs {
-            jwt_secret: Some(SECRET.into()),
-            jwt_public_key_file: None,
-            jwt_jwks_file: None,
-            api_keys_file: Some(file),
-            jwt_leeway_seconds: 0,
-            jwt_audience: None,
-            jwt_issuer: None,
-        })
-        .expect("configured");
+        let auth = Authenticator::from_args(&AuthArgs { api_keys_file: Some(file), ..AuthArgs::shared_secret(SECRET) })
+            .expect("configured");
 
         let mut headers = HeaderMap::new();
         assert!(auth.authenticate_headers(&headers).expect_err("none").to_string().contains("no credentials"));
@@ -649,10 +647,7 @@ mod tests {
             jwt_secret: None,
             jwt_public_key_file: public_key.map(testdata),
             jwt_jwks_file: jwks.map(testdata),
-            api_keys_file: None,
-            jwt_leeway_seconds: 0,
-            jwt_audience: None,
-            jwt_issuer: None,
+            ..AuthArgs::shared_secret("")
         })
         .expect("configured")
     }
@@ -690,13 +685,9 @@ mod tests {
     #[test]
     fn audience_and_issuer_are_checked_when_configured() {
         let auth = Authenticator::from_args(&AuthArgs {
-            jwt_secret: Some(SECRET.into()),
-            jwt_public_key_file: None,
-            jwt_jwks_file: None,
-            api_keys_file: None,
-            jwt_leeway_seconds: 0,
             jwt_audience: Some("runcast".into()),
             jwt_issuer: Some("https://login.example".into()),
+            ..AuthArgs::shared_secret(SECRET)
         })
         .expect("configured");
         let signed = |extra: serde_json::Value| {

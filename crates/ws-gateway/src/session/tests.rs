@@ -58,16 +58,7 @@ impl World {
             batch: 2,
             slots: slots.clone(),
         };
-        let auth = AuthArgs {
-            jwt_secret: Some(SECRET.into()),
-            jwt_public_key_file: None,
-            jwt_jwks_file: None,
-            api_keys_file: None,
-            jwt_leeway_seconds: 0,
-            jwt_audience: None,
-            jwt_issuer: None,
-        };
-        let authenticator = Authenticator::from_args(&auth).expect("authenticator");
+        let authenticator = Authenticator::from_args(&AuthArgs::shared_secret(SECRET)).expect("authenticator");
         let gw =
             Arc::new(Gateway::new(hub, sources, authenticator, limits, CancellationToken::new(), TaskTracker::new()));
         Self { gw, log, slots }
@@ -76,17 +67,9 @@ impl World {
     /// Appends an event of execution `execution` to the log and dispatches it live, as upstream
     /// does with what JetStream delivers. Returns its offset.
     fn publish(&self, execution: &str, version: u64) -> u64 {
-        let event = runcast_testkit::events::execution_event(
-            "acme",
-            execution,
-            "nightly",
-            version,
-            EventType::ExecutionStarted,
-            ExecutionStatus::Running,
-        );
-        let logged = self.log.append(KIND, &event);
-        self.dispatch(&event, &logged.subject, logged.offset);
-        logged.offset
+        let (event, subject, offset) = self.append_only(execution, version);
+        self.dispatch(&event, &subject, offset);
+        offset
     }
 
     /// Appends to the log only: an event JetStream holds that this replica has not received yet.
