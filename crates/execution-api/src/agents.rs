@@ -118,7 +118,7 @@ pub(crate) async fn heartbeat(
     let agent_id = validate::id("agent_id", &request.agent_id)?;
     for attempt in 0..crate::commands::MAX_ATTEMPTS {
         // A stale first read fails the guarded append; retries read the leader.
-        let read = if attempt == 0 { Read::AnyReplica } else { Read::Leader };
+        let read = if attempt == 0 { Read::Remembered } else { Read::Leader };
         let last = store.last(StreamKind::Agents, tenant, &agent_id, read).await?;
         let previous = last.as_ref().and_then(agent_of);
         let (event_type, mut agent) = heartbeat_change(previous, tenant, &request, now())?;

@@ -1,6 +1,7 @@
 //! Writes: read the execution's last event, let the state machine decide, append the next event
 //! with compare-and-set on the subject's sequence, and on a lost race read again — a bounded number
-//! of times, then `ABORTED`. No state is kept between requests, so any number of replicas may run.
+//! of times, then `ABORTED`. The first read may be what this replica remembers of its own last
+//! write (see [`crate::store`]); correctness never rests on it, so any number of replicas may run.
 //!
 //! An execution outlives the stream (DESIGN §7): once the stream has aged out its events, its
 //! latest state is the read model's, and the next write publishes with expected last subject
@@ -56,6 +57,9 @@ pub struct Current {
     pub expected_sequence: u64,
     /// The last event, when the stream still holds it.
     pub last_event: Option<Event>,
+    /// Whether this is the newest state for certain (else a decision on it is confirmed by the
+    /// sequence check of the append, or a refusal by a read of the leader).
+    pub exact: bool,
 }
 
 /// Whether (and how strictly) an empty subject is looked up in the read model.
@@ -141,7 +145,12 @@ impl Executions {
             let execution = execution_of(&stored).cloned().ok_or_else(|| {
                 ApiError::internal(format!("the last event of execution {execution_id} has no state"))
             })?;
-            return Ok(Some(Current { execution, expected_sequence: stored.sequence, last_event: Some(stored.event) }));
+            return Ok(Some(Current {
+                execution,
+                expected_sequence: stored.sequence,
+                exact: stored.exact,
+                last_event: Some(stored.event),
+            }));
         }
         let archived = match fallback {
             Fallback::None => None,
@@ -151,7 +160,8 @@ impl Executions {
                 None
             }),
         };
-        Ok(archived.map(|execution| Current { execution, expected_sequence: 0, last_event: None }))
+        let exact = self.store.is_exact(read);
+        Ok(archived.map(|execution| Current { execution, expected_sequence: 0, last_event: None, exact }))
     }
 
     /// The execution's latest state, from the stream or (once aged out) the read model.
@@ -207,13 +217,14 @@ impl Executions {
             Command::Create { .. } => Fallback::IfReachable,
             _ => Fallback::Required,
         };
-        // The first read may come from a replica that trails the leader: a stale state fails the
-        // append's sequence check, and a refusal is confirmed against the leader before it is given.
-        let mut read = Read::AnyReplica;
+        // The first read may be remembered, or come from a replica that trails the leader: a stale
+        // state fails the append's sequence check, and a refusal is confirmed against the leader
+        // before it is given.
+        let mut read = Read::Remembered;
         for attempt in 0..MAX_ATTEMPTS {
             let latest = self.current_with(tenant, execution_id, fallback, read).await?;
             let current = latest.as_ref().map(|latest| &latest.execution);
-            let confirmed = self.store.is_exact(read);
+            let confirmed = latest.as_ref().map_or(self.store.is_exact(read), |latest| latest.exact);
             read = Read::Leader;
             if let (Some(expected), Some(current)) = (expected_version, current)
                 && current.version != expected

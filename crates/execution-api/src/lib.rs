@@ -85,6 +85,12 @@ pub struct Config {
     #[arg(long, env = "RUNCAST_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// Subjects (executions, agents, log streams) whose last event a replica remembers from its own
+    /// writes and reads, so the first try of a write needs no read from NATS (0: always read).
+    /// About 1 KiB each.
+    #[arg(long, env = "RUNCAST_REMEMBERED_SUBJECTS", default_value_t = 10_000)]
+    pub remembered_subjects: usize,
+
     #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
@@ -156,7 +162,12 @@ impl Application {
         let provisioned = readiness.add_flag("streams");
         tasks.spawn(nats.spawn_provisioning(config.nats.streams.clone(), provisioned, shutdown.clone()));
 
-        let store = store::EventStore::new(nats.jetstream.clone(), nats.topology.clone(), config.nats.streams.replicas);
+        let store = store::EventStore::new(
+            nats.jetstream.clone(),
+            nats.topology.clone(),
+            config.nats.streams.replicas,
+            config.remembered_subjects,
+        );
         let app = App {
             executions: commands::Executions::with_read_model(store.clone(), pool.clone(), config.nats.streams.max_age),
             log: std::sync::Arc::new(runcast_eventlog::JetStreamLog::new(nats.clone(), pool.clone())),

@@ -119,7 +119,7 @@ pub(crate) async fn append(
 ) -> Result<u64, ApiError> {
     for attempt in 0..crate::commands::MAX_ATTEMPTS {
         // A stale first read fails the guarded append; retries read the leader.
-        let read = if attempt == 0 { Read::AnyReplica } else { Read::Leader };
+        let read = if attempt == 0 { Read::Remembered } else { Read::Leader };
         let last = store.last(StreamKind::Logs, tenant, execution_id, read).await?;
         let (last_line, version, expected) = match (&last, history) {
             (Some(stored), _) => {

@@ -2,6 +2,9 @@ use execution_api::{Application, Config, SERVICE};
 use runcast_runtime::{config, shutdown, telemetry};
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config: Config = config::parse_or_exit();

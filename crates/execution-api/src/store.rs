@@ -2,6 +2,11 @@
 //! (every event carries the whole state), and appending is a publish guarded by
 //! `Nats-Expected-Last-Subject-Sequence` (optimistic concurrency) with `Nats-Msg-Id` = event id
 //! (a retried publish is deduplicated by the server).
+//!
+//! Each replica remembers the last event it wrote or read on the subjects it touched recently, so
+//! the first try of a guarded append decides without a round trip to NATS. Only that first try
+//! uses it: a stale entry (another replica or the sweeper wrote since, or retention dropped the
+//! subject's events) fails the sequence check, and the retry reads the leader.
 
 use async_nats::jetstream::{
     self,
@@ -11,6 +16,7 @@ use async_nats::jetstream::{
 use prost::Message as _;
 use runcast_contract::v1::Event;
 use runcast_contract::{EntityId, StreamKind, Topology};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long one store operation may take before it fails with `Unavailable`.
@@ -58,37 +64,68 @@ impl From<StoreError> for crate::error::ApiError {
 pub struct Stored {
     pub event: Event,
     pub sequence: u64,
+    /// Whether this is the newest acknowledged event for certain (see [`EventStore::is_exact`]); a
+    /// remembered event never is.
+    pub exact: bool,
 }
 
-#[derive(Clone, Debug)]
+/// Subjects' last events as this replica last wrote or read them, the least recently used
+/// forgotten beyond the capacity.
+type LastEvents = quick_cache::sync::Cache<String, Arc<(Event, u64)>>;
+
+#[derive(Clone)]
 pub struct EventStore {
     jetstream: jetstream::Context,
     topology: Topology,
     /// Streams have more than one replica: a direct get may be answered by a follower that has not
     /// applied the newest events yet.
     replicated: bool,
+    /// `None`: remembering is off (capacity 0).
+    remembered: Option<Arc<LastEvents>>,
+}
+
+impl std::fmt::Debug for EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStore")
+            .field("topology", &self.topology)
+            .field("replicated", &self.replicated)
+            .field("remembered", &self.remembered.as_ref().map(|cache| cache.len()))
+            .finish_non_exhaustive()
+    }
 }
 
 /// How fresh a read of a subject's last event must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Read {
-    /// Any replica may answer (JetStream direct get): on a cluster it may trail the newest event by
-    /// a few milliseconds. Only for the first try of a guarded append, where a stale read fails the
-    /// expected-sequence check instead of deciding wrong.
-    AnyReplica,
+    /// What this replica last wrote or read on the subject while it remembers it, else any
+    /// replica answers (JetStream direct get, which on a cluster may trail the newest event by a
+    /// few milliseconds). Possibly stale either way: only for the first try of a guarded append,
+    /// where a stale read fails the expected-sequence check instead of deciding wrong.
+    Remembered,
     /// The stream leader answers: the newest acknowledged event. For what callers are told (state,
     /// `NOT_FOUND`, refusals) and for retries after a conflict.
     Leader,
 }
 
 impl EventStore {
-    pub fn new(jetstream: jetstream::Context, topology: Topology, replicas: u8) -> Self {
-        Self { jetstream, topology, replicated: replicas > 1 }
+    /// `remember`: how many subjects' last events to keep for [`Read::Remembered`] (0: none).
+    pub fn new(jetstream: jetstream::Context, topology: Topology, replicas: u8, remember: usize) -> Self {
+        let remembered = (remember > 0).then(|| Arc::new(LastEvents::new(remember)));
+        Self { jetstream, topology, replicated: replicas > 1, remembered }
     }
 
-    /// Whether a read of this kind sees the newest acknowledged event.
+    /// Whether a read of this kind answered from NATS sees the newest acknowledged event.
     pub fn is_exact(&self, read: Read) -> bool {
         read == Read::Leader || !self.replicated
+    }
+
+    fn remember(&self, subject: &str, event: &Event, sequence: u64) {
+        let Some(cache) = self.remembered.as_ref() else { return };
+        // Two requests of this replica may finish out of order: keep the newer of the two.
+        if cache.get(subject).is_some_and(|known| known.1 >= sequence) {
+            return;
+        }
+        cache.insert(subject.to_owned(), Arc::new((event.clone(), sequence)));
     }
 
     pub fn topology(&self) -> &Topology {
@@ -112,13 +149,19 @@ impl EventStore {
         read: Read,
     ) -> Result<Option<Stored>, StoreError> {
         let subject = self.subject(kind, tenant, entity);
+        if read == Read::Remembered
+            && let Some(known) = self.remembered.as_ref().and_then(|cache| cache.get(&subject))
+        {
+            let (event, sequence) = known.as_ref().clone();
+            return Ok(Some(Stored { event, sequence, exact: false }));
+        }
         let stream_name = self.topology.stream_name(kind);
         let fetch = async {
             let stream = self.jetstream.get_stream_no_info(&stream_name).await.map_err(|err| {
                 StoreError::new(StoreErrorKind::Unavailable, format!("cannot reach stream {stream_name}: {err}"))
             })?;
             // With one replica every direct get is answered by the leader: the cheaper call is exact.
-            if !self.replicated || read == Read::AnyReplica {
+            if !self.replicated || read != Read::Leader {
                 return match stream.direct_get_last_for_subject(subject.clone()).await {
                     Ok(message) => Ok(Some(message)),
                     Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => Ok(None),
@@ -144,13 +187,9 @@ impl EventStore {
                 format!("event {} on {subject} does not decode: {err}", message.sequence),
             )
         })?;
-        event.offset = message.sequence;
-        if let Some(runcast_contract::v1::event::State::Execution(execution)) = event.state.as_mut() {
-            execution.offset = message.sequence;
-        } else if let Some(runcast_contract::v1::event::State::Agent(agent)) = event.state.as_mut() {
-            agent.offset = message.sequence;
-        }
-        Ok(Some(Stored { event, sequence: message.sequence }))
+        set_offset(&mut event, message.sequence);
+        self.remember(&subject, &event, message.sequence);
+        Ok(Some(Stored { event, sequence: message.sequence, exact: self.is_exact(read) }))
     }
 
     /// Appends `event` to its entity's subject if the subject's last sequence is still
@@ -186,7 +225,20 @@ impl EventStore {
                 format!("NATS did not acknowledge the event on {subject} within {OPERATION_TIMEOUT:?}: is NATS up?"),
             )
         })??;
+        let mut stored = event.clone();
+        set_offset(&mut stored, ack.sequence);
+        self.remember(&subject, &stored, ack.sequence);
         Ok(ack.sequence)
+    }
+}
+
+/// The stream sequence an event was stored at, in the event and in the state it carries.
+fn set_offset(event: &mut Event, sequence: u64) {
+    event.offset = sequence;
+    match event.state.as_mut() {
+        Some(runcast_contract::v1::event::State::Execution(execution)) => execution.offset = sequence,
+        Some(runcast_contract::v1::event::State::Agent(agent)) => agent.offset = sequence,
+        None => {}
     }
 }
 

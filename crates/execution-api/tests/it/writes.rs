@@ -161,6 +161,57 @@ async fn one_idempotency_key_on_two_replicas_is_one_execution_even_after_the_dup
     assert_ne!(other.execution_id, id);
 }
 
+/// Each replica remembers its own last write and decides its next one on it without reading NATS;
+/// what another replica wrote in between must still win: a stale allowance is caught by the
+/// append's sequence check, a stale refusal is confirmed against the stream before it is given.
+#[tokio::test]
+async fn a_replica_deciding_on_what_it_remembers_never_overrules_another_replicas_write() {
+    let stack = Stack::start().await;
+    let (mut first, mut second) = tokio::join!(stack.api(&[]), stack.api(&[]));
+    let token = admin();
+    let (mut a, mut b) = (executions(&mut first, Some(&token)).await, executions(&mut second, Some(&token)).await);
+    let id = crate::support::create(&mut a, "wf").await;
+    let pause = || PauseExecutionRequest { execution_id: id.clone(), ..Default::default() };
+    let resume = || ResumeExecutionRequest { execution_id: id.clone(), ..Default::default() };
+    a.update_execution_status(set(&id, ExecutionStatus::Running)).await.expect("a: running");
+
+    // a remembers "running"; b pauses. a's resume would be refused on what it remembers: it is not.
+    b.pause_execution(pause()).await.expect("b: pause");
+    let resumed = a.resume_execution(resume()).await.expect("a: resume of b's pause").into_inner();
+    assert_eq!((resumed.status, resumed.version), (i32::from(ExecutionStatus::Running), 4));
+
+    // b remembers "paused" (its own write); a's resume made it running. b's resume would be allowed
+    // on what it remembers: it is refused, and nothing is written.
+    let refused = b.resume_execution(resume()).await.expect_err("b: resume of a running execution");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    b.cancel_execution(CancelExecutionRequest { execution_id: id.clone(), ..Default::default() })
+        .await
+        .expect("b: cancel");
+    let refused = a.pause_execution(pause()).await.expect_err("a: pause of a cancelled execution");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+
+    let history = events_of(&stack, &id).await;
+    let versions: Vec<u64> = history.iter().map(|event| event.version).collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5], "one event per accepted command, in order");
+    assert_eq!(status_of(&history[4]), ExecutionStatus::Cancelled);
+    // The stale decisions did happen (and were caught): each replica lost a race to its memory.
+    for api in [&first, &second] {
+        let metrics = crate::support::http()
+            .get(api.http_url("/metrics"))
+            .send()
+            .await
+            .expect("sent")
+            .text()
+            .await
+            .expect("text");
+        let conflicts = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("runcast_api_write_conflicts_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok());
+        assert!(conflicts.is_some_and(|n| n >= 1.0), "a stale memory was caught by the sequence check: {metrics}");
+    }
+}
+
 #[tokio::test]
 async fn illegal_transitions_are_refused_and_publish_nothing() {
     let stack = Stack::start().await;
