@@ -265,7 +265,7 @@ impl Executions {
                 ..Default::default()
             };
             let expected_sequence = latest.as_ref().map_or(0, |latest| latest.expected_sequence);
-            match self.store.append(StreamKind::Executions, tenant, execution_id, &event, expected_sequence).await {
+            match self.store.append(StreamKind::Executions, tenant, execution_id, event, expected_sequence).await {
                 Ok(sequence) => {
                     state.offset = sequence;
                     return Ok(state);

@@ -152,7 +152,7 @@ pub(crate) async fn append(
             payload: Some(event::Payload::LogsAppended(LogsAppended { lines: numbered })),
             ..Default::default()
         };
-        match store.append(StreamKind::Logs, tenant, execution_id, &event, expected).await {
+        match store.append(StreamKind::Logs, tenant, execution_id, event, expected).await {
             Ok(_) => return Ok(last_number),
             Err(err) if err.kind() == StoreErrorKind::Conflict => continue,
             Err(err) => return Err(err.into()),

@@ -119,13 +119,13 @@ impl EventStore {
         read == Read::Leader || !self.replicated
     }
 
-    fn remember(&self, subject: &str, event: &Event, sequence: u64) {
+    fn remember(&self, subject: &str, event: Event, sequence: u64) {
         let Some(cache) = self.remembered.as_ref() else { return };
         // Two requests of this replica may finish out of order: keep the newer of the two.
         if cache.get(subject).is_some_and(|known| known.1 >= sequence) {
             return;
         }
-        cache.insert(subject.to_owned(), Arc::new((event.clone(), sequence)));
+        cache.insert(subject.to_owned(), Arc::new((event, sequence)));
     }
 
     pub fn topology(&self) -> &Topology {
@@ -188,7 +188,7 @@ impl EventStore {
             )
         })?;
         set_offset(&mut event, message.sequence);
-        self.remember(&subject, &event, message.sequence);
+        self.remember(&subject, event.clone(), message.sequence);
         Ok(Some(Stored { event, sequence: message.sequence, exact: self.is_exact(read) }))
     }
 
@@ -199,7 +199,7 @@ impl EventStore {
         kind: StreamKind,
         tenant: &EntityId,
         entity: &EntityId,
-        event: &Event,
+        mut event: Event,
         expected_last: u64,
     ) -> Result<u64, StoreError> {
         let subject = self.subject(kind, tenant, entity);
@@ -224,10 +224,22 @@ impl EventStore {
                 StoreErrorKind::Unavailable,
                 format!("NATS did not acknowledge the event on {subject} within {OPERATION_TIMEOUT:?}: is NATS up?"),
             )
-        })??;
-        let mut stored = event.clone();
-        set_offset(&mut stored, ack.sequence);
-        self.remember(&subject, &stored, ack.sequence);
+        });
+        let ack = match ack {
+            Ok(Ok(ack)) => ack,
+            Ok(Err(err)) | Err(err) => {
+                // Whatever this replica remembers of the subject is stale, or may be (a stream
+                // created anew numbers from 1 again): the retry's read replaces it.
+                if err.kind() == StoreErrorKind::Conflict
+                    && let Some(cache) = self.remembered.as_ref()
+                {
+                    cache.remove(&subject);
+                }
+                return Err(err);
+            }
+        };
+        set_offset(&mut event, ack.sequence);
+        self.remember(&subject, event, ack.sequence);
         Ok(ack.sequence)
     }
 }
