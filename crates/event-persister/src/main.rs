@@ -2,6 +2,10 @@ use event_persister::{Application, Cli, Command};
 use runcast_runtime::{config, shutdown, telemetry};
 use std::process::ExitCode;
 
+// Decoding and batching allocate many small buffers: glibc malloc was 7 % of the drain's CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli: Cli = config::parse_or_exit();

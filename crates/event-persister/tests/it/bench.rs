@@ -49,6 +49,9 @@ async fn bench_drain_throughput() {
     assert_eq!(world.history_count().await, total, "every event in the history, once");
     let sustained = (total - steady_from.1) as f64 / steady.as_secs_f64();
     drop(persister);
+    for line in inside_postgres(&world.pool).await {
+        println!("BENCH-DETAIL | {line}");
+    }
     let writers: usize = std::env::var("BENCH_WRITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     let raw = raw_ceiling(&world.pool, 1_000, writers).await;
     assert_eq!(world.history_count().await, total, "the raw insert restored every row, once");
@@ -60,6 +63,41 @@ async fn bench_drain_throughput() {
         total as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
     );
+}
+
+/// Where PostgreSQL spent the drain: the persister's statements by total execution time
+/// (`pg_stat_statements`, which the test server preloads), and how many read-model updates were
+/// HOT (no index touched). Empty when the extension is not available.
+async fn inside_postgres(pool: &sqlx::PgPool) -> Vec<String> {
+    if sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").execute(pool).await.is_err() {
+        return Vec::new();
+    }
+    let statements: Vec<(String, i64, f64)> = sqlx::query_as(
+        "SELECT regexp_replace(left(query, 70), '\\s+', ' ', 'g'), calls, total_exec_time
+         FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+         ORDER BY total_exec_time DESC LIMIT 8",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    let all: f64 = statements.iter().map(|s| s.2).sum();
+    let mut lines: Vec<String> = statements
+        .iter()
+        .map(|(query, calls, ms)| {
+            format!("{:>5.1} % {ms:>8.0} ms {calls:>6} calls | {query}", 100.0 * ms / all.max(1.0))
+        })
+        .collect();
+    let updates: Option<(String, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'executions'",
+    )
+    .fetch_optional(pool)
+    .await
+    .ok()
+    .flatten();
+    if let Some((table, updated, hot)) = updates {
+        lines.push(format!("{table}: {updated} updates, {hot} of them HOT"));
+    }
+    lines
 }
 
 /// The ceiling the persister is measured against: the rows it wrote, read back, `events` emptied,
