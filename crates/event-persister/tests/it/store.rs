@@ -48,3 +48,44 @@ async fn out_of_order_and_repeated_batches_end_in_the_same_rows() {
     let history: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.expect("count");
     assert_eq!(history, 5, "each event once");
 }
+
+/// Approval rows mirror the newest state: a row that state no longer lists goes, and a late batch
+/// of an older state neither brings it back nor rolls the others back.
+#[tokio::test]
+async fn approvals_follow_the_newest_state_only() {
+    use runcast_contract::v1::{Approval, ApprovalStatus, event::State};
+    let server = PostgresServer::start().await.expect("postgres");
+    let url = server.create_database(&runcast_testkit::unique_name("approvals")).await.expect("database");
+    let pool = PgPool::connect(&url).await.expect("connects");
+    event_persister::schema::migrate(&pool).await.expect("migrates");
+
+    // v3 asks for "deploy", v4 grants it (and here also lists "audit"), v5 lists "deploy" only.
+    let mut events: Vec<_> = support::execution_events("acme", "e2", 5, chrono::Utc::now().timestamp())
+        .into_iter()
+        .enumerate()
+        .map(|(n, event)| (n as u64 + 1, event))
+        .collect();
+    if let Some(State::Execution(state)) = events[3].1.state.as_mut() {
+        state.approvals.push(Approval {
+            approval_id: "audit".into(),
+            status: ApprovalStatus::Pending.into(),
+            requested_at: state.updated_at,
+            ..Default::default()
+        });
+    }
+    let approvals = |views: std::collections::BTreeMap<(String, String), support::ExecutionView>| {
+        views.into_values().next().map(|view| view.approvals).unwrap_or_default()
+    };
+    let (older, newest) = (fold(&events[..4]), fold(&events[4..]));
+
+    store::write_batch(&pool, &older, &[], None).await.expect("write");
+    assert_eq!(
+        approvals(support::read_executions(&pool).await),
+        [("audit".to_owned(), "pending".to_owned(), 4), ("deploy".to_owned(), "granted".to_owned(), 4)]
+    );
+    store::write_batch(&pool, &newest, &[], None).await.expect("write");
+    let expected = [("deploy".to_owned(), "granted".to_owned(), 5)];
+    assert_eq!(approvals(support::read_executions(&pool).await), expected, "audit is no longer listed");
+    store::write_batch(&pool, &older, &[], None).await.expect("a late redelivery");
+    assert_eq!(approvals(support::read_executions(&pool).await), expected, "an older state changes nothing");
+}
