@@ -19,12 +19,18 @@ fn fold(events: &[(u64, runcast_contract::v1::Event)]) -> Fold {
     fold
 }
 
-#[tokio::test]
-async fn out_of_order_and_repeated_batches_end_in_the_same_rows() {
+/// A PostgreSQL of its own with the schema (the server lives as long as the first value).
+async fn migrated(name: &str) -> (PostgresServer, PgPool) {
     let server = PostgresServer::start().await.expect("postgres");
-    let url = server.create_database(&runcast_testkit::unique_name("store")).await.expect("database");
+    let url = server.create_database(&runcast_testkit::unique_name(name)).await.expect("database");
     let pool = PgPool::connect(&url).await.expect("connects");
     event_persister::schema::migrate(&pool).await.expect("migrates");
+    (server, pool)
+}
+
+#[tokio::test]
+async fn out_of_order_and_repeated_batches_end_in_the_same_rows() {
+    let (_server, pool) = migrated("store").await;
 
     let events: Vec<_> = support::execution_events("acme", "e1", 5, chrono::Utc::now().timestamp())
         .into_iter()
@@ -54,10 +60,7 @@ async fn out_of_order_and_repeated_batches_end_in_the_same_rows() {
 #[tokio::test]
 async fn approvals_follow_the_newest_state_only() {
     use runcast_contract::v1::{Approval, ApprovalStatus, event::State};
-    let server = PostgresServer::start().await.expect("postgres");
-    let url = server.create_database(&runcast_testkit::unique_name("approvals")).await.expect("database");
-    let pool = PgPool::connect(&url).await.expect("connects");
-    event_persister::schema::migrate(&pool).await.expect("migrates");
+    let (_server, pool) = migrated("approvals").await;
 
     // v3 asks for "deploy", v4 grants it (and here also lists "audit"), v5 lists "deploy" only.
     let mut events: Vec<_> = support::execution_events("acme", "e2", 5, chrono::Utc::now().timestamp())
