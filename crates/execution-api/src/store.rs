@@ -69,11 +69,11 @@ pub struct Stored {
     pub exact: bool,
 }
 
-/// Subjects' last events as this replica last wrote or read them, the least recently used
-/// forgotten beyond the capacity.
-type LastEvents = quick_cache::sync::Cache<String, Arc<(Event, u64)>>;
+/// Subjects' last events (their `offset` set) as this replica last wrote or read them, the least
+/// recently used forgotten beyond the capacity.
+type LastEvents = quick_cache::sync::Cache<String, Arc<Event>>;
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct EventStore {
     jetstream: jetstream::Context,
     topology: Topology,
@@ -82,16 +82,6 @@ pub struct EventStore {
     replicated: bool,
     /// `None`: remembering is off (capacity 0).
     remembered: Option<Arc<LastEvents>>,
-}
-
-impl std::fmt::Debug for EventStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventStore")
-            .field("topology", &self.topology)
-            .field("replicated", &self.replicated)
-            .field("remembered", &self.remembered.as_ref().map(|cache| cache.len()))
-            .finish_non_exhaustive()
-    }
 }
 
 /// How fresh a read of a subject's last event must be.
@@ -119,13 +109,14 @@ impl EventStore {
         read == Read::Leader || !self.replicated
     }
 
-    fn remember(&self, subject: &str, event: Event, sequence: u64) {
+    /// Keeps `event`, whose `offset` is set, as the subject's last.
+    fn remember(&self, subject: &str, event: Event) {
         let Some(cache) = self.remembered.as_ref() else { return };
         // Two requests of this replica may finish out of order: keep the newer of the two.
-        if cache.get(subject).is_some_and(|known| known.1 >= sequence) {
+        if cache.get(subject).is_some_and(|known| known.offset >= event.offset) {
             return;
         }
-        cache.insert(subject.to_owned(), Arc::new((event, sequence)));
+        cache.insert(subject.to_owned(), Arc::new(event));
     }
 
     pub fn topology(&self) -> &Topology {
@@ -152,8 +143,7 @@ impl EventStore {
         if read == Read::Remembered
             && let Some(known) = self.remembered.as_ref().and_then(|cache| cache.get(&subject))
         {
-            let (event, sequence) = known.as_ref().clone();
-            return Ok(Some(Stored { event, sequence, exact: false }));
+            return Ok(Some(Stored { sequence: known.offset, event: known.as_ref().clone(), exact: false }));
         }
         let stream_name = self.topology.stream_name(kind);
         let fetch = async {
@@ -188,7 +178,7 @@ impl EventStore {
             )
         })?;
         set_offset(&mut event, message.sequence);
-        self.remember(&subject, event.clone(), message.sequence);
+        self.remember(&subject, event.clone());
         Ok(Some(Stored { event, sequence: message.sequence, exact: self.is_exact(read) }))
     }
 
@@ -219,27 +209,28 @@ impl EventStore {
                 .map_err(|err| publish_error(&subject, err))?;
             ack.await.map_err(|err| publish_error(&subject, err))
         };
-        let ack = tokio::time::timeout(OPERATION_TIMEOUT, send).await.map_err(|_| {
-            StoreError::new(
-                StoreErrorKind::Unavailable,
-                format!("NATS did not acknowledge the event on {subject} within {OPERATION_TIMEOUT:?}: is NATS up?"),
-            )
-        });
-        let ack = match ack {
-            Ok(Ok(ack)) => ack,
-            Ok(Err(err)) | Err(err) => {
-                // Whatever this replica remembers of the subject is stale, or may be (a stream
-                // created anew numbers from 1 again): the retry's read replaces it.
+        let ack = tokio::time::timeout(OPERATION_TIMEOUT, send)
+            .await
+            .map_err(|_| {
+                StoreError::new(
+                    StoreErrorKind::Unavailable,
+                    format!(
+                        "NATS did not acknowledge the event on {subject} within {OPERATION_TIMEOUT:?}: is NATS up?"
+                    ),
+                )
+            })
+            .and_then(|acked| acked)
+            .inspect_err(|err| {
+                // Whatever this replica remembers of the subject is stale, or may be (a stream created
+                // anew numbers from 1 again): the retry's read replaces it.
                 if err.kind() == StoreErrorKind::Conflict
                     && let Some(cache) = self.remembered.as_ref()
                 {
                     cache.remove(&subject);
                 }
-                return Err(err);
-            }
-        };
+            })?;
         set_offset(&mut event, ack.sequence);
-        self.remember(&subject, event, ack.sequence);
+        self.remember(&subject, event);
         Ok(ack.sequence)
     }
 }
