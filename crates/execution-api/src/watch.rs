@@ -9,13 +9,13 @@
 
 use crate::commands::Executions;
 use crate::error::ApiError;
-use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use futures::StreamExt as _;
 use prost::Message as _;
 use runcast_contract::gateway::NotRecovered;
 use runcast_contract::v1::{Event, EventType, Execution, ExecutionStatus, event};
 use runcast_contract::{EntityId, StreamKind};
 use runcast_eventlog::{EventLog, Plan, Scope};
+use runcast_runtime::nats::feed::{FeedOptions, OrderedFeed};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -158,16 +158,15 @@ pub(crate) async fn watch(
     let unavailable =
         |err: &dyn std::fmt::Display| ApiError::unavailable(format!("cannot follow execution {execution_id}: {err}"));
     // `history_plan` checked `from_offset` against the stream's bounds already.
-    let stream = store.jetstream().get_stream_no_info(&stream_name).await.map_err(|err| unavailable(&err))?;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: store.subject(StreamKind::Executions, tenant, execution_id),
-            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
-            ..Default::default()
-        })
-        .await
-        .map_err(|err| unavailable(&err))?;
-    let mut messages = consumer.messages().await.map_err(|err| unavailable(&err))?;
+    let mut messages = OrderedFeed::start(
+        store.jetstream(),
+        &stream_name,
+        store.subject(StreamKind::Executions, tenant, execution_id),
+        start_sequence,
+        FeedOptions::default(),
+    )
+    .await
+    .map_err(|err| unavailable(&err))?;
     let (log, tenant) = (log.clone(), tenant.clone());
     let scope = Scope {
         subject: store.subject(StreamKind::Executions, &tenant, execution_id),
@@ -214,8 +213,8 @@ pub(crate) async fn watch(
                 next = messages.next() => next,
             };
             let message = match next {
-                Some(Ok(message)) => message,
-                Some(Err(err)) => {
+                Ok(message) => message,
+                Err(err) => {
                     let _ = sender
                         .send(Err(tonic::Status::unavailable(format!(
                             "lost the event stream ({err}): watch again from your last offset"
@@ -223,7 +222,6 @@ pub(crate) async fn watch(
                         .await;
                     return;
                 }
-                None => return,
             };
             let offset = message.info().map(|info| info.stream_sequence).unwrap_or(0);
             let Some(event) = decode(&message.payload, offset) else { continue };

@@ -2,6 +2,8 @@
 //! so a service started before NATS keeps trying instead of exiting, and idempotent provisioning
 //! of the EXECUTIONS, LOGS and AGENTS streams.
 
+pub mod feed;
+
 use crate::backoff::Backoff;
 use crate::config::{NatsArgs, StreamLimits};
 use crate::error::{Error, ErrorKind};

@@ -14,12 +14,11 @@
 
 use crate::channel::Routing;
 use crate::hub::{Dispatch, Hub, RecentEvent};
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-use futures::StreamExt;
 use prost::Message as _;
 use runcast_contract::StreamKind;
 use runcast_contract::v1::Event;
 use runcast_runtime::backoff::Backoff;
+use runcast_runtime::nats::feed::{FeedOptions, OrderedFeed};
 use runcast_runtime::nats::{Link, Nats};
 use runcast_runtime::ops::ReadyFlag;
 use std::sync::Arc;
@@ -48,11 +47,11 @@ enum Stopped {
     Failed(BoxError),
 }
 
+/// Most events one pull of the live feed asks for.
+const UPSTREAM_BATCH: usize = 32;
+
 /// Runs the consumer of `kind` until `shutdown`, recreating it after a reconnect at once and after
 /// other failures with capped backoff.
-/// Most events one pull of the live feed asks for.
-const UPSTREAM_BATCH: i64 = 32;
-
 pub(crate) async fn run(
     nats: Nats,
     hub: Arc<Hub>,
@@ -151,17 +150,11 @@ async fn consume(
         // right after the last event dispatched, so nothing published while the consumer was down
         // is skipped.
         let start = if *started && !recreated { hub.head(kind) + 1 } else { info.state.last_sequence + 1 };
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: nats.topology.stream_subjects(kind),
-                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
-                // Messages in flight to this replica at most (the client's default is 500): with
-                // events up to 1 MiB, what the feed may hold before the hub sees it stays bounded.
-                max_batch: UPSTREAM_BATCH,
-                ..Default::default()
-            })
-            .await?;
-        let messages = consumer.messages().await?;
+        // At most UPSTREAM_BATCH messages in flight to this replica: with events up to 1 MiB,
+        // what the feed may hold before the hub sees it stays bounded.
+        let options = FeedOptions { batch: UPSTREAM_BATCH, ..FeedOptions::default() };
+        let messages =
+            OrderedFeed::start(&nats.jetstream, &name, nats.topology.stream_subjects(kind), start, options).await?;
         Ok::<_, BoxError>((stream, messages, start, epoch, recreated))
     };
     let (stream, mut messages, start, epoch, recreated) = tokio::select! {
@@ -215,9 +208,8 @@ async fn consume(
                 continue;
             }
             next = messages.next() => match next {
-                Some(Ok(message)) => message,
-                Some(Err(err)) => return Stopped::Failed(err.into()),
-                None => return Stopped::Failed("the ordered consumer ended".into()),
+                Ok(message) => message,
+                Err(err) => return Stopped::Failed(err.into()),
             },
         };
         let received = Instant::now();

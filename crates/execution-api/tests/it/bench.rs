@@ -7,7 +7,6 @@
 //! progress message, and the whole stream is read back afterwards.
 
 use crate::support::{Stack, TENANT, admin, executions};
-use futures::StreamExt as _;
 use prost::Message as _;
 use runcast_contract::v1::*;
 use runcast_contract::{EntityId, StreamKind, Topology};
@@ -138,13 +137,14 @@ async fn raw_phase(js: &async_nats::jetstream::Context, templates: &[(String, Ev
 async fn progress_messages(js: &async_nats::jetstream::Context, topology: &Topology) -> HashMap<String, usize> {
     let stream = js.get_stream(topology.stream_name(StreamKind::Executions)).await.expect("stream");
     let last = stream.get_info().await.expect("info").state.last_sequence;
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-        .await
-        .expect("consumer");
-    let mut messages = consumer.messages().await.expect("messages");
+    let subjects = topology.stream_subjects(StreamKind::Executions);
+    let options = runcast_runtime::nats::feed::FeedOptions { batch: 512, ..Default::default() };
+    let mut messages =
+        runcast_runtime::nats::feed::OrderedFeed::start(js, &stream.cached_info().config.name, subjects, 1, options)
+            .await
+            .expect("feed");
     let mut seen = HashMap::new();
-    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+    while let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
         let sequence = message.info().expect("info").stream_sequence;
         let event = Event::decode(message.payload.as_ref()).expect("decodes");
         if let Some(event::Payload::ProgressReported(progress)) = event.payload {

@@ -95,7 +95,6 @@ pub(crate) async fn events_on(
     kind: runcast_contract::StreamKind,
     entity: &str,
 ) -> Vec<runcast_contract::v1::Event> {
-    use futures::StreamExt as _;
     use prost::Message as _;
     let topology = runcast_contract::Topology::with_prefix(&stack.isolation.stream_prefix).expect("prefix");
     let tenant = runcast_contract::EntityId::parse("tenant_id", TENANT).expect("id");
@@ -104,16 +103,13 @@ pub(crate) async fn events_on(
     let js = async_nats::jetstream::new(async_nats::connect(stack.infra.nats.url()).await.expect("nats"));
     let stream = js.get_stream(topology.stream_name(kind)).await.expect("stream");
     let Ok(last) = stream.direct_get_last_for_subject(subject.clone()).await else { return Vec::new() };
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subject,
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
-    let mut messages = consumer.messages().await.expect("messages");
+    let options = runcast_runtime::nats::feed::FeedOptions::default();
+    let mut messages =
+        runcast_runtime::nats::feed::OrderedFeed::start(&js, &topology.stream_name(kind), subject, 1, options)
+            .await
+            .expect("feed");
     let mut events = Vec::new();
-    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+    while let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
         let sequence = message.info().expect("info").stream_sequence;
         let mut event = runcast_contract::v1::Event::decode(message.payload.as_ref()).expect("decodes");
         event.offset = sequence;
