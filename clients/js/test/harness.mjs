@@ -32,6 +32,24 @@ export async function waitFor(what, check, timeoutMs = 20000, everyMs = 50) {
   }
 }
 
+/** `promise`, or an error naming `what` once `timeoutMs` has passed: a lost answer fails the
+ * test with its own name instead of the test runner's timeout. `detail()`, if given, adds what
+ * the test can see at that moment (state, counters) to the error. */
+export async function within(what, promise, timeoutMs = 15000, detail = undefined) {
+  let timer;
+  const deadline = new Promise((_, reject) => {
+    timer = setTimeout(() => {
+      const seen = detail ? `; ${JSON.stringify(detail())}` : "";
+      reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}${seen}`));
+    }, timeoutMs);
+  });
+  try {
+    return await Promise.race([promise, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export function freePort() {
   return new Promise((resolvePort, reject) => {
     const server = createServer();

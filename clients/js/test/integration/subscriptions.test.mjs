@@ -7,7 +7,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
 import net from "node:net";
-import { Stack, mintToken, waitFor } from "../harness.mjs";
+import { Stack, mintToken, waitFor, within } from "../harness.mjs";
 import { RuncastClient, RuncastSubscriptionError } from "../../dist/index.js";
 
 let stack;
@@ -30,8 +30,15 @@ for (const transport of ["websocket", "sse"]) {
     const errors = [];
     client.on("error", (e) => errors.push(e));
     const watch = client.watchExecutions();
+    // What the client knows, for an answer that never comes.
+    const seen = () => ({
+      state: client.state,
+      stats: client.connection.stats,
+      subscriptions: client.connection.subscriptions().map((s) => [s.channel, s.status]),
+      errors: errors.map((e) => [e.channel, e.code]),
+    });
     const typo = client.connection.subscribe("executoins", { onEvent: () => {} });
-    await assert.rejects(typo.ready, (e) => {
+    await assert.rejects(within("the refusal of the typo", typo.ready, 15000, seen), (e) => {
       assert.ok(e instanceof RuncastSubscriptionError, String(e));
       assert.equal(e.code, "unknown_channel");
       assert.equal(e.channel, "executoins");
@@ -40,12 +47,15 @@ for (const transport of ["websocket", "sse"]) {
     });
     // an id the gateway cannot take: the watch's `subscribed` rejects
     const bad = client.watchExecution("not a valid id!", { logs: false });
-    await assert.rejects(bad.subscribed, (e) => e instanceof RuncastSubscriptionError && e.channel === "executions:not a valid id!");
+    await assert.rejects(
+      within("the refusal of the invalid id", bad.subscribed, 15000, seen),
+      (e) => e instanceof RuncastSubscriptionError && e.channel === "executions:not a valid id!",
+    );
     assert.deepEqual(errors.map((e) => e.channel).sort(), ["executions:not a valid id!", "executoins"]);
     // the good subscription on the same connection is confirmed and live
-    await watch.subscribed;
+    await within("the good subscription's confirmation", watch.subscribed, 15000, seen);
     assert.deepEqual(client.state, { status: "live", transport });
-    const created = await client.rest.createExecution({ workflow_id: `typo-${transport}` });
+    const created = await within("the create call", client.rest.createExecution({ workflow_id: `typo-${transport}` }));
     await waitFor("the created execution live in the store", () => client.store.getExecution(created.execution_id), 10000);
     assert.equal(client.connection.stats.connects, 1, "no reconnect for a refused subscription");
     assert.deepEqual(client.connection.subscriptions().map((s) => s.channel), ["executions"]);
