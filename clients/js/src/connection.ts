@@ -89,6 +89,9 @@ export class Connection {
   private token: string | undefined;
   private closed = false;
   private generation = 0;
+  /** The generation whose `open()` is in flight: `connect()` waits for it instead of starting a
+   * second one (the later would orphan the first's transport, whose answers are then ignored). */
+  private opening: number | undefined;
   private readonly opts: Required<Pick<ConnectionOptions, "transport" | "random" | "connectTimeoutMs" | "maxAttempts">> & ConnectionOptions;
   /** Counters for diagnostics and tests. */
   readonly stats = { connects: 0, websocketFailures: 0, sseConnects: 0, duplicatesDropped: 0, resets: 0, upgrades: 0 };
@@ -169,7 +172,7 @@ export class Connection {
       g.addEventListener("offline", this.onOffline);
       this.offlineListening = true;
     }
-    if (this.closed || this.transport || this.retryTimer) return this;
+    if (this.closed || this.transport || this.retryTimer || this.opening === this.generation) return this;
     void this.open();
     return this;
   }
@@ -237,37 +240,54 @@ export class Connection {
 
   private async open(): Promise<void> {
     const gen = ++this.generation;
+    this.opening = gen;
+    try {
+      await this.openAs(gen);
+    } finally {
+      if (this.opening === gen) this.opening = undefined;
+    }
+  }
+
+  /** Opens a transport for generation `gen`; one that opens after `gen` was superseded is closed,
+   * never kept: its host ignores every message of an older generation. */
+  private async openAs(gen: number): Promise<void> {
     this.retryTimer = undefined;
     if (this.state.status !== "reconnecting") this.setState({ status: "connecting" });
     let error = "";
+    let transport: Transport | undefined;
     try {
       this.token = await resolveToken(this.opts.token);
       if (gen !== this.generation) return;
       const kind = this.opts.transport;
       if (kind === "websocket" || kind === "auto") {
         try {
-          this.transport = await this.openWebSocket(gen);
+          transport = await this.openWebSocket(gen);
         } catch (err) {
           this.stats.websocketFailures++;
           error = `websocket: ${(err as Error).message}`;
           if (kind === "websocket" || gen !== this.generation) throw err;
         }
       }
-      if (!this.transport && (kind === "sse" || kind === "auto")) {
-        this.transport = await this.openSse(gen);
+      if (!transport && gen === this.generation && (kind === "sse" || kind === "auto")) {
+        transport = await this.openSse(gen);
       }
-      if (gen !== this.generation || !this.transport) return;
+      if (gen !== this.generation || !transport) {
+        transport?.close();
+        return;
+      }
+      this.transport = transport;
       this.stats.connects++;
       this.attempt = 0;
-      this.setState({ status: "live", transport: this.transport.kind });
-      this.wentLive(this.transport.kind, error || undefined);
+      this.setState({ status: "live", transport: transport.kind });
+      this.wentLive(transport.kind, error || undefined);
       this.scheduleRefresh();
       this.scheduleUpgrade();
       for (const sub of this.subs.values()) {
         sub.status = "pending";
-        this.transport.subscribe(sub);
+        transport.subscribe(sub);
       }
     } catch (err) {
+      transport?.close();
       if (gen !== this.generation) return;
       this.transport?.close();
       this.transport = undefined;

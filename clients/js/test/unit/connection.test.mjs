@@ -190,6 +190,40 @@ test("gives up after maxAttempts: offline", async () => {
   assert.equal(conn.state.status, "offline");
 });
 
+test("subscriptions made while connecting share one connection, and its answers reach them", async () => {
+  // Two subscribes before the socket opens used to start two opens; the socket that opened last
+  // became the transport whatever its generation, and everything it said was ignored.
+  const { WS, conn } = setup();
+  const first = conn.subscribe("executions", { onEvent: () => {} });
+  await flush();
+  const second = conn.subscribe("executions:bad id", { onEvent: () => {} });
+  await flush();
+  assert.equal(WS.sockets.length, 1, "one connection while the first is opening");
+  WS.sockets[0].open();
+  await flush();
+  assert.deepEqual(conn.state, { status: "live", transport: "websocket" });
+  assert.deepEqual(WS.sockets[0].subscribes().map((m) => m.channel), ["executions", "executions:bad id"]);
+  WS.sockets[0].deliver({ type: "subscribed", channel: "executions", id: "executions", offset: 0 });
+  WS.sockets[0].deliver({ type: "error", channel: "executions:bad id", id: "executions:bad id", code: "unknown_channel", message: "bad" });
+  await flush();
+  await first.ready;
+  await assert.rejects(second.ready, (e) => e.code === "unknown_channel");
+  assert.equal(conn.stats.connects, 1);
+  conn.close();
+});
+
+test("a transport that opens after its connection attempt was superseded is closed, not kept", async () => {
+  const { WS, conn } = setup();
+  const sub = conn.subscribe("executions", { onEvent: () => {} });
+  await flush();
+  conn.close(); // supersedes the attempt in flight
+  WS.sockets[0].open();
+  await flush();
+  assert.equal(WS.sockets[0].readyState, 3, "the late socket is closed");
+  assert.equal(conn.stats.connects, 0);
+  assert.equal(sub.status, "pending");
+});
+
 test("falls back to SSE when the WebSocket is refused, with the same events", async () => {
   const WS = fakeWebSocketClass();
   const requests = [];
