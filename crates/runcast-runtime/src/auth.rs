@@ -219,15 +219,16 @@ pub struct Authenticator {
     inner: Arc<Keys>,
 }
 
-/// How many verified tokens an [`Authenticator`] remembers.
-const VERIFIED_TOKENS: usize = 10_000;
+/// How many verified tokens an [`Authenticator`] remembers by default.
+pub const VERIFIED_TOKENS: usize = 10_000;
 
 struct Keys {
     tokens: Vec<TokenKey>,
     /// Tokens that verified, with their principal: a client sends the same token with every
     /// request, and checking its signature again cost the api 6 % of its CPU under load. The keys
-    /// never change while the process runs, so only the expiry is checked again.
-    verified: quick_cache::sync::Cache<String, Principal>,
+    /// never change while the process runs, so only the expiry is checked again. `None`: every
+    /// token is verified at every use.
+    verified: Option<quick_cache::sync::Cache<String, Principal>>,
     api_keys: HashMap<[u8; 32], Principal>,
     leeway: u64,
     audience: Option<String>,
@@ -261,8 +262,16 @@ fn config_error(variable: &str, problem: impl std::fmt::Display) -> Error {
 }
 
 impl Authenticator {
-    /// Loads every configured key. At least one way to authenticate must be configured.
+    /// Loads every configured key, remembering up to [`VERIFIED_TOKENS`] verified tokens. At least
+    /// one way to authenticate must be configured.
     pub fn from_args(args: &AuthArgs) -> Result<Self, Error> {
+        Self::remembering(args, VERIFIED_TOKENS)
+    }
+
+    /// [`from_args`](Self::from_args), remembering up to `capacity` verified tokens (0: none) —
+    /// worth it where a client sends the same token with many requests, a cost of ~0.4 KiB per
+    /// token where each connection shows its token once.
+    pub fn remembering(args: &AuthArgs, capacity: usize) -> Result<Self, Error> {
         let mut tokens = Vec::new();
         if let Some(secret) = args.jwt_secret.as_deref().filter(|s| !s.is_empty()) {
             tokens.push(TokenKey {
@@ -343,7 +352,7 @@ impl Authenticator {
         Ok(Self {
             inner: Arc::new(Keys {
                 tokens,
-                verified: quick_cache::sync::Cache::new(VERIFIED_TOKENS),
+                verified: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
                 api_keys,
                 leeway: args.jwt_leeway_seconds,
                 audience: non_empty(&args.jwt_audience),
@@ -354,7 +363,7 @@ impl Authenticator {
 
     /// Verifies a JWT: its signature once, its expiry at every use.
     pub fn verify_token(&self, token: &str) -> Result<Principal, AuthError> {
-        let verified = &self.inner.verified;
+        let Some(verified) = &self.inner.verified else { return self.verify_signed_token(token) };
         if let Some(principal) = verified.get(token) {
             let now = i64::try_from(jsonwebtoken::get_current_timestamp()).unwrap_or(i64::MAX);
             let leeway = i64::try_from(self.inner.leeway).unwrap_or(i64::MAX);
@@ -614,6 +623,17 @@ mod tests {
         }
         let err = auth.verify_token(&token).expect_err("expired (no leeway)");
         assert!(err.to_string().contains("expired"), "{err}");
+    }
+
+    #[test]
+    fn an_authenticator_that_remembers_nothing_verifies_every_use() {
+        let auth = Authenticator::remembering(&AuthArgs::shared_secret(SECRET), 0).expect("configured");
+        let valid = token(SECRET, "acme", &["viewer"], 60);
+        let principal = auth.verify_token(&valid).expect("valid");
+        assert_eq!(auth.verify_token(&valid).expect("valid again"), principal);
+        let forged = token(&format!("{SECRET}-other"), "acme", &["admin"], 60);
+        let err = auth.verify_token(&forged).expect_err("another key's signature");
+        assert!(err.to_string().contains("signature"), "{err}");
     }
 
     #[test]
