@@ -26,6 +26,15 @@ const BUFFERED_EVENTS: usize = 64;
 /// History events read per page when `from_offset` is older than the stream.
 const HISTORY_PAGE: usize = 256;
 
+/// One watch is one ephemeral consumer with a pull request always waiting: a heartbeat every
+/// 15 s (as async-nats' ordered consumer had) keeps thousands of idle watches cheap for the
+/// server; a silent server is still noticed within 30 s.
+const WATCH_FEED: FeedOptions = FeedOptions {
+    batch: 32,
+    expires: std::time::Duration::from_secs(30),
+    heartbeat: std::time::Duration::from_secs(15),
+};
+
 pub(crate) type WatchStream = ReceiverStream<Result<Event, tonic::Status>>;
 
 fn is_terminal(event: &Event) -> bool {
@@ -163,7 +172,7 @@ pub(crate) async fn watch(
         &stream_name,
         store.subject(StreamKind::Executions, tenant, execution_id),
         start_sequence,
-        FeedOptions::default(),
+        WATCH_FEED,
     )
     .await
     .map_err(|err| unavailable(&err))?;
