@@ -135,14 +135,12 @@ async fn raw_phase(js: &async_nats::jetstream::Context, templates: &[(String, Ev
 
 /// How many times each progress message occurs in the executions stream.
 async fn progress_messages(js: &async_nats::jetstream::Context, topology: &Topology) -> HashMap<String, usize> {
-    let stream = js.get_stream(topology.stream_name(StreamKind::Executions)).await.expect("stream");
-    let last = stream.get_info().await.expect("info").state.last_sequence;
+    let name = topology.stream_name(StreamKind::Executions);
+    let last = js.get_stream(&name).await.expect("stream").get_info().await.expect("info").state.last_sequence;
     let subjects = topology.stream_subjects(StreamKind::Executions);
     let options = runcast_runtime::nats::feed::FeedOptions { batch: 512, ..Default::default() };
     let mut messages =
-        runcast_runtime::nats::feed::OrderedFeed::start(js, &stream.cached_info().config.name, subjects, 1, options)
-            .await
-            .expect("feed");
+        runcast_runtime::nats::feed::OrderedFeed::start(js, &name, subjects, 1, options).await.expect("feed");
     let mut seen = HashMap::new();
     while let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
         let sequence = message.info().expect("info").stream_sequence;
