@@ -44,7 +44,7 @@ pub struct ExecutionRow {
     pub agent_id: String,
     /// `updated_at + heartbeat_timeout_seconds` while running with a timeout, else `None`.
     pub heartbeat_deadline: Option<DateTime<Utc>>,
-    /// The approvals of `state`, one row each, at the execution's version.
+    /// The approvals of `state`, one row each.
     pub approval_rows: Vec<ApprovalRow>,
 }
 

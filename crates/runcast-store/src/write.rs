@@ -3,7 +3,8 @@
 //! write idempotent):
 //!
 //! - `events`, `log_lines`, `dead_letters`: `ON CONFLICT DO NOTHING` (a redelivery adds nothing);
-//! - `executions`, `agents`, `approvals`: upserts that only move forward by version;
+//! - `executions`, `agents`: upserts that only move forward by version; `approvals`: rewritten
+//!   with their execution, only when its list of approvals changed;
 //! - `applied_offsets`: `GREATEST(old, new)`, so it never moves back either.
 //!
 //! Arrays of borrowed values are bound with `as _`: the macros still check the SQL and the
@@ -13,6 +14,7 @@ use crate::error::Error;
 use crate::rows::{Batch, ExecutionRow};
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
+use std::collections::HashMap;
 
 /// A message that broke the contract, kept with everything needed to look at it again.
 #[derive(Debug, Clone)]
@@ -131,15 +133,26 @@ async fn insert_history(tx: &mut Transaction<'_, Postgres>, batch: &Batch<'_>) -
 
 /// Upserts executions (with their approvals) and agents.
 async fn write_read_model(tx: &mut Transaction<'_, Postgres>, batch: &Batch<'_>, mode: Mode) -> Result<(), Error> {
-    upsert_executions(tx, &batch.executions, mode).await?;
+    let approvals_changed = upsert_executions(tx, &batch.executions, mode).await?;
     record_idempotency_keys(tx, batch).await?;
-    upsert_approvals(tx, &batch.executions, mode).await?;
+    write_approvals(tx, &approvals_changed).await?;
     upsert_agents(tx, batch, mode).await
 }
 
-async fn upsert_executions(tx: &mut Transaction<'_, Postgres>, rows: &[ExecutionRow], mode: Mode) -> Result<(), Error> {
+/// Upserts executions; returns those whose approval rows must be written: the executions this
+/// batch moved forward whose approvals changed (or, in a rebuild, every one it wrote).
+///
+/// `RETURNING old.…` (PostgreSQL 18) says what the row held before, at no extra lookup. Approval
+/// rows are written in the same transaction, under the execution row's lock, so writers of the
+/// same execution (replicas, redeliveries) apply them in version order without a version of
+/// their own.
+async fn upsert_executions<'r>(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &'r [ExecutionRow],
+    mode: Mode,
+) -> Result<Vec<&'r ExecutionRow>, Error> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let n = rows.len();
     let (mut tenant, mut execution, mut workflow, mut status) =
@@ -174,8 +187,8 @@ async fn upsert_executions(tx: &mut Transaction<'_, Postgres>, rows: &[Execution
         agent.push(row.agent_id.as_str());
         heartbeat_deadline.push(row.heartbeat_deadline);
     }
-    sqlx::query!(
-        "INSERT INTO executions (tenant_id, execution_id, workflow_id, status, version, last_offset,
+    let written = sqlx::query!(
+        r#"INSERT INTO executions (tenant_id, execution_id, workflow_id, status, version, last_offset,
                                  progress, current_step, steps, approvals, labels, error,
                                  idempotency_key, state, created_at, updated_at, started_at, finished_at,
                                  agent_id, heartbeat_deadline)
@@ -194,7 +207,9 @@ async fn upsert_executions(tx: &mut Transaction<'_, Postgres>, rows: &[Execution
              finished_at = EXCLUDED.finished_at, agent_id = EXCLUDED.agent_id,
              heartbeat_deadline = EXCLUDED.heartbeat_deadline
          WHERE executions.version < EXCLUDED.version
-            OR ($19 AND executions.version = EXCLUDED.version)",
+            OR ($19 AND executions.version = EXCLUDED.version)
+         RETURNING tenant_id, execution_id,
+                   old.approvals IS DISTINCT FROM new.approvals AS "approvals_changed!""#,
         &tenant as _,
         &execution as _,
         &workflow as _,
@@ -217,10 +232,17 @@ async fn upsert_executions(tx: &mut Transaction<'_, Postgres>, rows: &[Execution
         &agent as _,
         &heartbeat_deadline as _,
     )
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await
     .map_err(|err| Error::database("cannot upsert executions", err))?;
-    Ok(())
+    let by_key: HashMap<(&str, &str), &ExecutionRow> =
+        rows.iter().map(|row| ((row.tenant_id.as_str(), row.execution_id.as_str()), row)).collect();
+    // A rebuild repairs approval rows even where the execution's own copy did not change.
+    Ok(written
+        .iter()
+        .filter(|row| row.approvals_changed || mode == Mode::Rebuild)
+        .filter_map(|row| by_key.get(&(row.tenant_id.as_str(), row.execution_id.as_str())).copied())
+        .collect())
 }
 
 /// The created event may arrive after a later version of its execution (redelivery, another
@@ -250,20 +272,15 @@ async fn record_idempotency_keys(tx: &mut Transaction<'_, Postgres>, batch: &Bat
     Ok(())
 }
 
-/// Approval rows carry the version of the execution state they came from: they move forward
-/// with it, and rows the latest state no longer lists are deleted.
-async fn upsert_approvals(
-    tx: &mut Transaction<'_, Postgres>,
-    executions: &[ExecutionRow],
-    mode: Mode,
-) -> Result<(), Error> {
+/// Makes the approval rows of `executions` (whose state this transaction just wrote) those their
+/// state lists: upserts the listed ones, deletes the others.
+async fn write_approvals(tx: &mut Transaction<'_, Postgres>, executions: &[&ExecutionRow]) -> Result<(), Error> {
     if executions.is_empty() {
         return Ok(());
     }
     let (mut tenant, mut execution, mut approval, mut status, mut reason) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut deadline, mut requested, mut resolved, mut comment, mut version) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut deadline, mut requested, mut resolved, mut comment) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for row in executions {
         for a in &row.approval_rows {
             tenant.push(row.tenant_id.as_str());
@@ -275,52 +292,50 @@ async fn upsert_approvals(
             requested.push(a.requested_at);
             resolved.push(a.resolved_at);
             comment.push(a.comment.as_str());
-            version.push(row.version);
         }
-    }
-    if !approval.is_empty() {
-        sqlx::query!(
-            "INSERT INTO approvals (tenant_id, execution_id, approval_id, status, reason, deadline,
-                                    requested_at, resolved_at, comment, version)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::timestamptz[], $7::timestamptz[], $8::timestamptz[],
-                                  $9::text[], $10::int8[])
-             ON CONFLICT (tenant_id, execution_id, approval_id) DO UPDATE SET
-                 status = EXCLUDED.status, reason = EXCLUDED.reason, deadline = EXCLUDED.deadline,
-                 requested_at = EXCLUDED.requested_at, resolved_at = EXCLUDED.resolved_at,
-                 comment = EXCLUDED.comment, version = EXCLUDED.version
-             WHERE approvals.version < EXCLUDED.version
-                OR ($11 AND approvals.version = EXCLUDED.version)",
-            &tenant as _,
-            &execution as _,
-            &approval as _,
-            &status as _,
-            &reason as _,
-            &deadline as _,
-            &requested,
-            &resolved as _,
-            &comment as _,
-            &version,
-            mode.rewrite_equal(),
-        )
-        .execute(&mut **tx)
-        .await
-        .map_err(|err| Error::database("cannot upsert approvals", err))?;
     }
     let tenants: Vec<&str> = executions.iter().map(|r| r.tenant_id.as_str()).collect();
     let ids: Vec<&str> = executions.iter().map(|r| r.execution_id.as_str()).collect();
     sqlx::query!(
         "DELETE FROM approvals a
-         USING executions e, UNNEST($1::text[], $2::text[]) AS u(tenant_id, execution_id)
-         WHERE e.tenant_id = u.tenant_id AND e.execution_id = u.execution_id
-           AND a.tenant_id = e.tenant_id AND a.execution_id = e.execution_id
-           AND a.version < e.version",
+         USING UNNEST($1::text[], $2::text[]) AS u(tenant_id, execution_id)
+         WHERE a.tenant_id = u.tenant_id AND a.execution_id = u.execution_id
+           AND (a.tenant_id, a.execution_id, a.approval_id) NOT IN
+               (SELECT * FROM UNNEST($3::text[], $4::text[], $5::text[]))",
         &tenants as _,
         &ids as _,
+        &tenant as _,
+        &execution as _,
+        &approval as _,
     )
     .execute(&mut **tx)
     .await
-    .map_err(|err| Error::database("cannot delete stale approvals", err))?;
+    .map_err(|err| Error::database("cannot delete approvals no longer listed", err))?;
+    if approval.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        "INSERT INTO approvals (tenant_id, execution_id, approval_id, status, reason, deadline,
+                                requested_at, resolved_at, comment)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                              $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::text[])
+         ON CONFLICT (tenant_id, execution_id, approval_id) DO UPDATE SET
+             status = EXCLUDED.status, reason = EXCLUDED.reason, deadline = EXCLUDED.deadline,
+             requested_at = EXCLUDED.requested_at, resolved_at = EXCLUDED.resolved_at,
+             comment = EXCLUDED.comment",
+        &tenant as _,
+        &execution as _,
+        &approval as _,
+        &status as _,
+        &reason as _,
+        &deadline as _,
+        &requested,
+        &resolved as _,
+        &comment as _,
+    )
+    .execute(&mut **tx)
+    .await
+    .map_err(|err| Error::database("cannot upsert approvals", err))?;
     Ok(())
 }
 

@@ -50,7 +50,7 @@ async fn out_of_order_and_repeated_batches_end_in_the_same_rows() {
     assert_eq!(views.len(), 1);
     assert_eq!((view.version, view.last_offset, view.status.as_str()), (5, 5, "completed"));
     assert_eq!(view.idempotency_key.as_deref(), Some("key-e1"), "the late created event still sets the key");
-    assert_eq!(view.approvals, [("deploy".to_owned(), "granted".to_owned(), 5)]);
+    assert_eq!(view.approvals, [("deploy".to_owned(), "granted".to_owned())]);
     let history: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.expect("count");
     assert_eq!(history, 5, "each event once");
 }
@@ -84,11 +84,49 @@ async fn approvals_follow_the_newest_state_only() {
     store::write_batch(&pool, &older, &[], None).await.expect("write");
     assert_eq!(
         approvals(support::read_executions(&pool).await),
-        [("audit".to_owned(), "pending".to_owned(), 4), ("deploy".to_owned(), "granted".to_owned(), 4)]
+        [("audit".to_owned(), "pending".to_owned()), ("deploy".to_owned(), "granted".to_owned())]
     );
     store::write_batch(&pool, &newest, &[], None).await.expect("write");
-    let expected = [("deploy".to_owned(), "granted".to_owned(), 5)];
+    let expected = [("deploy".to_owned(), "granted".to_owned())];
     assert_eq!(approvals(support::read_executions(&pool).await), expected, "audit is no longer listed");
     store::write_batch(&pool, &older, &[], None).await.expect("a late redelivery");
     assert_eq!(approvals(support::read_executions(&pool).await), expected, "an older state changes nothing");
+}
+
+/// Approval rows are rewritten only when their execution's list changes: a progress event on an
+/// execution waiting for an approval leaves the row (its `xmin`, the writing transaction) alone.
+#[tokio::test]
+async fn approval_rows_are_rewritten_only_when_the_list_changes() {
+    use runcast_contract::v1::event::State;
+    let (_server, pool) = migrated("approvals_unchanged").await;
+    // v3 asks for "deploy" (pending), v4 grants it, v5 is progress with the same list.
+    let events: Vec<_> = support::execution_events("acme", "e3", 5, chrono::Utc::now().timestamp())
+        .into_iter()
+        .enumerate()
+        .map(|(n, event)| (n as u64 + 1, event))
+        .collect();
+    let listed = |n: usize| match events[n].1.state.as_ref() {
+        Some(State::Execution(state)) => state.approvals.clone(),
+        _ => Vec::new(),
+    };
+    assert_eq!(listed(3), listed(4), "the load's v5 keeps v4's list");
+    assert_ne!(listed(2), listed(3), "the load's v4 changes v3's list");
+    let row_writer = || async {
+        sqlx::query_scalar::<_, String>("SELECT xmin::text FROM approvals WHERE approval_id = 'deploy'")
+            .fetch_one(&pool)
+            .await
+            .expect("the approval row")
+    };
+    store::write_batch(&pool, &fold(&events[..3]), &[], None).await.expect("write v1-v3");
+    let requested = row_writer().await;
+    store::write_batch(&pool, &fold(&events[3..4]), &[], None).await.expect("write v4");
+    let granted = row_writer().await;
+    assert_ne!(granted, requested, "the grant rewrote the row");
+    store::write_batch(&pool, &fold(&events[4..]), &[], None).await.expect("write v5");
+    assert_eq!(row_writer().await, granted, "an unchanged list leaves the row alone");
+    let version: i64 = sqlx::query_scalar("SELECT version FROM executions WHERE execution_id = 'e3'")
+        .fetch_one(&pool)
+        .await
+        .expect("execution");
+    assert_eq!(version, 5, "while the execution itself moved on");
 }

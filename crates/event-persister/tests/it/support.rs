@@ -157,7 +157,8 @@ pub(crate) struct ExecutionView {
     pub idempotency_key: Option<String>,
     pub state: Execution,
     /// (approval_id, status, version)
-    pub approvals: Vec<(String, String, i64)>,
+    /// (approval id, status) of each approval row.
+    pub approvals: Vec<(String, String)>,
 }
 
 type ExecutionRow = (String, String, i64, i64, String, Option<String>, Vec<u8>);
@@ -170,8 +171,8 @@ pub(crate) async fn read_executions(pool: &PgPool) -> BTreeMap<(String, String),
     .fetch_all(pool)
     .await
     .expect("executions");
-    let approvals: Vec<(String, String, String, String, i64)> = sqlx::query_as(
-        "SELECT tenant_id, execution_id, approval_id, status, version FROM approvals
+    let approvals: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT tenant_id, execution_id, approval_id, status FROM approvals
          ORDER BY tenant_id, execution_id, approval_id",
     )
     .fetch_all(pool)
@@ -193,9 +194,9 @@ pub(crate) async fn read_executions(pool: &PgPool) -> BTreeMap<(String, String),
             )
         })
         .collect();
-    for (tenant, execution, approval, status, version) in approvals {
+    for (tenant, execution, approval, status) in approvals {
         if let Some(view) = views.get_mut(&(tenant, execution)) {
-            view.approvals.push((approval, status, version));
+            view.approvals.push((approval, status));
         }
     }
     views
@@ -224,7 +225,7 @@ pub(crate) fn expected_executions(published: &[Published]) -> BTreeMap<(String, 
             .iter()
             .map(|a| {
                 let status = ApprovalStatus::try_from(a.status).expect("status");
-                (a.approval_id.clone(), runcast_contract::WireEnum::wire_name(status).to_owned(), version)
+                (a.approval_id.clone(), runcast_contract::WireEnum::wire_name(status).to_owned())
             })
             .collect();
         views.insert(

@@ -1,0 +1,11 @@
+-- Approval rows are now written with their execution, in the same transaction and under its row
+-- lock, and only when the execution's list of approvals changed (the executions upsert returns
+-- `old.approvals IS DISTINCT FROM new.approvals`). Their own `version` guarded against older
+-- states and found stale rows; the execution row does both now, and a version per approval
+-- would only say which batch last touched it (a rebuild would record another one). Rewriting
+-- every listed approval at every event of its execution was 26 % of PostgreSQL's time in the
+-- drain benchmark.
+--
+-- A replica still running the previous release fails its batches on the missing column and
+-- retries them (it acks nothing it did not write), so the new replicas take the work over.
+ALTER TABLE approvals DROP COLUMN version;
