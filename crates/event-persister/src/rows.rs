@@ -45,8 +45,10 @@ fn time(value: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
     timestamp("", value).ok().flatten()
 }
 
-fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {
-    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+/// JSON text for a `jsonb` column. Serializing the contract's types cannot fail (no maps with
+/// non-string keys); `null` would be stored if it did.
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
 }
 
 fn wire<E: WireEnum>(raw: i32) -> &'static str {
@@ -79,10 +81,15 @@ impl Fold {
                     && !created.idempotency_key.is_empty()
                 {
                     self.idempotency_keys.insert(key.clone(), created.idempotency_key.clone());
+                    if let Some(row) = self.executions.get_mut(&key) {
+                        row.idempotency_key = Some(created.idempotency_key.clone());
+                    }
                 }
                 let newer = self.executions.get(&key).is_none_or(|row| row.version < to_i64(state.version));
                 if newer {
-                    self.executions.insert(key, execution_row(state, decoded.occurred_at));
+                    let mut row = execution_row(state, decoded.occurred_at);
+                    row.idempotency_key = self.idempotency_keys.get(&key).cloned();
+                    self.executions.insert(key, row);
                 }
             }
             (Some(State::Agent(state)), _) => {
@@ -119,10 +126,8 @@ impl Fold {
     }
 
     /// The latest state of each execution, sorted by key, with the idempotency keys seen.
-    pub fn executions(&self) -> impl Iterator<Item = ExecutionRow> + '_ {
-        self.executions
-            .iter()
-            .map(|(key, row)| ExecutionRow { idempotency_key: self.idempotency_keys.get(key).cloned(), ..row.clone() })
+    pub fn executions(&self) -> impl Iterator<Item = &ExecutionRow> {
+        self.executions.values()
     }
 
     /// Idempotency keys of executions whose created event is in the fold (tenant, execution, key).
@@ -263,6 +268,7 @@ mod tests {
         assert_eq!(state.offset, 9, "stored state carries its offset");
         assert_eq!(row.approval_rows.len(), 1);
         assert_eq!(row.approval_rows[0].status, "pending");
-        assert_eq!(row.approvals[0]["status"], "pending");
+        let approvals: serde_json::Value = serde_json::from_str(&row.approvals).expect("JSON text");
+        assert_eq!(approvals[0]["status"], "pending");
     }
 }

@@ -148,7 +148,7 @@ async fn write_read_model(tx: &mut Transaction<'_, Postgres>, batch: &Batch<'_>,
 /// their own.
 async fn upsert_executions<'r>(
     tx: &mut Transaction<'_, Postgres>,
-    rows: &'r [ExecutionRow],
+    rows: &[&'r ExecutionRow],
     mode: Mode,
 ) -> Result<Vec<&'r ExecutionRow>, Error> {
     if rows.is_empty() {
@@ -174,9 +174,9 @@ async fn upsert_executions<'r>(
         offset.push(row.last_offset);
         progress.push(row.progress);
         current_step.push(row.current_step.as_str());
-        steps.push(&row.steps);
-        approvals.push(&row.approvals);
-        labels.push(&row.labels);
+        steps.push(row.steps.as_str());
+        approvals.push(row.approvals.as_str());
+        labels.push(row.labels.as_str());
         error.push(row.error.as_str());
         key.push(row.idempotency_key.as_deref());
         state.push(row.state.as_slice());
@@ -193,7 +193,8 @@ async fn upsert_executions<'r>(
                                  idempotency_key, state, created_at, updated_at, started_at, finished_at,
                                  agent_id, heartbeat_deadline)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[],
-                              $7::int2[], $8::text[], $9::jsonb[], $10::jsonb[], $11::jsonb[], $12::text[],
+                              $7::int2[], $8::text[], $9::text[]::jsonb[], $10::text[]::jsonb[],
+                              $11::text[]::jsonb[], $12::text[],
                               $13::text[], $14::bytea[], $15::timestamptz[], $16::timestamptz[],
                               $17::timestamptz[], $18::timestamptz[], $20::text[], $21::timestamptz[])
          ON CONFLICT (tenant_id, execution_id) DO UPDATE SET
@@ -235,8 +236,8 @@ async fn upsert_executions<'r>(
     .fetch_all(&mut **tx)
     .await
     .map_err(|err| Error::database("cannot upsert executions", err))?;
-    let by_key: HashMap<(&str, &str), &ExecutionRow> =
-        rows.iter().map(|row| ((row.tenant_id.as_str(), row.execution_id.as_str()), row)).collect();
+    let by_key: HashMap<(&str, &str), &'r ExecutionRow> =
+        rows.iter().map(|&row| ((row.tenant_id.as_str(), row.execution_id.as_str()), row)).collect();
     // A rebuild repairs approval rows even where the execution's own copy did not change.
     Ok(written
         .iter()
@@ -356,8 +357,8 @@ async fn upsert_agents(tx: &mut Transaction<'_, Postgres>, batch: &Batch<'_>, mo
         memory.push(row.memory_percent);
         gpu.push(row.gpu_percent);
         // text[][] cannot hold rows of different lengths: ship each list as JSON.
-        running.push(&row.running_execution_ids);
-        labels.push(&row.labels);
+        running.push(row.running_execution_ids.as_str());
+        labels.push(row.labels.as_str());
         timeout.push(row.timeout_seconds);
         version.push(row.version);
         offset.push(row.last_offset);
@@ -371,7 +372,7 @@ async fn upsert_agents(tx: &mut Transaction<'_, Postgres>, batch: &Batch<'_>, mo
                              state, last_heartbeat_at, online_since)
          SELECT t, a, s, c, m, g, ARRAY(SELECT jsonb_array_elements_text(r)), l, ts, v, o, st, h, os
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::float8[],
-                     $7::jsonb[], $8::jsonb[], $9::int4[], $10::int8[], $11::int8[], $12::bytea[],
+                     $7::text[]::jsonb[], $8::text[]::jsonb[], $9::int4[], $10::int8[], $11::int8[], $12::bytea[],
                      $13::timestamptz[], $14::timestamptz[])
               AS u(t, a, s, c, m, g, r, l, ts, v, o, st, h, os)
          ON CONFLICT (tenant_id, agent_id) DO UPDATE SET

@@ -51,9 +51,9 @@ fn execution(tenant: &str, execution_id: &str, offset: i64, created: DateTime<Ut
         last_offset: offset,
         progress: 0,
         current_step: String::new(),
-        steps: serde_json::json!([]),
-        approvals: serde_json::json!([]),
-        labels: serde_json::json!({}),
+        steps: "[]".into(),
+        approvals: "[]".into(),
+        labels: "{}".into(),
         error: String::new(),
         idempotency_key: None,
         state: state.encode_to_vec(),
@@ -80,7 +80,7 @@ async fn pages_follow_their_cursors_to_the_end_and_carry_as_of_offset() {
     let rows: Vec<_> = (1..=5).map(|n| execution("acme", &format!("e{n}"), n, now + Duration::seconds(n))).collect();
     let other = [execution("other", "x1", 9, now)];
     let history: Vec<_> = (1..=5).map(|n| history("acme", &format!("e{n}"), n, now)).collect();
-    let batch = Batch { history: &history, executions: rows.into_iter().chain(other).collect(), ..Default::default() };
+    let batch = Batch { history: &history, executions: rows.iter().chain(&other).collect(), ..Default::default() };
     runcast_store::write::write_batch(&pool, &batch, &[], Some(("EXECUTIONS", 5))).await.expect("write");
     assert_eq!(runcast_store::read_model::as_of_offset(&pool, StreamKind::Executions).await.expect("offset"), 5);
 
