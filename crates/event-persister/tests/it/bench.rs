@@ -122,6 +122,22 @@ async fn inside_postgres(pool: &sqlx::PgPool) -> Vec<String> {
     if let Some((table, updated, hot)) = updates {
         lines.push(format!("{table}: {updated} updates, {hot} of them HOT"));
     }
+    // Rows over ~2 KB are compressed or moved out of line (TOAST) at every write.
+    let sizes: Option<(f64, f64, f64, f64, f64)> = sqlx::query_as(
+        "SELECT avg(pg_column_size(e.*))::float8, avg(octet_length(state))::float8, avg(pg_column_size(state))::float8,
+                avg(octet_length(steps::text))::float8, avg(pg_column_size(steps))::float8
+         FROM executions e",
+    )
+    .fetch_optional(pool)
+    .await
+    .ok()
+    .flatten();
+    if let Some((row, state, state_stored, steps, steps_stored)) = sizes {
+        lines.push(format!(
+            "executions rows: {row:.0} bytes stored on average; state {state:.0} bytes ({state_stored:.0} stored), \
+             steps {steps:.0} bytes of JSON ({steps_stored:.0} stored)"
+        ));
+    }
     lines
 }
 
