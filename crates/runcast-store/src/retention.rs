@@ -95,8 +95,8 @@ pub async fn delete_tenant_events_older_than(
     let mut deleted = 0;
     loop {
         let batch = sqlx::query!(
-            "DELETE FROM events WHERE (occurred_at, event_id) IN (
-                 SELECT occurred_at, event_id FROM events
+            "DELETE FROM events WHERE (stream, stream_offset, occurred_at, event_id) IN (
+                 SELECT stream, stream_offset, occurred_at, event_id FROM events
                  WHERE tenant_id = $1 AND occurred_at < $2
                  LIMIT $3)",
             tenant.as_str(),

@@ -130,3 +130,25 @@ async fn approval_rows_are_rewritten_only_when_the_list_changes() {
         .expect("execution");
     assert_eq!(version, 5, "while the execution itself moved on");
 }
+
+/// The history is keyed by position (stream, offset) plus the event's time and id: a redelivery
+/// adds nothing, while a stream created anew, whose offsets start over, keeps both events at the
+/// same offset.
+#[tokio::test]
+async fn an_offset_reused_by_a_new_stream_keeps_both_events_and_a_redelivery_neither() {
+    let (_server, pool) = migrated("positions").await;
+    let at = chrono::Utc::now().timestamp();
+    let first_epoch = support::execution_events("acme", "old", 1, at);
+    // The same time too: only the event id tells the two apart.
+    let second_epoch = support::execution_events("acme", "new", 1, at);
+    let at_offset_1 = |event: &runcast_contract::v1::Event| fold(&[(1, event.clone())]);
+    store::write_batch(&pool, &at_offset_1(&first_epoch[0]), &[], None).await.expect("first epoch");
+    store::write_batch(&pool, &at_offset_1(&first_epoch[0]), &[], None).await.expect("redelivered");
+    store::write_batch(&pool, &at_offset_1(&second_epoch[0]), &[], None).await.expect("second epoch");
+    let stored: Vec<(i64, String)> =
+        sqlx::query_as("SELECT stream_offset, execution_id FROM events ORDER BY execution_id")
+            .fetch_all(&pool)
+            .await
+            .expect("history");
+    assert_eq!(stored, [(1, "new".to_owned()), (1, "old".to_owned())]);
+}
