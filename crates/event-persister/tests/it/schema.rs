@@ -129,3 +129,64 @@ async fn rows_waiting_in_the_default_partition_move_into_their_day_when_it_is_cr
     let day = chrono::Utc::now().date_naive() + chrono::Duration::days(20);
     assert_eq!(where_it_is().await, format!("events_p{}", day.format("%Y%m%d")));
 }
+
+/// The last release's schema: the migrations up to this version.
+const PREVIOUS_RELEASE: i64 = 20261202000001;
+
+/// An upgrade: a database migrated by the previous release and holding its rows (history in a day
+/// partition and in the default one, an execution with an approval) takes this release's
+/// migrations, which rebuild the history's key and drop `approvals.version`, and loses nothing.
+#[tokio::test]
+async fn an_upgrade_keeps_every_row_of_a_populated_database() {
+    let server = PostgresServer::start().await.expect("postgres");
+    let pool = fresh_database(&server).await;
+    // The previous release's migrations, from their files (same checksums as the embedded ones).
+    let previous = tempfile::tempdir().expect("temp dir");
+    let sources = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runcast-store/migrations");
+    for entry in std::fs::read_dir(&sources).expect("migrations") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default().to_owned();
+        let version: i64 = name.split('_').next().and_then(|v| v.parse().ok()).expect("versioned file");
+        if version <= PREVIOUS_RELEASE {
+            std::fs::copy(&path, previous.path().join(&name)).expect("copied");
+        }
+    }
+    sqlx::migrate::Migrator::new(previous.path()).await.expect("reads").run(&pool).await.expect("previous schema");
+    schema::ensure_partitions(&pool, 1).await.expect("partitions");
+    sqlx::raw_sql(
+        "INSERT INTO events (occurred_at, event_id, stream, stream_offset, tenant_id, execution_id, event_type, version, body)
+         SELECT now() - make_interval(secs => n), gen_random_uuid(), 'EXECUTIONS', n, 'acme', 'e1', 'execution.progress', n, '\\x00'
+         FROM generate_series(1, 500) n;
+         INSERT INTO events (occurred_at, event_id, stream, stream_offset, tenant_id, execution_id, event_type, version, body)
+         VALUES ('2001-01-01', gen_random_uuid(), 'EXECUTIONS', 501, 'acme', 'e1', 'execution.progress', 501, '\\x00');
+         INSERT INTO executions (tenant_id, execution_id, workflow_id, status, version, last_offset, state, created_at, updated_at)
+         VALUES ('acme', 'e1', 'wf', 'blocked', 501, 501, '\\x00', now(), now());
+         INSERT INTO approvals (tenant_id, execution_id, approval_id, status, requested_at, version)
+         VALUES ('acme', 'e1', 'deploy', 'pending', now(), 501);",
+    )
+    .execute(&pool)
+    .await
+    .expect("the previous release's rows");
+
+    schema::migrate(&pool).await.expect("this release's migrations");
+    assert_eq!(applied_migrations(&pool).await.len(), schema::MIGRATOR.iter().count());
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.expect("count") }
+    };
+    assert_eq!(count("SELECT count(*) FROM events").await, 501, "every history row kept");
+    assert_eq!(count("SELECT count(*) FROM events_default").await, 1, "the default partition's too");
+    assert_eq!(count("SELECT count(*) FROM approvals WHERE status = 'pending'").await, 1, "the approval kept");
+    let key: String =
+        sqlx::query_scalar("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'events_pkey'")
+            .fetch_one(&pool)
+            .await
+            .expect("key");
+    assert_eq!(key, "PRIMARY KEY (stream, stream_offset, occurred_at, event_id)");
+    // A redelivery of a stored event still adds nothing under the new key.
+    sqlx::query("INSERT INTO events SELECT * FROM events WHERE stream_offset = 7 ON CONFLICT DO NOTHING")
+        .execute(&pool)
+        .await
+        .expect("redelivered");
+    assert_eq!(count("SELECT count(*) FROM events").await, 501);
+}
