@@ -43,94 +43,98 @@ impl Phase {
     }
 }
 
-/// `callers` tasks, each owning the executions `i % callers == caller`, calling `ReportProgress`
-/// round robin over them for `seconds`, over `channels` gRPC connections.
-async fn api_phase(clients: &[crate::support::Executions], ids: &[String], callers: usize, seconds: u64) -> Phase {
+/// One call of a timed phase: what it sent (unique), and the answer if it was acked.
+type Call<'a> = futures::future::BoxFuture<'a, (String, Option<String>)>;
+
+/// `callers` tasks over `clients`, one call in flight each, for `seconds`: `call(client, caller, n)`
+/// makes a caller's `n`-th call (`None`: that caller has nothing to call). Returns the phase and
+/// every acked call's answer.
+async fn timed_phase<F>(
+    clients: &[crate::support::Executions],
+    callers: usize,
+    seconds: u64,
+    call: F,
+) -> (Phase, Vec<String>)
+where
+    F: for<'a> Fn(&'a mut crate::support::Executions, usize, usize) -> Option<Call<'a>> + Send + Sync + 'static,
+{
+    let call = std::sync::Arc::new(call);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for caller in 0..callers {
         let mut client = clients[caller % clients.len()].clone();
-        let mine: Vec<String> = ids.iter().skip(caller).step_by(callers).cloned().collect();
+        let call = call.clone();
         tasks.push(tokio::spawn(async move {
-            let (mut acked, mut failed, mut latencies) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut acked, mut failed, mut latencies, mut answers) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let mut n = 0usize;
-            while Instant::now() < deadline && !mine.is_empty() {
-                let id = &mine[n % mine.len()];
-                let message = format!("api-{caller}-{n}");
-                n += 1;
-                let request = ReportProgressRequest {
-                    execution_id: id.clone(),
-                    percent: (n % 100) as u32,
-                    current_step: "load".into(),
-                    message: message.clone(),
-                };
+            while Instant::now() < deadline {
                 let sent = Instant::now();
-                match client.report_progress(request).await {
-                    Ok(_) => {
+                let Some(next) = call(&mut client, caller, n) else { break };
+                n += 1;
+                match next.await {
+                    (what, Some(answer)) => {
                         latencies.push(sent.elapsed().as_micros() as u64);
-                        acked.push(message);
+                        acked.push(what);
+                        answers.push(answer);
                     }
-                    Err(_) => failed.push(message),
+                    (what, None) => failed.push(what),
                 }
             }
-            (acked, failed, latencies)
+            (acked, failed, latencies, answers)
         }));
     }
     let mut phase = Phase { acked: Vec::new(), failed: Vec::new(), latencies: Vec::new(), elapsed: Duration::ZERO };
+    let mut answers = Vec::new();
     for task in tasks {
-        let (acked, failed, latencies) = task.await.expect("caller");
+        let (acked, failed, latencies, answered) = task.await.expect("caller");
         phase.acked.extend(acked);
         phase.failed.extend(failed);
         phase.latencies.extend(latencies);
+        answers.extend(answered);
     }
     phase.elapsed = started.elapsed();
+    (phase, answers)
+}
+
+/// `callers` tasks, each owning the executions `i % callers == caller`, calling `ReportProgress`
+/// round robin over them for `seconds`, over `channels` gRPC connections.
+async fn api_phase(clients: &[crate::support::Executions], ids: &[String], callers: usize, seconds: u64) -> Phase {
+    let ids = ids.to_vec();
+    let (phase, _) = timed_phase(clients, callers, seconds, move |client, caller, n| -> Option<Call<'_>> {
+        let mine = ids.len().saturating_sub(caller).div_ceil(callers);
+        let id = ids.get(caller + callers * (n % mine.max(1)))?.clone();
+        let message = format!("api-{caller}-{n}");
+        let request = ReportProgressRequest {
+            execution_id: id,
+            percent: ((n + 1) % 100) as u32,
+            current_step: "load".into(),
+            message: message.clone(),
+        };
+        Some(Box::pin(async move {
+            let acked = client.report_progress(request).await.is_ok();
+            (message, acked.then(String::new))
+        }))
+    })
+    .await;
     phase
 }
 
 /// Idempotent creates for `seconds`, each with a key of its own, from `callers` callers (one call in
 /// flight each). Returns the phase and how many distinct executions the acked creates named.
 async fn create_phase(clients: &[crate::support::Executions], callers: usize, seconds: u64) -> (Phase, usize) {
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for caller in 0..callers {
-        let mut client = clients[caller % clients.len()].clone();
-        tasks.push(tokio::spawn(async move {
-            let (mut acked, mut failed, mut latencies, mut ids) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let mut n = 0usize;
-            while Instant::now() < deadline {
-                let key = format!("load-{caller}-{n}");
-                n += 1;
-                let request = CreateExecutionRequest {
-                    workflow_id: "bench".into(),
-                    idempotency_key: key.clone(),
-                    ..Default::default()
-                };
-                let sent = Instant::now();
-                match client.create_execution(request).await {
-                    Ok(created) => {
-                        latencies.push(sent.elapsed().as_micros() as u64);
-                        ids.push(created.into_inner().execution_id);
-                        acked.push(key);
-                    }
-                    Err(_) => failed.push(key),
-                }
-            }
-            (acked, failed, latencies, ids)
-        }));
-    }
-    let mut phase = Phase { acked: Vec::new(), failed: Vec::new(), latencies: Vec::new(), elapsed: Duration::ZERO };
-    let mut ids = std::collections::HashSet::new();
-    for task in tasks {
-        let (acked, failed, latencies, made) = task.await.expect("creator");
-        phase.acked.extend(acked);
-        phase.failed.extend(failed);
-        phase.latencies.extend(latencies);
-        ids.extend(made);
-    }
-    phase.elapsed = started.elapsed();
-    (phase, ids.len())
+    let (phase, ids) = timed_phase(clients, callers, seconds, |client, caller, n| -> Option<Call<'_>> {
+        let key = format!("load-{caller}-{n}");
+        let request =
+            CreateExecutionRequest { workflow_id: "bench".into(), idempotency_key: key.clone(), ..Default::default() };
+        Some(Box::pin(async move {
+            let created = client.create_execution(request).await.ok();
+            (key, created.map(|created| created.into_inner().execution_id))
+        }))
+    })
+    .await;
+    let distinct: std::collections::HashSet<String> = ids.into_iter().collect();
+    (phase, distinct.len())
 }
 
 /// The same events published straight to JetStream: each execution's last stored (progress) event
