@@ -74,6 +74,11 @@ pub fn classify(err: &sqlx::Error) -> ErrorKind {
     }
 }
 
+/// PostgreSQL's `unique_violation`: a row with the same key is already there.
+pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
+    err.as_database_error().and_then(|db| db.code()).is_some_and(|code| code == "23505")
+}
+
 /// PostgreSQL's `undefined_table`: the schema is not there yet (no persister has migrated it), so
 /// readers of the read model and the history find nothing rather than fail.
 pub(crate) fn is_undefined_table(err: &sqlx::Error) -> bool {

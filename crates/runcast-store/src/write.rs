@@ -2,7 +2,10 @@
 //! (about as fast as COPY here, and unlike COPY it takes `ON CONFLICT`, which is what makes every
 //! write idempotent):
 //!
-//! - `events`, `log_lines`, `dead_letters`: `ON CONFLICT DO NOTHING` (a redelivery adds nothing);
+//! - `events`: a plain `INSERT` first, and only when it meets a row already there (a redelivery) the
+//!   whole batch again with `ON CONFLICT DO NOTHING`: the conflict check costs every row a second
+//!   descent of the key and a speculative insertion, and almost no batch holds a repeat;
+//! - `log_lines`, `dead_letters`: `ON CONFLICT DO NOTHING` (a redelivery adds nothing);
 //! - `executions`, `agents`: upserts that only move forward by version; `approvals`: rewritten
 //!   with their execution, only when its list of approvals changed;
 //! - `applied_offsets`: `GREATEST(old, new)`, so it never moves back either.
@@ -10,7 +13,7 @@
 //! Arrays of borrowed values are bound with `as _`: the macros still check the SQL and the
 //! result, but would want owned `Vec<String>`s, one allocation per value, for the parameters.
 
-use crate::error::Error;
+use crate::error::{Error, is_unique_violation};
 use crate::rows::{Batch, ExecutionRow};
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -49,8 +52,13 @@ pub async fn write_batch(
     dead_letters: &[DeadLetter],
     applied: Option<(&str, u64)>,
 ) -> Result<(), Error> {
-    let mut tx = pool.begin().await.map_err(|err| Error::database("cannot begin a transaction", err))?;
-    insert_history(&mut tx, batch).await?;
+    let begin = || async { pool.begin().await.map_err(|err| Error::database("cannot begin a transaction", err)) };
+    let mut tx = begin().await?;
+    if let HistoryInsert::MetStoredEvent = insert_history(&mut tx, batch, Repeats::Refused).await? {
+        tx.rollback().await.map_err(|err| Error::database("cannot roll back a transaction", err))?;
+        tx = begin().await?;
+        insert_history(&mut tx, batch, Repeats::Skipped).await?;
+    }
     write_read_model(&mut tx, batch, Mode::Live).await?;
     insert_log_lines(&mut tx, batch).await?;
     insert_dead_letters(&mut tx, dead_letters).await?;
@@ -78,10 +86,30 @@ pub async fn reset_read_model(pool: &PgPool) -> Result<(), Error> {
     Ok(())
 }
 
-async fn insert_history(tx: &mut Transaction<'_, Postgres>, batch: &Batch<'_>) -> Result<(), Error> {
+/// What an insert into the history does with an event it already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeats {
+    /// Fails the statement (and its transaction): the fast path, no conflict check per row.
+    Refused,
+    /// Skips it (`ON CONFLICT DO NOTHING`).
+    Skipped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HistoryInsert {
+    Inserted,
+    /// `Repeats::Refused` met an event already stored: the transaction is aborted.
+    MetStoredEvent,
+}
+
+async fn insert_history(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &Batch<'_>,
+    repeats: Repeats,
+) -> Result<HistoryInsert, Error> {
     let rows = batch.history;
     if rows.is_empty() {
-        return Ok(());
+        return Ok(HistoryInsert::Inserted);
     }
     let mut occurred_at = Vec::with_capacity(rows.len());
     let mut event_id = Vec::with_capacity(rows.len());
@@ -107,28 +135,38 @@ async fn insert_history(tx: &mut Transaction<'_, Postgres>, batch: &Batch<'_>) -
         version.push(row.version);
         body.push(row.body.as_slice());
     }
-    sqlx::query!(
-        "INSERT INTO events (occurred_at, event_id, stream, stream_offset, tenant_id, execution_id,
-                             agent_id, workflow_id, event_type, version, body)
-         SELECT * FROM UNNEST($1::timestamptz[], $2::uuid[], $3::text[], $4::int8[], $5::text[],
-                              $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::bytea[])
-         ON CONFLICT DO NOTHING",
-        &occurred_at,
-        &event_id,
-        &stream as _,
-        &offset,
-        &tenant as _,
-        &execution as _,
-        &agent as _,
-        &workflow as _,
-        &event_type as _,
-        &version,
-        &body as _,
-    )
-    .execute(&mut **tx)
-    .await
-    .map_err(|err| Error::database("cannot insert history rows", err))?;
-    Ok(())
+    // One statement text per variant, both checked at compile time.
+    macro_rules! insert_events {
+        ($on_conflict:literal) => {
+            sqlx::query!(
+                "INSERT INTO events (occurred_at, event_id, stream, stream_offset, tenant_id, execution_id,
+                                     agent_id, workflow_id, event_type, version, body)
+                 SELECT * FROM UNNEST($1::timestamptz[], $2::uuid[], $3::text[], $4::int8[], $5::text[],
+                                      $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::bytea[])"
+                    + $on_conflict,
+                &occurred_at,
+                &event_id,
+                &stream as _,
+                &offset,
+                &tenant as _,
+                &execution as _,
+                &agent as _,
+                &workflow as _,
+                &event_type as _,
+                &version,
+                &body as _,
+            )
+        };
+    }
+    let inserted = match repeats {
+        Repeats::Refused => insert_events!("").execute(&mut **tx).await,
+        Repeats::Skipped => insert_events!(" ON CONFLICT DO NOTHING").execute(&mut **tx).await,
+    };
+    match inserted {
+        Ok(_) => Ok(HistoryInsert::Inserted),
+        Err(err) if repeats == Repeats::Refused && is_unique_violation(&err) => Ok(HistoryInsert::MetStoredEvent),
+        Err(err) => Err(Error::database("cannot insert history rows", err)),
+    }
 }
 
 /// Upserts executions (with their approvals) and agents.

@@ -152,3 +152,34 @@ async fn an_offset_reused_by_a_new_stream_keeps_both_events_and_a_redelivery_nei
             .expect("history");
     assert_eq!(stored, [(1, "new".to_owned()), (1, "old".to_owned())]);
 }
+
+/// A batch whose first events are new and whose last ones are already stored (a redelivery that
+/// overlaps a batch another replica wrote) stores the new ones once, and the rest of the batch
+/// (read model, applied offset) still lands: the fast insert that refuses repeats gives way to the
+/// one that skips them, in a transaction of its own.
+#[tokio::test]
+async fn a_batch_partly_stored_already_adds_its_new_events_and_the_rest_of_it() {
+    let (_server, pool) = migrated("overlap").await;
+    let events: Vec<_> = support::execution_events("acme", "e1", 5, chrono::Utc::now().timestamp())
+        .into_iter()
+        .enumerate()
+        .map(|(n, event)| (n as u64 + 1, event))
+        .collect();
+    store::write_batch(&pool, &fold(&events[3..]), &[], None).await.expect("the last two");
+    store::write_batch(&pool, &fold(&events), &[], Some(("EXECUTIONS", 5))).await.expect("all five");
+
+    let offsets: Vec<i64> = sqlx::query_scalar("SELECT stream_offset FROM events ORDER BY stream_offset")
+        .fetch_all(&pool)
+        .await
+        .expect("history");
+    assert_eq!(offsets, [1, 2, 3, 4, 5], "each event once");
+    let views = support::read_executions(&pool).await;
+    let view = views.values().next().expect("one execution");
+    assert_eq!((view.version, view.status.as_str()), (5, "completed"));
+    assert_eq!(view.idempotency_key.as_deref(), Some("key-e1"), "the created event of the retried batch counts");
+    let applied: i64 = sqlx::query_scalar("SELECT applied_offset FROM applied_offsets WHERE stream = 'EXECUTIONS'")
+        .fetch_one(&pool)
+        .await
+        .expect("applied offset");
+    assert_eq!(applied, 5);
+}
