@@ -93,6 +93,39 @@ pub fn machine() -> String {
     format!("{cores} cores ({model}), {}", std::env::consts::ARCH)
 }
 
+/// Idle and total time of all cores (`idle + iowait` and the sum of the first line of
+/// `/proc/stat`), in ticks.
+pub fn parse_machine_idle(stat: &str) -> Option<(u64, u64)> {
+    let fields: Vec<u64> =
+        stat.lines().next()?.strip_prefix("cpu ")?.split_ascii_whitespace().map_while(|f| f.parse().ok()).collect();
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    Some((idle, fields.iter().sum()))
+}
+
+fn machine_idle() -> Option<(u64, u64)> {
+    parse_machine_idle(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// How idle the whole machine was since `start`: whether a phase was short of CPU (near 0 %) or
+/// waiting on something (a round trip, a lock, a pool).
+pub struct MachineIdle(Option<(u64, u64)>);
+
+impl MachineIdle {
+    pub fn start() -> Self {
+        Self(machine_idle())
+    }
+
+    /// Percent of all cores' time idle since `start` (NaN when `/proc/stat` cannot be read).
+    pub fn percent(&self) -> f64 {
+        match (self.0, machine_idle()) {
+            (Some((idle_from, all_from)), Some((idle_to, all_to))) if all_to > all_from => {
+                100.0 * idle_to.saturating_sub(idle_from) as f64 / (all_to - all_from) as f64
+            }
+            _ => f64::NAN,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +143,14 @@ mod tests {
         let status = "Name:\tws-gateway\nVmPeak:\t  999 kB\nVmRSS:\t   51234 kB\nThreads:\t3\n";
         assert_eq!(parse_status_rss_kib(status), Some(51_234));
         assert_eq!(parse_status_rss_kib("Name: x\n"), None);
+    }
+
+    #[test]
+    fn reads_machine_idle_with_iowait() {
+        let stat = "cpu  100 5 50 800 20 0 25 0 0 0\ncpu0 50 2 25 400 10 0 12 0 0 0\n";
+        assert_eq!(parse_machine_idle(stat), Some((820, 1000)));
+        assert_eq!(parse_machine_idle("cpu0 1 2 3 4\n"), None);
+        assert_eq!(parse_machine_idle("cpu  1 2 3\n"), None);
     }
 
     #[test]

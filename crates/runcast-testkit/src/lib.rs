@@ -20,6 +20,7 @@
 //! - [`events`]: execution, agent and log events as the api publishes them;
 //! - [`Infra`]: both servers together, and [`Isolation`] — a stream prefix and a database of a
 //!   test's own, so tests sharing servers never see each other's streams or rows;
+//! - [`profile`]: `perf record` of the machine while a benchmark measures (`BENCH_PERF`);
 //! - [`eventually`]: wait for a condition with a deadline instead of sleeping and hoping.
 
 pub mod cluster;
@@ -28,6 +29,7 @@ pub mod lifecycle;
 pub mod nats;
 pub mod otlp;
 pub mod postgres;
+pub mod profile;
 pub mod promtool;
 pub mod service;
 pub mod slow_peers;

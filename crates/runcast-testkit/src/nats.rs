@@ -74,6 +74,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server process, while it runs (a benchmark reads its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// Kills the server (as a crash would). Its store stays for [`Self::restart`].
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

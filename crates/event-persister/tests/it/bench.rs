@@ -43,7 +43,7 @@ async fn bench_drain_throughput() {
     // persister's connections: this database has no other client meanwhile but the progress
     // query). The rate alone moves with whatever else the 2 cores run; CPU per event does not.
     let cpu_from = (cpu_of(persister.pid()), cpu_of_backends(&world.pool).await);
-    let profile = SystemProfile::start();
+    let profile = runcast_testkit::profile::SystemProfile::start();
     runcast_testkit::eventually("the whole backlog applied", Duration::from_secs(600), || async {
         (applied().await >= total).then_some(())
     })
@@ -74,34 +74,6 @@ async fn bench_drain_throughput() {
         total as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
     );
-}
-
-/// `perf record -a -g` of the whole machine over the steady stretch, into the file `BENCH_PERF`
-/// names (when it is set): where the CPU of every process went while the rate was measured.
-/// `BENCH_PERF_CALL_GRAPH=dwarf` unwinds binaries built without frame pointers (PostgreSQL).
-struct SystemProfile(Option<std::process::Child>);
-
-impl SystemProfile {
-    fn start() -> Self {
-        let Ok(output) = std::env::var("BENCH_PERF") else { return Self(None) };
-        let call_graph = std::env::var("BENCH_PERF_CALL_GRAPH").unwrap_or_else(|_| "fp".to_owned());
-        let perf = std::process::Command::new("perf")
-            .args(["record", "-a", "-F", "499", "-q", "--call-graph", &call_graph, "-o", &output])
-            .stdout(std::process::Stdio::null())
-            .spawn();
-        Self(perf.inspect_err(|err| eprintln!("BENCH_PERF: cannot start perf: {err}")).ok())
-    }
-}
-
-impl Drop for SystemProfile {
-    fn drop(&mut self) {
-        if let Some(mut perf) = self.0.take() {
-            // perf writes its file on SIGINT.
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(perf.id() as i32), nix::sys::signal::Signal::SIGINT);
-            let _ = perf.wait();
-        }
-    }
 }
 
 /// CPU time used so far by process `pid` (zero if it cannot be read).

@@ -43,6 +43,36 @@ impl Phase {
     }
 }
 
+/// CPU time of some processes (the api, nats-server, this process: the load driver), to say what
+/// a phase cost each of them per call: the rate alone moves with whatever else the 2 cores run.
+struct CpuMeter {
+    pids: Vec<Option<u32>>,
+    from: Vec<Duration>,
+}
+
+impl CpuMeter {
+    fn start(pids: &[Option<u32>]) -> Self {
+        Self { pids: pids.to_vec(), from: Self::now(pids) }
+    }
+
+    fn now(pids: &[Option<u32>]) -> Vec<Duration> {
+        pids.iter()
+            .map(|pid| {
+                pid.and_then(|pid| runcast_loadgen::procfs::cpu_time(pid).ok()).map(|cpu| cpu.total()).unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Microseconds of CPU per call of each process since `start`.
+    fn per_call(&self, calls: usize) -> Vec<f64> {
+        Self::now(&self.pids)
+            .iter()
+            .zip(&self.from)
+            .map(|(to, from)| to.saturating_sub(*from).as_secs_f64() * 1e6 / calls.max(1) as f64)
+            .collect()
+    }
+}
+
 /// One call of a timed phase: what it sent (unique), and the answer if it was acked.
 type Call<'a> = futures::future::BoxFuture<'a, (String, Option<String>)>;
 
@@ -282,12 +312,21 @@ async fn bench_api_ingest_vs_raw_jetstream_publish() {
     }
 
     // Then creates alone for a while, warm: the 1,000 above ran while connections and caches warmed.
+    let (nats_pid, driver_pid) = (stack.infra.nats.pid(), Some(std::process::id()));
+    let cpu = CpuMeter::start(&[api.pid(), nats_pid, driver_pid]);
+    let idle = runcast_loadgen::procfs::MachineIdle::start();
     let (creates, created) = create_phase(&clients, callers, seconds.div_ceil(2)).await;
+    let (create_cpu, create_idle) = (cpu.per_call(creates.acked.len()), idle.percent());
     assert!(creates.failed.is_empty(), "{} creates failed", creates.failed.len());
     assert_eq!(created, creates.acked.len(), "every key its own execution");
     let (create_p50, create_p99) = quantiles(&mut creates.latencies.clone());
 
+    let cpu = CpuMeter::start(&[api.pid(), nats_pid, driver_pid]);
+    let idle = runcast_loadgen::procfs::MachineIdle::start();
+    let profile = runcast_testkit::profile::SystemProfile::start();
     let api_phase = api_phase(&clients, &ids, callers, seconds).await;
+    drop(profile);
+    let (api_cpu, api_idle) = (cpu.per_call(api_phase.acked.len()), idle.percent());
 
     // Raw publish of the same events, to the same stream, from the same process.
     let topology = Topology::with_prefix(&stack.isolation.stream_prefix).expect("prefix");
@@ -304,7 +343,9 @@ async fn bench_api_ingest_vs_raw_jetstream_publish() {
         }
     }
     assert!(!templates.is_empty(), "no execution received a progress event");
+    let cpu = CpuMeter::start(&[nats_pid, driver_pid]);
     let raw_phase = raw_phase(&js, &templates, seconds).await;
+    let raw_cpu = cpu.per_call(raw_phase.acked.len());
 
     let seen = progress_messages(&js, &topology).await;
     let api_check = check_exactly_once("api", &api_phase, &seen);
@@ -315,19 +356,29 @@ async fn bench_api_ingest_vs_raw_jetstream_publish() {
     let ratio = 100.0 * api_phase.rate() / raw_phase.rate();
     println!(
         "BENCH | api ingest ReportProgress, {EXECUTIONS} running executions, {callers} callers on {channels} connections, \
-         {seconds} s | {:.0} calls/s ({ratio:.0} % of raw), p50 {api_p50:.2} ms, p99 {api_p99:.2} ms | >= 50 % of raw \
+         {seconds} s | {:.0} calls/s ({ratio:.0} % of raw), p50 {api_p50:.2} ms, p99 {api_p99:.2} ms; CPU per call: \
+         api {:.1} µs, nats-server {:.1} µs, gRPC load driver {:.1} µs; machine idle {api_idle:.0} % | >= 50 % of raw \
          | raw JetStream publish, window {ACK_WINDOW}: {:.0} events/s, publish-to-ack p50 {raw_p50:.2} ms, p99 \
-         {raw_p99:.2} ms | api: {api_check}; raw: {raw_check} |",
+         {raw_p99:.2} ms; CPU per event: nats-server {:.1} µs, publisher {:.1} µs | api: {api_check}; raw: {raw_check} |",
         api_phase.rate(),
+        api_cpu[0],
+        api_cpu[1],
+        api_cpu[2],
         raw_phase.rate(),
+        raw_cpu[0],
+        raw_cpu[1],
     );
     println!(
         "BENCH | api idempotent create, a new key each, {callers} callers, {:.1} s after {EXECUTIONS} warm-up creates \
          ({first_rate:.0}/s, p50 {first_p50:.2} ms, p99 {first_p99:.2} ms) | {:.0} creates/s, p50 {create_p50:.2} ms, \
-         p99 {create_p99:.2} ms | the ingest rate ({:.0}/s) | ReportProgress above | {created} acked creates, as many \
+         p99 {create_p99:.2} ms; CPU per create: api {:.1} µs, nats-server {:.1} µs, gRPC load driver {:.1} µs; machine \
+         idle {create_idle:.0} % | the ingest rate ({:.0}/s) | ReportProgress above | {created} acked creates, as many \
          distinct executions; every 50th warm-up key re-sent returned its execution |",
         creates.elapsed.as_secs_f64(),
         creates.rate(),
+        create_cpu[0],
+        create_cpu[1],
+        create_cpu[2],
         api_phase.rate(),
     );
 }
