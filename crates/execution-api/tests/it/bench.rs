@@ -58,7 +58,9 @@ impl CpuMeter {
     fn now(pids: &[Option<u32>]) -> Vec<Duration> {
         pids.iter()
             .map(|pid| {
-                pid.and_then(|pid| runcast_loadgen::procfs::cpu_time(pid).ok()).map(|cpu| cpu.total()).unwrap_or_default()
+                pid.and_then(|pid| runcast_loadgen::procfs::cpu_time(pid).ok())
+                    .map(|cpu| cpu.total())
+                    .unwrap_or_default()
             })
             .collect()
     }
@@ -315,7 +317,9 @@ async fn bench_api_ingest_vs_raw_jetstream_publish() {
     let (nats_pid, driver_pid) = (stack.infra.nats.pid(), Some(std::process::id()));
     let cpu = CpuMeter::start(&[api.pid(), nats_pid, driver_pid]);
     let idle = runcast_loadgen::procfs::MachineIdle::start();
+    let profile = runcast_testkit::profile::SystemProfile::start();
     let (creates, created) = create_phase(&clients, callers, seconds.div_ceil(2)).await;
+    drop(profile);
     let (create_cpu, create_idle) = (cpu.per_call(creates.acked.len()), idle.percent());
     assert!(creates.failed.is_empty(), "{} creates failed", creates.failed.len());
     assert_eq!(created, creates.acked.len(), "every key its own execution");
@@ -323,9 +327,7 @@ async fn bench_api_ingest_vs_raw_jetstream_publish() {
 
     let cpu = CpuMeter::start(&[api.pid(), nats_pid, driver_pid]);
     let idle = runcast_loadgen::procfs::MachineIdle::start();
-    let profile = runcast_testkit::profile::SystemProfile::start();
     let api_phase = api_phase(&clients, &ids, callers, seconds).await;
-    drop(profile);
     let (api_cpu, api_idle) = (cpu.per_call(api_phase.acked.len()), idle.percent());
 
     // Raw publish of the same events, to the same stream, from the same process.
