@@ -75,6 +75,13 @@ impl CpuMeter {
     }
 }
 
+/// `perf record` of the machine during one phase (`BENCH_PERF_PHASE`: `ingest`, the default, or
+/// `create`) when `BENCH_PERF` names a file.
+fn profile_of(phase: &str) -> Option<runcast_testkit::profile::SystemProfile> {
+    let wanted = std::env::var("BENCH_PERF_PHASE").unwrap_or_else(|_| "ingest".to_owned());
+    (wanted == phase).then(runcast_testkit::profile::SystemProfile::start)
+}
+
 /// One call of a timed phase: what it sent (unique), and the answer if it was acked.
 type Call<'a> = futures::future::BoxFuture<'a, (String, Option<String>)>;
 
@@ -317,7 +324,7 @@ async fn bench_api_ingest_vs_raw_jetstream_publish() {
     let (nats_pid, driver_pid) = (stack.infra.nats.pid(), Some(std::process::id()));
     let cpu = CpuMeter::start(&[api.pid(), nats_pid, driver_pid]);
     let idle = runcast_loadgen::procfs::MachineIdle::start();
-    let profile = runcast_testkit::profile::SystemProfile::start();
+    let profile = profile_of("create");
     let (creates, created) = create_phase(&clients, callers, seconds.div_ceil(2)).await;
     drop(profile);
     let (create_cpu, create_idle) = (cpu.per_call(creates.acked.len()), idle.percent());
@@ -327,7 +334,9 @@ async fn bench_api_ingest_vs_raw_jetstream_publish() {
 
     let cpu = CpuMeter::start(&[api.pid(), nats_pid, driver_pid]);
     let idle = runcast_loadgen::procfs::MachineIdle::start();
+    let profile = profile_of("ingest");
     let api_phase = api_phase(&clients, &ids, callers, seconds).await;
+    drop(profile);
     let (api_cpu, api_idle) = (cpu.per_call(api_phase.acked.len()), idle.percent());
 
     // Raw publish of the same events, to the same stream, from the same process.
