@@ -219,8 +219,14 @@ impl Executions {
         };
         // The first read may be remembered, or come from a replica that trails the leader: a stale
         // state fails the append's sequence check, and a refusal is confirmed against the leader
-        // before it is given.
-        let mut read = Read::Remembered;
+        // before it is given. A create guesses a new execution (no events) unless this replica
+        // remembers otherwise: an idempotency key sent again fails the append on the empty-subject
+        // check, and the retry finds its execution. (The read model is still asked first, for an
+        // execution whose events the stream no longer holds.)
+        let mut read = match &command {
+            Command::Create { .. } => Read::RememberedOrEmpty,
+            _ => Read::Remembered,
+        };
         for attempt in 0..MAX_ATTEMPTS {
             let latest = self.current_with(tenant, execution_id, fallback, read).await?;
             let current = latest.as_ref().map(|latest| &latest.execution);

@@ -92,6 +92,10 @@ pub enum Read {
     /// few milliseconds). Possibly stale either way: only for the first try of a guarded append,
     /// where a stale read fails the expected-sequence check instead of deciding wrong.
     Remembered,
+    /// What this replica remembers of the subject, else "no events" without asking NATS: for the
+    /// first try of a create, whose append expects an empty subject, so a subject that has events
+    /// after all fails the expected-sequence check and the retry reads the leader.
+    RememberedOrEmpty,
     /// The stream leader answers: the newest acknowledged event. For what callers are told (state,
     /// `NOT_FOUND`, refusals) and for retries after a conflict.
     Leader,
@@ -106,7 +110,11 @@ impl EventStore {
 
     /// Whether a read of this kind answered from NATS sees the newest acknowledged event.
     pub fn is_exact(&self, read: Read) -> bool {
-        read == Read::Leader || !self.replicated
+        match read {
+            Read::Leader => true,
+            Read::Remembered => !self.replicated,
+            Read::RememberedOrEmpty => false,
+        }
     }
 
     /// Keeps `event`, whose `offset` is set, as the subject's last.
@@ -140,10 +148,13 @@ impl EventStore {
         read: Read,
     ) -> Result<Option<Stored>, StoreError> {
         let subject = self.subject(kind, tenant, entity);
-        if read == Read::Remembered
-            && let Some(known) = self.remembered.as_ref().and_then(|cache| cache.get(&subject))
-        {
-            return Ok(Some(Stored { sequence: known.offset, event: known.as_ref().clone(), exact: false }));
+        if matches!(read, Read::Remembered | Read::RememberedOrEmpty) {
+            if let Some(known) = self.remembered.as_ref().and_then(|cache| cache.get(&subject)) {
+                return Ok(Some(Stored { sequence: known.offset, event: known.as_ref().clone(), exact: false }));
+            }
+            if read == Read::RememberedOrEmpty {
+                return Ok(None);
+            }
         }
         let stream_name = self.topology.stream_name(kind);
         let fetch = async {
