@@ -564,3 +564,26 @@ where
     .map_err(|err| Error::database("cannot record the applied offset", err))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::JsonArray;
+
+    #[test]
+    fn a_json_array_holds_each_document_as_one_element_in_order() {
+        let documents = [r#"{"a":[1,2],"b":"x,y"}"#, "[]", r#""text""#, "{}"];
+        let mut array = JsonArray::new();
+        for document in documents {
+            array.push(document);
+        }
+        let parsed: Vec<serde_json::Value> = serde_json::from_str(&array.finish()).expect("a JSON array");
+        let expected: Vec<serde_json::Value> =
+            documents.iter().map(|document| serde_json::from_str(document).expect("a JSON value")).collect();
+        assert_eq!(parsed, expected);
+    }
+
+    #[test]
+    fn a_json_array_of_no_documents_is_empty() {
+        assert_eq!(JsonArray::new().finish(), "[]");
+    }
+}
