@@ -7,6 +7,7 @@
 //! latest state is the read model's, and the next write publishes with expected last subject
 //! sequence 0 — an empty subject — so two racing writers still cannot both win.
 
+use crate::archived::ArchivedExecutions;
 use crate::domain::state_machine::{Command, Refusal, decide};
 use crate::error::{ApiError, ApiErrorKind};
 use crate::store::{EventStore, Read, StoreErrorKind, Stored};
@@ -85,17 +86,21 @@ pub struct Executions {
     /// The read model, consulted only when the stream no longer holds an execution an
     /// idempotent create names (its events aged out of the stream).
     read_model: Option<runcast_store::PgPool>,
+    /// Its lookups of single executions, batched.
+    archived: Option<ArchivedExecutions>,
     /// How long the streams keep an event (`RUNCAST_STREAM_MAX_AGE`).
     stream_max_age: Duration,
 }
 
 impl Executions {
     pub fn new(store: EventStore) -> Self {
-        Self { store, read_model: None, stream_max_age: Duration::MAX }
+        Self { store, read_model: None, archived: None, stream_max_age: Duration::MAX }
     }
 
+    /// Starts the task that batches read-model lookups: call it on a Tokio runtime.
     pub fn with_read_model(store: EventStore, pool: runcast_store::PgPool, stream_max_age: Duration) -> Self {
-        Self { store, read_model: Some(pool), stream_max_age }
+        let archived = ArchivedExecutions::spawn(pool.clone(), READ_MODEL_TIMEOUT);
+        Self { store, read_model: Some(pool), archived: Some(archived), stream_max_age }
     }
 
     pub fn read_model(&self) -> Option<&runcast_store::PgPool> {
@@ -115,9 +120,9 @@ impl Executions {
     /// The execution as the read model last saw it (`offset` = its last applied event), `None`
     /// when it is not there. PostgreSQL down or slow: `UNAVAILABLE`.
     async fn archived(&self, tenant: &EntityId, execution_id: &EntityId) -> Result<Option<Execution>, ApiError> {
-        let Some(pool) = self.read_model.as_ref() else { return Ok(None) };
+        let Some(archived) = self.archived.as_ref() else { return Ok(None) };
         // No schema yet (no persister has run) reads as `None`: nothing can have been archived.
-        let query = runcast_store::read_model::execution(pool, tenant, execution_id);
+        let query = archived.get(tenant, execution_id);
         let unavailable = |cause: &dyn std::fmt::Display| {
             ApiError::unavailable(format!(
                 "the stream no longer holds execution {execution_id} and the read model (PostgreSQL) cannot be \

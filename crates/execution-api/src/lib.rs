@@ -18,6 +18,7 @@
 
 mod admission;
 mod agents;
+mod archived;
 mod commands;
 mod domain;
 mod error;

@@ -8,6 +8,7 @@ use prost::Message as _;
 use runcast_contract::v1::{Agent, AgentStatus, Execution, ExecutionStatus};
 use runcast_contract::{EntityId, StreamKind, WireEnum};
 use sqlx::PgPool;
+use std::collections::HashMap;
 
 /// The low watermark of `stream` (DESIGN §3, `as_of_offset`): every event at or below this offset
 /// is reflected in the history and read model. 0 when nothing is applied yet.
@@ -116,6 +117,35 @@ pub async fn execution(pool: &PgPool, tenant: &EntityId, execution_id: &EntityId
         Ok(None) => Ok(None),
         Err(err) if is_undefined_table(&err) => Ok(None),
         Err(err) => Err(Error::database("cannot read the entity from the read model", err)),
+    }
+}
+
+/// Many executions as the read model last saw them, in one query: those it holds, by `(tenant,
+/// execution id)`, each decoded or `Corrupt`. None when there is no schema yet, as [`execution`].
+pub async fn executions(
+    pool: &PgPool,
+    keys: &[(&str, &str)],
+) -> Result<HashMap<(String, String), Result<Execution, Error>>, Error> {
+    let (tenants, ids): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+    let rows = sqlx::query!(
+        "SELECT e.tenant_id, e.execution_id, e.state, e.last_offset
+           FROM UNNEST($1::text[], $2::text[]) AS wanted (tenant_id, execution_id)
+           JOIN executions e USING (tenant_id, execution_id)",
+        &tenants as _,
+        &ids as _,
+    )
+    .fetch_all(pool)
+    .await;
+    match rows {
+        Ok(rows) => Ok(rows
+            .into_iter()
+            .map(|row| {
+                let execution = decode_execution(&row.execution_id, &row.state, row.last_offset);
+                ((row.tenant_id, row.execution_id), execution)
+            })
+            .collect()),
+        Err(err) if is_undefined_table(&err) => Ok(HashMap::new()),
+        Err(err) => Err(Error::database("cannot read entities from the read model", err)),
     }
 }
 

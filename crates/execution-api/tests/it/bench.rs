@@ -260,6 +260,11 @@ async fn bench_api_ingest_vs_raw_jetstream_publish() {
     let channels = knob("BENCH_CHANNELS", 4).max(1);
     let seconds = knob("BENCH_SECONDS", 10) as u64;
     let stack = Stack::start().await;
+    // The schema a persister would have made: without it every create's read-model lookup fails
+    // (as "nothing archived") after PostgreSQL parsed it anew, an error path no deployment runs.
+    let pool = runcast_store::PgPool::connect(&stack.isolation.database_url).await.expect("database");
+    runcast_store::schema::migrate(&pool).await.expect("migrates");
+    pool.close().await;
     let mut api = stack.api(&[]).await;
     let token = admin();
     let mut clients = Vec::new();

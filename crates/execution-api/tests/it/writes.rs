@@ -373,6 +373,69 @@ async fn commands_are_counted_in_metrics_and_browsers_from_allowed_origins_may_c
 }
 
 #[tokio::test]
+async fn creates_at_once_each_find_their_own_archived_execution_or_make_a_new_one() {
+    let stack = Stack::start().await;
+    let _persister = stack.persister().await;
+    let mut api = stack.api(&[]).await;
+    let client = executions(&mut api, Some(&admin())).await;
+    let create = |key: String| {
+        let mut client = client.clone();
+        async move {
+            let request =
+                CreateExecutionRequest { workflow_id: "batch".into(), idempotency_key: key, ..Default::default() };
+            client.create_execution(request).await.expect("create").into_inner()
+        }
+    };
+    // Twelve executions, every third one moved on to version 2, persisted, then gone from the stream.
+    let mut archived = Vec::new();
+    for n in 0..12 {
+        let mut execution = create(format!("old-{n}")).await;
+        if n % 3 == 0 {
+            let mut client = client.clone();
+            execution = client
+                .update_execution_status(set(&execution.execution_id, ExecutionStatus::Running))
+                .await
+                .expect("running")
+                .into_inner();
+        }
+        archived.push(execution);
+    }
+    runcast_testkit::eventually("the read model to hold all twelve", std::time::Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let archived = &archived;
+        async move {
+            let list = client
+                .list_executions(ListExecutionsRequest { page_size: 100, ..Default::default() })
+                .await
+                .ok()?
+                .into_inner();
+            let stored: HashSet<(String, u64)> =
+                list.executions.iter().map(|e| (e.execution_id.clone(), e.version)).collect();
+            archived.iter().all(|e| stored.contains(&(e.execution_id.clone(), e.version))).then_some(())
+        }
+    })
+    .await
+    .expect("persisted");
+    let topology = runcast_contract::Topology::with_prefix(&stack.isolation.stream_prefix).expect("prefix");
+    let js = async_nats::jetstream::new(async_nats::connect(stack.infra.nats.url()).await.expect("nats"));
+    let stream = js.get_stream(topology.stream_name(runcast_contract::StreamKind::Executions)).await.expect("stream");
+    stream.purge().await.expect("purged");
+
+    // All at once: the twelve keys again, and twelve new ones; their lookups share queries.
+    let again = futures::future::join_all((0..12).map(|n| create(format!("old-{n}"))));
+    let fresh = futures::future::join_all((0..12).map(|n| create(format!("new-{n}"))));
+    let (again, fresh) = tokio::join!(again, fresh);
+    for (was, is) in archived.iter().zip(&again) {
+        assert_eq!((&is.execution_id, is.version), (&was.execution_id, was.version), "as the read model has it");
+        assert!(events_of(&stack, &is.execution_id).await.is_empty(), "nothing new for {}", is.execution_id);
+    }
+    let fresh_ids: HashSet<&str> = fresh.iter().map(|e| e.execution_id.as_str()).collect();
+    assert_eq!(fresh_ids.len(), 12, "a new execution per new key");
+    assert!(fresh.iter().all(|e| e.version == 1));
+    assert!(archived.iter().all(|e| !fresh_ids.contains(e.execution_id.as_str())));
+}
+
+#[tokio::test]
 async fn an_idempotency_key_finds_its_execution_after_the_stream_dropped_its_events() {
     let stack = Stack::start().await;
     let _persister = stack.persister().await;
