@@ -372,6 +372,14 @@ async fn commands_are_counted_in_metrics_and_browsers_from_allowed_origins_may_c
     assert!(refused.headers().get("access-control-allow-origin").is_none());
 }
 
+/// What the stream's max age does in production, at once: every execution event is gone from it.
+async fn drop_executions_from_the_stream(stack: &Stack) {
+    let topology = runcast_contract::Topology::with_prefix(&stack.isolation.stream_prefix).expect("prefix");
+    let js = async_nats::jetstream::new(async_nats::connect(stack.infra.nats.url()).await.expect("nats"));
+    let stream = js.get_stream(topology.stream_name(runcast_contract::StreamKind::Executions)).await.expect("stream");
+    stream.purge().await.expect("purged");
+}
+
 #[tokio::test]
 async fn creates_at_once_each_find_their_own_archived_execution_or_make_a_new_one() {
     let stack = Stack::start().await;
@@ -416,10 +424,7 @@ async fn creates_at_once_each_find_their_own_archived_execution_or_make_a_new_on
     })
     .await
     .expect("persisted");
-    let topology = runcast_contract::Topology::with_prefix(&stack.isolation.stream_prefix).expect("prefix");
-    let js = async_nats::jetstream::new(async_nats::connect(stack.infra.nats.url()).await.expect("nats"));
-    let stream = js.get_stream(topology.stream_name(runcast_contract::StreamKind::Executions)).await.expect("stream");
-    stream.purge().await.expect("purged");
+    drop_executions_from_the_stream(&stack).await;
 
     // All at once: the twelve keys again, and twelve new ones; their lookups share queries.
     let again = futures::future::join_all((0..12).map(|n| create(format!("old-{n}"))));
@@ -463,10 +468,7 @@ async fn an_idempotency_key_finds_its_execution_after_the_stream_dropped_its_eve
     .expect("persisted");
 
     // The stream ages the execution's events out (purged here; max_age in production).
-    let topology = runcast_contract::Topology::with_prefix(&stack.isolation.stream_prefix).expect("prefix");
-    let js = async_nats::jetstream::new(async_nats::connect(stack.infra.nats.url()).await.expect("nats"));
-    let stream = js.get_stream(topology.stream_name(runcast_contract::StreamKind::Executions)).await.expect("stream");
-    stream.purge().await.expect("purged");
+    drop_executions_from_the_stream(&stack).await;
     assert!(events_of(&stack, &id).await.is_empty());
 
     let again = client.create_execution(request()).await.expect("create again").into_inner();
