@@ -7,15 +7,24 @@
 //! third of the api's CPU per create under load. Batched, a burst of creates costs one of each.
 //! No timer: a lookup that finds the task idle goes out at once, so an idle api answers as fast as
 //! before, and a busy one batches by itself.
+//!
+//! Up to [`MAX_IN_FLIGHT`] queries run at once, each with the lookups that arrived while the others
+//! ran: one slow query (a cold page, a lock, a stalled connection) does not make every lookup after
+//! it wait out its timeout, and a stalled database holds no more than that many pooled connections.
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use runcast_contract::EntityId;
 use runcast_contract::v1::Execution;
 use runcast_store::{Error, ErrorKind, PgPool};
+use std::future::Future;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most lookups in one query.
 const MAX_BATCH: usize = 256;
+/// Queries running at once.
+const MAX_IN_FLIGHT: usize = 4;
 /// Lookups waiting for a query; a caller waits for room beyond that.
 const QUEUE: usize = 4 * MAX_BATCH;
 
@@ -39,8 +48,12 @@ pub(crate) struct ArchivedExecutions {
 impl ArchivedExecutions {
     /// Starts the task (on the current Tokio runtime). `timeout` bounds each query.
     pub(crate) fn spawn(pool: PgPool, timeout: Duration) -> Self {
+        Self::spawn_on(ReadModel { pool, timeout })
+    }
+
+    fn spawn_on(source: impl Source + 'static) -> Self {
         let (lookups, queued) = mpsc::channel(QUEUE);
-        tokio::spawn(serve(pool, queued, timeout));
+        tokio::spawn(serve(source, queued));
         Self { lookups }
     }
 
@@ -54,23 +67,58 @@ impl ArchivedExecutions {
     }
 }
 
-async fn serve(pool: PgPool, mut queued: mpsc::Receiver<Lookup>, timeout: Duration) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queued.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // A caller that gave up (its own deadline) needs no answer.
-        batch.retain(|lookup: &Lookup| !lookup.answer.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        let keys: Vec<(&str, &str)> =
-            batch.iter().map(|lookup| (lookup.tenant.as_str(), lookup.execution_id.as_str())).collect();
-        let found = match tokio::time::timeout(timeout, runcast_store::read_model::executions(&pool, &keys)).await {
+/// Where the executions are looked up: the read model, or a stand-in in the tests of the batching.
+trait Source: Send + Sync {
+    fn find<'a>(&'a self, keys: &'a [(&'a str, &'a str)]) -> impl Future<Output = Result<Found, Error>> + Send + 'a;
+}
+
+struct ReadModel {
+    pool: PgPool,
+    /// Bounds each query.
+    timeout: Duration,
+}
+
+impl Source for ReadModel {
+    async fn find<'a>(&'a self, keys: &'a [(&'a str, &'a str)]) -> Result<Found, Error> {
+        let timeout = self.timeout;
+        match tokio::time::timeout(timeout, runcast_store::read_model::executions(&self.pool, keys)).await {
             Ok(found) => found,
             Err(_) => Err(Error::new(ErrorKind::Unavailable, format!("no answer within {timeout:?}"))),
-        };
-        drop(keys);
-        answer(batch.drain(..), found);
+        }
     }
+}
+
+/// Takes the lookups queued whenever fewer than [`MAX_IN_FLIGHT`] queries run, and answers each
+/// batch when its query ends. Ends once every handle is dropped and the last query answered.
+async fn serve(source: impl Source, mut queued: mpsc::Receiver<Lookup>) {
+    let mut in_flight = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        let mut batch = Vec::new();
+        tokio::select! {
+            received = queued.recv_many(&mut batch, MAX_BATCH), if open && in_flight.len() < MAX_IN_FLIGHT => {
+                if received == 0 {
+                    open = false;
+                    continue;
+                }
+                // A caller that gave up (its own deadline) needs no answer.
+                batch.retain(|lookup: &Lookup| !lookup.answer.is_closed());
+                if !batch.is_empty() {
+                    in_flight.push(look_up(&source, batch));
+                }
+            }
+            Some(()) = in_flight.next() => {}
+            else => return,
+        }
+    }
+}
+
+async fn look_up(source: &impl Source, batch: Vec<Lookup>) {
+    let keys: Vec<(&str, &str)> =
+        batch.iter().map(|lookup| (lookup.tenant.as_str(), lookup.execution_id.as_str())).collect();
+    let found = source.find(&keys).await;
+    drop(keys);
+    answer(batch.into_iter(), found);
 }
 
 /// Hands each lookup its execution (or `None`), or the query's error.
@@ -122,6 +170,101 @@ mod tests {
         assert_eq!(c_answer.try_recv().expect("answered").expect("found").map(|e| e.version), Some(7));
         let broken = d_answer.try_recv().expect("answered").expect_err("corrupt");
         assert_eq!(broken.kind(), ErrorKind::Corrupt);
+    }
+
+    /// Finds every key; a batch holding a key that starts with `slow` waits for a permit first.
+    /// Counts the queries started and the ones running.
+    struct Stalling {
+        started: tokio::sync::watch::Sender<usize>,
+        running: std::sync::atomic::AtomicUsize,
+        most_running: std::sync::atomic::AtomicUsize,
+        permits: tokio::sync::Semaphore,
+    }
+
+    impl Stalling {
+        fn new() -> std::sync::Arc<Self> {
+            std::sync::Arc::new(Self {
+                started: tokio::sync::watch::channel(0).0,
+                running: Default::default(),
+                most_running: Default::default(),
+                permits: tokio::sync::Semaphore::new(0),
+            })
+        }
+
+        async fn until_started(&self, queries: usize) {
+            let mut started = self.started.subscribe();
+            tokio::time::timeout(Duration::from_secs(10), started.wait_for(|n| *n >= queries))
+                .await
+                .expect("the queries start")
+                .expect("the source is alive");
+        }
+    }
+
+    impl Source for std::sync::Arc<Stalling> {
+        async fn find<'a>(&'a self, keys: &'a [(&'a str, &'a str)]) -> Result<Found, Error> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let running = self.running.fetch_add(1, SeqCst) + 1;
+            self.most_running.fetch_max(running, SeqCst);
+            self.started.send_modify(|n| *n += 1);
+            if keys.iter().any(|(_, id)| id.starts_with("slow")) {
+                self.permits.acquire().await.expect("open").forget();
+            }
+            self.running.fetch_sub(1, SeqCst);
+            Ok(keys.iter().map(|&(t, id)| ((t.to_owned(), id.to_owned()), Ok(execution(id)))).collect())
+        }
+    }
+
+    fn id(value: &str) -> EntityId {
+        EntityId::parse("id", value).expect("valid id")
+    }
+
+    /// Looks `execution` up in a task of its own.
+    fn get(lookups: &ArchivedExecutions, execution: &str) -> tokio::task::JoinHandle<Answer> {
+        let (lookups, execution) = (lookups.clone(), id(execution));
+        tokio::spawn(async move { lookups.get(&id("acme"), &execution).await })
+    }
+
+    async fn found(lookup: tokio::task::JoinHandle<Answer>) -> String {
+        let answer = tokio::time::timeout(Duration::from_secs(10), lookup).await.expect("answered in time");
+        answer.expect("joined").expect("found").expect("there").execution_id
+    }
+
+    // Paused time: a timer fires only once every task is idle, so "not answered yet" is exact.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_query_does_not_hold_up_the_lookups_that_arrive_after_it() {
+        let source = Stalling::new();
+        let lookups = ArchivedExecutions::spawn_on(source.clone());
+        let slow = get(&lookups, "slow1");
+        source.until_started(1).await;
+        assert_eq!(found(get(&lookups, "e2")).await, "e2", "answered while the slow query runs");
+        assert!(!slow.is_finished());
+        source.permits.add_permits(1);
+        assert_eq!(found(slow).await, "slow1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_more_than_max_in_flight_queries_run_at_once() {
+        let source = Stalling::new();
+        let lookups = ArchivedExecutions::spawn_on(source.clone());
+        let mut slow = Vec::new();
+        for n in 0..MAX_IN_FLIGHT {
+            slow.push(get(&lookups, &format!("slow{n}")));
+            source.until_started(n + 1).await;
+        }
+        // Queued, not queried, until one of the running queries ends.
+        let waiting = get(&lookups, "e-last");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(*source.started.borrow(), MAX_IN_FLIGHT);
+        assert!(!waiting.is_finished());
+        source.permits.add_permits(1);
+        assert_eq!(found(waiting).await, "e-last");
+        source.permits.add_permits(MAX_IN_FLIGHT);
+        let mut answered = Vec::new();
+        for lookup in slow {
+            answered.push(found(lookup).await);
+        }
+        assert_eq!(answered, (0..MAX_IN_FLIGHT).map(|n| format!("slow{n}")).collect::<Vec<_>>());
+        assert_eq!(source.most_running.load(std::sync::atomic::Ordering::SeqCst), MAX_IN_FLIGHT);
     }
 
     #[test]
