@@ -7,6 +7,13 @@
 # as root, from a copy of the installation and with a data folder `nobody` can enter).
 set -euo pipefail
 
+# Started with SIGINT ignored (e.g. `make run &` from a script: bash ignores INT in background
+# jobs), this script could not trap Ctrl-C: the services would stop on it and be restarted. Start
+# again with SIGINT back to its default, where `env` can do that (GNU coreutils).
+if [[ "$(trap -p INT)" == "trap -- '' SIGINT" ]] && env --default-signal=INT true 2>/dev/null; then
+  exec env --default-signal=INT "$0" "$@"
+fi
+
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 tools="${RUNCAST_TOOLS_DIR:-$root/.tools}"
