@@ -9,8 +9,9 @@
 //! what makes the switch from replay to live free of gaps and duplicates.
 
 use crate::channel::{Channel, Routing};
-use crate::outbound::{EventMeta, Frame, FrameKind, Outbound, Pushed};
+use crate::outbound::{EventMeta, Frame, FrameKind, Outbound, Payload, Pushed};
 use crate::protocol::{self, Protocol};
+use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use runcast_contract::gateway::Filters;
 use runcast_contract::v1::{Event, EventType};
@@ -34,7 +35,7 @@ pub struct Dispatch<'a> {
     routing: &'a Routing,
     event: &'a Event,
     offset: u64,
-    data: Bytes,
+    data: Utf8Bytes,
     proto: OnceLock<Bytes>,
     received: Option<Instant>,
     /// Progress and heartbeats may be replaced by a newer one of the same entity: the entity,
@@ -44,7 +45,13 @@ pub struct Dispatch<'a> {
 
 impl<'a> Dispatch<'a> {
     /// `event.offset` must already be `offset`; `data` is the event's JSON.
-    pub fn new(routing: &'a Routing, event: &'a Event, offset: u64, data: Bytes, received: Option<Instant>) -> Self {
+    pub fn new(
+        routing: &'a Routing,
+        event: &'a Event,
+        offset: u64,
+        data: Utf8Bytes,
+        received: Option<Instant>,
+    ) -> Self {
         let coalesce = matches!(routing.event_type, EventType::ExecutionProgress | EventType::AgentHeartbeat)
             .then(|| Arc::from(routing.entity.as_str()));
         Self { routing, event, offset, data, proto: OnceLock::new(), received, coalesce }
@@ -70,10 +77,10 @@ impl<'a> Dispatch<'a> {
             .unwrap_or_else(protocol::now_rfc3339)
     }
 
-    /// The frame for one subscriber; `bytes` is the channel's shared encoding.
-    fn frame(&self, subscriber: &Subscriber, bytes: Bytes) -> Frame {
+    /// The frame for one subscriber; `payload` is the channel's shared encoding.
+    fn frame(&self, subscriber: &Subscriber, payload: Payload) -> Frame {
         Frame {
-            bytes,
+            payload,
             kind: FrameKind::Event(EventMeta {
                 subscription: subscriber.id,
                 offset: self.offset,
@@ -84,7 +91,7 @@ impl<'a> Dispatch<'a> {
         }
     }
 
-    fn encode(&self, channel: &str, protocol: Protocol) -> Bytes {
+    fn encode(&self, channel: &str, protocol: Protocol) -> Payload {
         match protocol {
             Protocol::Json => {
                 protocol::event_frame(self.event_type(), &self.timestamp(), channel, self.offset, &self.data)
@@ -168,7 +175,8 @@ impl Subscriber {
         // backwards, when the offset turns out not to be recoverable); go_live deduplicates.
         let held = state.pending_bytes;
         if let Some(pending) = &mut state.pending {
-            if pending.len() >= self.pending_capacity || held.saturating_add(frame.bytes.len()) > self.pending_max_bytes
+            if pending.len() >= self.pending_capacity
+                || held.saturating_add(frame.payload.len()) > self.pending_max_bytes
             {
                 // The replay is slower than the live feed. Holding more would be unbounded, and
                 // overflowing would blame the client; the stream still holds these events, so
@@ -178,7 +186,7 @@ impl Subscriber {
                 state.pending_dropped = true;
                 drop(state);
             } else {
-                let len = frame.bytes.len();
+                let len = frame.payload.len();
                 pending.push_back(frame);
                 state.pending_bytes = held + len;
             }
@@ -302,13 +310,13 @@ pub struct RecentEvent {
     pub routing: Routing,
     pub event: Event,
     /// The event's JSON `data`.
-    pub data: Bytes,
+    pub data: Utf8Bytes,
     /// Its frames for the channels it was replayed on.
     frames: EncodedFrames,
 }
 
 impl RecentEvent {
-    pub fn new(offset: u64, routing: Routing, event: Event, data: Bytes) -> Self {
+    pub fn new(offset: u64, routing: Routing, event: Event, data: Utf8Bytes) -> Self {
         Self { offset, routing, event, data, frames: EncodedFrames::default() }
     }
 
@@ -323,12 +331,12 @@ impl RecentEvent {
 /// thousands of clients resume the same channel at once, each event is encoded once, not once
 /// per client.
 #[derive(Default)]
-struct EncodedFrames(Mutex<Vec<(Box<str>, Protocol, Bytes)>>);
+struct EncodedFrames(Mutex<Vec<(Box<str>, Protocol, Payload)>>);
 
 impl EncodedFrames {
     const MAX: usize = 4;
 
-    fn get_or_encode(&self, channel: &str, protocol: Protocol, encode: impl FnOnce() -> Bytes) -> Bytes {
+    fn get_or_encode(&self, channel: &str, protocol: Protocol, encode: impl FnOnce() -> Payload) -> Payload {
         let mut frames = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((_, _, bytes)) = frames.iter().find(|(held, p, _)| **held == *channel && *p == protocol) {
             return bytes.clone();
@@ -612,7 +620,7 @@ impl Hub {
                     continue;
                 };
                 // One encoding per protocol per channel, shared by every recipient.
-                let mut shared: [Option<Bytes>; Protocol::COUNT] = Default::default();
+                let mut shared: [Option<Payload>; Protocol::COUNT] = Default::default();
                 for subscriber in subscribers {
                     if !subscriber.matches(dispatch.event) {
                         continue;
@@ -693,7 +701,7 @@ mod tests {
     fn drain(outbound: &Outbound) -> Vec<serde_json::Value> {
         let mut frames = Vec::new();
         outbound.pop_batch(usize::MAX, &mut frames);
-        frames.iter().map(|f| serde_json::from_slice(&f.bytes).expect("json")).collect()
+        frames.iter().map(|f| serde_json::from_slice(&f.payload).expect("json")).collect()
     }
 
     #[test]
@@ -872,7 +880,7 @@ mod tests {
 
     fn subscribed(offset: u64) -> Frame {
         Frame {
-            bytes: Protocol::Json.encode(&protocol::ServerMessage::Subscribed {
+            payload: Protocol::Json.encode(&protocol::ServerMessage::Subscribed {
                 timestamp: chrono::Utc::now(),
                 channel: "executions".into(),
                 offset,
@@ -894,9 +902,9 @@ mod tests {
         let (a, b) = (resuming(&hub, &first), resuming(&hub, &second));
         let frame_a = a.replay_recent_frame(&recent).expect("first delivery");
         let frame_b = b.replay_recent_frame(&recent).expect("first delivery");
-        assert_eq!(frame_a.bytes.as_ptr(), frame_b.bytes.as_ptr(), "encoded once, shared");
+        assert_eq!(frame_a.payload.as_ptr(), frame_b.payload.as_ptr(), "encoded once, shared");
         assert!(a.replay_recent_frame(&recent).is_none(), "an offset already given is skipped");
-        let frame: serde_json::Value = serde_json::from_slice(&frame_a.bytes).expect("json");
+        let frame: serde_json::Value = serde_json::from_slice(&frame_a.payload).expect("json");
         assert_eq!((frame["channel"].as_str(), frame["offset"].as_u64()), (Some("executions"), Some(7)));
         // Another channel or protocol gets its own encoding, never the first one's.
         let (proto, _) = hub.subscribe(
@@ -916,9 +924,9 @@ mod tests {
             Start::Replay { after: 0 },
         );
         let proto_frame = proto.replay_recent_frame(&recent).expect("delivered");
-        assert_ne!(proto_frame.bytes, frame_a.bytes);
+        assert_ne!(proto_frame.payload, frame_a.payload);
         let own: serde_json::Value =
-            serde_json::from_slice(&one_execution.replay_recent_frame(&recent).expect("delivered").bytes)
+            serde_json::from_slice(&one_execution.replay_recent_frame(&recent).expect("delivered").payload)
                 .expect("json");
         assert_eq!(own["channel"], "executions:e1");
     }

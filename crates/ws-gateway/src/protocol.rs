@@ -3,7 +3,8 @@
 //! the subprotocols, the encoding of a [`ServerMessage`] for a connection, and the fast framing of
 //! events: the event's JSON or protobuf encoded once and wrapped per channel without re-encoding.
 
-use bytes::Bytes;
+use crate::outbound::Payload;
+use axum::extract::ws::Utf8Bytes;
 use chrono::{SecondsFormat, Utc};
 pub(crate) use runcast_contract::gateway::{
     ClientMessage, CloseCode, ErrorCode, NotRecovered, ProtocolError, ServerMessage, SubscribeRequest, parse_epoch,
@@ -41,10 +42,10 @@ impl Protocol {
     }
 
     /// One control message as this protocol's frame.
-    pub fn encode(self, message: &ServerMessage) -> Bytes {
+    pub fn encode(self, message: &ServerMessage) -> Payload {
         use prost::Message as _;
         match self {
-            Self::Json => Bytes::from(message.to_json()),
+            Self::Json => message.to_json().into(),
             Self::Proto => GatewayServerMessage::from(message).encode_to_vec().into(),
         }
     }
@@ -64,28 +65,29 @@ pub(crate) fn now_rfc3339() -> String {
 }
 
 /// The JSON of one event, encoded once per event and shared by every channel and recipient.
-pub(crate) fn event_data(event: &runcast_contract::v1::Event) -> Result<Bytes, serde_json::Error> {
-    serde_json::to_vec(event).map(Bytes::from)
+pub(crate) fn event_data(event: &runcast_contract::v1::Event) -> Result<Utf8Bytes, serde_json::Error> {
+    serde_json::to_string(event).map(Utf8Bytes::from)
 }
 
 /// `{"type", "timestamp", "channel", "offset", "data"}` around already encoded event JSON:
 /// string assembly, so the event itself is not serialized again per channel.
-pub(crate) fn event_frame(event_type: &str, timestamp: &str, channel: &str, offset: u64, data: &[u8]) -> Bytes {
+pub(crate) fn event_frame(event_type: &str, timestamp: &str, channel: &str, offset: u64, data: &str) -> Payload {
+    use std::fmt::Write as _;
     // The fixed parts are 57 bytes and an offset at most 20: sized once, never grown.
-    let mut frame = Vec::with_capacity(event_type.len() + timestamp.len() + channel.len() + data.len() + 80);
-    frame.extend_from_slice(b"{\"type\":\"");
-    frame.extend_from_slice(event_type.as_bytes());
-    frame.extend_from_slice(b"\",\"timestamp\":\"");
-    frame.extend_from_slice(timestamp.as_bytes());
+    let mut frame = String::with_capacity(event_type.len() + timestamp.len() + channel.len() + data.len() + 80);
+    frame.push_str("{\"type\":\"");
+    frame.push_str(event_type);
+    frame.push_str("\",\"timestamp\":\"");
+    frame.push_str(timestamp);
     // Channel names are validated ids (no quote or backslash), so no escaping is needed.
-    frame.extend_from_slice(b"\",\"channel\":\"");
-    frame.extend_from_slice(channel.as_bytes());
-    frame.extend_from_slice(b"\",\"offset\":");
-    frame.extend_from_slice(offset.to_string().as_bytes());
-    frame.extend_from_slice(b",\"data\":");
-    frame.extend_from_slice(data);
-    frame.push(b'}');
-    Bytes::from(frame)
+    frame.push_str("\",\"channel\":\"");
+    frame.push_str(channel);
+    frame.push_str("\",\"offset\":");
+    let _ = write!(frame, "{offset}");
+    frame.push_str(",\"data\":");
+    frame.push_str(data);
+    frame.push('}');
+    frame.into()
 }
 
 /// The protobuf event frame: the envelope fields, then the already encoded `Event` appended as
@@ -97,7 +99,7 @@ pub(crate) fn event_frame_proto(
     channel: &str,
     offset: u64,
     event: &[u8],
-) -> Bytes {
+) -> Payload {
     use prost::Message as _;
     use prost::encoding::{WireType, encode_key, encode_varint};
     let envelope = GatewayServerMessage {
@@ -112,7 +114,7 @@ pub(crate) fn event_frame_proto(
     encode_key(6, WireType::LengthDelimited, &mut frame);
     encode_varint(event.len() as u64, &mut frame);
     frame.extend_from_slice(event);
-    Bytes::from(frame)
+    frame.into()
 }
 
 #[cfg(test)]
@@ -134,7 +136,7 @@ mod tests {
     fn a_reconnect_carries_its_delay_in_both_protocols() {
         let reconnect =
             ServerMessage::Reconnect { timestamp: Utc::now(), reason: "drain".into(), retry_after_ms: 1234 };
-        let proto = GatewayServerMessage::decode(Protocol::Proto.encode(&reconnect)).expect("decodes");
+        let proto = GatewayServerMessage::decode(&*Protocol::Proto.encode(&reconnect)).expect("decodes");
         assert_eq!((proto.r#type.as_str(), proto.retry_after_ms), ("reconnect", Some(1234)));
         let json: serde_json::Value = serde_json::from_slice(&Protocol::Json.encode(&reconnect)).expect("json");
         assert_eq!(json["retry_after_ms"], 1234);
@@ -144,7 +146,8 @@ mod tests {
     fn protobuf_frames_decode_to_the_server_message() {
         let event = Event { event_id: "e".into(), offset: 7, ..Default::default() };
         let frame = event_frame_proto("execution.started", None, "executions", 7, &event.encode_to_vec());
-        let decoded = GatewayServerMessage::decode(frame).expect("decodes");
+        assert!(matches!(frame, Payload::Binary(_)), "protobuf goes out as binary messages");
+        let decoded = GatewayServerMessage::decode(&*frame).expect("decodes");
         assert_eq!(decoded.r#type, "execution.started");
         assert_eq!(decoded.channel, "executions");
         assert_eq!(decoded.offset, 7);
@@ -159,7 +162,7 @@ mod tests {
             reason: Some(NotRecovered::EpochChanged),
             id: None,
         };
-        let decoded = GatewayServerMessage::decode(Protocol::Proto.encode(&control)).expect("decodes");
+        let decoded = GatewayServerMessage::decode(&*Protocol::Proto.encode(&control)).expect("decodes");
         assert_eq!((decoded.r#type.as_str(), decoded.offset, decoded.recovered), ("subscribed", 3, Some(false)));
         assert_eq!(
             (decoded.reason.as_str(), decoded.epoch.as_str()),
@@ -174,8 +177,9 @@ mod tests {
 
     #[test]
     fn frames_are_valid_json_of_the_designed_shape() {
-        let data = br#"{"event_id":"e"}"#;
+        let data = r#"{"event_id":"e"}"#;
         let frame = event_frame("execution.started", "2026-01-01T00:00:00Z", "executions", 12, data);
+        assert!(matches!(frame, Payload::Text(_)), "JSON goes out as text messages");
         let value: Value = serde_json::from_slice(&frame).expect("json");
         assert_eq!(value["type"], "execution.started");
         assert_eq!(value["channel"], "executions");
@@ -183,6 +187,7 @@ mod tests {
         assert_eq!(value["data"]["event_id"], "e");
         let error =
             Protocol::Json.encode(&ServerMessage::error(&ProtocolError::new(ErrorCode::RateLimited, "slow down")));
+        assert!(matches!(error, Payload::Text(_)));
         let value: Value = serde_json::from_slice(&error).expect("json");
         assert_eq!(value["type"], "error");
         assert_eq!(value["code"], "rate_limited");

@@ -183,7 +183,7 @@ pub(crate) struct Session {
 }
 
 fn control_frame(control: &ServerMessage, protocol: Protocol) -> Frame {
-    Frame { bytes: protocol.encode(control), kind: FrameKind::Control { kind: control.kind() } }
+    Frame { payload: protocol.encode(control), kind: FrameKind::Control { kind: control.kind() } }
 }
 
 impl Session {

@@ -225,7 +225,7 @@ impl Writer {
     fn drain(&mut self) -> Bytes {
         let mut frames = Vec::with_capacity(WRITE_BATCH);
         self.outbound.pop_batch_bytes(WRITE_BATCH, crate::ws::WRITE_BATCH_BYTES, &mut frames);
-        let size: usize = frames.iter().map(|f| f.bytes.len() + 64).sum();
+        let size: usize = frames.iter().map(|f| f.payload.len() + 64).sum();
         let mut chunk = BytesMut::with_capacity(size);
         let (events, oldest) = crate::outbound::events_and_oldest(&frames);
         for frame in frames {
@@ -236,7 +236,7 @@ impl Writer {
                 FrameKind::Control { kind } => {
                     // A draining replica's delay also becomes the EventSource's own retry time.
                     if *kind == "reconnect"
-                        && let Some(delay) = retry_after_ms(&frame.bytes)
+                        && let Some(delay) = retry_after_ms(&frame.payload)
                     {
                         chunk.put_slice(format!("retry: {delay}\n").as_bytes());
                     }
@@ -248,7 +248,7 @@ impl Writer {
                 }
             }
             // Frames are single-line JSON, so one `data:` line carries each.
-            chunk.put_slice(&frame.bytes);
+            chunk.put_slice(&frame.payload);
             chunk.put_slice(b"\n\n");
         }
         self.meters.written(events, oldest);

@@ -4,7 +4,7 @@
 //! writer of a connection share one task ([`Connection`]).
 
 use crate::gateway::{Admission, Gateway, Transport};
-use crate::outbound::{Frame, FrameKind, Outbound};
+use crate::outbound::{Frame, FrameKind, Outbound, Payload};
 use crate::protocol::{CloseCode, ErrorCode, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL, Protocol};
 use crate::series::WriterMeters;
 use crate::session::{Inbound, Session};
@@ -128,7 +128,7 @@ fn serve(
     let outbound = Outbound::bounded(gw.limits.queue_capacity, gw.limits.queue_bytes);
     let closed = CancellationToken::new();
     let times = WriterTimes { write_timeout: gw.limits.write_timeout, ping_interval: gw.limits.ping_interval };
-    let writer = write_loop(sink, outbound.clone(), closed.clone(), protocol, times);
+    let writer = write_loop(sink, outbound.clone(), closed.clone(), times);
     // Read errors end the stream, except a frame beyond tungstenite's own limit: that one becomes
     // `TooBig`, so the client learns why (1009) instead of seeing the socket fail.
     let seen = outbound.clone();
@@ -243,14 +243,16 @@ fn is_too_big(err: axum::Error) -> bool {
     )
 }
 
-fn to_message(frame: Frame, protocol: Protocol) -> Option<Message> {
+/// The frame as a WebSocket message: the payload's own kind (text for the JSON subprotocol,
+/// binary for protobuf), no copy and no check.
+fn to_message(frame: Frame) -> Message {
     match frame.kind {
-        FrameKind::Event(_) | FrameKind::Control { .. } => match protocol {
-            Protocol::Json => Utf8Bytes::try_from(frame.bytes).ok().map(Message::Text),
-            Protocol::Proto => Some(Message::Binary(frame.bytes)),
+        FrameKind::Event(_) | FrameKind::Control { .. } => match frame.payload {
+            Payload::Text(text) => Message::Text(text),
+            Payload::Binary(bytes) => Message::Binary(bytes),
         },
         FrameKind::Close { code, reason } => {
-            Some(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) })))
+            Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
         }
     }
 }
@@ -267,7 +269,6 @@ fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     outbound: Arc<Outbound>,
     closed: CancellationToken,
-    protocol: Protocol,
     times: WriterTimes,
 ) -> impl Future<Output = ()> {
     let timeout = times.write_timeout;
@@ -304,7 +305,7 @@ fn write_loop(
                 // waited longest) as the batch's sample: per-frame timers and histogram records
                 // would cost more than writing the frame.
                 let (events, oldest) = crate::outbound::events_and_oldest(&batch);
-                let written = tokio::time::timeout(timeout, write_batch(&mut sink, &mut batch, protocol)).await;
+                let written = tokio::time::timeout(timeout, write_batch(&mut sink, &mut batch)).await;
                 meters.written(events, oldest);
                 match written {
                     Ok(Ok(Written::All)) => {}
@@ -330,17 +331,10 @@ enum Written {
 }
 
 /// Feeds every frame of `batch` (emptying it), then flushes once.
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, Message>,
-    batch: &mut Vec<Frame>,
-    protocol: Protocol,
-) -> Result<Written, axum::Error> {
+async fn write_batch(sink: &mut SplitSink<WebSocket, Message>, batch: &mut Vec<Frame>) -> Result<Written, axum::Error> {
     for frame in batch.drain(..) {
         let is_close = matches!(frame.kind, FrameKind::Close { .. });
-        let Some(message) = to_message(frame, protocol) else {
-            continue;
-        };
-        sink.feed(message).await?;
+        sink.feed(to_message(frame)).await?;
         if is_close {
             sink.flush().await?;
             return Ok(Written::Closed);

@@ -150,7 +150,7 @@ impl Client {
             .into_iter()
             .map(|frame| match frame.kind {
                 FrameKind::Close { code, .. } => Written::Close(code),
-                _ => Written::Json(serde_json::from_slice(&frame.bytes).expect("a JSON frame")),
+                _ => Written::Json(serde_json::from_slice(&frame.payload).expect("a JSON frame")),
             })
             .collect()
     }
