@@ -30,6 +30,7 @@ fn quantiles(latencies: &mut [u64]) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
+#[derive(Default)]
 struct Phase {
     acked: Vec<String>,
     failed: Vec<String>,
@@ -123,7 +124,7 @@ where
             (acked, failed, latencies, answers)
         }));
     }
-    let mut phase = Phase { acked: Vec::new(), failed: Vec::new(), latencies: Vec::new(), elapsed: Duration::ZERO };
+    let mut phase = Phase::default();
     let mut answers = Vec::new();
     for task in tasks {
         let (acked, failed, latencies, answered) = task.await.expect("caller");
@@ -176,14 +177,79 @@ async fn create_phase(clients: &[crate::support::Executions], callers: usize, se
     (phase, distinct.len())
 }
 
-/// The same events published straight to JetStream: each execution's last stored (progress) event
-/// as a template, a fresh event id (the `Nats-Msg-Id`, as the api sets it) and message per publish,
-/// round robin over the executions' subjects, at most `ACK_WINDOW` acks outstanding.
-async fn raw_phase(js: &async_nats::jetstream::Context, templates: &[(String, Event)], seconds: u64) -> Phase {
+/// An execution's subject, its last stored (progress) event as a template for the raw publishes,
+/// and that event's stream sequence.
+type Template = (String, Event, u64);
+
+/// `template` as a new event: a fresh event id (the `Nats-Msg-Id`, as the api sets it) and
+/// `message` as its progress message.
+fn fresh_publish(template: &Event, message: &str) -> async_nats::jetstream::message::PublishMessage {
+    let mut event = template.clone();
+    event.event_id = uuid::Uuid::now_v7().to_string();
+    if let Some(event::Payload::ProgressReported(progress)) = event.payload.as_mut() {
+        progress.message = message.to_owned();
+    }
+    async_nats::jetstream::message::PublishMessage::build()
+        .payload(event.encode_to_vec().into())
+        .message_id(&event.event_id)
+}
+
+/// JetStream alone, asked what the api asks of it per call: `callers` publishers, each owning its
+/// share of the executions (as the api's callers do) with one publish in flight, every publish
+/// guarded by `Nats-Expected-Last-Subject-Sequence` (the api's per-execution CAS), over one
+/// connection. What is left between this and the api is the api's own cost.
+async fn cas_phase(js: &async_nats::jetstream::Context, templates: &[Template], callers: usize, seconds: u64) -> Phase {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut publishers = Vec::new();
+    for caller in 0..callers {
+        let mut mine: Vec<Template> = templates.iter().skip(caller).step_by(callers).cloned().collect();
+        let js = js.clone();
+        publishers.push(tokio::spawn(async move {
+            let mut phase = Phase::default();
+            let mut n = 0usize;
+            while !mine.is_empty() && Instant::now() < deadline {
+                let index = n % mine.len();
+                let (subject, template, last) = &mut mine[index];
+                let message = format!("cas-{caller}-{n}");
+                n += 1;
+                let publish = fresh_publish(template, &message).expected_last_subject_sequence(*last);
+                let sent = Instant::now();
+                let acked = match js.send_publish(subject.clone(), publish).await {
+                    Ok(ack) => ack.await.ok(),
+                    Err(_) => None,
+                };
+                let Some(ack) = acked else {
+                    // The subject's last sequence is unknown now: this publisher stops.
+                    phase.failed.push(message);
+                    break;
+                };
+                *last = ack.sequence;
+                phase.latencies.push(sent.elapsed().as_micros() as u64);
+                phase.acked.push(message);
+            }
+            phase
+        }));
+    }
+    let mut phase = Phase::default();
+    for publisher in publishers {
+        let done = publisher.await.expect("publisher");
+        phase.acked.extend(done.acked);
+        phase.failed.extend(done.failed);
+        phase.latencies.extend(done.latencies);
+    }
+    phase.elapsed = started.elapsed();
+    phase
+}
+
+/// The same events published straight to JetStream: each execution's template with a fresh event
+/// id and message per publish, round robin over the executions' subjects, at most `ACK_WINDOW`
+/// acks outstanding, no expected sequence.
+async fn raw_phase(js: &async_nats::jetstream::Context, templates: &[Template], seconds: u64) -> Phase {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let mut window: VecDeque<(Instant, String, async_nats::jetstream::context::PublishAckFuture)> = VecDeque::new();
-    let mut phase = Phase { acked: Vec::new(), failed: Vec::new(), latencies: Vec::new(), elapsed: Duration::ZERO };
+    let mut phase = Phase::default();
     let settle = |phase: &mut Phase, sent: Instant, message: String, ack: Result<_, _>| match ack {
         Ok(_) => {
             phase.latencies.push(sent.elapsed().as_micros() as u64);
@@ -193,17 +259,10 @@ async fn raw_phase(js: &async_nats::jetstream::Context, templates: &[(String, Ev
     };
     let mut n = 0usize;
     while Instant::now() < deadline {
-        let (subject, template) = &templates[n % templates.len()];
-        let mut event = template.clone();
-        event.event_id = uuid::Uuid::now_v7().to_string();
+        let (subject, template, _) = &templates[n % templates.len()];
         let message = format!("raw-{n}");
         n += 1;
-        if let Some(event::Payload::ProgressReported(progress)) = event.payload.as_mut() {
-            progress.message = message.clone();
-        }
-        let publish = async_nats::jetstream::message::PublishMessage::build()
-            .payload(event.encode_to_vec().into())
-            .message_id(&event.event_id);
+        let publish = fresh_publish(template, &message);
         let sent = Instant::now();
         match js.send_publish(subject.clone(), publish).await {
             Ok(ack) => window.push_back((sent, message, ack)),
@@ -355,27 +414,38 @@ async fn bench_api_ingest_vs_raw_jetstream_publish() {
         let last = stream.direct_get_last_for_subject(subject.clone()).await.expect("last event");
         let event = Event::decode(last.payload.as_ref()).expect("decodes");
         if matches!(event.payload, Some(event::Payload::ProgressReported(_))) {
-            templates.push((subject, event));
+            templates.push((subject, event, last.sequence));
         }
     }
     assert!(!templates.is_empty(), "no execution received a progress event");
+    // First, while the templates' sequences are the subjects' last.
+    let cpu = CpuMeter::start(&[nats_pid, driver_pid]);
+    let cas_phase = cas_phase(&js, &templates, callers, seconds).await;
+    let cas_cpu = cpu.per_call(cas_phase.acked.len());
     let cpu = CpuMeter::start(&[nats_pid, driver_pid]);
     let raw_phase = raw_phase(&js, &templates, seconds).await;
     let raw_cpu = cpu.per_call(raw_phase.acked.len());
 
     let seen = progress_messages(&js, &topology).await;
     let api_check = check_exactly_once("api", &api_phase, &seen);
+    let cas_check = check_exactly_once("raw CAS", &cas_phase, &seen);
     let raw_check = check_exactly_once("raw", &raw_phase, &seen);
+    assert!(cas_phase.failed.is_empty(), "{} CAS publishes failed", cas_phase.failed.len());
 
     let (api_p50, api_p99) = quantiles(&mut api_phase.latencies.clone());
     let (raw_p50, raw_p99) = quantiles(&mut raw_phase.latencies.clone());
+    let (cas_p50, cas_p99) = quantiles(&mut cas_phase.latencies.clone());
     let ratio = 100.0 * api_phase.rate() / raw_phase.rate();
+    let of_cas = 100.0 * api_phase.rate() / cas_phase.rate();
     println!(
         "BENCH | api ingest ReportProgress, {EXECUTIONS} running executions, {callers} callers on {channels} connections, \
          {seconds} s | {:.0} calls/s ({ratio:.0} % of raw), p50 {api_p50:.2} ms, p99 {api_p99:.2} ms; CPU per call: \
          api {:.1} µs, nats-server {:.1} µs, gRPC load driver {:.1} µs; machine idle {api_idle:.0} % | >= 50 % of raw \
          | raw JetStream publish, window {ACK_WINDOW}: {:.0} events/s, publish-to-ack p50 {raw_p50:.2} ms, p99 \
-         {raw_p99:.2} ms; CPU per event: nats-server {:.1} µs, publisher {:.1} µs | api: {api_check}; raw: {raw_check} |",
+         {raw_p99:.2} ms; CPU per event: nats-server {:.1} µs, publisher {:.1} µs. The api's pattern without the \
+         api (per-subject CAS, {callers} publishers, one in flight each): {:.0} events/s (the api is at {of_cas:.0} % of \
+         it), p50 {cas_p50:.2} ms, p99 {cas_p99:.2} ms; nats-server {:.1} µs, publisher {:.1} µs per event | api: \
+         {api_check}; raw: {raw_check}; raw CAS: {cas_check} |",
         api_phase.rate(),
         api_cpu[0],
         api_cpu[1],
@@ -383,6 +453,9 @@ async fn bench_api_ingest_vs_raw_jetstream_publish() {
         raw_phase.rate(),
         raw_cpu[0],
         raw_cpu[1],
+        cas_phase.rate(),
+        cas_cpu[0],
+        cas_cpu[1],
     );
     println!(
         "BENCH | api idempotent create, a new key each, {callers} callers, {:.1} s after {EXECUTIONS} warm-up creates \
