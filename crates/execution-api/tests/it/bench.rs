@@ -420,10 +420,14 @@ async fn bench_api_ingest_vs_raw_jetstream_publish() {
     assert!(!templates.is_empty(), "no execution received a progress event");
     // First, while the templates' sequences are the subjects' last.
     let cpu = CpuMeter::start(&[nats_pid, driver_pid]);
+    let profile = profile_of("cas");
     let cas_phase = cas_phase(&js, &templates, callers, seconds).await;
+    drop(profile);
     let cas_cpu = cpu.per_call(cas_phase.acked.len());
     let cpu = CpuMeter::start(&[nats_pid, driver_pid]);
+    let profile = profile_of("raw");
     let raw_phase = raw_phase(&js, &templates, seconds).await;
+    drop(profile);
     let raw_cpu = cpu.per_call(raw_phase.acked.len());
 
     let seen = progress_messages(&js, &topology).await;
