@@ -168,6 +168,11 @@ const STORM: &[Metric] = &[
     metric("steady p99 latency to the socket before the storm, ms", |o| storm_ms(o, |s| s.before.p99_us), two_decimals),
     metric("steady max latency to the socket before the storm, ms", |o| storm_ms(o, |s| s.before.max_us), two_decimals),
     metric("steady p99 latency to the socket during the storm, ms", |o| storm_ms(o, |s| s.during.p99_us), two_decimals),
+    metric(
+        "steady p99.9 latency to the socket during the storm, ms",
+        |o| storm_ms(o, |s| s.during.p999_us),
+        two_decimals,
+    ),
     metric("steady max latency to the socket during the storm, ms", |o| storm_ms(o, |s| s.during.max_us), two_decimals),
     metric(
         "stall: max during − p99 before, ms (target ≤ 100)",
