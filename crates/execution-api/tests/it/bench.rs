@@ -89,21 +89,16 @@ type Call<'a> = futures::future::BoxFuture<'a, (String, Option<String>)>;
 /// `callers` tasks over `clients`, one call in flight each, for `seconds`: `call(client, caller, n)`
 /// makes a caller's `n`-th call (`None`: that caller has nothing to call). Returns the phase and
 /// every acked call's answer.
-async fn timed_phase<F>(
-    clients: &[crate::support::Executions],
-    callers: usize,
-    seconds: u64,
-    call: F,
-) -> (Phase, Vec<String>)
+async fn timed_phase<S, F>(callers: Vec<S>, seconds: u64, call: F) -> (Phase, Vec<String>)
 where
-    F: for<'a> Fn(&'a mut crate::support::Executions, usize, usize) -> Option<Call<'a>> + Send + Sync + 'static,
+    S: Send + 'static,
+    F: for<'a> Fn(&'a mut S, usize, usize) -> Option<Call<'a>> + Send + Sync + 'static,
 {
     let call = std::sync::Arc::new(call);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
-    for caller in 0..callers {
-        let mut client = clients[caller % clients.len()].clone();
+    for (caller, mut client) in callers.into_iter().enumerate() {
         let call = call.clone();
         tasks.push(tokio::spawn(async move {
             let (mut acked, mut failed, mut latencies, mut answers) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -137,11 +132,16 @@ where
     (phase, answers)
 }
 
+/// One gRPC client per caller, spread over `clients` (its connections).
+fn clients_of(clients: &[crate::support::Executions], callers: usize) -> Vec<crate::support::Executions> {
+    (0..callers).map(|caller| clients[caller % clients.len()].clone()).collect()
+}
+
 /// `callers` tasks, each owning the executions `i % callers == caller`, calling `ReportProgress`
 /// round robin over them for `seconds`, over `channels` gRPC connections.
 async fn api_phase(clients: &[crate::support::Executions], ids: &[String], callers: usize, seconds: u64) -> Phase {
     let ids = ids.to_vec();
-    let (phase, _) = timed_phase(clients, callers, seconds, move |client, caller, n| -> Option<Call<'_>> {
+    let (phase, _) = timed_phase(clients_of(clients, callers), seconds, move |client, caller, n| -> Option<Call<'_>> {
         let mine = ids.len().saturating_sub(caller).div_ceil(callers);
         let id = ids.get(caller + callers * (n % mine.max(1)))?.clone();
         let message = format!("api-{caller}-{n}");
@@ -163,7 +163,7 @@ async fn api_phase(clients: &[crate::support::Executions], ids: &[String], calle
 /// Idempotent creates for `seconds`, each with a key of its own, from `callers` callers (one call in
 /// flight each). Returns the phase and how many distinct executions the acked creates named.
 async fn create_phase(clients: &[crate::support::Executions], callers: usize, seconds: u64) -> (Phase, usize) {
-    let (phase, ids) = timed_phase(clients, callers, seconds, |client, caller, n| -> Option<Call<'_>> {
+    let (phase, ids) = timed_phase(clients_of(clients, callers), seconds, |client, caller, n| -> Option<Call<'_>> {
         let key = format!("load-{caller}-{n}");
         let request =
             CreateExecutionRequest { workflow_id: "bench".into(), idempotency_key: key.clone(), ..Default::default() };
@@ -199,46 +199,46 @@ fn fresh_publish(template: &Event, message: &str) -> async_nats::jetstream::mess
 /// guarded by `Nats-Expected-Last-Subject-Sequence` (the api's per-execution CAS), over one
 /// connection. What is left between this and the api is the api's own cost.
 async fn cas_phase(js: &async_nats::jetstream::Context, templates: &[Template], callers: usize, seconds: u64) -> Phase {
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
-    let mut publishers = Vec::new();
-    for caller in 0..callers {
-        let mut mine: Vec<Template> = templates.iter().skip(caller).step_by(callers).cloned().collect();
-        let js = js.clone();
-        publishers.push(tokio::spawn(async move {
-            let mut phase = Phase::default();
-            let mut n = 0usize;
-            while !mine.is_empty() && Instant::now() < deadline {
-                let index = n % mine.len();
-                let (subject, template, last) = &mut mine[index];
-                let message = format!("cas-{caller}-{n}");
-                n += 1;
-                let publish = fresh_publish(template, &message).expected_last_subject_sequence(*last);
-                let sent = Instant::now();
-                let acked = match js.send_publish(subject.clone(), publish).await {
-                    Ok(ack) => ack.await.ok(),
-                    Err(_) => None,
-                };
-                let Some(ack) = acked else {
+    /// A publisher's executions, and whether it stopped.
+    struct Publisher {
+        js: async_nats::jetstream::Context,
+        mine: Vec<Template>,
+        stopped: bool,
+    }
+    let publishers = (0..callers)
+        .map(|caller| Publisher {
+            js: js.clone(),
+            mine: templates.iter().skip(caller).step_by(callers).cloned().collect(),
+            stopped: false,
+        })
+        .collect();
+    let (phase, _) = timed_phase(publishers, seconds, |publisher, caller, n| -> Option<Call<'_>> {
+        if publisher.stopped || publisher.mine.is_empty() {
+            return None;
+        }
+        let index = n % publisher.mine.len();
+        Some(Box::pin(async move {
+            let message = format!("cas-{caller}-{n}");
+            let (subject, template, last) = &mut publisher.mine[index];
+            let publish = fresh_publish(template, &message).expected_last_subject_sequence(*last);
+            let acked = match publisher.js.send_publish(subject.clone(), publish).await {
+                Ok(ack) => ack.await.ok(),
+                Err(_) => None,
+            };
+            match acked {
+                Some(ack) => {
+                    *last = ack.sequence;
+                    (message, Some(String::new()))
+                }
+                None => {
                     // The subject's last sequence is unknown now: this publisher stops.
-                    phase.failed.push(message);
-                    break;
-                };
-                *last = ack.sequence;
-                phase.latencies.push(sent.elapsed().as_micros() as u64);
-                phase.acked.push(message);
+                    publisher.stopped = true;
+                    (message, None)
+                }
             }
-            phase
-        }));
-    }
-    let mut phase = Phase::default();
-    for publisher in publishers {
-        let done = publisher.await.expect("publisher");
-        phase.acked.extend(done.acked);
-        phase.failed.extend(done.failed);
-        phase.latencies.extend(done.latencies);
-    }
-    phase.elapsed = started.elapsed();
+        }))
+    })
+    .await;
     phase
 }
 
