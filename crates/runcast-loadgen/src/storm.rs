@@ -161,19 +161,25 @@ async fn run_local(run: &Run, plan: &StormPlan) -> anyhow::Result<Outcome> {
     steady.recording.set(true);
     tokio::time::sleep(plan.before).await;
 
-    // The storm: every client spawned at once, each connecting as soon as it runs.
-    let storm = Shared::new()?;
+    // The storm: every client spawned at once, each connecting as soon as it runs, on a thread of
+    // its own (same core): in one event loop, the steady clients' reads would queue behind 10,000
+    // connects and a million replayed frames, and the delay would be the client's, not the server's.
     let since_offset = matches!(run.target, Target::Gateway { .. }).then(|| progress.get().saturating_sub(plan.replay));
     let storm_plan = Plan { since_offset, leave_once_subscribed: true };
     let own_cpu = || procfs::cpu_time(std::process::id()).ok();
-    let (start_ns, started, cpu_before, own_before) = (now_ns(), Instant::now(), cpu(), own_cpu());
+    let (start_ns, cpu_before, own_before) = (now_ns(), cpu(), own_cpu());
     let storm_indexes = run.connections..run.connections + plan.connections;
-    let storm_tasks = fanout::connect(&run.target, storm_indexes, &storm, storm_plan, plan.connections).await?;
-    while storm.subscribed.get() + storm.failed.get() < plan.connections && started.elapsed() < plan.timeout {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let all_resumed = storm.subscribed.get() == plan.connections;
-    let end_ns = if all_resumed { storm.last_subscribed_ns.get() } else { now_ns() };
+    let stop_storm = CancellationToken::new();
+    let (resumed_tx, resumed_rx) = tokio::sync::oneshot::channel();
+    let storm_thread = {
+        let (target, timeout, stop) = (run.target.clone(), plan.timeout, stop_storm.clone());
+        std::thread::Builder::new()
+            .name("storm-clients".into())
+            .spawn(move || storm_clients(target, storm_indexes, storm_plan, timeout, resumed_tx, stop))?
+    };
+    let resumed = resumed_rx.await.context("the storm's thread ended before the storm did")?;
+    let all_resumed = resumed.subscribed == plan.connections;
+    let end_ns = if all_resumed { resumed.last_subscribed_ns } else { now_ns() };
     let server_cpu = cpu().zip(cpu_before).map(|(after, before)| after.since(&before));
     // The run's window is the storm's, for the summary line: the client's CPU over it.
     outcome.window = Duration::from_nanos(end_ns.saturating_sub(start_ns));
@@ -184,10 +190,13 @@ async fn run_local(run: &Run, plan: &StormPlan) -> anyhow::Result<Outcome> {
     outcome.published = publishing.await??;
     fanout::drain(&steady, outcome.published.last_seq).await;
     steady.stop.cancel();
-    storm.stop.cancel();
+    stop_storm.cancel();
     let reports = fanout::finish(tasks).await?;
     fanout::tally(&mut outcome, &reports, &steady);
-    let storm_reports: Vec<Report> = fanout::finish(storm_tasks).await?;
+    let storm = tokio::task::spawn_blocking(move || storm_thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the storm's thread panicked"))??;
+    let storm_reports = storm.reports;
 
     let (before, during) = split(&steady.samples.borrow(), start_ns, end_ns);
     let resumed: Vec<&Report> = storm_reports.iter().filter(|report| report.subscribed).collect();
@@ -201,13 +210,58 @@ async fn run_local(run: &Run, plan: &StormPlan) -> anyhow::Result<Outcome> {
         resynced: storm_reports.iter().filter(|report| report.resyncs > 0).count(),
         duration: outcome.window,
         since_offset,
-        delivered: storm.delivered.get(),
+        delivered: storm.delivered,
         gaps: since_offset.map(|_| resumed.iter().map(|report| report.tracker.gaps).sum()),
         duplicates: resumed.iter().map(|report| report.tracker.duplicates).sum(),
         server_cpu,
-        errors: storm.errors.borrow().clone(),
+        errors: storm.errors,
     });
     Ok(outcome)
+}
+
+/// How far the storm got when every client was resumed, or failed, or the timeout passed.
+struct Resumed {
+    subscribed: usize,
+    /// When the last client got its `subscribed` (ns since the epoch).
+    last_subscribed_ns: u64,
+}
+
+/// What the storm's clients saw, once stopped.
+struct StormClients {
+    reports: Vec<Report>,
+    delivered: u64,
+    errors: Vec<String>,
+}
+
+/// The storm's clients, on the calling thread (a runtime of its own): all connected at once; says
+/// on `resumed` when the storm is over, and stops them on `stop`.
+fn storm_clients(
+    target: Target,
+    indexes: std::ops::Range<usize>,
+    plan: Plan,
+    timeout: Duration,
+    resumed: tokio::sync::oneshot::Sender<Resumed>,
+    stop: CancellationToken,
+) -> anyhow::Result<StormClients> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    runtime.block_on(local.run_until(async move {
+        let storm = Shared::new()?;
+        let connections = indexes.len();
+        let started = Instant::now();
+        let tasks = fanout::connect(&target, indexes, &storm, plan, connections).await?;
+        while storm.subscribed.get() + storm.failed.get() < connections && started.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let last_subscribed_ns = storm.last_subscribed_ns.get();
+        // The run may have given up on its side meanwhile; the clients are stopped all the same.
+        let _ = resumed.send(Resumed { subscribed: storm.subscribed.get(), last_subscribed_ns });
+        stop.cancelled().await;
+        storm.stop.cancel();
+        let reports = fanout::finish(tasks).await?;
+        let errors = storm.errors.borrow().clone();
+        Ok(StormClients { reports, delivered: storm.delivered.get(), errors })
+    }))
 }
 
 #[cfg(test)]
