@@ -22,6 +22,7 @@
 //!   drain).
 //! - [`dashboard`]: the live dashboard at `/`, embedded at build time.
 //! - [`series`]: every metric, described and at zero from the start.
+//! - [`scheduler`]: the Tokio runtime, tuned so live writes are not starved by a reconnect storm.
 //! - [`Application`]: wiring — listener, NATS, provisioning, consumers, graceful drain.
 
 pub mod channel;
@@ -31,6 +32,7 @@ pub mod hub;
 pub mod outbound;
 mod protocol;
 pub mod replay;
+pub mod scheduler;
 pub mod series;
 mod session;
 mod sse;
