@@ -363,7 +363,13 @@ pub async fn run(args: &BenchArgs, command_line: &str) -> anyhow::Result<String>
     } else {
         "not pinned (one core)".to_owned()
     };
-    writeln!(out, "pinning: {pinning}; open-files limit {open_files}")?;
+    let backlog = procfs::somaxconn().map_or_else(|| "unknown".to_owned(), |max| thousands(max as f64));
+    writeln!(
+        out,
+        "pinning: {pinning}; open-files limit {open_files}; listen backlog capped by net.core.somaxconn at {backlog} \
+         (scenario e connects {} clients at once)",
+        thousands(args.storm_connections as f64)
+    )?;
     writeln!(
         out,
         "load: {EVENT_BYTES}-byte `execution.step.started` events (never coalesced) over {} executions of one tenant, \

@@ -93,6 +93,12 @@ pub fn machine() -> String {
     format!("{cores} cores ({model}), {}", std::env::consts::ARCH)
 }
 
+/// `net.core.somaxconn`: how many connection attempts the kernel queues for a listener at most,
+/// whatever the listener asks for (a reconnect storm beyond it retries its SYNs after 1, 3, 7 s).
+pub fn somaxconn() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok()?.trim().parse().ok()
+}
+
 /// Idle and total time of all cores (`idle + iowait` and the sum of the first line of
 /// `/proc/stat`), in ticks.
 pub fn parse_machine_idle(stat: &str) -> Option<(u64, u64)> {

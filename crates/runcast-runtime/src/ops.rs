@@ -136,10 +136,11 @@ async fn readyz(State(readiness): State<Readiness>) -> Response {
     (status, axum::Json(serde_json::json!({ "ready": ready, "checks": checks }))).into_response()
 }
 
-/// Connection attempts the kernel queues for `accept` (capped by `net.core.somaxconn`). Tokio's
-/// default of 1,024 is overrun when thousands of clients reconnect at once (a drained replica, a
-/// network blip): the kernel then drops their handshakes, which they retry only after 1, 3, 7 s…
-pub const LISTEN_BACKLOG: u32 = 8192;
+/// Connection attempts the kernel queues for `accept`: as many as it allows (`net.core.somaxconn`,
+/// 4,096 by default since Linux 5.4, caps it). Tokio's default of 1,024 is overrun when thousands
+/// of clients reconnect at once (a drained replica, a network blip): the kernel then drops their
+/// handshakes, which they retry only after 1, 3, 7 s… The operator sizes it with `somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 65_535;
 
 /// A listening socket on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as Tokio's `bind`).
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
