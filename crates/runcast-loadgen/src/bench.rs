@@ -146,7 +146,8 @@ const THROUGHPUT: &[Metric] = &[
     metric("server CPU, % of one core", Outcome::cpu_percent, one_decimal),
     metric("server CPU µs per delivery", Outcome::cpu_us_per_delivery, two_decimals),
     metric("p99 latency to the socket, ms", |o| Some(ms(o.wire_p99_us)), two_decimals),
-    metric("gaps (events missed, all connections)", |o| Some(o.gaps as f64), thousands),
+    metric("gaps (events skipped, all connections)", |o| Some(o.gaps as f64), thousands),
+    metric("events still on their way when the run stopped waiting", |o| Some(o.behind_at_end as f64), thousands),
     metric("duplicates", |o| Some(o.duplicates as f64), thousands),
 ];
 
@@ -156,7 +157,11 @@ const LATENCY: &[Metric] = &[
     metric("max latency to the socket, ms", |o| Some(ms(o.wire_max_us)), two_decimals),
     metric("p50 latency to the client's read, ms", |o| Some(ms(o.p50_us)), two_decimals),
     metric("p99 latency to the client's read, ms", |o| Some(ms(o.p99_us)), two_decimals),
-    metric("gaps / duplicates", |o| Some((o.gaps + o.duplicates) as f64), thousands),
+    metric(
+        "gaps / duplicates / still on their way at the end",
+        |o| Some((o.gaps + o.duplicates + o.behind_at_end) as f64),
+        thousands,
+    ),
 ];
 
 const IDLE: &[Metric] = &[
@@ -191,7 +196,11 @@ const STORM: &[Metric] = &[
         |o| o.storm.as_ref().and_then(StormStats::server_cpu_percent),
         one_decimal,
     ),
-    metric("steady gaps / duplicates", |o| Some((o.gaps + o.duplicates) as f64), thousands),
+    metric(
+        "steady gaps / duplicates / still on their way at the end",
+        |o| Some((o.gaps + o.duplicates + o.behind_at_end) as f64),
+        thousands,
+    ),
 ];
 
 fn storm_ms(outcome: &Outcome, micros: fn(&StormStats) -> u64) -> Option<f64> {
@@ -501,7 +510,8 @@ pub async fn create_stream(nats_url: &str, topology: &Topology) -> anyhow::Resul
 fn summary(scenario: &Scenario, outcome: &Outcome) -> String {
     let mut line = format!(
         "{} {}: {}/{} subscribed, {} published, {} delivered ({} in the {:.1} s window), gaps {}, duplicates {}, \
-         offset gaps {}, offset duplicates {}, resyncs {}, {} connections got every event, {} ended early, \
+         offset gaps {}, offset duplicates {}, resyncs {}, {} still on their way after waiting {:.1} s, \
+         {} connections got every event, {} ended early, \
          publisher behind its schedule by {} ms at most, client CPU {} of its core",
         scenario.title.split(' ').next().unwrap_or_default(),
         outcome.server,
@@ -516,6 +526,8 @@ fn summary(scenario: &Scenario, outcome: &Outcome) -> String {
         outcome.offset_gaps,
         outcome.offset_duplicates,
         outcome.resyncs,
+        thousands(outcome.behind_at_end as f64),
+        outcome.drain.as_secs_f64(),
         outcome.complete_connections,
         outcome.ended_early,
         outcome.published.max_lag.as_millis(),

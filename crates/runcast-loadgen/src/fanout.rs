@@ -15,7 +15,8 @@ use tokio::task::JoinHandle;
 const CONNECTS_IN_FLIGHT: usize = 128;
 /// How long a drain may go on without a single new delivery.
 const DRAIN_QUIET: Duration = Duration::from_secs(3);
-const DRAIN_MAX: Duration = Duration::from_secs(30);
+/// How long a drain may go on at most: overloaded clients catch up after `resync` by replay.
+const DRAIN_MAX: Duration = Duration::from_secs(90);
 
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -55,7 +56,13 @@ pub struct Outcome {
     pub wire_p50_us: u64,
     pub wire_p99_us: u64,
     pub wire_max_us: u64,
+    /// Events a connection skipped: a later one arrived, this one never did.
     pub gaps: u64,
+    /// Events that had not reached their connection when the run stopped waiting (a client
+    /// catching up by replay after `resync`): late, not skipped.
+    pub behind_at_end: u64,
+    /// How long the run waited for deliveries after the publisher stopped.
+    pub drain: Duration,
     pub duplicates: u64,
     pub offset_gaps: u64,
     pub offset_duplicates: u64,
@@ -134,7 +141,7 @@ async fn run_local(run: &Run) -> anyhow::Result<Outcome> {
         outcome.client_cpu_in_window = own_cpu().zip(own_before).map(|(after, before)| after.since(&before));
         outcome.published = publishing.await??;
 
-        drain(&shared, outcome.published.last_seq).await;
+        outcome.drain = drain(&shared, outcome.published.last_seq).await;
     }
 
     shared.stop.cancel();
@@ -170,8 +177,8 @@ pub async fn wait_subscribed(shared: &Shared, connections: usize) {
 }
 
 /// Once the publisher stopped at `last_seq`: until every subscribed client has every event, or
-/// nothing arrives for [`DRAIN_QUIET`].
-pub async fn drain(shared: &Shared, last_seq: u64) {
+/// nothing arrives for [`DRAIN_QUIET`], or [`DRAIN_MAX`]. Returns how long it waited.
+pub async fn drain(shared: &Shared, last_seq: u64) -> Duration {
     let expected = last_seq * shared.subscribed.get() as u64;
     let (drain_start, mut last_progress, mut last_count) = (Instant::now(), Instant::now(), shared.delivered.get());
     while shared.delivered.get() < expected
@@ -183,6 +190,7 @@ pub async fn drain(shared: &Shared, last_seq: u64) {
             (last_progress, last_count) = (Instant::now(), shared.delivered.get());
         }
     }
+    drain_start.elapsed()
 }
 
 /// The reports of clients told to stop.
@@ -200,7 +208,8 @@ pub fn tally(outcome: &mut Outcome, reports: &[Report], shared: &Shared) {
     for report in reports.iter().filter(|report| report.subscribed) {
         let tracker = &report.tracker;
         outcome.subscribed += 1;
-        outcome.gaps += tracker.gaps_at_end(last_seq);
+        outcome.gaps += tracker.gaps;
+        outcome.behind_at_end += tracker.behind(last_seq);
         outcome.duplicates += tracker.duplicates;
         outcome.offset_gaps += tracker.offset_gaps;
         outcome.offset_duplicates += tracker.offset_duplicates;

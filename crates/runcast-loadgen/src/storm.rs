@@ -188,7 +188,7 @@ async fn run_local(run: &Run, plan: &StormPlan) -> anyhow::Result<Outcome> {
     tokio::time::sleep(TAIL).await;
     stop_publishing.cancel();
     outcome.published = publishing.await??;
-    fanout::drain(&steady, outcome.published.last_seq).await;
+    outcome.drain = fanout::drain(&steady, outcome.published.last_seq).await;
     steady.stop.cancel();
     stop_storm.cancel();
     let reports = fanout::finish(tasks).await?;

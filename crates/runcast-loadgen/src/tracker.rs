@@ -55,10 +55,16 @@ impl Tracker {
         self.next_seq.saturating_sub(1)
     }
 
+    /// Once the publisher has stopped at `last_published`: the sequences after the last one
+    /// delivered (still on their way, or never coming).
+    pub fn behind(&self, last_published: u64) -> u64 {
+        last_published.saturating_sub(self.last_seq())
+    }
+
     /// Gaps once the publisher has stopped at `last_published`: the skipped sequences plus the
     /// ones that never arrived.
     pub fn gaps_at_end(&self, last_published: u64) -> u64 {
-        self.gaps + last_published.saturating_sub(self.last_seq())
+        self.gaps + self.behind(last_published)
     }
 }
 
@@ -88,6 +94,7 @@ mod tests {
         assert_eq!((tracker.delivered, tracker.gaps, tracker.duplicates), (5, 4, 2));
         assert_eq!(tracker.last_seq(), 9);
         assert_eq!(tracker.gaps_at_end(12), 4 + 3);
+        assert_eq!((tracker.gaps, tracker.behind(12), tracker.behind(9)), (4, 3, 0));
     }
 
     #[test]

@@ -22,7 +22,7 @@ fn assert_every_connection_got_every_event(outcome: &Outcome) {
     let summary = format!("{outcome:#?}");
     assert_eq!(outcome.subscribed, CONNECTIONS, "{summary}");
     assert_eq!(outcome.published.last_seq, 300, "{summary}");
-    assert_eq!((outcome.gaps, outcome.duplicates), (0, 0), "{summary}");
+    assert_eq!((outcome.gaps, outcome.duplicates, outcome.behind_at_end), (0, 0, 0), "{summary}");
     assert_eq!((outcome.offset_gaps, outcome.offset_duplicates, outcome.resyncs), (0, 0, 0), "{summary}");
     assert_eq!(outcome.complete_connections, CONNECTIONS, "{summary}");
     assert_eq!(outcome.delivered, 300 * CONNECTIONS as u64, "{summary}");
@@ -129,6 +129,10 @@ async fn storm_clients_resume_and_leave_while_the_steady_ones_get_every_event() 
     // Every storm client got at least the 10 events after its offset.
     assert!(storm.delivered >= 50 * 10 && storm.since_offset.is_some(), "{summary}");
     assert!(storm.errors.is_empty() && outcome.errors.is_empty(), "{summary}");
-    assert_eq!((outcome.subscribed, outcome.gaps, outcome.duplicates), (10, 0, 0), "{summary}");
+    assert_eq!(
+        (outcome.subscribed, outcome.gaps, outcome.duplicates, outcome.behind_at_end),
+        (10, 0, 0, 0),
+        "{summary}"
+    );
     assert!(outcome.published.last_seq > 0 && storm.before.deliveries > 0, "{summary}");
 }
