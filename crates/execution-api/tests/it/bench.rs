@@ -76,11 +76,12 @@ impl CpuMeter {
     }
 }
 
-/// `perf record` of the machine during one phase (`BENCH_PERF_PHASE`: `ingest`, the default, or
-/// `create`) when `BENCH_PERF` names a file.
-fn profile_of(phase: &str) -> Option<runcast_testkit::profile::SystemProfile> {
+/// Runs one phase, under `perf record` of the machine when `BENCH_PERF` names a file and
+/// `BENCH_PERF_PHASE` names this phase (`ingest`, the default, `create`, `cas` or `raw`).
+async fn profiled<T>(phase: &str, run: impl std::future::Future<Output = T>) -> T {
     let wanted = std::env::var("BENCH_PERF_PHASE").unwrap_or_else(|_| "ingest".to_owned());
-    (wanted == phase).then(runcast_testkit::profile::SystemProfile::start)
+    let _profile = (wanted == phase).then(runcast_testkit::profile::SystemProfile::start);
+    run.await
 }
 
 /// One call of a timed phase: what it sent (unique), and the answer if it was acked.
@@ -388,9 +389,7 @@ async fn bench_api_ingest_vs_raw_jetstream_publish() {
     let (nats_pid, driver_pid) = (stack.infra.nats.pid(), Some(std::process::id()));
     let cpu = CpuMeter::start(&[api.pid(), nats_pid, driver_pid]);
     let idle = runcast_loadgen::procfs::MachineIdle::start();
-    let profile = profile_of("create");
-    let (creates, created) = create_phase(&clients, callers, seconds.div_ceil(2)).await;
-    drop(profile);
+    let (creates, created) = profiled("create", create_phase(&clients, callers, seconds.div_ceil(2))).await;
     let (create_cpu, create_idle) = (cpu.per_call(creates.acked.len()), idle.percent());
     assert!(creates.failed.is_empty(), "{} creates failed", creates.failed.len());
     assert_eq!(created, creates.acked.len(), "every key its own execution");
@@ -398,9 +397,7 @@ async fn bench_api_ingest_vs_raw_jetstream_publish() {
 
     let cpu = CpuMeter::start(&[api.pid(), nats_pid, driver_pid]);
     let idle = runcast_loadgen::procfs::MachineIdle::start();
-    let profile = profile_of("ingest");
-    let api_phase = api_phase(&clients, &ids, callers, seconds).await;
-    drop(profile);
+    let api_phase = profiled("ingest", api_phase(&clients, &ids, callers, seconds)).await;
     let (api_cpu, api_idle) = (cpu.per_call(api_phase.acked.len()), idle.percent());
 
     // Raw publish of the same events, to the same stream, from the same process.
@@ -420,14 +417,10 @@ async fn bench_api_ingest_vs_raw_jetstream_publish() {
     assert!(!templates.is_empty(), "no execution received a progress event");
     // First, while the templates' sequences are the subjects' last.
     let cpu = CpuMeter::start(&[nats_pid, driver_pid]);
-    let profile = profile_of("cas");
-    let cas_phase = cas_phase(&js, &templates, callers, seconds).await;
-    drop(profile);
+    let cas_phase = profiled("cas", cas_phase(&js, &templates, callers, seconds)).await;
     let cas_cpu = cpu.per_call(cas_phase.acked.len());
     let cpu = CpuMeter::start(&[nats_pid, driver_pid]);
-    let profile = profile_of("raw");
-    let raw_phase = raw_phase(&js, &templates, seconds).await;
-    drop(profile);
+    let raw_phase = profiled("raw", raw_phase(&js, &templates, seconds)).await;
     let raw_cpu = cpu.per_call(raw_phase.acked.len());
 
     let seen = progress_messages(&js, &topology).await;
