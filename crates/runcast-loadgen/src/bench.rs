@@ -62,8 +62,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100)]
     pub executions: u64,
     /// Scenarios to run, of a (peak), b (overload), c (latency), d (idle memory), e (storm),
-    /// f (idle memory at 100,000 connections, ws-gateway only).
-    #[arg(long, default_value = "a,b,c,d,e,f", value_delimiter = ',')]
+    /// f (idle memory at 100,000 connections, ws-gateway only), g (idle memory of --idle-connections
+    /// that each resumed --storm-replay events; ws-gateway only).
+    #[arg(long, default_value = "a,b,c,d,e,f,g", value_delimiter = ',')]
     pub scenarios: Vec<char>,
     /// The core the measured server is pinned to (`taskset -c`); the client pins itself to
     /// --client-cpu. Pinning is skipped on a machine with one core.
@@ -212,7 +213,7 @@ fn metrics(scenario: char) -> &'static [Metric] {
     match scenario {
         'a' | 'b' => THROUGHPUT,
         'c' => LATENCY,
-        'd' | 'f' => IDLE,
+        'd' | 'f' | 'g' => IDLE,
         _ => STORM,
     }
 }
@@ -331,7 +332,17 @@ pub async fn run(args: &BenchArgs, command_line: &str) -> anyhow::Result<String>
                     Some(args.steady_rate),
                 )
             }
-            other => anyhow::bail!("unknown scenario '{other}': use a, b, c, d, e or f"),
+            'g' => (
+                format!(
+                    "(g) {} idle subscribed connections, each after resuming {} events (ws-gateway only: NATS has no \
+                     resume)",
+                    thousands(args.idle_connections as f64),
+                    args.storm_replay
+                ),
+                args.idle_connections,
+                None,
+            ),
+            other => anyhow::bail!("unknown scenario '{other}': use a, b, c, d, e, f or g"),
         };
         scenarios.push(Scenario { id: *id, title, connections, rate, storm });
     }
@@ -340,7 +351,7 @@ pub async fn run(args: &BenchArgs, command_line: &str) -> anyhow::Result<String>
     for scenario in &scenarios {
         let mut pair = Vec::new();
         for server in [Server::Gateway, Server::Nats] {
-            if scenario.id == 'f' && server == Server::Nats {
+            if matches!(scenario.id, 'f' | 'g') && server == Server::Nats {
                 pair.push(Outcome::default()); // not run: every cell "–"
                 continue;
             }
@@ -463,6 +474,13 @@ async fn measure(
         topology: topology.clone(),
         load,
         warmup: args.warmup,
+        // The replay is published in one second, then resumed by every connection.
+        backlog: (scenario.id == 'g').then(|| Load {
+            tenant: TENANT.to_owned(),
+            executions: args.executions,
+            events_per_second: args.storm_replay,
+            duration: Duration::from_secs(1),
+        }),
     };
     let nats = NatsServer::start(nats_binary, if server == Server::Nats { args.server_cpu() } else { None }).await?;
     run.nats_url = nats.url();

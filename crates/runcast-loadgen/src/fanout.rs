@@ -1,6 +1,7 @@
-//! One measured run against one server: connect and subscribe N clients, read the server's
-//! resident memory, publish at a rate for a while (or not at all, for idle memory), measure a
-//! window after the warm-up, drain, and add up what every connection saw.
+//! One measured run against one server: connect and subscribe N clients (each resuming a backlog
+//! published first, if there is one), read the server's resident memory, publish at a rate for a
+//! while (or not at all, for idle memory), measure a window after the warm-up, drain, and add up
+//! what every connection saw.
 
 use crate::conn::{self, Plan, Report, Shared, Target};
 use crate::procfs::{self, CpuTime};
@@ -30,6 +31,9 @@ pub struct Run {
     pub load: Option<Load>,
     /// Not measured at the start of the publishing.
     pub warmup: Duration,
+    /// Published before anyone subscribes; every connection then resumes from the stream's start,
+    /// so the server replays all of it to each (memory after a resume, scenario g).
+    pub backlog: Option<Load>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -109,10 +113,21 @@ async fn run_local(run: &Run) -> anyhow::Result<Outcome> {
     let mut outcome = Outcome { server: run.target.name(), connections: run.connections, ..Outcome::default() };
     let rss = || run.server_pid.and_then(|pid| procfs::rss_kib(pid).ok());
     let cpu = || run.server_pid.and_then(|pid| procfs::cpu_time(pid).ok());
+    let plan = match &run.backlog {
+        Some(backlog) => {
+            let jetstream = async_nats::jetstream::new(async_nats::connect(&run.nats_url).await?);
+            let published = publisher::run(&jetstream, &run.topology, backlog, Rc::new(Cell::new(0))).await?;
+            anyhow::ensure!(published.failures == 0, "{} publishes of the backlog failed", published.failures);
+            outcome.published = published;
+            Plan { since_offset: Some(0), leave_once_subscribed: false }
+        }
+        None => Plan::default(),
+    };
+    // After the backlog: what the server keeps of the stream itself is not the connections'.
     outcome.rss_before_kib = rss();
 
     let shared = Shared::new()?;
-    let tasks = connect(&run.target, 0..run.connections, &shared, Plan::default(), CONNECTS_IN_FLIGHT).await?;
+    let tasks = connect(&run.target, 0..run.connections, &shared, plan, CONNECTS_IN_FLIGHT).await?;
     wait_subscribed(&shared, run.connections).await;
     // Let the server settle (allocator, lazily grown buffers) before reading its memory.
     tokio::time::sleep(Duration::from_millis(500)).await;

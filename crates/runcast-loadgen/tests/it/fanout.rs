@@ -68,6 +68,7 @@ async fn every_connection_gets_every_event_from_the_gateway_and_from_nats() {
         topology: topology.clone(),
         load: Some(load()),
         warmup: Duration::from_millis(200),
+        backlog: None,
     })
     .await
     .expect("run against the gateway");
@@ -90,6 +91,7 @@ async fn every_connection_gets_every_event_from_the_gateway_and_from_nats() {
         topology,
         load: Some(load()),
         warmup: Duration::from_millis(200),
+        backlog: None,
     })
     .await
     .expect("run against nats-server");
@@ -112,6 +114,7 @@ async fn storm_clients_resume_and_leave_while_the_steady_ones_get_every_event() 
             topology: Topology::unprefixed(),
             load: Some(Load { events_per_second: 50, ..load() }),
             warmup: Duration::from_millis(200),
+            backlog: None,
         },
         &StormPlan {
             connections: 50,
@@ -135,4 +138,30 @@ async fn storm_clients_resume_and_leave_while_the_steady_ones_get_every_event() 
         "{summary}"
     );
     assert!(outcome.published.last_seq > 0 && storm.before.deliveries > 0, "{summary}");
+}
+
+/// Scenario (g), small: every connection resumes from the stream's start and gets the whole
+/// backlog once, in order, then idles; the server's memory is read with all of them subscribed.
+#[tokio::test]
+async fn connections_resuming_a_backlog_get_all_of_it_once_and_are_measured_idle() {
+    let nats_binary = runcast_testkit::tools::nats_server().expect("nats-server installed");
+    let nats = NatsServer::start(&nats_binary, None).await.expect("nats-server starts");
+    let (gateway, addr) = start_gateway(&nats.url()).await;
+    let outcome = fanout::run(&Run {
+        target: Target::Gateway { addr, jwt_secret: SECRET.to_owned(), tenant: "acme".to_owned() },
+        connections: CONNECTIONS,
+        server_pid: gateway.pid(),
+        nats_url: nats.url(),
+        topology: Topology::unprefixed(),
+        load: None,
+        warmup: Duration::from_millis(200),
+        backlog: Some(Load { events_per_second: 40, duration: Duration::from_secs(1), ..load() }),
+    })
+    .await
+    .expect("run against the gateway");
+    let summary = format!("{outcome:#?}");
+    assert_eq!((outcome.subscribed, outcome.published.last_seq), (CONNECTIONS, 40), "{summary}");
+    assert_eq!((outcome.gaps, outcome.duplicates, outcome.behind_at_end), (0, 0, 0), "{summary}");
+    assert_eq!((outcome.complete_connections, outcome.delivered), (CONNECTIONS, 40 * CONNECTIONS as u64), "{summary}");
+    assert!(outcome.idle_kib_per_connection().is_some() && outcome.errors.is_empty(), "{summary}");
 }
