@@ -158,11 +158,7 @@ const LATENCY: &[Metric] = &[
     metric("max latency to the socket, ms", |o| Some(ms(o.wire_max_us)), two_decimals),
     metric("p50 latency to the client's read, ms", |o| Some(ms(o.p50_us)), two_decimals),
     metric("p99 latency to the client's read, ms", |o| Some(ms(o.p99_us)), two_decimals),
-    metric(
-        "gaps / duplicates / still on their way at the end",
-        |o| Some((o.gaps + o.duplicates + o.behind_at_end) as f64),
-        thousands,
-    ),
+    metric("gaps / duplicates / still on their way at the end", |o| Some(o.faults() as f64), thousands),
 ];
 
 const IDLE: &[Metric] = &[
@@ -197,11 +193,7 @@ const STORM: &[Metric] = &[
         |o| o.storm.as_ref().and_then(StormStats::server_cpu_percent),
         one_decimal,
     ),
-    metric(
-        "steady gaps / duplicates / still on their way at the end",
-        |o| Some((o.gaps + o.duplicates + o.behind_at_end) as f64),
-        thousands,
-    ),
+    metric("steady gaps / duplicates / still on their way at the end", |o| Some(o.faults() as f64), thousands),
 ];
 
 fn storm_ms(outcome: &Outcome, micros: fn(&StormStats) -> u64) -> Option<f64> {

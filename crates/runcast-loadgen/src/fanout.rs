@@ -97,6 +97,11 @@ impl Outcome {
         (self.delivered_in_window > 0).then(|| cpu.total().as_secs_f64() * 1e6 / self.delivered_in_window as f64)
     }
 
+    /// Deliveries that went wrong, of every kind: events skipped, duplicated, or still on their way.
+    pub fn faults(&self) -> u64 {
+        self.gaps + self.duplicates + self.behind_at_end
+    }
+
     /// (RSS with every connection subscribed − RSS before) / connections, in KiB.
     pub fn idle_kib_per_connection(&self) -> Option<f64> {
         let (before, after) = (self.rss_before_kib?, self.rss_subscribed_kib?);
