@@ -11,7 +11,6 @@
 use crate::channel::{Channel, Routing};
 use crate::outbound::{EventMeta, Frame, FrameKind, Outbound, Payload, Pushed};
 use crate::protocol::{self, Protocol};
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use runcast_contract::gateway::Filters;
 use runcast_contract::v1::{Event, EventType};
@@ -20,6 +19,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 fn stream_index(kind: StreamKind) -> usize {
     match kind {

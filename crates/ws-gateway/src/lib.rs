@@ -25,6 +25,7 @@
 //! - [`scheduler`]: the Tokio runtime, tuned so live writes are not starved by a reconnect storm.
 //! - [`Application`]: wiring — listener, NATS, provisioning, consumers, graceful drain.
 
+mod burst_buffer;
 pub mod channel;
 pub mod dashboard;
 mod gateway;
@@ -36,6 +37,7 @@ pub mod scheduler;
 pub mod series;
 mod session;
 mod sse;
+mod upgrade;
 mod upstream;
 mod ws;
 

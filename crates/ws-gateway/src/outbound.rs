@@ -21,13 +21,13 @@
 //! slot instead of being removed from the middle of the queue. Holes are skipped when popped and
 //! squeezed out once they outnumber the frames (amortised O(1)).
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Control replies that may queue beyond the event capacity, so a full queue can still carry
 /// `resync`, `error` and `reconnect`; a client that lets even these pile up is closed.

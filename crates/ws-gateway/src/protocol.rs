@@ -4,13 +4,13 @@
 //! events: the event's JSON or protobuf encoded once and wrapped per channel without re-encoding.
 
 use crate::outbound::Payload;
-use axum::extract::ws::Utf8Bytes;
 use chrono::{SecondsFormat, Utc};
 pub(crate) use runcast_contract::gateway::{
     ClientMessage, CloseCode, ErrorCode, NotRecovered, ProtocolError, ServerMessage, SubscribeRequest, parse_epoch,
 };
 use runcast_contract::v1::GatewayServerMessage;
 use runcast_runtime::auth::{AuthError, AuthErrorKind};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// The JSON subprotocol (the default when a client names none).
 pub(crate) const JSON_SUBPROTOCOL: &str = "runcast.v1.json";

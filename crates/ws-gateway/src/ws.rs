@@ -3,25 +3,30 @@
 //! is fed, then flushed once — plus the ping keepalive that closes dead peers. The session and the
 //! writer of a connection share one task ([`Connection`]).
 
+use crate::burst_buffer::BurstBuffer;
 use crate::gateway::{Admission, Gateway, Transport};
 use crate::outbound::{Frame, FrameKind, Outbound, Payload};
 use crate::protocol::{CloseCode, ErrorCode, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL, Protocol};
 use crate::series::WriterMeters;
 use crate::session::{Inbound, Session};
+use crate::upgrade::{self, NotAHandshake};
 use axum::Extension;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Query, RawQuery, Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use futures::future::Either;
 use futures::stream::SplitSink;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use runcast_runtime::auth::json_error;
 use runcast_runtime::ops::HandshakePlace;
 use serde::Deserialize;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 /// Frames written per flush at most, so one busy connection does not monopolize its task.
@@ -34,6 +39,12 @@ pub(crate) const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// subscribe is ~100 bytes), and a larger one grows it for as long as it needs; every idle
 /// connection holds this much.
 const READ_BUFFER_BYTES: usize = 256;
+
+/// What a burst of frames gathers before one write to the socket.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
+/// A connection's WebSocket, over the burst buffer over the upgraded HTTP connection.
+type Socket = WebSocketStream<BurstBuffer<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// The only query parameter `/ws` accepts (browsers cannot set headers on a WebSocket).
 const WS_PARAMETERS: [&str; 1] = ["token"];
@@ -64,28 +75,28 @@ pub(crate) fn parse_query(query: Option<&str>) -> Result<Option<String>, String>
 pub(crate) async fn upgrade(
     State(gw): State<Arc<Gateway>>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    handshake: Option<Extension<HandshakePlace>>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    handshake_place: Option<Extension<HandshakePlace>>,
+    mut request: Request,
 ) -> Response {
     let token = match parse_query(query.as_deref()) {
         Ok(token) => token,
         Err(message) => return json_error(StatusCode::BAD_REQUEST, ErrorCode::InvalidMessage.as_str(), &message),
     };
     // Not a WebSocket handshake: the same JSON error shape as everything else.
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => {
-            return json_error(rejection.status(), "NOT_A_WEBSOCKET_UPGRADE", &rejection.body_text());
-        }
+    let handshake = match upgrade::check(request.method(), request.headers(), &[JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL]) {
+        Ok(handshake) => handshake,
+        Err(not) => return not_a_websocket(not),
     };
-    let admission = match gw.admit(&headers, token.as_deref(), Transport::WebSocket) {
+    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return not_a_websocket(NotAHandshake::NotUpgradable);
+    };
+    let admission = match gw.admit(request.headers(), token.as_deref(), Transport::WebSocket) {
         Ok(admission) => admission,
         Err(refusal) => return refusal.into_response(),
     };
     // The place among the replica's handshakes is given back once the first subscriptions are
     // live, not at the 101.
-    let handshake = handshake.map(|Extension(place)| {
+    let handshake_place = handshake_place.map(|Extension(place)| {
         place.keep();
         place
     });
@@ -94,24 +105,38 @@ pub(crate) async fn upgrade(
     // session, which closes with 1009; a frame even beyond tungstenite's limit is not read at all,
     // and closes with 1009 too (see `is_too_big`).
     let hard_limit = (limits.max_frame_bytes * 4).max(64 * 1024);
-    let tracker = gw.tasks.clone();
-    let ws = ws.protocols([JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL]);
-    let protocol = Protocol::from_subprotocol(ws.selected_protocol().and_then(|v| v.to_str().ok()));
-    ws.read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(16 * 1024)
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        // Every frame goes straight through to the burst buffer, which gathers them.
+        .write_buffer_size(0)
         .max_write_buffer_size(1024 * 1024)
-        .max_message_size(hard_limit)
-        .max_frame_size(hard_limit)
-        // One box for what the callback needs: axum keeps the callback's captures in the
-        // connection's task for its whole life, besides the future the callback returns.
-        .on_upgrade({
-            let captured = Box::new((gw, protocol, admission, tracker, handshake));
-            move |socket| {
-                let (gw, protocol, admission, tracker, handshake) = *captured;
-                tracker.track_future(serve(gw, socket, protocol, admission, handshake))
+        .max_message_size(Some(hard_limit))
+        .max_frame_size(Some(hard_limit));
+    let protocol = Protocol::from_subprotocol(handshake.subprotocol);
+    let tracker = gw.tasks.clone();
+    // Chained rather than an `async` block: each step's captures are dropped once it is done, so
+    // the connection's task holds only the session and the writer for its life.
+    let connection = on_upgrade
+        .then(move |upgraded| match upgraded {
+            Ok(upgraded) => {
+                let socket = BurstBuffer::new(TokioIo::new(upgraded), WRITE_BUFFER_BYTES);
+                Either::Left(WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).map(Some))
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "the WebSocket upgrade failed");
+                Either::Right(std::future::ready(None))
             }
         })
-        .into_response()
+        .then(move |socket| match socket {
+            Some(socket) => Either::Left(serve(gw, socket, protocol, admission, handshake_place)),
+            None => Either::Right(std::future::ready(())),
+        });
+    tokio::spawn(tracker.track_future(connection));
+    handshake.switching_protocols()
+}
+
+fn not_a_websocket(not: NotAHandshake) -> Response {
+    json_error(not.status(), "NOT_A_WEBSOCKET_UPGRADE", &not.to_string())
 }
 
 /// The connection, in one task: the session and the writer polled together (see [`Connection`]).
@@ -119,7 +144,7 @@ pub(crate) async fn upgrade(
 /// for its lifetime besides what was moved out of them; every idle connection would carry them.
 fn serve(
     gw: Arc<Gateway>,
-    socket: WebSocket,
+    socket: Socket,
     protocol: Protocol,
     admission: Admission,
     handshake: Option<HandshakePlace>,
@@ -138,10 +163,10 @@ fn serve(
             match message {
                 Ok(Message::Text(text)) => Ok(Some(Inbound::Text(text.into()))),
                 Ok(Message::Binary(bytes)) => Ok(Some(Inbound::Binary(bytes))),
-                Ok(Message::Ping(_) | Message::Pong(_)) => Ok(Some(Inbound::Alive)),
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Ok(Some(Inbound::Alive)),
                 Ok(Message::Close(_)) => Ok(None),
                 Err(err) => {
-                    if is_too_big(err) {
+                    if is_too_big(&err) {
                         Ok(Some(Inbound::TooBig))
                     } else {
                         Err(())
@@ -235,12 +260,8 @@ impl<S: Future<Output = ()>, W: Future<Output = ()>> Future for Connection<S, W>
 }
 
 /// Whether a read failed on a message or frame larger than the socket's limit.
-fn is_too_big(err: axum::Error) -> bool {
-    use tokio_tungstenite::tungstenite;
-    matches!(
-        err.into_inner().downcast_ref::<tungstenite::Error>(),
-        Some(tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong { .. }))
-    )
+fn is_too_big(err: &tungstenite::Error) -> bool {
+    matches!(err, tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong { .. }))
 }
 
 /// The frame as a WebSocket message: the payload's own kind (text for the JSON subprotocol,
@@ -252,7 +273,7 @@ fn to_message(frame: Frame) -> Message {
             Payload::Binary(bytes) => Message::Binary(bytes),
         },
         FrameKind::Close { code, reason } => {
-            Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
+            Message::Close(Some(CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) }))
         }
     }
 }
@@ -266,7 +287,7 @@ struct WriterTimes {
 
 /// The write-only half: not an `async fn`, for the reason [`serve`] gives.
 fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
+    mut sink: SplitSink<Socket, Message>,
     outbound: Arc<Outbound>,
     closed: CancellationToken,
     times: WriterTimes,
@@ -331,7 +352,10 @@ enum Written {
 }
 
 /// Feeds every frame of `batch` (emptying it), then flushes once.
-async fn write_batch(sink: &mut SplitSink<WebSocket, Message>, batch: &mut Vec<Frame>) -> Result<Written, axum::Error> {
+async fn write_batch(
+    sink: &mut SplitSink<Socket, Message>,
+    batch: &mut Vec<Frame>,
+) -> Result<Written, tungstenite::Error> {
     for frame in batch.drain(..) {
         let is_close = matches!(frame.kind, FrameKind::Close { .. });
         sink.feed(to_message(frame)).await?;
@@ -344,14 +368,13 @@ async fn write_batch(sink: &mut SplitSink<WebSocket, Message>, batch: &mut Vec<F
     Ok(Written::All)
 }
 
-async fn send(sink: &mut SplitSink<WebSocket, Message>, message: Message, timeout: Duration) -> bool {
+async fn send(sink: &mut SplitSink<Socket, Message>, message: Message, timeout: Duration) -> bool {
     matches!(tokio::time::timeout(timeout, sink.send(message)).await, Ok(Ok(())))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_tungstenite::tungstenite;
 
     #[test]
     fn the_upgrade_query_takes_a_token_and_nothing_else() {
@@ -369,8 +392,8 @@ mod tests {
             size: 300_000,
             max_size: 262_144,
         });
-        assert!(is_too_big(axum::Error::new(too_long)));
-        assert!(!is_too_big(axum::Error::new(tungstenite::Error::ConnectionClosed)));
-        assert!(!is_too_big(axum::Error::new(std::io::Error::other("reset"))));
+        assert!(is_too_big(&too_long));
+        assert!(!is_too_big(&tungstenite::Error::ConnectionClosed));
+        assert!(!is_too_big(&tungstenite::Error::Io(std::io::Error::other("reset"))));
     }
 }
