@@ -59,7 +59,7 @@ pub(crate) fn check(
     if !headers.get(UPGRADE).is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket")) {
         return Err(NotAHandshake::UpgradeHeader);
     }
-    if !headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|value| value.as_bytes() == b"13") {
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|value| value.as_bytes() != b"13") {
         return Err(NotAHandshake::VersionHeader);
     }
     let key = headers.get(SEC_WEBSOCKET_KEY).ok_or(NotAHandshake::KeyHeader)?;
