@@ -25,7 +25,6 @@
 //! - [`scheduler`]: the Tokio runtime, tuned so live writes are not starved by a reconnect storm.
 //! - [`Application`]: wiring — listener, NATS, provisioning, consumers, graceful drain.
 
-mod burst_buffer;
 pub mod channel;
 pub mod dashboard;
 mod gateway;
@@ -40,6 +39,7 @@ mod sse;
 mod upgrade;
 mod upstream;
 mod ws;
+mod ws_wire;
 
 use axum::Router;
 use axum::extract::State;

@@ -65,6 +65,10 @@ pub enum FrameKind {
         code: u16,
         reason: &'static str,
     },
+    /// WebSocket only: the keepalive ping the writer sends.
+    Ping,
+    /// WebSocket only: the answer to a client's ping, its payload echoed.
+    Pong,
 }
 
 /// One message, already encoded for the connection's protocol. The bytes are shared with every

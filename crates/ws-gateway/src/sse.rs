@@ -246,6 +246,8 @@ impl Writer {
                     self.done = true;
                     break;
                 }
+                // WebSocket control frames: never queued for an SSE stream.
+                FrameKind::Ping | FrameKind::Pong => continue,
             }
             // Frames are single-line JSON, so one `data:` line carries each.
             chunk.put_slice(&frame.payload);

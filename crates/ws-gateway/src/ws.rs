@@ -1,22 +1,22 @@
 //! The WebSocket transport at `/ws`: authentication and origin check at upgrade, socket limits,
 //! and the write-only half that empties the connection's queue — every frame queued at a wake-up
-//! is fed, then flushed once — plus the ping keepalive that closes dead peers. The session and the
-//! writer of a connection share one task ([`Connection`]).
+//! goes out in as few `writev`s as the socket takes ([`crate::ws_wire`]) — plus the ping keepalive
+//! that closes dead peers. The session and the writer of a connection share one task
+//! ([`Connection`]).
 
-use crate::burst_buffer::BurstBuffer;
 use crate::gateway::{Admission, Gateway, Transport};
 use crate::outbound::{Frame, FrameKind, Outbound, Payload};
 use crate::protocol::{CloseCode, ErrorCode, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL, Protocol};
 use crate::series::WriterMeters;
 use crate::session::{Inbound, Session};
 use crate::upgrade::{self, NotAHandshake};
+use crate::ws_wire::{RepliesDropped, write_frames};
 use axum::Extension;
 use axum::extract::{Query, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use futures::future::Either;
-use futures::stream::SplitSink;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{FutureExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use runcast_runtime::auth::json_error;
 use runcast_runtime::ops::HandshakePlace;
@@ -24,9 +24,10 @@ use serde::Deserialize;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 /// Frames written per flush at most, so one busy connection does not monopolize its task.
@@ -40,11 +41,12 @@ pub(crate) const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// connection holds this much.
 const READ_BUFFER_BYTES: usize = 256;
 
-/// What a burst of frames gathers before one write to the socket.
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
-
-/// A connection's WebSocket, over the burst buffer over the upgraded HTTP connection.
-type Socket = WebSocketStream<BurstBuffer<TokioIo<hyper::upgrade::Upgraded>>>;
+/// The upgraded HTTP/1.1 connection under a WebSocket.
+type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+/// What clients send, read by tungstenite.
+type Reader = WebSocketStream<RepliesDropped<ReadHalf<Upgraded>>>;
+/// Where the writer writes frames itself (see [`crate::ws_wire`]).
+type Writer = WriteHalf<Upgraded>;
 
 /// The only query parameter `/ws` accepts (browsers cannot set headers on a WebSocket).
 const WS_PARAMETERS: [&str; 1] = ["token"];
@@ -107,9 +109,8 @@ pub(crate) async fn upgrade(
     let hard_limit = (limits.max_frame_bytes * 4).max(64 * 1024);
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        // Every frame goes straight through to the burst buffer, which gathers them.
+        // tungstenite writes only its own replies, which are dropped (see `crate::ws_wire`).
         .write_buffer_size(0)
-        .max_write_buffer_size(1024 * 1024)
         .max_message_size(Some(hard_limit))
         .max_frame_size(Some(hard_limit));
     let protocol = Protocol::from_subprotocol(handshake.subprotocol);
@@ -119,8 +120,9 @@ pub(crate) async fn upgrade(
     let connection = on_upgrade
         .then(move |upgraded| match upgraded {
             Ok(upgraded) => {
-                let socket = BurstBuffer::new(TokioIo::new(upgraded), WRITE_BUFFER_BYTES);
-                Either::Left(WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).map(Some))
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                let reader = WebSocketStream::from_raw_socket(RepliesDropped::new(read), Role::Server, Some(config));
+                Either::Left(reader.map(|reader| Some((reader, write))))
             }
             Err(err) => {
                 tracing::debug!(error = %err, "the WebSocket upgrade failed");
@@ -128,7 +130,7 @@ pub(crate) async fn upgrade(
             }
         })
         .then(move |socket| match socket {
-            Some(socket) => Either::Left(serve(gw, socket, protocol, admission, handshake_place)),
+            Some((reader, writer)) => Either::Left(serve(gw, reader, writer, protocol, admission, handshake_place)),
             None => Either::Right(std::future::ready(())),
         });
     tokio::spawn(tracker.track_future(connection));
@@ -144,26 +146,31 @@ fn not_a_websocket(not: NotAHandshake) -> Response {
 /// for its lifetime besides what was moved out of them; every idle connection would carry them.
 fn serve(
     gw: Arc<Gateway>,
-    socket: Socket,
+    reader: Reader,
+    writer: Writer,
     protocol: Protocol,
     admission: Admission,
     handshake: Option<HandshakePlace>,
 ) -> impl Future<Output = ()> {
-    let (sink, stream) = socket.split();
     let outbound = Outbound::bounded(gw.limits.queue_capacity, gw.limits.queue_bytes);
     let closed = CancellationToken::new();
     let times = WriterTimes { write_timeout: gw.limits.write_timeout, ping_interval: gw.limits.ping_interval };
-    let writer = write_loop(sink, outbound.clone(), closed.clone(), times);
+    let writer = write_loop(writer, outbound.clone(), closed.clone(), times);
     // Read errors end the stream, except a frame beyond tungstenite's own limit: that one becomes
     // `TooBig`, so the client learns why (1009) instead of seeing the socket fail.
-    let seen = outbound.clone();
-    let inbound = stream
+    let queue = outbound.clone();
+    let inbound = reader
         .map(move |message| {
-            seen.peer_seen();
+            queue.peer_seen();
             match message {
                 Ok(Message::Text(text)) => Ok(Some(Inbound::Text(text.into()))),
                 Ok(Message::Binary(bytes)) => Ok(Some(Inbound::Binary(bytes))),
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Ok(Some(Inbound::Alive)),
+                Ok(Message::Ping(payload)) => {
+                    // Not answered when the client lets even control replies pile up.
+                    queue.push_control(Frame { payload: Payload::Binary(payload), kind: FrameKind::Pong });
+                    Ok(Some(Inbound::Alive))
+                }
+                Ok(Message::Pong(_) | Message::Frame(_)) => Ok(Some(Inbound::Alive)),
                 Ok(Message::Close(_)) => Ok(None),
                 Err(err) => {
                     if is_too_big(&err) {
@@ -176,7 +183,7 @@ fn serve(
         })
         .take_while(|message| std::future::ready(message.is_ok()))
         .filter_map(|message| std::future::ready(message.ok().flatten()));
-    // A peer's close frame ends the stream (tungstenite answers it), which ends the session.
+    // A peer's close frame ends the stream, which ends the session, which queues our close frame.
     let session = Session::new(gw.clone(), protocol, &admission, outbound)
         .holding(handshake)
         .run(Box::pin(inbound), closed.clone());
@@ -264,20 +271,6 @@ fn is_too_big(err: &tungstenite::Error) -> bool {
     matches!(err, tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong { .. }))
 }
 
-/// The frame as a WebSocket message: the payload's own kind (text for the JSON subprotocol,
-/// binary for protobuf), no copy and no check.
-fn to_message(frame: Frame) -> Message {
-    match frame.kind {
-        FrameKind::Event(_) | FrameKind::Control { .. } => match frame.payload {
-            Payload::Text(text) => Message::Text(text),
-            Payload::Binary(bytes) => Message::Binary(bytes),
-        },
-        FrameKind::Close { code, reason } => {
-            Message::Close(Some(CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) }))
-        }
-    }
-}
-
 /// What the writer needs of the limits.
 #[derive(Debug, Clone, Copy)]
 struct WriterTimes {
@@ -287,7 +280,7 @@ struct WriterTimes {
 
 /// The write-only half: not an `async fn`, for the reason [`serve`] gives.
 fn write_loop(
-    mut sink: SplitSink<Socket, Message>,
+    mut socket: Writer,
     outbound: Arc<Outbound>,
     closed: CancellationToken,
     times: WriterTimes,
@@ -310,9 +303,12 @@ fn write_loop(
                     if idle > dead_after {
                         tracing::info!(idle_ms = idle.as_millis(), "peer does not answer pings; closing");
                         outbound.close(CloseCode::GoingAway.code(), "ping timeout");
-                    } else if !send(&mut sink, Message::Ping(Default::default()), timeout).await {
-                        closed.cancel();
-                        return;
+                    } else {
+                        let ping = [Frame { payload: Payload::empty(), kind: FrameKind::Ping }];
+                        if !matches!(tokio::time::timeout(timeout, write_frames(&mut socket, &ping)).await, Ok(Ok(()))) {
+                            closed.cancel();
+                            return;
+                        }
                     }
                 }
             }
@@ -326,11 +322,14 @@ fn write_loop(
                 // waited longest) as the batch's sample: per-frame timers and histogram records
                 // would cost more than writing the frame.
                 let (events, oldest) = crate::outbound::events_and_oldest(&batch);
-                let written = tokio::time::timeout(timeout, write_batch(&mut sink, &mut batch)).await;
+                let written = tokio::time::timeout(timeout, write_frames(&mut socket, &batch)).await;
                 meters.written(events, oldest);
+                // The queue ends with the close frame: nothing follows it.
+                let closing = batch.last().is_some_and(|frame| matches!(frame.kind, FrameKind::Close { .. }));
+                batch.clear();
                 match written {
-                    Ok(Ok(Written::All)) => {}
-                    Ok(Ok(Written::Closed)) => {
+                    Ok(Ok(())) if !closing => {}
+                    Ok(Ok(())) => {
                         closed.cancel();
                         return;
                     }
@@ -343,33 +342,6 @@ fn write_loop(
             }
         }
     }
-}
-
-enum Written {
-    All,
-    /// The close frame was written: the connection is done.
-    Closed,
-}
-
-/// Feeds every frame of `batch` (emptying it), then flushes once.
-async fn write_batch(
-    sink: &mut SplitSink<Socket, Message>,
-    batch: &mut Vec<Frame>,
-) -> Result<Written, tungstenite::Error> {
-    for frame in batch.drain(..) {
-        let is_close = matches!(frame.kind, FrameKind::Close { .. });
-        sink.feed(to_message(frame)).await?;
-        if is_close {
-            sink.flush().await?;
-            return Ok(Written::Closed);
-        }
-    }
-    sink.flush().await?;
-    Ok(Written::All)
-}
-
-async fn send(sink: &mut SplitSink<Socket, Message>, message: Message, timeout: Duration) -> bool {
-    matches!(tokio::time::timeout(timeout, sink.send(message)).await, Ok(Ok(())))
 }
 
 #[cfg(test)]

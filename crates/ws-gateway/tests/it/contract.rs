@@ -149,3 +149,35 @@ async fn websocket_upgrades_with_unknown_parameters_or_without_a_handshake_get_j
     ws.send(json!({"type": "ping"})).await;
     assert_eq!(ws.until("pong").await["type"], "pong");
 }
+
+/// The gateway writes its frames itself: a client's ping gets its payload back as a pong, and a
+/// client's close gets a close frame before the socket ends.
+#[tokio::test]
+async fn a_websocket_ping_is_answered_with_its_payload_and_a_close_with_a_close_frame() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let world = World::start().await;
+    let gateway = world.gateway(&[]).await;
+    let mut ws = gateway.connect(&token("acme", "alice", 600)).await;
+    ws.socket.send(Message::Ping(b"are you there?".to_vec().into())).await.expect("sent");
+    let pong = loop {
+        match tokio::time::timeout(WAIT, ws.socket.next()).await.expect("answered in time") {
+            Some(Ok(Message::Pong(payload))) => break payload,
+            Some(Ok(Message::Ping(_) | Message::Text(_))) => continue,
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    };
+    assert_eq!(&pong[..], b"are you there?");
+    // The session still works after it.
+    ws.send(json!({"type": "ping", "id": "after"})).await;
+    assert_eq!(ws.until("pong").await["id"], "after");
+    ws.socket.send(Message::Close(None)).await.expect("close sent");
+    let reply = loop {
+        match tokio::time::timeout(WAIT, ws.socket.next()).await.expect("answered in time") {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(reply.map(|frame| u16::from(frame.code)), Some(1001), "the session's own close frame");
+}
