@@ -109,8 +109,9 @@ export type ErrorCode =
   | "unauthenticated" | "permission_denied" | "unavailable" | "internal";
 
 /** The WebSocket close codes the gateway uses: 1001 draining (after `reconnect`) or an unanswered
- * ping, 1008 an inbound flood, 1009 a frame too large, 1011 a server error, 4001 the token expired. */
-export type CloseCode = 1001 | 1008 | 1009 | 1011 | 4001;
+ * ping, 1002 a frame that breaks the WebSocket protocol, 1008 an inbound flood, 1009 a frame too
+ * large, 1011 a server error, 4001 the token expired. */
+export type CloseCode = 1001 | 1002 | 1008 | 1009 | 1011 | 4001;
 
 /** What every server message may carry: the time the gateway sent it (RFC 3339), and the `id`
  * of the request it answers, echoed when the request had one. */

@@ -33,6 +33,8 @@ pub(crate) enum Inbound {
     Alive,
     /// A frame beyond what the transport reads at all (it stopped reading): close with 1009.
     TooBig,
+    /// A frame that breaks the WebSocket protocol (the transport stopped reading): close with 1002.
+    Broken,
 }
 
 /// A subscription held by this connection.
@@ -336,6 +338,7 @@ impl Session {
         let (bytes, binary) = match message {
             Inbound::Alive => return Flow::Continue,
             Inbound::TooBig => return Flow::Close(CloseCode::MessageTooBig),
+            Inbound::Broken => return Flow::Close(CloseCode::ProtocolError),
             Inbound::Text(bytes) => (bytes, false),
             Inbound::Binary(bytes) => (bytes, true),
         };

@@ -105,7 +105,7 @@ pub(crate) async fn upgrade(
     let limits = &gw.limits;
     // tungstenite's own limit sits well above ours, so an oversized frame usually reaches the
     // session, which closes with 1009; a frame even beyond tungstenite's limit is not read at all,
-    // and closes with 1009 too (see `is_too_big`).
+    // and closes with 1009 too (see `read_failure`).
     let hard_limit = (limits.max_frame_bytes * 4).max(64 * 1024);
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -172,13 +172,10 @@ fn serve(
                 }
                 Ok(Message::Pong(_) | Message::Frame(_)) => Ok(Some(Inbound::Alive)),
                 Ok(Message::Close(_)) => Ok(None),
-                Err(err) => {
-                    if is_too_big(&err) {
-                        Ok(Some(Inbound::TooBig))
-                    } else {
-                        Err(())
-                    }
-                }
+                Err(err) => match read_failure(&err) {
+                    Some(inbound) => Ok(Some(inbound)),
+                    None => Err(()),
+                },
             }
         })
         .take_while(|message| std::future::ready(message.is_ok()))
@@ -266,9 +263,20 @@ impl<S: Future<Output = ()>, W: Future<Output = ()>> Future for Connection<S, W>
     }
 }
 
-/// Whether a read failed on a message or frame larger than the socket's limit.
-fn is_too_big(err: &tungstenite::Error) -> bool {
-    matches!(err, tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong { .. }))
+/// What the session tells the client about a failed read: a message or frame larger than the
+/// socket's limit (1009), or one that breaks the protocol (1002). `None`: the connection failed
+/// (reset, closed), and nobody is left to tell.
+fn read_failure(err: &tungstenite::Error) -> Option<Inbound> {
+    match err {
+        tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong { .. }) => Some(Inbound::TooBig),
+        tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
+            | tungstenite::error::ProtocolError::SendAfterClosing
+            | tungstenite::error::ProtocolError::ReceivedAfterClosing,
+        ) => None,
+        tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_) => Some(Inbound::Broken),
+        _ => None,
+    }
 }
 
 /// What the writer needs of the limits.
@@ -359,13 +367,15 @@ mod tests {
     }
 
     #[test]
-    fn only_a_message_too_long_counts_as_too_big() {
-        let too_long = tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
-            size: 300_000,
-            max_size: 262_144,
-        });
-        assert!(is_too_big(&too_long));
-        assert!(!is_too_big(&tungstenite::Error::ConnectionClosed));
-        assert!(!is_too_big(&tungstenite::Error::Io(std::io::Error::other("reset"))));
+    fn a_read_failure_is_told_to_the_client_only_when_the_client_caused_it() {
+        use tungstenite::error::{CapacityError, ProtocolError};
+        let too_long = tungstenite::Error::Capacity(CapacityError::MessageTooLong { size: 300_000, max_size: 262_144 });
+        assert!(matches!(read_failure(&too_long), Some(Inbound::TooBig)));
+        let unmasked = tungstenite::Error::Protocol(ProtocolError::UnmaskedFrameFromClient);
+        assert!(matches!(read_failure(&unmasked), Some(Inbound::Broken)));
+        assert!(matches!(read_failure(&tungstenite::Error::Utf8(String::new())), Some(Inbound::Broken)));
+        assert!(read_failure(&tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)).is_none());
+        assert!(read_failure(&tungstenite::Error::ConnectionClosed).is_none());
+        assert!(read_failure(&tungstenite::Error::Io(std::io::Error::other("reset"))).is_none());
     }
 }

@@ -86,6 +86,9 @@ impl ErrorCode {
 pub enum CloseCode {
     /// 1001: the replica is draining (after `reconnect`), or the peer stopped answering pings.
     GoingAway,
+    /// 1002: a frame that breaks the WebSocket protocol (unmasked, reserved bits, a fragmented
+    /// control frame, text that is not UTF-8, …).
+    ProtocolError,
     /// 1008: abusive client: inbound flood beyond the rate limit, or it does not read its control
     /// replies.
     PolicyViolation,
@@ -98,12 +101,19 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
-    pub const ALL: [Self; 5] =
-        [Self::GoingAway, Self::PolicyViolation, Self::MessageTooBig, Self::InternalError, Self::TokenExpired];
+    pub const ALL: [Self; 6] = [
+        Self::GoingAway,
+        Self::ProtocolError,
+        Self::PolicyViolation,
+        Self::MessageTooBig,
+        Self::InternalError,
+        Self::TokenExpired,
+    ];
 
     pub fn code(self) -> u16 {
         match self {
             Self::GoingAway => 1001,
+            Self::ProtocolError => 1002,
             Self::PolicyViolation => 1008,
             Self::MessageTooBig => 1009,
             Self::InternalError => 1011,
@@ -114,6 +124,7 @@ impl CloseCode {
     pub fn reason(self) -> &'static str {
         match self {
             Self::GoingAway => "going away",
+            Self::ProtocolError => "protocol error",
             Self::PolicyViolation => "policy violation",
             Self::MessageTooBig => "frame too large",
             Self::InternalError => "internal error",

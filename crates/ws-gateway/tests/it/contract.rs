@@ -181,3 +181,16 @@ async fn a_websocket_ping_is_answered_with_its_payload_and_a_close_with_a_close_
     };
     assert_eq!(reply.map(|frame| u16::from(frame.code)), Some(1001), "the session's own close frame");
 }
+
+/// A frame that breaks the WebSocket protocol closes the connection with 1002, and says so.
+#[tokio::test]
+async fn a_frame_that_breaks_the_websocket_protocol_closes_with_1002() {
+    use tokio::io::AsyncWriteExt;
+    let world = World::start().await;
+    let gateway = world.gateway(&[]).await;
+    let mut ws = gateway.connect(&token("acme", "alice", 600)).await;
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.socket.get_mut() else { panic!("a plain TCP connection") };
+    // A masked, empty text frame with RSV1 set, though no extension was negotiated.
+    tcp.write_all(&[0xC1, 0x80, 1, 2, 3, 4]).await.expect("written");
+    assert_eq!(ws.expect_close().await, Some(1002));
+}
