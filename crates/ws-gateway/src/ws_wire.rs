@@ -49,6 +49,9 @@ impl<'a> Encoded<'a> {
         };
         let mut prefix = [0; MAX_PREFIX];
         let len = body.len() + if code.is_some() { 2 } else { 0 };
+        // RFC 6455 §5.5: control frames carry at most 125 bytes. Close reasons are short constants,
+        // and tungstenite refuses a client's ping beyond that before its pong is queued.
+        debug_assert!(opcode < OPCODE_CLOSE || len <= 125, "a control frame of {len} bytes");
         prefix[0] = FIN | opcode;
         let mut prefix_len = match (u8::try_from(len), u16::try_from(len)) {
             (Ok(short), _) if short < 126 => {
