@@ -1,6 +1,6 @@
 //! The server side of the WebSocket opening handshake (RFC 6455 §4.2) for `/ws`. The gateway does
 //! it itself rather than through axum's `WebSocketUpgrade` because axum builds the socket under
-//! the WebSocket out of reach, and the gateway's must be its own (see [`crate::burst_buffer`]).
+//! the WebSocket out of reach, and the gateway's must be its own (see [`crate::ws_wire`]).
 //! The checks and the answers are the same as axum's.
 
 use axum::body::Body;
