@@ -8,6 +8,7 @@ use crate::config::TelemetryArgs;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -24,6 +25,19 @@ impl Drop for TelemetryGuard {
             eprintln!("could not flush traces: {err}");
         }
     }
+}
+
+/// Set once by [`init`]: whether spans leave this process.
+static TRACES_EXPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans leave this process (an OTLP endpoint is set and its exporter was built).
+///
+/// A span per request or per event costs more than the rest of a small request (the api spent a
+/// fifth of its CPU per `ReportProgress` on its request span): without an exporter nobody would
+/// ever see it, so those spans are then made at DEBUG (for logs only) and the trace context still
+/// travels (see [`trace_context::layer`]).
+pub fn traces_exported() -> bool {
+    TRACES_EXPORTED.load(Ordering::Relaxed)
 }
 
 /// Installs the global subscriber and trace propagator, and announces the service on `/metrics`
@@ -46,9 +60,12 @@ pub fn init(args: &TelemetryArgs, service: &'static str) -> TelemetryGuard {
         tracing_subscriber::fmt::layer().with_target(true).boxed()
     };
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
-    let provider = tracer_provider(args.otlp_endpoint.as_deref(), service);
+    let (provider, exported) = tracer_provider(args.otlp_endpoint.as_deref(), service);
     let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
     let installed = tracing_subscriber::registry().with(filter).with(logs).with(traces).try_init().is_ok();
+    if installed {
+        TRACES_EXPORTED.store(exported, Ordering::Relaxed);
+    }
     TelemetryGuard(installed.then_some(provider))
 }
 
@@ -58,18 +75,18 @@ fn with_quiet_dependencies(filter: &str) -> String {
     if filter.contains("async_nats") { filter.to_owned() } else { format!("{filter},async_nats=warn") }
 }
 
-/// Spans always get trace ids (so context propagates and logs can be correlated); they are
-/// exported only when an OTLP endpoint is configured.
-fn tracer_provider(endpoint: Option<&str>, service: &'static str) -> SdkTracerProvider {
+/// Enabled spans always get trace ids (so context propagates); they are exported only when an
+/// OTLP endpoint is configured. Returns the provider and whether it exports.
+fn tracer_provider(endpoint: Option<&str>, service: &'static str) -> (SdkTracerProvider, bool) {
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
     let builder = SdkTracerProvider::builder().with_resource(resource);
-    let Some(endpoint) = endpoint.filter(|e| !e.is_empty()) else { return builder.build() };
+    let Some(endpoint) = endpoint.filter(|e| !e.is_empty()) else { return (builder.build(), false) };
     use opentelemetry_otlp::WithExportConfig as _;
     match opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build() {
-        Ok(exporter) => builder.with_batch_exporter(exporter).build(),
+        Ok(exporter) => (builder.with_batch_exporter(exporter).build(), true),
         Err(err) => {
             eprintln!("OTEL_EXPORTER_OTLP_ENDPOINT={endpoint:?}: cannot export traces ({err}); continuing without");
-            builder.build()
+            (builder.build(), false)
         }
     }
 }
@@ -111,16 +128,27 @@ pub mod trace_context {
         }
     }
 
-    /// Adds the current span's trace context to headers of a message about to be published.
+    tokio::task_local! {
+        /// The trace context of the request being served when its span is not recorded (see
+        /// [`layer`]): what [`inject_current`] gives the events it publishes.
+        static UNRECORDED_REQUEST: opentelemetry::Context;
+    }
+
+    /// Adds the trace context of the request being served (else of the current span) to headers
+    /// of a message about to be published.
     pub fn inject_current(headers: &mut async_nats::HeaderMap) {
-        let context = tracing::Span::current().context();
+        let context = UNRECORDED_REQUEST.try_with(Clone::clone).unwrap_or_else(|_| tracing::Span::current().context());
         opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&context, &mut NatsHeaders(headers))
         });
     }
 
-    /// Makes `span` a child of the trace context in a consumed message's headers, if any.
+    /// Makes `span` a child of the trace context in a consumed message's headers, if any (nothing
+    /// to do for a span that is not recorded).
     pub fn follow_nats(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
+        if span.is_disabled() {
+            return;
+        }
         if let Some(headers) = headers {
             let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
                 propagator.extract(&ReadNatsHeaders(headers))
@@ -131,8 +159,12 @@ pub mod trace_context {
 
     /// Links `span` to the trace context in a consumed message's headers, if any (for spans that
     /// handle many messages, such as a batch).
+    /// Links only show in exported spans: without an exporter this does nothing.
     pub fn link_nats(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
         use opentelemetry::trace::TraceContextExt as _;
+        if !super::traces_exported() || span.is_disabled() {
+            return;
+        }
         if let Some(headers) = headers {
             let context = opentelemetry::global::get_text_map_propagator(|propagator| {
                 propagator.extract(&ReadNatsHeaders(headers))
@@ -157,12 +189,96 @@ pub mod trace_context {
         span.context().span().span_context().trace_id().to_string()
     }
 
-    /// Middleware: one span per request, continuing the caller's trace (W3C `traceparent`).
+    /// Middleware: the request continues the caller's trace (W3C `traceparent`), or starts one.
+    /// With an exporter that is an INFO span. Without one, the request gets the ids of a span
+    /// (a span id of its own under the caller's trace) but no span is recorded, which costs a
+    /// fraction of one, and the events it publishes carry them all the same; its span is then a
+    /// DEBUG one, for logs.
     pub async fn layer(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
         use tracing::Instrument as _;
-        let span = tracing::info_span!("request", method = %request.method(), path = %request.uri().path());
-        follow_http(&span, request.headers());
-        next.run(request).instrument(span).await
+        if super::traces_exported() {
+            let span = tracing::info_span!("request", method = %request.method(), path = %request.uri().path());
+            follow_http(&span, request.headers());
+            return next.run(request).instrument(span).await;
+        }
+        let context = unrecorded_child(request.headers());
+        let span = tracing::debug_span!("request", method = %request.method(), path = %request.uri().path());
+        UNRECORDED_REQUEST.scope(context, next.run(request).instrument(span)).await
+    }
+
+    /// The trace context of a request whose span is not recorded: the caller's trace and sampling
+    /// decision (when its `traceparent` is valid) or a new sampled trace, and a new span id.
+    fn unrecorded_child(headers: &http::HeaderMap) -> opentelemetry::Context {
+        use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceFlags, TraceState};
+        use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
+        let ids = RandomIdGenerator::default();
+        let caller = headers
+            .contains_key("traceparent")
+            .then(|| {
+                let context = opentelemetry::global::get_text_map_propagator(|propagator| {
+                    propagator.extract(&HttpHeaders(headers))
+                });
+                context.span().span_context().clone()
+            })
+            .filter(SpanContext::is_valid);
+        let (trace_id, flags, state) = match caller {
+            Some(caller) => (caller.trace_id(), caller.trace_flags(), caller.trace_state().clone()),
+            None => (ids.new_trace_id(), TraceFlags::SAMPLED, TraceState::default()),
+        };
+        let own = SpanContext::new(trace_id, ids.new_span_id(), flags, false, state);
+        opentelemetry::Context::new().with_remote_span_context(own)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+        /// The `traceparent` an event published while serving a request with `headers` carries.
+        fn published_traceparent(headers: &[(&'static str, &str)]) -> String {
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
+            let mut request = http::HeaderMap::new();
+            for (name, value) in headers {
+                request.insert(*name, value.parse().expect("ascii"));
+            }
+            let mut published = async_nats::HeaderMap::new();
+            UNRECORDED_REQUEST.sync_scope(unrecorded_child(&request), || inject_current(&mut published));
+            published.get("traceparent").map(|value| value.as_str().to_owned()).expect("a traceparent")
+        }
+
+        #[test]
+        fn an_unrecorded_request_continues_the_callers_trace_with_a_span_id_of_its_own() {
+            let caller = format!("00-{CALLER_TRACE}-00f067aa0ba902b7-01");
+            let published = published_traceparent(&[("traceparent", &caller)]);
+            let parts: Vec<&str> = published.split('-').collect();
+            assert_eq!(parts.len(), 4, "{published}");
+            assert_eq!(parts[1], CALLER_TRACE);
+            assert_ne!(parts[2], "00f067aa0ba902b7");
+            assert_eq!(parts[3], "01");
+            // The caller's sampling decision is kept.
+            let unsampled =
+                published_traceparent(&[("traceparent", &format!("00-{CALLER_TRACE}-00f067aa0ba902b7-00"))]);
+            assert_eq!(unsampled.split('-').nth(3), Some("00"), "{unsampled}");
+        }
+
+        #[test]
+        fn an_unrecorded_request_without_a_valid_caller_trace_starts_a_sampled_one() {
+            for headers in [
+                vec![],
+                vec![("traceparent", "00-not-a-trace-01")],
+                vec![("traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01")],
+            ] {
+                let published = published_traceparent(&headers);
+                let parts: Vec<&str> = published.split('-').collect();
+                assert_eq!(parts.len(), 4, "{published}");
+                assert_ne!(parts[1], "0".repeat(32), "a valid trace for {headers:?}");
+                assert_eq!(parts[3], "01", "{headers:?}");
+            }
+            assert_ne!(published_traceparent(&[]), published_traceparent(&[]), "a new trace per request");
+        }
     }
 }
 
