@@ -158,8 +158,8 @@ pub mod trace_context {
     }
 
     /// Links `span` to the trace context in a consumed message's headers, if any (for spans that
-    /// handle many messages, such as a batch).
-    /// Links only show in exported spans: without an exporter this does nothing.
+    /// handle many messages, such as a batch). Links only show in exported spans: without an
+    /// exporter this does nothing.
     pub fn link_nats(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
         use opentelemetry::trace::TraceContextExt as _;
         if !super::traces_exported() || span.is_disabled() {
