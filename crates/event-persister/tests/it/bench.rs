@@ -11,6 +11,10 @@ async fn bench_drain_throughput() {
     let per_execution = 20;
     let total = (executions as u64 * per_execution) as i64;
     let world = World::start().await;
+    let history_indexes = HistoryIndexes::from_env();
+    if history_indexes == HistoryIndexes::KeyOnly {
+        drop_history_query_indexes(&world.pool).await;
+    }
     // The backlog is published first, so the persister's drain rate is measured alone.
     let published = world.publish(support::load(&world, executions, per_execution)).await;
     assert_eq!(published.len() as i64, total);
@@ -66,14 +70,69 @@ async fn bench_drain_throughput() {
     let raw = raw_ceiling(&world.pool, 1_000, writers).await;
     assert_eq!(world.history_count().await, total, "the raw insert restored every row, once");
     println!(
-        "BENCH | event-persister drain, {total} events ({executions} executions x {per_execution}), with the read model | \
+        "BENCH | event-persister drain, {total} events ({executions} executions x {per_execution}), with the read model{} | \
          {sustained:.0} events/s sustained after the first tenth ({:.0}/s over {:.2} s incl. start and migration); \
          CPU per event: persister {persister_us:.1} µs, its PostgreSQL backends {postgres_us:.1} µs | \
          >= 40,000 events/s | raw UNNEST insert of the same rows into the same tables and indexes, {writers} writers, \
          1,000 per transaction + executions update: {raw:.0} events/s | {total} events in the history exactly once (both) |",
+        history_indexes.label(),
         total as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
     );
+}
+
+/// Which indexes of `events` the run keeps (`BENCH_HISTORY_INDEXES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HistoryIndexes {
+    /// The schema as migrated.
+    All,
+    /// `key`: the primary key alone, every query index dropped before the drain. Not a
+    /// configuration the product offers: it measures what the history's query indexes cost, and
+    /// what the drain would do without any of them.
+    KeyOnly,
+}
+
+impl HistoryIndexes {
+    fn from_env() -> Self {
+        match std::env::var("BENCH_HISTORY_INDEXES").as_deref() {
+            Ok("key") => Self::KeyOnly,
+            Ok("all") | Err(_) => Self::All,
+            Ok(other) => panic!("BENCH_HISTORY_INDEXES={other}: expected `all` or `key`"),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::All => "",
+            Self::KeyOnly => " and the history's primary key alone (every query index dropped: the schema's floor)",
+        }
+    }
+}
+
+/// Drops every index of `events` but its primary key (on the partitioned table, so from every
+/// partition, and partitions created later do not get them).
+async fn drop_history_query_indexes(pool: &sqlx::PgPool) {
+    let count = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = 'events' AND indexname <> 'events_pkey'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("the history's indexes")
+    };
+    assert!(count().await > 0, "the history has query indexes to drop");
+    sqlx::query(
+        "DO $$ DECLARE index_name text; BEGIN
+             FOR index_name IN SELECT indexname FROM pg_indexes
+                               WHERE tablename = 'events' AND indexname <> 'events_pkey' LOOP
+                 EXECUTE format('DROP INDEX %I', index_name);
+             END LOOP;
+         END $$",
+    )
+    .execute(pool)
+    .await
+    .expect("indexes dropped");
+    assert_eq!(count().await, 0, "only the primary key is left");
 }
 
 /// CPU time used so far by process `pid` (zero if it cannot be read).
