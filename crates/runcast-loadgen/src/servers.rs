@@ -118,7 +118,8 @@ impl GatewayServer {
             .env("DATABASE_URL", "postgres://bench@127.0.0.1:1/unused")
             .env("RUNCAST_JWT_SECRET", jwt_secret)
             .env("RUNCAST_LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn")
+            // The default level, as deployed: a span's cost per connection shows at `info` only.
+            .env("RUST_LOG", "info")
             // The caps are policy, not what is measured.
             .env("RUNCAST_WS_MAX_CONNECTIONS", "1000000")
             .env("RUNCAST_WS_MAX_CONNECTIONS_PER_TENANT", "1000000")

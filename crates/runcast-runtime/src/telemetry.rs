@@ -1,8 +1,9 @@
 //! Logs and traces. Logs go through `tracing`: JSON lines when stdout is not a terminal
-//! (collectors, tests), readable text on a terminal. Traces: every `tracing` span is also an
-//! OpenTelemetry span, exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; the W3C
-//! trace context travels from gRPC/HTTP requests through NATS headers to the persister and the
-//! gateway (see [`trace_context`]), so one trace shows a command from the caller to the clients.
+//! (collectors, tests), readable text on a terminal. Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+//! set, every `tracing` span is also an OpenTelemetry span, exported over OTLP/gRPC; without it no
+//! OpenTelemetry span is made at all. Either way the W3C trace context travels from gRPC/HTTP
+//! requests through NATS headers to the persister and the gateway (see [`trace_context`]), so one
+//! trace shows a command from the caller to the clients.
 
 use crate::config::TelemetryArgs;
 use opentelemetry::trace::TracerProvider as _;
@@ -35,7 +36,10 @@ static TRACES_EXPORTED: AtomicBool = AtomicBool::new(false);
 /// A span per request or per event costs more than the rest of a small request (the api spent a
 /// fifth of its CPU per `ReportProgress` on its request span): without an exporter nobody would
 /// ever see it, so those spans are then made at DEBUG (for logs only) and the trace context still
-/// travels (see [`trace_context::layer`]).
+/// travels (see [`trace_context::layer`]). Nor is the OpenTelemetry layer installed then: it kept
+/// span data of its own for every live span (2 KiB for each of the gateway's connections, whose
+/// session span lives as long as the connection) and read the clock at every poll of an
+/// instrumented future, for nothing.
 pub fn traces_exported() -> bool {
     TRACES_EXPORTED.load(Ordering::Relaxed)
 }
@@ -61,7 +65,7 @@ pub fn init(args: &TelemetryArgs, service: &'static str) -> TelemetryGuard {
     };
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let (provider, exported) = tracer_provider(args.otlp_endpoint.as_deref(), service);
-    let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+    let traces = exported.then(|| tracing_opentelemetry::layer().with_tracer(provider.tracer(service)));
     let installed = tracing_subscriber::registry().with(filter).with(logs).with(traces).try_init().is_ok();
     if installed {
         TRACES_EXPORTED.store(exported, Ordering::Relaxed);
@@ -75,8 +79,8 @@ fn with_quiet_dependencies(filter: &str) -> String {
     if filter.contains("async_nats") { filter.to_owned() } else { format!("{filter},async_nats=warn") }
 }
 
-/// Enabled spans always get trace ids (so context propagates); they are exported only when an
-/// OTLP endpoint is configured. Returns the provider and whether it exports.
+/// The tracer provider, exporting when an OTLP endpoint is configured; returns it and whether it
+/// exports.
 fn tracer_provider(endpoint: Option<&str>, service: &'static str) -> (SdkTracerProvider, bool) {
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
     let builder = SdkTracerProvider::builder().with_resource(resource);
@@ -294,20 +298,35 @@ mod tests {
 
     #[test]
     fn a_span_context_round_trips_through_nats_headers() {
+        // What `init` installs with an exporter, minus the exporter.
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let outer = tracing::info_span!("request");
+            let mut headers = async_nats::HeaderMap::new();
+            outer.in_scope(|| trace_context::inject_current(&mut headers));
+            let traceparent = headers.get("traceparent").map(|v| v.as_str().to_owned()).expect("injected");
+            assert_eq!(traceparent.split('-').nth(1), Some(trace_context::trace_id(&outer).as_str()));
+
+            let consumer = tracing::info_span!("dispatch");
+            trace_context::follow_nats(&consumer, Some(&headers));
+            assert_eq!(
+                trace_context::trace_id(&consumer),
+                trace_context::trace_id(&outer),
+                "the consumer continues the trace"
+            );
+        });
+    }
+
+    #[test]
+    fn without_an_exporter_spans_are_for_logs_only() {
         let args = TelemetryArgs { log_filter: "info".into(), log_format: "json".into(), otlp_endpoint: None };
         let _guard = init(&args, "test");
-        let outer = tracing::info_span!("request");
-        let mut headers = async_nats::HeaderMap::new();
-        outer.in_scope(|| trace_context::inject_current(&mut headers));
-        let traceparent = headers.get("traceparent").map(|v| v.as_str().to_owned()).expect("injected");
-        assert_eq!(traceparent.split('-').nth(1), Some(trace_context::trace_id(&outer).as_str()));
-
-        let consumer = tracing::info_span!("dispatch");
-        trace_context::follow_nats(&consumer, Some(&headers));
-        assert_eq!(
-            trace_context::trace_id(&consumer),
-            trace_context::trace_id(&outer),
-            "the consumer continues the trace"
-        );
+        assert!(!traces_exported());
+        let span = tracing::info_span!("session");
+        assert!(!span.is_disabled(), "the span is still there, for the logs inside it");
+        assert_eq!(trace_context::trace_id(&span), "0".repeat(32), "but no OpenTelemetry span behind it");
     }
 }
