@@ -37,7 +37,7 @@ static TRACES_EXPORTED: AtomicBool = AtomicBool::new(false);
 /// fifth of its CPU per `ReportProgress` on its request span): without an exporter nobody would
 /// ever see it, so those spans are then made at DEBUG (for logs only) and the trace context still
 /// travels (see [`trace_context::layer`]). Nor is the OpenTelemetry layer installed then: it kept
-/// span data of its own for every live span (2 KiB for each of the gateway's connections, whose
+/// span data of its own for every live span (1.4 KiB for each of the gateway's connections, whose
 /// session span lives as long as the connection) and read the clock at every poll of an
 /// instrumented future, for nothing.
 pub fn traces_exported() -> bool {
