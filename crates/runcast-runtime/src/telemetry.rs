@@ -44,6 +44,19 @@ pub fn traces_exported() -> bool {
     TRACES_EXPORTED.load(Ordering::Relaxed)
 }
 
+/// A span that is recorded (INFO) when traces leave the process, else a DEBUG one, for logs (see
+/// [`traces_exported`]). Takes what `tracing::info_span!` takes.
+#[macro_export]
+macro_rules! traced_span {
+    ($($span:tt)+) => {
+        if $crate::telemetry::traces_exported() {
+            ::tracing::span!(::tracing::Level::INFO, $($span)+)
+        } else {
+            ::tracing::span!(::tracing::Level::DEBUG, $($span)+)
+        }
+    };
+}
+
 /// Installs the global subscriber and trace propagator, and announces the service on `/metrics`
 /// ([`crate::ops::announce`]). A second call (several services in one test process) keeps the
 /// first subscriber.

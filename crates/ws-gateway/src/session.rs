@@ -261,18 +261,13 @@ impl Session {
         // DEBUG span, for logs: at INFO, 0.6 KiB of every idle connection would go to the log
         // layer's record of it, for the session's two INFO lines, which name the connection
         // themselves.
-        let (connection, transport) = (self.connection, self.transport.name());
-        let (sub, tenant) = (&self.principal.subject, &self.principal.tenant);
-        macro_rules! run_span {
-            ($level:expr) => {
-                tracing::span!($level, "run", connection, transport, sub = %sub, tenant = %tenant)
-            };
-        }
-        let span = if runcast_runtime::telemetry::traces_exported() {
-            run_span!(tracing::Level::INFO)
-        } else {
-            run_span!(tracing::Level::DEBUG)
-        };
+        let span = runcast_runtime::traced_span!(
+            "run",
+            connection = self.connection,
+            transport = self.transport.name(),
+            sub = %self.principal.subject,
+            tenant = %self.principal.tenant
+        );
         async move { self.serve(&mut inbound, &closed).await }.instrument(span)
     }
 

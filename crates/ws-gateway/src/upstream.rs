@@ -231,11 +231,7 @@ async fn consume(
         };
         // One span per event and replica, continuing the trace of the command that caused it;
         // recorded only when traces leave the process (else a DEBUG span, for logs).
-        let span = if runcast_runtime::telemetry::traces_exported() {
-            tracing::info_span!("dispatch", stream = kind.base_name(), offset)
-        } else {
-            tracing::debug_span!("dispatch", stream = kind.base_name(), offset)
-        };
+        let span = runcast_runtime::traced_span!("dispatch", stream = kind.base_name(), offset);
         runcast_runtime::telemetry::trace_context::follow_nats(&span, message.headers.as_ref());
         if let Some(seconds) = lag_seconds(event.occurred_at.as_ref(), std::time::SystemTime::now()) {
             lag.set(seconds);
