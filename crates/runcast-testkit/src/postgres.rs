@@ -151,12 +151,23 @@ impl PostgresServer {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
-    /// Creates an empty database and returns its URL.
+    /// Creates an empty database and returns its URL. Its locale is the server's (`C`), or the one
+    /// `RUNCAST_TEST_PG_LOCALE` names (e.g. `en_US.UTF-8`, as managed PostgreSQL services create
+    /// databases; the operating system must have it: `localedef -i en_US -f UTF-8 en_US.UTF-8`).
     pub async fn create_database(&self, name: &str) -> Result<String> {
+        let locale = match std::env::var("RUNCAST_TEST_PG_LOCALE") {
+            Ok(locale) if !locale.is_empty() => {
+                if !locale.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '@')) {
+                    return Err(HarnessError(format!("RUNCAST_TEST_PG_LOCALE={locale:?} is not a locale name")));
+                }
+                format!(" TEMPLATE template0 LOCALE '{locale}'")
+            }
+            _ => String::new(),
+        };
         let mut admin = sqlx::PgConnection::connect(&self.admin_url())
             .await
             .map_err(|err| HarnessError(format!("cannot connect to the test PostgreSQL: {err}")))?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"{locale}")))
             .execute(&mut admin)
             .await
             .map_err(|err| HarnessError(format!("cannot create database {name}: {err}")))?;

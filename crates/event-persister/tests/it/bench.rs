@@ -15,6 +15,15 @@ async fn bench_drain_throughput() {
     if history_indexes == HistoryIndexes::KeyOnly {
         drop_history_query_indexes(&world.pool).await;
     }
+    let collation = IdentifierCollation::from_env();
+    if collation == IdentifierCollation::Database {
+        identifiers_in_the_database_collation(&world.pool).await;
+    }
+    let database_locale: String =
+        sqlx::query_scalar("SELECT datcollate::text FROM pg_database WHERE datname = current_database()")
+            .fetch_one(&world.pool)
+            .await
+            .expect("the database's locale");
     // The backlog is published first, so the persister's drain rate is measured alone.
     let published = world.publish(support::load(&world, executions, per_execution)).await;
     assert_eq!(published.len() as i64, total);
@@ -70,12 +79,14 @@ async fn bench_drain_throughput() {
     let raw = raw_ceiling(&world.pool, 1_000, writers).await;
     assert_eq!(world.history_count().await, total, "the raw insert restored every row, once");
     println!(
-        "BENCH | event-persister drain, {total} events ({executions} executions x {per_execution}), with the read model{} | \
+        "BENCH | event-persister drain, {total} events ({executions} executions x {per_execution}), with the read model{}, \
+         database locale {database_locale}{} | \
          {sustained:.0} events/s sustained after the first tenth ({:.0}/s over {:.2} s incl. start and migration); \
          CPU per event: persister {persister_us:.1} µs, its PostgreSQL backends {postgres_us:.1} µs | \
          >= 40,000 events/s | raw UNNEST insert of the same rows into the same tables and indexes, {writers} writers, \
          1,000 per transaction + executions update: {raw:.0} events/s | {total} events in the history exactly once (both) |",
         history_indexes.label(),
+        collation.label(),
         total as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
     );
@@ -107,6 +118,66 @@ impl HistoryIndexes {
             Self::KeyOnly => " and the history's primary key alone (every query index dropped: the schema's floor)",
         }
     }
+}
+
+/// How identifier columns compare (`BENCH_IDENTIFIER_COLLATION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdentifierCollation {
+    /// The schema as migrated: byte by byte (`COLLATE "C"`).
+    Bytewise,
+    /// `database`: in the database's own collation, as before migration 20261204000001; with
+    /// `RUNCAST_TEST_PG_LOCALE=en_US.UTF-8`, what comparing bytewise saves in such a database.
+    Database,
+}
+
+impl IdentifierCollation {
+    fn from_env() -> Self {
+        match std::env::var("BENCH_IDENTIFIER_COLLATION").as_deref() {
+            Ok("database") => Self::Database,
+            Ok("bytewise") | Err(_) => Self::Bytewise,
+            Ok(other) => panic!("BENCH_IDENTIFIER_COLLATION={other}: expected `bytewise` or `database`"),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Bytewise => "",
+            Self::Database => ", identifiers in the database's collation (not bytewise)",
+        }
+    }
+}
+
+/// Gives every column that compares bytewise the database's collation back (on the parent
+/// tables, so on every partition).
+async fn identifiers_in_the_database_collation(pool: &sqlx::PgPool) {
+    let bytewise = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+             JOIN pg_collation co ON co.oid = a.attcollation
+             WHERE c.relnamespace = current_schema()::regnamespace AND co.collname = 'C'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("bytewise columns")
+    };
+    assert!(bytewise().await > 0, "identifier columns compare bytewise as migrated");
+    sqlx::query(
+        r#"DO $$ DECLARE col record; BEGIN
+             FOR col IN SELECT c.relname AS table_name, a.attname AS column_name,
+                               format_type(a.atttypid, a.atttypmod) AS column_type
+                        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                        JOIN pg_collation co ON co.oid = a.attcollation
+                        WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')
+                          AND NOT c.relispartition AND co.collname = 'C' LOOP
+                 EXECUTE format('ALTER TABLE %I ALTER COLUMN %I TYPE %s COLLATE "default"',
+                                col.table_name, col.column_name, col.column_type);
+             END LOOP;
+         END $$"#,
+    )
+    .execute(pool)
+    .await
+    .expect("identifiers in the database's collation");
+    assert_eq!(bytewise().await, 0, "no column compares bytewise any more");
 }
 
 /// Drops every index of `events` but its primary key (on the partitioned table, so from every

@@ -190,3 +190,52 @@ async fn an_upgrade_keeps_every_row_of_a_populated_database() {
         .expect("redelivered");
     assert_eq!(count("SELECT count(*) FROM events").await, 501);
 }
+
+/// Identifier columns, by table; they compare bytewise (`COLLATE "C"`) whatever the database's
+/// locale (migration 20261204000001).
+const IDENTIFIERS: &[(&str, &[&str])] = &[
+    ("events", &["stream", "tenant_id", "execution_id", "agent_id", "workflow_id", "event_type"]),
+    ("log_lines", &["tenant_id", "execution_id"]),
+    ("executions", &["tenant_id", "execution_id", "workflow_id", "status", "idempotency_key", "agent_id"]),
+    ("approvals", &["tenant_id", "execution_id", "approval_id", "status"]),
+    ("agents", &["tenant_id", "agent_id", "status", "running_execution_ids"]),
+    ("applied_offsets", &["stream"]),
+    ("dead_letters", &["stream", "subject"]),
+];
+
+async fn collation(pool: &PgPool, table: &str, column: &str) -> String {
+    sqlx::query_scalar(
+        "SELECT co.collname::text FROM pg_attribute a JOIN pg_collation co ON co.oid = a.attcollation
+         WHERE a.attrelid = $1::regclass AND a.attname = $2 AND NOT a.attisdropped",
+    )
+    .bind(table)
+    .bind(column)
+    .fetch_one(pool)
+    .await
+    .unwrap_or_else(|err| panic!("collation of {table}.{column}: {err}"))
+}
+
+#[tokio::test]
+async fn identifiers_compare_bytewise_in_every_table_and_partition_while_prose_keeps_the_database_collation() {
+    let server = PostgresServer::start().await.expect("postgres");
+    let pool = fresh_database(&server).await;
+    schema::migrate(&pool).await.expect("migrates");
+    // Partitions created after the migration, as the persister's upkeep creates them.
+    schema::ensure_partitions(&pool, 12).await.expect("creates partitions");
+
+    for (table, columns) in IDENTIFIERS {
+        let mut tables = vec![(*table).to_owned()];
+        tables.extend(partitions(&pool, table).await);
+        for table in &tables {
+            for column in *columns {
+                assert_eq!(collation(&pool, table, column).await, "C", "{table}.{column} compares bytewise");
+            }
+        }
+    }
+    // Free text is for people: it keeps whatever the database sorts text by.
+    for (table, column) in
+        [("log_lines", "text"), ("executions", "error"), ("executions", "current_step"), ("approvals", "comment")]
+    {
+        assert_eq!(collation(&pool, table, column).await, "default", "{table}.{column} keeps the database's collation");
+    }
+}
