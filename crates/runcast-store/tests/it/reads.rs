@@ -156,3 +156,83 @@ async fn without_a_schema_archived_reads_find_nothing() {
     let err = runcast_store::read_model::as_of_offset(&pool, StreamKind::Executions).await.expect_err("no table");
     assert_eq!(err.kind(), runcast_store::ErrorKind::Internal);
 }
+
+/// Scans so far of `index` on every partition of `events`.
+async fn scans_of(pool: &PgPool, index: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(s.idx_scan), 0)::bigint FROM pg_stat_user_indexes s
+         JOIN pg_inherits i ON i.inhrelid = s.indexrelid WHERE i.inhparent = $1::regclass",
+    )
+    .bind(index)
+    .fetch_one(pool)
+    .await
+    .expect("index statistics")
+}
+
+#[tokio::test]
+async fn entity_indexes_leave_out_empty_ids_and_entity_reads_still_use_them() {
+    let server = PostgresServer::start().await.expect("postgres");
+    let pool = database(&server).await;
+    for (index, predicate) in [
+        ("events_execution", "WHERE (execution_id <> ''::text)"),
+        ("events_workflow", "WHERE (workflow_id <> ''::text)"),
+    ] {
+        let definition: String = sqlx::query_scalar("SELECT pg_get_indexdef($1::regclass)")
+            .bind(index)
+            .fetch_one(&pool)
+            .await
+            .expect("index");
+        assert!(definition.ends_with(predicate), "{index} is partial: {definition}");
+    }
+
+    // Agent heartbeats (no execution, no workflow), executions outside any workflow, and 40 in
+    // workflows: enough rows that the planner picks an index over a scan only where it helps.
+    let now = Utc::now();
+    let mut rows = Vec::new();
+    for n in 0..3_000 {
+        let mut row = history("acme", "", n, now);
+        (row.stream, row.agent_id, row.workflow_id, row.event_type) =
+            (StreamKind::Agents.base_name(), format!("agent-{}", n % 100), String::new(), "agent.heartbeat");
+        rows.push(row);
+    }
+    for n in 0..2_000 {
+        let mut row = history("acme", &format!("e{}", n % 80), n, now + Duration::milliseconds(n));
+        row.workflow_id = if n % 80 < 40 { format!("wf{}", n % 80) } else { String::new() };
+        rows.push(row);
+    }
+    let batch = Batch { history: &rows, ..Default::default() };
+    runcast_store::write::write_batch(&pool, &batch, &[], None).await.expect("write");
+    sqlx::query("ANALYZE events").execute(&pool).await.expect("analyze");
+    let before = (scans_of(&pool, "events_execution").await, scans_of(&pool, "events_workflow").await);
+
+    let acme = id("acme");
+    let (e7, wf3, e50) = (id("e7"), id("wf3"), id("e50"));
+    let by_execution = EventQuery { execution_id: Some(&e7), page_size: 100, ..Default::default() };
+    let page = runcast_store::history::list_events(&pool, &acme, &by_execution).await.expect("by execution");
+    let offsets: Vec<u64> = page.items.iter().map(|event| event.offset).collect();
+    assert_eq!(offsets, (0..2_000).filter(|n| n % 80 == 7).collect::<Vec<u64>>());
+    let by_workflow = EventQuery { workflow_id: Some(&wf3), page_size: 100, ..Default::default() };
+    let page = runcast_store::history::list_events(&pool, &acme, &by_workflow).await.expect("by workflow");
+    assert_eq!(page.items.len(), 25);
+    assert!(page.items.iter().all(|event| event.execution_id == "e3"));
+    let replay = EntityFilter { execution_id: Some(e50.as_str()), ..Default::default() };
+    let stored = runcast_store::history::page_by_offset(&pool, StreamKind::Executions, &acme, replay, 0, u64::MAX, 100)
+        .await
+        .expect("replay of an execution outside any workflow");
+    assert_eq!(
+        stored.iter().map(|s| s.offset).collect::<Vec<_>>(),
+        (0..2_000).filter(|n| n % 80 == 50).collect::<Vec<u64>>()
+    );
+    // Every agent event is still in the history, found by its type.
+    let heartbeats = [runcast_contract::v1::EventType::AgentHeartbeat];
+    let by_type = EventQuery { types: &heartbeats, page_size: 5_000, ..Default::default() };
+    assert_eq!(runcast_store::history::list_events(&pool, &acme, &by_type).await.expect("by type").items.len(), 3_000);
+
+    // The partial indexes served the reads by execution (list and replay) and by workflow.
+    runcast_testkit::eventually("the index scans counted", std::time::Duration::from_secs(15), || async {
+        let after = (scans_of(&pool, "events_execution").await, scans_of(&pool, "events_workflow").await);
+        (after.0 >= before.0 + 2 && after.1 > before.1).then_some(())
+    })
+    .await
+    .expect("reads by execution and by workflow use the partial indexes");
+}
