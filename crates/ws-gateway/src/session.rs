@@ -501,12 +501,16 @@ impl Session {
             .replays
             .get_or_insert_with(|| Arc::new(Replays::new(self.gw.limits.max_replays_per_connection)))
             .clone();
-        self.gw.tasks.spawn(async move {
-            let resume = Resume { since_offset, since_epoch, snapshot, head, id };
-            let failed = resume_subscription(&gw, &subscriber, resume, &replays.slots, &cancel).await.err();
-            // The session may be gone already; then there is nobody to tell.
-            replays.inbox.push(ReplayDone { subscription: subscriber.id, channel, failed });
-        });
+        self.gw.tasks.spawn(
+            async move {
+                let resume = Resume { since_offset, since_epoch, snapshot, head, id };
+                let failed = resume_subscription(&gw, &subscriber, resume, &replays.slots, &cancel).await.err();
+                // The session may be gone already; then there is nobody to tell.
+                replays.inbox.push(ReplayDone { subscription: subscriber.id, channel, failed });
+            }
+            // The connection's span (when recorded) goes with its replays' logs and traces.
+            .in_current_span(),
+        );
         Ok(())
     }
 
@@ -625,7 +629,7 @@ async fn resume_subscription(
             ErrorKind::Unavailable => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         };
-        tracing::warn!(channel = %subscriber.channel, cause = %err, "resume failed");
+        tracing::warn!(tenant = %subscriber.tenant, channel = %subscriber.channel, cause = %err, "resume failed");
         ProtocolError { code, message: err.to_string(), id: id.clone() }
     };
     // The connection's own share first, so it never queues for more replica slots than that.
