@@ -44,6 +44,25 @@ export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/runcast"
 export RUST_LOG="${RUST_LOG:-info}"
 export RUNCAST_LOG_FORMAT="${RUNCAST_LOG_FORMAT:-text}"
 
+# Every port this script listens on must be free: a server already there (another checkout's
+# `make run`, a local PostgreSQL) would answer the readiness checks in place of ours, and the
+# services would quietly use it.
+refuse_taken() { # port, what, the variable that moves it
+  if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    echo "run: port $1 ($2) is already in use: stop what listens there (another make run?) or set $3" >&2
+    exit 1
+  fi
+}
+refuse_taken "$PG_PORT" PostgreSQL RUNCAST_PG_PORT
+for node in $(seq "$NATS_CLUSTER"); do
+  refuse_taken $((NATS_PORT + node - 1)) "nats-server" RUNCAST_NATS_PORT
+  [[ "$NATS_CLUSTER" == 1 ]] || refuse_taken $((NATS_ROUTE_PORT + node - 1)) "nats-server routes" RUNCAST_NATS_ROUTE_PORT
+done
+refuse_taken "${GATEWAY_ADDR##*:}" ws-gateway RUNCAST_GATEWAY_ADDR
+refuse_taken "${API_HTTP_ADDR##*:}" "execution-api REST" RUNCAST_API_HTTP_ADDR
+refuse_taken "${API_GRPC_ADDR##*:}" "execution-api gRPC" RUNCAST_API_GRPC_ADDR
+refuse_taken "${PERSISTER_ADDR##*:}" event-persister RUNCAST_PERSISTER_ADDR
+
 log() { printf '\033[1mrun:\033[0m %s\n' "$*"; }
 
 # A previous run killed without cleanup (kill -9, closed terminal) leaves its processes: stop them.
