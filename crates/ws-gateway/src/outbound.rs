@@ -421,13 +421,14 @@ impl Outbound {
 
     /// Takes up to `max` queued frames in order, recording delivered offsets.
     pub fn pop_batch(&self, max: usize, into: &mut Vec<Frame>) {
-        self.pop_batch_bytes(max, usize::MAX, into);
+        let _left = self.pop_batch_bytes(max, usize::MAX, into);
     }
 
     /// Takes up to `max` queued frames in order, and no more once `max_bytes` are taken (at least
     /// one frame), recording delivered offsets. The byte bound is what keeps a transport's batch
-    /// from holding outside the queue what the queue's own bound keeps out of it.
-    pub fn pop_batch_bytes(&self, max: usize, max_bytes: usize, into: &mut Vec<Frame>) {
+    /// from holding outside the queue what the queue's own bound keeps out of it. Returns whether
+    /// frames are left.
+    pub fn pop_batch_bytes(&self, max: usize, max_bytes: usize, into: &mut Vec<Frame>) -> bool {
         let mut state = self.lock();
         let mut taken = 0usize;
         let mut taken_bytes = 0usize;
@@ -469,6 +470,7 @@ impl Outbound {
             // Frames are left: the transport comes back for them without another wake-up.
             self.ready.notify_one();
         }
+        left
     }
 
     /// Resolves when frames may be waiting (a stored permit makes a missed wake-up impossible).
