@@ -9,6 +9,7 @@ use ws_gateway::{Application, Config, SERVICE};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    ws_gateway::allocator::configure();
     let config: Config = config::parse_or_exit();
     let runtime = match ws_gateway::scheduler::builder().build() {
         Ok(runtime) => runtime,

@@ -44,9 +44,10 @@ async fn non_readers_of_large_log_events_get_resync_and_memory_stays_within_the_
             // The replica's recent window (up to 32 MiB of these events) is not what is measured.
             ("RUNCAST_WS_RECENT_EVENTS", "0"),
             // What is measured is what the gateway holds, not what its allocator has yet to give
-            // back: mimalloc returns freed pages to the OS 10 ms (a whole segment 100 ms) after
-            // the free, and at the pace of a release build that was 15-25 MiB of these events
-            // already dropped (grown 39-53 MiB against 25-28 MiB with the delay at 0).
+            // back: mimalloc returns a freed page to the OS once its purge delay has passed (the
+            // gateway's 10 ms; mimalloc 3's 1 s before it set one), and at the pace of a release
+            // build 1 s was 15-25 MiB of these events already dropped (grown 39-53 MiB against
+            // 25-28 MiB with the delay at 0).
             ("MIMALLOC_PURGE_DELAY", "0"),
         ])
         .await;
