@@ -265,6 +265,15 @@ async fn bench_resume_10000_missed_events_from_jetstream_and_from_postgres() {
 /// One phase of the end-to-end measurement: `ReportStep` over gRPC to the execution-api process at
 /// `rate` commands/s for `seconds`, spread over the executions (one call in flight per execution),
 /// each call's send time kept with the version its response carries.
+/// One acked `ReportStep`: its execution's index, the version it returned, and when it was sent
+/// and answered (µs since the bench's epoch).
+struct Acked {
+    index: usize,
+    version: u64,
+    sent: u64,
+    acked: u64,
+}
+
 async fn step_commands(
     client: &runcast_contract::v1::execution_service_client::ExecutionServiceClient<
         tonic::service::interceptor::InterceptedService<tonic::transport::Channel, runcast_contract::client::Bearer>,
@@ -273,7 +282,7 @@ async fn step_commands(
     rate: u64,
     seconds: u64,
     epoch: std::time::Instant,
-) -> (Vec<(usize, u64, u64)>, usize) {
+) -> (Vec<Acked>, usize) {
     let ticks = seconds * 100;
     let per_tick = (rate / 100).max(1) as usize;
     let mut ticker = tokio::time::interval(std::time::Duration::from_millis(10));
@@ -297,7 +306,8 @@ async fn step_commands(
             };
             calls.spawn(async move {
                 let sent = epoch.elapsed().as_micros() as u64;
-                client.report_step(request).await.ok().map(|r| (index, r.into_inner().version, sent))
+                let version = client.report_step(request).await.ok()?.into_inner().version;
+                Some(Acked { index, version, sent, acked: epoch.elapsed().as_micros() as u64 })
             });
         }
     }
@@ -422,9 +432,10 @@ async fn bench_end_to_end_grpc_call_to_websocket_frame() {
             map
         })
         .collect();
-    let latencies = |acks: &[(usize, u64, u64)]| {
-        let mut all = Vec::new();
-        for (index, version, sent) in acks {
+    // (p50, p99, max) in ms of the call to the frame, and of the call alone (to its answer).
+    let latencies = |acks: &[Acked]| {
+        let (mut to_frame, mut to_answer) = (Vec::new(), Vec::new());
+        for Acked { index, version, sent, acked } in acks {
             let at = arrivals[*index].get(version).map(Vec::as_slice).unwrap_or(&[]);
             assert_eq!(
                 at.len(),
@@ -432,18 +443,23 @@ async fn bench_end_to_end_grpc_call_to_websocket_frame() {
                 "the acked command {version} of execution {index} reached its client {} times",
                 at.len()
             );
-            all.push(at[0].saturating_sub(*sent));
+            to_frame.push(at[0].saturating_sub(*sent));
+            to_answer.push(acked.saturating_sub(*sent));
         }
-        all.sort_unstable();
-        let q = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)] as f64 / 1000.0;
-        assert!(!all.is_empty(), "nothing acked");
-        (q(0.5), q(0.99), q(1.0))
+        assert!(!to_frame.is_empty(), "nothing acked");
+        let quantiles = |mut all: Vec<u64>| {
+            all.sort_unstable();
+            let q = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)] as f64 / 1000.0;
+            (q(0.5), q(0.99), q(1.0))
+        };
+        (quantiles(to_frame), quantiles(to_answer))
     };
-    let (u50, u99, umax) = latencies(&unloaded.0);
-    let (l50, l99, lmax) = latencies(&loaded.0);
+    let ((u50, u99, umax), _) = latencies(&unloaded.0);
+    let ((l50, l99, lmax), (c50, c99, cmax)) = latencies(&loaded.0);
     println!(
         "BENCH | end to end gRPC ReportStep -> WebSocket frame, {clients} clients each on its own execution, \
-         {rate} commands/s for {SECONDS} s | p50 {l50:.2} ms, p99 {l99:.2} ms, max {lmax:.2} ms ({} acked, {} failed) | \
+         {rate} commands/s for {SECONDS} s | p50 {l50:.2} ms, p99 {l99:.2} ms, max {lmax:.2} ms ({} acked, {} failed); \
+         the call alone (to its answer): p50 {c50:.2} ms, p99 {c99:.2} ms, max {cmax:.2} ms | \
          p99 <= 20 ms loaded, <= 5 ms unloaded | unloaded ({UNLOADED_RATE} commands/s for {SECONDS} s): p50 {u50:.2} ms, p99 {u99:.2} ms, max \
          {umax:.2} ms | every acked command's version delivered to its client exactly once |",
         loaded.0.len(),
