@@ -262,9 +262,6 @@ async fn bench_resume_10000_missed_events_from_jetstream_and_from_postgres() {
     );
 }
 
-/// One phase of the end-to-end measurement: `ReportStep` over gRPC to the execution-api process at
-/// `rate` commands/s for `seconds`, spread over the executions (one call in flight per execution),
-/// each call's send time kept with the version its response carries.
 /// One acked `ReportStep`: its execution's index, the version it returned, and when it was sent
 /// and answered (µs since the bench's epoch).
 struct Acked {
@@ -274,6 +271,9 @@ struct Acked {
     acked: u64,
 }
 
+/// One phase of the end-to-end measurement: `ReportStep` over gRPC to the execution-api process at
+/// `rate` commands/s for `seconds`, spread over the executions (one call in flight per execution),
+/// each call's send and answer times kept with the version its response carries.
 async fn step_commands(
     client: &runcast_contract::v1::execution_service_client::ExecutionServiceClient<
         tonic::service::interceptor::InterceptedService<tonic::transport::Channel, runcast_contract::client::Bearer>,
