@@ -3,7 +3,8 @@
 //! Each round fetches at most `batch_size` messages, waiting at most `batch_wait` for them, writes
 //! them in one transaction ([`store::write_batch`]) and acks them only after the commit. So a
 //! crash anywhere before the commit loses nothing (the messages are redelivered) and a crash
-//! after it duplicates nothing (the writes are idempotent).
+//! after it duplicates nothing (the writes are idempotent). While a batch is written, the writer
+//! fetches its next one (one batch ahead, no more).
 //!
 //! - PostgreSQL unreachable: the batch is held, un-acked, and retried with capped exponential
 //!   backoff; `+WPI` (in progress) acks keep JetStream from redelivering it meanwhile.
@@ -146,22 +147,21 @@ impl StreamConsumer {
                 };
                 tracing::info!(consumer = %self.settings.name, "consuming");
                 backoff.reset();
+                let fetcher = Fetcher { kind: self.kind, nats: self.nats.clone(), settings: self.settings.clone() };
+                // The next batch, fetched while the last one was written.
+                let mut fetched_ahead: Option<Result<Vec<Item>, Error>> = None;
                 loop {
                     // A fetch is not cancelled by shutdown: it ends within `batch_wait`, and what
                     // it brought is written and acked before the loop stops (no message waits
                     // out `ack_wait` for redelivery after a graceful stop).
-                    if shutdown.is_cancelled() {
-                        return;
-                    }
-                    let fetched = self.fetch(&consumer).await;
-                    match fetched {
-                        Ok(items) if items.is_empty() => {}
-                        Ok(items) => {
-                            backoff.reset();
-                            if self.persist(items, &shutdown).await.is_err() {
-                                return; // shutdown while retrying: the batch was nak'ed
-                            }
-                        }
+                    let fetched = match fetched_ahead.take() {
+                        Some(fetched) => fetched,
+                        None if shutdown.is_cancelled() => return,
+                        None => fetcher.fetch(&consumer).await,
+                    };
+                    let items = match fetched {
+                        Ok(items) if items.is_empty() => continue,
+                        Ok(items) => items,
                         Err(err) => {
                             tracing::warn!(cause = %err, "fetch failed; fetching again");
                             if !runcast_runtime::backoff::wait(&mut backoff, &shutdown).await {
@@ -169,14 +169,40 @@ impl StreamConsumer {
                             }
                             continue 'connect;
                         }
+                    };
+                    backoff.reset();
+                    // The next batch is fetched while this one is written, so neither PostgreSQL
+                    // nor NATS waits for the other between two batches. (Order per execution is
+                    // kept: this writer writes the next batch only after this one.)
+                    let fetch_next =
+                        async { if shutdown.is_cancelled() { None } else { Some(fetcher.fetch(&consumer).await) } };
+                    let (persisted, next) = tokio::join!(self.persist(items, &shutdown), fetch_next);
+                    if persisted.is_err() {
+                        // Shutdown while the batch was retried (it was nak'ed): hand the next one
+                        // back too.
+                        for item in next.and_then(Result::ok).iter().flatten() {
+                            let _ = item.message.ack_with(AckKind::Nak(None)).await;
+                        }
+                        return;
                     }
+                    fetched_ahead = next;
                 }
             }
         }
         .instrument(span)
         .await
     }
+}
 
+/// What a writer needs to fetch batches, apart from what it needs to write them: it fetches the
+/// next batch while it writes the current one.
+struct Fetcher {
+    kind: StreamKind,
+    nats: Nats,
+    settings: ConsumerSettings,
+}
+
+impl Fetcher {
     async fn fetch(&self, consumer: &PullConsumer) -> Result<Vec<Item>, Error> {
         // The client ends a batch a little after `expires` even when the server goes silent;
         // this bound holds even if it did not.
@@ -223,7 +249,9 @@ impl StreamConsumer {
         }
         Ok(items)
     }
+}
 
+impl StreamConsumer {
     /// Writes the batch (retrying until it is written or `shutdown`), then acks it.
     #[tracing::instrument(skip_all, fields(messages = items.len(), first_offset = items.first().map(|i| i.offset)))]
     async fn persist(&mut self, mut items: Vec<Item>, shutdown: &CancellationToken) -> Result<(), Cancelled> {

@@ -117,6 +117,7 @@ impl PostgresServer {
             .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
             // What the benchmarks read to say where PostgreSQL spends its time.
             .args(["-c", "shared_preload_libraries=pg_stat_statements"])
+            .args(extra_settings().iter().flat_map(|setting| ["-c", setting.as_str()]))
             .stdout(log)
             .stderr(stderr)
             .spawn()
@@ -195,6 +196,15 @@ impl PostgresServer {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }
+}
+
+/// Server settings a benchmark asks for on top of the harness's (`RUNCAST_TEST_PG_SETTINGS`,
+/// whitespace-separated `name=value` pairs, e.g. `shared_buffers=1GB`): a run measured the way an
+/// operator would configure the server, beside the defaults.
+fn extra_settings() -> Vec<String> {
+    std::env::var("RUNCAST_TEST_PG_SETTINGS")
+        .map(|settings| settings.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 impl Drop for PostgresServer {

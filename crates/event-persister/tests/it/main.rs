@@ -8,6 +8,7 @@ mod load;
 mod nats_outage;
 mod poison;
 mod postgres_outage;
+mod prefetch;
 mod rebuild;
 mod replicas;
 mod retention;
