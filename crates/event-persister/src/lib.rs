@@ -53,6 +53,9 @@ use tokio_util::task::TaskTracker;
 
 pub const SERVICE: &str = "event-persister";
 
+/// How long a stopping persister waits to hand its last acks to NATS.
+const ACK_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Longest `RUNCAST_BATCH_WAIT`: shutdown lets the fetch in progress finish, within the grace.
 pub const MAX_BATCH_WAIT: Duration = Duration::from_secs(5);
 
@@ -232,7 +235,7 @@ impl Application {
         // Install the recorder now: metrics recorded before the first scrape would be lost.
         ops::metrics_handle();
         let readiness = Readiness::default();
-        let pool = config.postgres.lazy_pool()?;
+        let pool = config.postgres.lazy_durable_pool()?;
         let nats = Nats::connect(&config.nats, SERVICE, &readiness).await?;
         let listener = ops::bind_http(config.http_addr).await?;
         Ok(Self { config, listener, readiness, nats, pool })
@@ -294,6 +297,15 @@ impl Application {
 
         ops::serve_until_stopped(listener, http::router(readiness, lag_board), tasks, shutdown, &config.lifecycle)
             .await?;
+        // The last batches' acks may still be queued in the client: send them before exiting, or
+        // JetStream redelivers those messages after `ack_wait` (written again as no-ops, but late).
+        match tokio::time::timeout(ACK_FLUSH_TIMEOUT, nats.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(cause = %err, "cannot send the last acks; JetStream will redeliver them"),
+            Err(_) => {
+                tracing::warn!(timeout = ?ACK_FLUSH_TIMEOUT, "the last acks not sent in time; JetStream will redeliver them")
+            }
+        }
         pool.close().await;
         Ok(())
     }
@@ -301,7 +313,7 @@ impl Application {
 
 /// `event-persister rebuild`: migrations, then the read model from the history, then exit.
 pub async fn rebuild_once(config: &Config, page_size: i64, reset: bool) -> Result<(), Error> {
-    let pool = config.postgres.lazy_pool()?;
+    let pool = config.postgres.lazy_durable_pool()?;
     schema::migrate(&pool).await?;
     let report = rebuild::rebuild(&pool, page_size, reset).await;
     pool.close().await;

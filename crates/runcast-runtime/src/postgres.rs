@@ -39,13 +39,28 @@ pub struct PostgresArgs {
 impl PostgresArgs {
     /// A pool that has not connected yet; the URL is checked now, the server on first use.
     pub fn lazy_pool(&self) -> Result<PgPool, Error> {
+        let (pool, options) = self.pool_options()?;
+        Ok(pool.connect_lazy_with(options))
+    }
+
+    /// [`Self::lazy_pool`] for a writer that tells others its writes are stored once its commit
+    /// returns (the persister acks events to JetStream, which may then drop them): where the
+    /// server runs with `synchronous_commit = off`, its sessions set it `on`, so a commit returns
+    /// only once its WAL is flushed. Any other level (`local`, `remote_write`, `on`,
+    /// `remote_apply`) already flushes locally and is kept.
+    pub fn lazy_durable_pool(&self) -> Result<PgPool, Error> {
+        let (pool, options) = self.pool_options()?;
+        Ok(pool.after_connect(|connection, _| Box::pin(commit_durably(connection))).connect_lazy_with(options))
+    }
+
+    fn pool_options(&self) -> Result<(PgPoolOptions, PgConnectOptions), Error> {
         // The URL may hold a password: never echo it.
         if !(self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://")) {
             return Err(Error::new(ErrorKind::Config, "DATABASE_URL must start with postgres:// or postgresql://"));
         }
         let options = PgConnectOptions::from_str(&self.database_url)
             .map_err(|err| Error::with_source(ErrorKind::Config, "DATABASE_URL is not a valid PostgreSQL URL", err))?;
-        Ok(PgPoolOptions::new()
+        let pool = PgPoolOptions::new()
             .max_connections(self.db_max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .test_before_acquire(false)
@@ -56,9 +71,38 @@ impl PostgresArgs {
                     }
                     Ok(true)
                 })
-            })
-            .connect_lazy_with(options))
+            });
+        Ok((pool, options))
     }
+}
+
+/// Raises the session's `synchronous_commit` to `on` if the server has it `off` (see
+/// [`PostgresArgs::lazy_durable_pool`]); warns once per process about that and about `fsync = off`,
+/// which no session can undo.
+async fn commit_durably(connection: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let (synchronous_commit, fsync): (String, String) =
+        sqlx::query_as("SELECT current_setting('synchronous_commit'), current_setting('fsync')")
+            .fetch_one(&mut *connection)
+            .await?;
+    if synchronous_commit == "off" {
+        sqlx::query("SET synchronous_commit = on").execute(&mut *connection).await?;
+    }
+    WARNED.call_once(|| {
+        if synchronous_commit == "off" {
+            tracing::warn!(
+                "PostgreSQL runs with synchronous_commit = off: this service's sessions set it to on, so what it \
+                 acknowledges is flushed to the WAL first"
+            );
+        }
+        if fsync == "off" {
+            tracing::warn!(
+                "PostgreSQL runs with fsync = off: a crash of its machine can lose events already acknowledged \
+                 (fine for tests, never for production)"
+            );
+        }
+    });
+    Ok(())
 }
 
 /// Pings the database every `interval` and mirrors the outcome into `flag`, until `shutdown`.

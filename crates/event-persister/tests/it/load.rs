@@ -13,6 +13,12 @@ async fn ten_thousand_events_land_once_each_and_the_read_model_is_their_fold() {
     let published = world.publish(support::load(&world, 500, 20)).await;
     assert_eq!(published.len(), 10_000);
     world.wait_for_history(10_000).await;
+    // The test server commits without flushing (synchronous_commit = off): the persister's own
+    // sessions do flush, before it acks, and it says so (and that fsync is off).
+    let log = persister.recent_log();
+    for warning in ["synchronous_commit = off: this service's sessions set it to on", "fsync = off"] {
+        assert!(log.contains(warning), "the persister warns {warning:?}:\n{log}");
+    }
 
     let expected: Vec<(String, i64, String)> = published
         .iter()

@@ -1,4 +1,5 @@
-//! Integration tests against a real NATS JetStream server started by runcast-testkit.
+//! Integration tests against a real NATS JetStream server and PostgreSQL started by runcast-testkit.
 
 mod feed;
+mod postgres;
 mod provisioning;
