@@ -51,9 +51,11 @@ test-e2e: js-deps build tools ## The dashboard in headless Chromium (/usr/bin/ch
 
 test-js-stack: test-js-integration test-e2e ## Both of the above (part of `make test`; screenshots in clients/js/test-artifacts/)
 
+# The benches' PostgreSQL is durable, as in production (the tests' server is not, for speed).
+BENCH_PG_SETTINGS ?= fsync=on full_page_writes=on synchronous_commit=on
 bench: tools dashboard ## Measurements (release build, one at a time): persister drain rate, gateway memory per connection and latency
 	$(CARGO) build --release --workspace --bins --locked
-	$(CARGO) nextest run --release --workspace --locked --run-ignored only --no-capture --test-threads 1 -E 'test(/^bench/) | test(/::bench_/)' 2>&1 | grep -E 'BENCH|PASS|FAIL|panicked'
+	RUNCAST_TEST_PG_SETTINGS="$(BENCH_PG_SETTINGS)" $(CARGO) nextest run --release --workspace --locked --run-ignored only --no-capture --test-threads 1 -E 'test(/^bench/) | test(/::bench_/)' 2>&1 | grep -E 'BENCH|PASS|FAIL|panicked'
 	@echo "machine: $$(nproc) cores, $$(free -g | awk '/Mem:/ {print $$2}') GiB, $$(uname -srm)"
 
 # Fan-out, issue 11: ws-gateway and nats-server's own WebSocket listener side by side, each pinned

@@ -19,6 +19,7 @@ async fn bench_drain_throughput() {
     if collation == IdentifierCollation::Database {
         identifiers_in_the_database_collation(&world.pool).await;
     }
+    let server_settings = postgres_settings(&world.pool).await;
     let database_locale: String =
         sqlx::query_scalar("SELECT datcollate::text FROM pg_database WHERE datname = current_database()")
             .fetch_one(&world.pool)
@@ -80,7 +81,7 @@ async fn bench_drain_throughput() {
     assert_eq!(world.history_count().await, total, "the raw insert restored every row, once");
     println!(
         "BENCH | event-persister drain, {total} events ({executions} executions x {per_execution}), with the read model{}, \
-         database locale {database_locale}{} | \
+         database locale {database_locale}{}, PostgreSQL {server_settings} | \
          {sustained:.0} events/s sustained after the first tenth ({:.0}/s over {:.2} s incl. start and migration); \
          CPU per event: persister {persister_us:.1} µs, its PostgreSQL backends {postgres_us:.1} µs | \
          >= 40,000 events/s | raw UNNEST insert of the same rows into the same tables and indexes, {writers} writers, \
@@ -90,6 +91,24 @@ async fn bench_drain_throughput() {
         total as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
     );
+}
+
+/// The server settings that decide what a commit costs: whether it is durable (`fsync`,
+/// `full_page_writes`; the persister's sessions flush their commits in any case) and its memory
+/// for pages and WAL. The test server is not durable unless `RUNCAST_TEST_PG_SETTINGS` says so
+/// (`make bench` does).
+async fn postgres_settings(pool: &sqlx::PgPool) -> String {
+    let names = ["fsync", "full_page_writes", "shared_buffers", "wal_buffers", "max_wal_size"];
+    let mut settings = Vec::new();
+    for name in names {
+        let value: String = sqlx::query_scalar("SELECT current_setting($1)")
+            .bind(name)
+            .fetch_one(pool)
+            .await
+            .expect("a server setting");
+        settings.push(format!("{name}={value}"));
+    }
+    settings.join(" ")
 }
 
 /// Which indexes of `events` the run keeps (`BENCH_HISTORY_INDEXES`).
@@ -311,6 +330,8 @@ type Row =
 
 async fn write_batch(pool: &sqlx::PgPool, chunk: &[Row]) {
     let mut tx = pool.begin().await.expect("transaction");
+    // Commits flushed as the persister's are (its sessions raise the level where the server has it off).
+    sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await.expect("durable commits");
     sqlx::query(
         "INSERT INTO events (occurred_at, event_id, stream, stream_offset, tenant_id, execution_id,
                              agent_id, workflow_id, event_type, version, body)
