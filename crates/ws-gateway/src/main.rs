@@ -4,7 +4,7 @@ use ws_gateway::{Application, Config, SERVICE};
 
 // A connection's queue and its writer's batch are allocated per burst and freed once drained (an
 // idle connection holds neither); glibc's malloc and free were 5 % of the gateway's samples with
-// one frame per burst, and mimalloc carries the overload and the storm better (README, issue 11).
+// one frame per burst, and mimalloc carries the overload and the storm better (issue 11; docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
