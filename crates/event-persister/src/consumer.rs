@@ -7,7 +7,8 @@
 //! fetches its next one (one batch ahead, no more).
 //!
 //! - PostgreSQL unreachable: the batch is held, un-acked, and retried with capped exponential
-//!   backoff; `+WPI` (in progress) acks keep JetStream from redelivering it meanwhile.
+//!   backoff; `+WPI` (in progress) acks keep JetStream from redelivering it, and the batch fetched
+//!   ahead, meanwhile.
 //! - NATS unreachable: the fetch fails, the loop backs off and fetches again (the client
 //!   reconnects by itself); the consumer is looked up again in case the server lost it.
 //! - A message that does not decode or breaks the contract goes to `dead_letters` in the same
@@ -176,7 +177,9 @@ impl StreamConsumer {
                     // kept: this writer writes the next batch only after this one.)
                     let fetch_next =
                         async { if shutdown.is_cancelled() { None } else { Some(fetcher.fetch(&consumer).await) } };
-                    let (persisted, next) = tokio::join!(self.persist(items, &shutdown), fetch_next);
+                    let keep_alive = self.settings.ack_wait / 3;
+                    let (persisted, next) =
+                        write_while_fetching(self.persist(items, &shutdown), fetch_next, keep_alive).await;
                     if persisted.is_err() {
                         // Shutdown while the batch was retried (it was nak'ed): hand the next one
                         // back too.
@@ -192,6 +195,39 @@ impl StreamConsumer {
         .instrument(span)
         .await
     }
+}
+
+/// Runs the write of a batch and the fetch of the next one side by side. While the write lasts
+/// (PostgreSQL slow or down: it is retried), the batch fetched ahead gets an in-progress ack every
+/// `keep_alive`, as the batch being written does, so JetStream does not hand it to another writer.
+async fn write_while_fetching<W, F>(
+    write: W,
+    fetch: F,
+    keep_alive: Duration,
+) -> (Result<(), Cancelled>, Option<Result<Vec<Item>, Error>>)
+where
+    W: std::future::Future<Output = Result<(), Cancelled>>,
+    F: std::future::Future<Output = Option<Result<Vec<Item>, Error>>>,
+{
+    tokio::pin!(write, fetch);
+    let mut fetched = None;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + keep_alive, keep_alive);
+    let written = loop {
+        tokio::select! {
+            written = &mut write => break written,
+            next = &mut fetch, if fetched.is_none() => fetched = Some(next),
+            _ = ticks.tick() => {
+                for item in fetched.iter().flatten().flatten().flatten() {
+                    let _ = item.message.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
+    };
+    let next = match fetched {
+        Some(next) => next,
+        None => fetch.await,
+    };
+    (written, next)
 }
 
 /// What a writer needs to fetch batches, apart from what it needs to write them: it fetches the

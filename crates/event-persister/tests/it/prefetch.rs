@@ -1,8 +1,10 @@
-//! A writer fetches its next batch while it writes the current one, and a graceful stop writes and
-//! acks the batch it fetched ahead instead of leaving it to be redelivered after `ack_wait`.
+//! A writer fetches its next batch while it writes the current one; a graceful stop writes and
+//! acks the batch it fetched ahead instead of leaving it to be redelivered after `ack_wait`, and
+//! while PostgreSQL holds the write up, JetStream keeps that batch for the writer.
 
 use crate::support::{self, WAIT, World};
 use async_nats::jetstream::consumer::Info;
+use futures::StreamExt as _;
 use runcast_contract::StreamKind;
 use runcast_testkit::eventually;
 
@@ -58,4 +60,58 @@ async fn a_writer_fetches_its_next_batch_while_postgres_holds_the_current_one_an
         "the batch being written and the one fetched ahead are both written, nothing more fetched"
     );
     assert_eq!(consumer().await, Some((0, BATCH as u64)), "both acked, the third batch never delivered");
+}
+
+#[tokio::test]
+async fn a_batch_fetched_ahead_is_not_handed_to_another_writer_while_postgres_holds_the_write_up() {
+    let world = World::start().await;
+    let ack_wait = std::time::Duration::from_secs(5);
+    let persister = world
+        .persister(&[("RUNCAST_WRITERS_PER_STREAM", "1"), ("RUNCAST_BATCH_SIZE", "10"), ("RUNCAST_ACK_WAIT", "5s")])
+        .await;
+    let at = chrono::Utc::now().timestamp();
+    let event = |i: usize| {
+        let execution = format!("exec-{i}");
+        let subject = world.subject(StreamKind::Executions, "acme", &execution);
+        (subject, support::execution_events("acme", &execution, 1, at).remove(0))
+    };
+    world.publish(vec![event(0)]).await;
+    world.wait_for_history(1).await;
+
+    let mut blocker = world.pool.begin().await.expect("a transaction");
+    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE").execute(&mut *blocker).await.expect("the history locked");
+    let published = world.publish((1..=3 * BATCH).map(event).collect()).await;
+    let stream =
+        world.jetstream.get_stream(world.topology.stream_name(StreamKind::Executions)).await.expect("the stream");
+    eventually("a batch written and one fetched ahead", WAIT, || {
+        let info = stream.consumer_info("event-persister");
+        async move { info.await.ok().filter(|info| info.num_ack_pending == 2 * BATCH).map(|_| ()) }
+    })
+    .await
+    .expect("two batches delivered");
+    // Each held write gives up after ack_wait / 2 and is tried again: three of them outlast
+    // ack_wait since the batch ahead was fetched.
+    eventually("the write held up past the ack wait", WAIT, || async {
+        (persister.recent_log().matches("cannot write the batch; holding it").count() >= 3).then_some(())
+    })
+    .await
+    .expect("the write retried");
+
+    // Another writer on the same consumer now gets what nobody was given yet, not the batch
+    // fetched ahead (JetStream would redeliver that one first).
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer("event-persister").await.expect("the durable consumer");
+    let mut other = consumer.fetch().max_messages(BATCH).expires(ack_wait / 5).messages().await.expect("a fetch");
+    let mut offsets = Vec::new();
+    while let Some(message) = other.next().await {
+        let message = message.expect("a message");
+        offsets.push(message.info().expect("metadata").stream_sequence);
+        message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await.expect("handed back");
+    }
+    let never_delivered: Vec<u64> = published[2 * BATCH..].iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, never_delivered, "the batch fetched ahead stayed with its writer");
+
+    blocker.rollback().await.expect("the history unlocked");
+    world.wait_for_history(1 + 3 * BATCH as i64).await;
+    assert_eq!(world.history_count().await, 1 + 3 * BATCH as i64, "every event once");
 }
