@@ -173,7 +173,14 @@ test("dashboard: optimistic create, live to a terminal state, approvals, logs, r
     return JSON.stringify(Object.entries(rest).sort()) === JSON.stringify(Object.entries(shown).sort());
   }, 30000, 300).catch((err) => {
     const diff = Object.keys({ ...rest, ...shown }).filter((k) => JSON.stringify(rest[k]) !== JSON.stringify(shown[k])).slice(0, 5);
-    throw new Error(`${err.message}: ${diff.map((k) => `${k} rest=${rest[k]} page=${shown[k]}`).join("; ")}`);
+    // Seen once in CI (one execution a few versions behind after the gateway's restart): keep what
+    // the services said around it, to find out where the events went.
+    const tail = (name) => stack.log(name).split("\n").slice(-60).join("\n");
+    throw new Error(
+      `${err.message}: ${diff.map((k) => `${k} rest=${rest[k]} page=${shown[k]}`).join("; ")}` +
+        `\npage errors: ${JSON.stringify(consoleErrors)}` +
+        `\n--- ws-gateway log, last lines ---\n${tail("ws-gateway")}\n--- execution-api log, last lines ---\n${tail("execution-api")}`,
+    );
   });
   await shot(page, "05-live-again-table-matches-rest");
   assert.ok(Object.keys(shown).length > 3);
