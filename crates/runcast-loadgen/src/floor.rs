@@ -138,12 +138,17 @@ async fn drain(mut stream: tokio::net::TcpStream, frame_bytes: usize, epoch: Ins
     let mut stamp = [0_u8; STAMP_BYTES];
     while let Ok(read @ 1..) = stream.read(&mut buf).await {
         let now = epoch.elapsed();
-        for &byte in &buf[..read] {
+        // Frame by frame, not byte by byte: the reading core is the one being compared.
+        let mut chunk = &buf[..read];
+        while !chunk.is_empty() {
             let at = received % frame_bytes;
             if at < STAMP_BYTES {
-                stamp[at] = byte;
+                let n = (STAMP_BYTES - at).min(chunk.len());
+                stamp[at..at + n].copy_from_slice(&chunk[..n]);
             }
-            received += 1;
+            let n = (frame_bytes - at).min(chunk.len());
+            chunk = &chunk[n..];
+            received += n;
             if received % frame_bytes == 0 {
                 let sent = Duration::from_nanos(u64::from_le_bytes(stamp));
                 latencies.push(u64::try_from(now.saturating_sub(sent).as_micros()).unwrap_or(u64::MAX));
