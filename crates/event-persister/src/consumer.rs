@@ -183,9 +183,7 @@ impl StreamConsumer {
                     if persisted.is_err() {
                         // Shutdown while the batch was retried (it was nak'ed): hand the next one
                         // back too.
-                        for item in next.and_then(Result::ok).iter().flatten() {
-                            let _ = item.message.ack_with(AckKind::Nak(None)).await;
-                        }
+                        tell_each(next.and_then(Result::ok).iter().flatten(), AckKind::Nak(None)).await;
                         return;
                     }
                     fetched_ahead = next;
@@ -194,6 +192,14 @@ impl StreamConsumer {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// Sends `kind` (in progress, or handed back) for each message. Best effort: a message whose
+/// reply is lost is redelivered after `ack_wait`, never lost.
+async fn tell_each(items: impl IntoIterator<Item = &Item>, kind: AckKind) {
+    for item in items {
+        let _ = item.message.ack_with(kind).await;
     }
 }
 
@@ -217,9 +223,7 @@ where
             written = &mut write => break written,
             next = &mut fetch, if fetched.is_none() => fetched = Some(next),
             _ = ticks.tick() => {
-                for item in fetched.iter().flatten().flatten().flatten() {
-                    let _ = item.message.ack_with(AckKind::Progress).await;
-                }
+                tell_each(fetched.iter().flatten().flatten().flatten(), AckKind::Progress).await;
             }
         }
     };
@@ -373,14 +377,10 @@ impl StreamConsumer {
                     metrics::counter!("runcast_persister_write_retries_total", "stream" => stream).increment(1);
                     tracing::warn!(cause = %err, retry_in = ?backoff.peek(), "cannot write the batch; holding it");
                     // Keep JetStream from redelivering what we still hold.
-                    for item in items {
-                        let _ = item.message.ack_with(AckKind::Progress).await;
-                    }
+                    tell_each(items, AckKind::Progress).await;
                     if !runcast_runtime::backoff::wait(&mut backoff, shutdown).await {
                         // Hand the batch back at once rather than after `ack_wait`.
-                        for item in items {
-                            let _ = item.message.ack_with(AckKind::Nak(None)).await;
-                        }
+                        tell_each(items, AckKind::Nak(None)).await;
                         return Err(Cancelled);
                     }
                 }
