@@ -92,6 +92,19 @@ impl ServiceProcess {
         addr.map_or_else(String::new, |addr| format!("http://{addr}{path}"))
     }
 
+    /// The sum of a metric's samples on the service's `/metrics` page (0 when absent or when
+    /// the page cannot be read).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let Ok(response) = reqwest::get(self.http_url("/metrics")).await else {
+            return 0.0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }

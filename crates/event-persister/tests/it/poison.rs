@@ -106,7 +106,7 @@ async fn poison_messages_go_to_dead_letters_and_the_stream_moves_on() {
     assert!(world.executions().await.keys().all(|(_, id)| id != "exec-9"), "the stranger is not applied");
 
     eventually("the dead letter metric", WAIT, || async {
-        (support::metric(&persister, "runcast_persister_dead_letters_total").await == 4.0).then_some(())
+        (persister.metric("runcast_persister_dead_letters_total").await == 4.0).then_some(())
     })
     .await
     .expect("metric");

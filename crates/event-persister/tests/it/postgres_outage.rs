@@ -22,7 +22,7 @@ async fn events_published_while_postgres_is_down_all_arrive_once_it_is_back() {
     // The persister noticed and holds its batch (not acking, not dropping) through several
     // seconds of retries (each waits up to the pool's 3 s acquire timeout, then backs off).
     eventually("three attempts to write a held batch", WAIT, || async {
-        let retries = support::metric(&persister, "runcast_persister_write_retries_total").await;
+        let retries = persister.metric("runcast_persister_write_retries_total").await;
         (retries >= 3.0).then_some(())
     })
     .await

@@ -44,7 +44,7 @@ async fn two_replicas_on_one_consumer_reach_the_same_state_as_one() {
     assert_eq!(two.history().await, one.history().await);
     for replica in [&first, &second] {
         assert!(
-            support::metric(replica, "runcast_persister_events_written_total").await > 0.0,
+            replica.metric("runcast_persister_events_written_total").await > 0.0,
             "both replicas took a share of the work"
         );
     }

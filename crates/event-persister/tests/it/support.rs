@@ -104,18 +104,6 @@ impl World {
     }
 }
 
-/// The sum of a metric's samples on a service's `/metrics` page (0 when absent).
-pub(crate) async fn metric(service: &runcast_testkit::ServiceProcess, name: &str) -> f64 {
-    let Ok(response) = reqwest::get(service.http_url("/metrics")).await else {
-        return 0.0;
-    };
-    let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 pub(crate) async fn publish(js: &jetstream::Context, events: Vec<(String, Event)>) -> Vec<Published> {
     let mut pending = VecDeque::with_capacity(PUBLISH_WINDOW);
     let mut published = Vec::with_capacity(events.len());

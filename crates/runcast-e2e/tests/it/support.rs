@@ -5,7 +5,7 @@
 use futures::{SinkExt, StreamExt};
 use runcast_testkit::eventually;
 use serde_json::{Value, json};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -104,8 +104,17 @@ impl Tracker {
         self.live.store(true, Ordering::Release);
     }
 
-    /// Checks the client saw exactly the offsets of `due` above its start, each once, in order.
-    pub(crate) fn verify(&self, name: &str, due: &BTreeSet<u64>) -> Result<usize, String> {
+    /// Checks the client saw exactly the offsets of `due` above its start, each once, in order,
+    /// except coalesced ones: an offset of `coalescable` (a progress or heartbeat event, mapped to
+    /// its entity) may be missing when the client received a later one of the same entity, which
+    /// replaced it while the client was behind (newest wins, DESIGN §4). Returns the offsets
+    /// received and how many were coalesced.
+    pub(crate) fn verify(
+        &self,
+        name: &str,
+        due: &BTreeSet<u64>,
+        coalescable: &HashMap<u64, String>,
+    ) -> Result<Delivered, String> {
         let problems = lock(&self.problems).clone();
         if !problems.is_empty() {
             return Err(format!("{name}: {problems:?}"));
@@ -117,14 +126,39 @@ impl Tracker {
         }
         let seen: BTreeSet<u64> = offsets.iter().copied().collect();
         let expected: BTreeSet<u64> = due.range(start + 1..).copied().collect();
-        let missing: Vec<u64> = expected.difference(&seen).copied().take(20).collect();
+        // The newest offset received of each coalescable entity.
+        let mut newest: HashMap<&str, u64> = HashMap::new();
+        for offset in &seen {
+            if let Some(entity) = coalescable.get(offset) {
+                newest.insert(entity, *offset);
+            }
+        }
+        let superseded = |offset: &u64| {
+            coalescable
+                .get(offset)
+                .is_some_and(|entity| newest.get(entity.as_str()).is_some_and(|newer| newer > offset))
+        };
+        let (coalesced, missing): (Vec<u64>, Vec<u64>) =
+            expected.difference(&seen).partition(|offset| superseded(offset));
         let unexpected: Vec<u64> = seen.difference(&expected).copied().take(20).collect();
         if missing.is_empty() && unexpected.is_empty() {
-            Ok(offsets.len())
+            Ok(Delivered { received: offsets.len(), coalesced: coalesced.len() })
         } else {
-            Err(format!("{name} (from offset {start}): missing {missing:?}, unexpected {unexpected:?}"))
+            let missing: Vec<u64> = missing.into_iter().take(20).collect();
+            Err(format!(
+                "{name} (from offset {start}): missing {missing:?}, unexpected {unexpected:?} ({} coalesced)",
+                coalesced.len()
+            ))
         }
     }
+}
+
+/// What [`Tracker::verify`] found a client received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Delivered {
+    pub received: usize,
+    /// Progress events replaced by a newer one of their execution while the client was behind.
+    pub coalesced: usize,
 }
 
 /// When clients reconnected, to measure the rate.
@@ -375,5 +409,48 @@ pub(crate) async fn wait_caught_up(
             .take(10)
             .collect();
         panic!("{err}: {behind:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tracker that subscribed at `start` and then received `offsets`.
+    fn received(start: u64, offsets: &[u64]) -> Tracker {
+        let tracker = Tracker::default();
+        tracker.subscribed(start, false, &Value::Null);
+        for offset in offsets {
+            tracker.event(*offset);
+        }
+        tracker
+    }
+
+    #[test]
+    fn a_progress_event_may_be_missing_only_where_a_later_one_of_its_execution_arrived() {
+        let due: BTreeSet<u64> = (1..=6).collect();
+        // 2, 3 and 5 are progress of "a"; 4 progress of "b"; 1 and 6 other events.
+        let coalescable: HashMap<u64, String> = [(2, "a"), (3, "a"), (4, "b"), (5, "a")]
+            .into_iter()
+            .map(|(offset, entity)| (offset, entity.to_owned()))
+            .collect();
+
+        let all = received(0, &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(all.verify("all", &due, &coalescable), Ok(Delivered { received: 6, coalesced: 0 }));
+        // 2 and 3 replaced by 5 (newest of "a").
+        let behind = received(0, &[1, 4, 5, 6]);
+        assert_eq!(behind.verify("behind", &due, &coalescable), Ok(Delivered { received: 4, coalesced: 2 }));
+        // The newest progress of "a" itself missing: a gap, not coalescing.
+        let lost_newest = received(0, &[1, 2, 3, 4, 6]);
+        assert!(lost_newest.verify("lost_newest", &due, &coalescable).is_err_and(|err| err.contains("missing [5]")));
+        // "b" has no later progress to replace 4.
+        let lost_other = received(0, &[1, 2, 3, 5, 6]);
+        assert!(lost_other.verify("lost_other", &due, &coalescable).is_err_and(|err| err.contains("missing [4]")));
+        // A missing event that is not progress is a gap whatever follows.
+        let lost_step = received(0, &[2, 3, 4, 5, 6]);
+        assert!(lost_step.verify("lost_step", &due, &coalescable).is_err_and(|err| err.contains("missing [1]")));
+        // Nothing before the start is due.
+        let late = received(3, &[4, 5, 6]);
+        assert_eq!(late.verify("late", &due, &coalescable), Ok(Delivered { received: 3, coalesced: 0 }));
     }
 }
