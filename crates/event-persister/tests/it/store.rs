@@ -183,3 +183,46 @@ async fn a_batch_partly_stored_already_adds_its_new_events_and_the_rest_of_it() 
         .expect("applied offset");
     assert_eq!(applied, 5);
 }
+
+/// One batch may move stored executions forward, bring new ones and carry a stale state of
+/// another (a redelivery): the stored ones are updated, the new ones inserted with their
+/// idempotency key, and the stale one is left alone (its row not even rewritten).
+#[tokio::test]
+async fn a_batch_of_stored_new_and_stale_executions_writes_each_as_its_version_says() {
+    let (_server, pool) = migrated("mixed").await;
+    let at = chrono::Utc::now().timestamp();
+    let numbered = |execution: &str, count: u64, first_offset: u64| -> Vec<_> {
+        support::execution_events("acme", execution, count, at)
+            .into_iter()
+            .enumerate()
+            .map(|(n, event)| (first_offset + n as u64, event))
+            .collect()
+    };
+    let (a, b, c) = (numbered("a", 4, 1), numbered("b", 3, 11), numbered("c", 3, 21));
+    store::write_batch(&pool, &fold(&[&a[..2], &c[..]].concat()), &[], None).await.expect("a v2, c v3");
+    let row_writer = |execution: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT xmin::text FROM executions WHERE execution_id = $1")
+                .bind(execution)
+                .fetch_one(&pool)
+                .await
+                .expect("the execution row")
+        }
+    };
+    let c_written = row_writer("c").await;
+
+    store::write_batch(&pool, &fold(&[&a[2..], &b[..], &c[1..2]].concat()), &[], None).await.expect("mixed batch");
+    let views = support::read_executions(&pool).await;
+    let view = |execution: &str| {
+        views
+            .get(&("acme".to_owned(), execution.to_owned()))
+            .map(|view| (view.version, view.last_offset, view.status.clone(), view.idempotency_key.clone()))
+    };
+    assert_eq!(view("a"), Some((4, 4, "completed".into(), Some("key-a".into()))), "stored: moved forward");
+    assert_eq!(view("b"), Some((3, 13, "completed".into(), Some("key-b".into()))), "new: inserted");
+    assert_eq!(view("c"), Some((3, 23, "completed".into(), Some("key-c".into()))), "stale: unchanged");
+    assert_eq!(row_writer("c").await, c_written, "the stale state did not rewrite the row");
+    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.expect("count");
+    assert_eq!(history, 10, "each event once");
+}
