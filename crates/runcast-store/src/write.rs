@@ -17,7 +17,7 @@ use crate::error::{Error, is_unique_violation};
 use crate::rows::{Batch, ExecutionRow};
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// A message that broke the contract, kept with everything needed to look at it again.
 #[derive(Debug, Clone)]
@@ -177,15 +177,8 @@ async fn write_read_model(tx: &mut Transaction<'_, Postgres>, batch: &Batch<'_>,
     upsert_agents(tx, batch, mode).await
 }
 
-/// Writes executions; returns those whose approval rows must be written: the executions this
+/// Upserts executions; returns those whose approval rows must be written: the executions this
 /// batch moved forward whose approvals changed (or, in a rebuild, every one it wrote).
-///
-/// Almost every row of a batch moves an execution already stored forward, so a plain
-/// `UPDATE … FROM` goes first: unlike `INSERT … ON CONFLICT DO UPDATE` it needs no speculative
-/// insertion into the key and no separate lock step per row. The rows it left are inserted; the
-/// few neither statement wrote (another writer inserted the execution in between, or a stale
-/// state the version guard refuses) go through the update once more, which sees the other
-/// writer's row: its insert has committed before ours met it.
 ///
 /// `RETURNING old.…` (PostgreSQL 18) says what the row held before, at no extra lookup. Approval
 /// rows are written in the same transaction, under the execution row's lock, so writers of the
@@ -196,22 +189,95 @@ async fn upsert_executions<'r>(
     rows: &[&'r ExecutionRow],
     mode: Mode,
 ) -> Result<Vec<&'r ExecutionRow>, Error> {
-    let mut written = Vec::new();
-    let mut rest = rows.to_vec();
-    for step in [Step::Update, Step::Insert, Step::Update] {
-        if rest.is_empty() {
-            break;
-        }
-        let columns = ExecutionColumns::of(&rest);
-        let now_written = match step {
-            Step::Update => update_executions(tx, &columns, mode).await?,
-            Step::Insert => insert_executions(tx, &columns).await?,
-        };
-        let done: HashSet<(&str, &str)> =
-            now_written.iter().map(|row| (row.tenant_id.as_str(), row.execution_id.as_str())).collect();
-        rest.retain(|row| !done.contains(&(row.tenant_id.as_str(), row.execution_id.as_str())));
-        written.extend(now_written);
+    if rows.is_empty() {
+        return Ok(Vec::new());
     }
+    let n = rows.len();
+    let (mut tenant, mut execution, mut workflow, mut status) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut version, mut offset, mut progress, mut current_step) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut steps, mut approvals, mut labels) = (JsonArray::new(), JsonArray::new(), JsonArray::new());
+    let mut error = Vec::with_capacity(n);
+    let (mut key, mut state, mut created, mut updated) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut started, mut finished) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut agent, mut heartbeat_deadline) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for row in rows {
+        tenant.push(row.tenant_id.as_str());
+        execution.push(row.execution_id.as_str());
+        workflow.push(row.workflow_id.as_str());
+        status.push(row.status);
+        version.push(row.version);
+        offset.push(row.last_offset);
+        progress.push(row.progress);
+        current_step.push(row.current_step.as_str());
+        steps.push(&row.steps);
+        approvals.push(&row.approvals);
+        labels.push(&row.labels);
+        error.push(row.error.as_str());
+        key.push(row.idempotency_key.as_deref());
+        state.push(row.state.as_slice());
+        created.push(row.created_at);
+        updated.push(row.updated_at);
+        started.push(row.started_at);
+        finished.push(row.finished_at);
+        agent.push(row.agent_id.as_str());
+        heartbeat_deadline.push(row.heartbeat_deadline);
+    }
+    let (steps, approvals, labels) = (steps.finish(), approvals.finish(), labels.finish());
+    let written = sqlx::query!(
+        r#"INSERT INTO executions (tenant_id, execution_id, workflow_id, status, version, last_offset,
+                                 progress, current_step, steps, approvals, labels, error,
+                                 idempotency_key, state, created_at, updated_at, started_at, finished_at,
+                                 agent_id, heartbeat_deadline)
+         SELECT * FROM ROWS FROM (
+             unnest($1::text[]), unnest($2::text[]), unnest($3::text[]), unnest($4::text[]),
+             unnest($5::int8[]), unnest($6::int8[]), unnest($7::int2[]), unnest($8::text[]),
+             jsonb_array_elements($9::text::jsonb), jsonb_array_elements($10::text::jsonb),
+             jsonb_array_elements($11::text::jsonb), unnest($12::text[]),
+             unnest($13::text[]), unnest($14::bytea[]), unnest($15::timestamptz[]), unnest($16::timestamptz[]),
+             unnest($17::timestamptz[]), unnest($18::timestamptz[]), unnest($20::text[]),
+             unnest($21::timestamptz[]))
+         ON CONFLICT (tenant_id, execution_id) DO UPDATE SET
+             workflow_id = EXCLUDED.workflow_id, status = EXCLUDED.status, version = EXCLUDED.version,
+             last_offset = EXCLUDED.last_offset, progress = EXCLUDED.progress,
+             current_step = EXCLUDED.current_step, steps = EXCLUDED.steps,
+             approvals = EXCLUDED.approvals, labels = EXCLUDED.labels, error = EXCLUDED.error,
+             idempotency_key = COALESCE(executions.idempotency_key, EXCLUDED.idempotency_key),
+             state = EXCLUDED.state, created_at = EXCLUDED.created_at,
+             updated_at = EXCLUDED.updated_at, started_at = EXCLUDED.started_at,
+             finished_at = EXCLUDED.finished_at, agent_id = EXCLUDED.agent_id,
+             heartbeat_deadline = EXCLUDED.heartbeat_deadline
+         WHERE executions.version < EXCLUDED.version
+            OR ($19 AND executions.version = EXCLUDED.version)
+         RETURNING tenant_id, execution_id,
+                   old.approvals IS DISTINCT FROM new.approvals AS "approvals_changed!""#,
+        &tenant as _,
+        &execution as _,
+        &workflow as _,
+        &status as _,
+        &version,
+        &offset,
+        &progress,
+        &current_step as _,
+        steps,
+        approvals,
+        labels,
+        &error as _,
+        &key as _,
+        &state as _,
+        &created,
+        &updated,
+        &started as _,
+        &finished as _,
+        mode.rewrite_equal(),
+        &agent as _,
+        &heartbeat_deadline as _,
+    )
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(|err| Error::database("cannot upsert executions", err))?;
     let by_key: HashMap<(&str, &str), &'r ExecutionRow> =
         rows.iter().map(|&row| ((row.tenant_id.as_str(), row.execution_id.as_str()), row)).collect();
     // A rebuild repairs approval rows even where the execution's own copy did not change.
@@ -220,195 +286,6 @@ async fn upsert_executions<'r>(
         .filter(|row| row.approvals_changed || mode == Mode::Rebuild)
         .filter_map(|row| by_key.get(&(row.tenant_id.as_str(), row.execution_id.as_str())).copied())
         .collect())
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Step {
-    Update,
-    Insert,
-}
-
-/// An execution row a statement wrote, and whether its approvals changed.
-struct WrittenExecution {
-    tenant_id: String,
-    execution_id: String,
-    approvals_changed: bool,
-}
-
-/// The columns of a set of execution rows, as the arrays both statements bind.
-struct ExecutionColumns<'r> {
-    tenant: Vec<&'r str>,
-    execution: Vec<&'r str>,
-    workflow: Vec<&'r str>,
-    status: Vec<&'static str>,
-    version: Vec<i64>,
-    offset: Vec<i64>,
-    progress: Vec<i16>,
-    current_step: Vec<&'r str>,
-    steps: String,
-    approvals: String,
-    labels: String,
-    error: Vec<&'r str>,
-    key: Vec<Option<&'r str>>,
-    state: Vec<&'r [u8]>,
-    created: Vec<DateTime<Utc>>,
-    updated: Vec<DateTime<Utc>>,
-    started: Vec<Option<DateTime<Utc>>>,
-    finished: Vec<Option<DateTime<Utc>>>,
-    agent: Vec<&'r str>,
-    heartbeat_deadline: Vec<Option<DateTime<Utc>>>,
-}
-
-impl<'r> ExecutionColumns<'r> {
-    fn of(rows: &[&'r ExecutionRow]) -> Self {
-        let n = rows.len();
-        let mut columns = Self {
-            tenant: Vec::with_capacity(n),
-            execution: Vec::with_capacity(n),
-            workflow: Vec::with_capacity(n),
-            status: Vec::with_capacity(n),
-            version: Vec::with_capacity(n),
-            offset: Vec::with_capacity(n),
-            progress: Vec::with_capacity(n),
-            current_step: Vec::with_capacity(n),
-            steps: String::new(),
-            approvals: String::new(),
-            labels: String::new(),
-            error: Vec::with_capacity(n),
-            key: Vec::with_capacity(n),
-            state: Vec::with_capacity(n),
-            created: Vec::with_capacity(n),
-            updated: Vec::with_capacity(n),
-            started: Vec::with_capacity(n),
-            finished: Vec::with_capacity(n),
-            agent: Vec::with_capacity(n),
-            heartbeat_deadline: Vec::with_capacity(n),
-        };
-        let (mut steps, mut approvals, mut labels) = (JsonArray::new(), JsonArray::new(), JsonArray::new());
-        for row in rows {
-            columns.tenant.push(row.tenant_id.as_str());
-            columns.execution.push(row.execution_id.as_str());
-            columns.workflow.push(row.workflow_id.as_str());
-            columns.status.push(row.status);
-            columns.version.push(row.version);
-            columns.offset.push(row.last_offset);
-            columns.progress.push(row.progress);
-            columns.current_step.push(row.current_step.as_str());
-            steps.push(&row.steps);
-            approvals.push(&row.approvals);
-            labels.push(&row.labels);
-            columns.error.push(row.error.as_str());
-            columns.key.push(row.idempotency_key.as_deref());
-            columns.state.push(row.state.as_slice());
-            columns.created.push(row.created_at);
-            columns.updated.push(row.updated_at);
-            columns.started.push(row.started_at);
-            columns.finished.push(row.finished_at);
-            columns.agent.push(row.agent_id.as_str());
-            columns.heartbeat_deadline.push(row.heartbeat_deadline);
-        }
-        (columns.steps, columns.approvals, columns.labels) = (steps.finish(), approvals.finish(), labels.finish());
-        columns
-    }
-}
-
-/// Runs one of the two execution statements in `$tx`: `$head`, then the rows of `$columns` as a
-/// table (parameters `$1` to `$20`), then `$tail`, whose own parameters (`$21`, …) are `$extra`;
-/// fails with `$failure`. Both texts are checked at compile time.
-macro_rules! execution_statement {
-    ($tx:expr, $failure:literal, $head:literal, $tail:literal, $columns:expr $(, $extra:expr)*) => {{
-        let c: &ExecutionColumns<'_> = $columns;
-        sqlx::query_as!(
-            WrittenExecution,
-            $head
-                + "ROWS FROM (
-             unnest($1::text[]), unnest($2::text[]), unnest($3::text[]), unnest($4::text[]),
-             unnest($5::int8[]), unnest($6::int8[]), unnest($7::int2[]), unnest($8::text[]),
-             jsonb_array_elements($9::text::jsonb), jsonb_array_elements($10::text::jsonb),
-             jsonb_array_elements($11::text::jsonb), unnest($12::text[]),
-             unnest($13::text[]), unnest($14::bytea[]), unnest($15::timestamptz[]), unnest($16::timestamptz[]),
-             unnest($17::timestamptz[]), unnest($18::timestamptz[]), unnest($19::text[]),
-             unnest($20::timestamptz[]))"
-                + $tail,
-            &c.tenant as _,
-            &c.execution as _,
-            &c.workflow as _,
-            &c.status as _,
-            &c.version,
-            &c.offset,
-            &c.progress,
-            &c.current_step as _,
-            c.steps,
-            c.approvals,
-            c.labels,
-            &c.error as _,
-            &c.key as _,
-            &c.state as _,
-            &c.created,
-            &c.updated,
-            &c.started as _,
-            &c.finished as _,
-            &c.agent as _,
-            &c.heartbeat_deadline as _,
-            $($extra),*
-        )
-        .fetch_all(&mut **$tx)
-        .await
-        .map_err(|err| Error::database($failure, err))
-    }};
-}
-
-/// Moves stored executions forward (a rebuild also rewrites them at the same version).
-async fn update_executions(
-    tx: &mut Transaction<'_, Postgres>,
-    columns: &ExecutionColumns<'_>,
-    mode: Mode,
-) -> Result<Vec<WrittenExecution>, Error> {
-    execution_statement!(
-        tx,
-        "cannot update executions",
-        "UPDATE executions e SET
-             workflow_id = u.workflow_id, status = u.status, version = u.version,
-             last_offset = u.last_offset, progress = u.progress,
-             current_step = u.current_step, steps = u.steps,
-             approvals = u.approvals, labels = u.labels, error = u.error,
-             idempotency_key = COALESCE(e.idempotency_key, u.idempotency_key),
-             state = u.state, created_at = u.created_at,
-             updated_at = u.updated_at, started_at = u.started_at,
-             finished_at = u.finished_at, agent_id = u.agent_id,
-             heartbeat_deadline = u.heartbeat_deadline
-         FROM ",
-        r#"
-           AS u(tenant_id, execution_id, workflow_id, status, version, last_offset, progress, current_step,
-                steps, approvals, labels, error, idempotency_key, state, created_at, updated_at, started_at,
-                finished_at, agent_id, heartbeat_deadline)
-         WHERE e.tenant_id = u.tenant_id AND e.execution_id = u.execution_id
-           AND (e.version < u.version OR ($21 AND e.version = u.version))
-         RETURNING e.tenant_id AS "tenant_id!", e.execution_id AS "execution_id!",
-                   old.approvals IS DISTINCT FROM new.approvals AS "approvals_changed!""#,
-        columns,
-        mode.rewrite_equal()
-    )
-}
-
-/// Inserts executions not stored yet (those another writer stored meanwhile are left out).
-async fn insert_executions(
-    tx: &mut Transaction<'_, Postgres>,
-    columns: &ExecutionColumns<'_>,
-) -> Result<Vec<WrittenExecution>, Error> {
-    execution_statement!(
-        tx,
-        "cannot insert executions",
-        "INSERT INTO executions (tenant_id, execution_id, workflow_id, status, version, last_offset,
-                                 progress, current_step, steps, approvals, labels, error,
-                                 idempotency_key, state, created_at, updated_at, started_at, finished_at,
-                                 agent_id, heartbeat_deadline)
-         SELECT * FROM ",
-        r#"
-         ON CONFLICT (tenant_id, execution_id) DO NOTHING
-         RETURNING tenant_id, execution_id, true AS "approvals_changed!""#,
-        columns
-    )
 }
 
 /// The JSON documents of one column of a batch, as one JSON array: PostgreSQL parses one document
