@@ -26,7 +26,17 @@ async fn bench_drain_throughput() {
             .await
             .expect("the database's locale");
     // The backlog is published first, so the persister's drain rate is measured alone.
-    let published = world.publish(support::load(&world, executions, per_execution)).await;
+    let mut backlog = support::load(&world, executions, per_execution);
+    // BENCH_HEARTBEAT_TIMEOUT=<seconds>: executions that must report within a time (DESIGN §7),
+    // so every event of a running one moves its `heartbeat_deadline`.
+    let heartbeat_timeout: u32 =
+        std::env::var("BENCH_HEARTBEAT_TIMEOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    for (_, event) in &mut backlog {
+        if let Some(runcast_contract::v1::event::State::Execution(state)) = event.state.as_mut() {
+            state.heartbeat_timeout_seconds = heartbeat_timeout;
+        }
+    }
+    let published = world.publish(backlog).await;
     assert_eq!(published.len() as i64, total);
 
     // Progress is read from `applied_offsets` (one row per stream): counting the history while it
@@ -57,6 +67,7 @@ async fn bench_drain_throughput() {
     // persister's connections: this database has no other client meanwhile but the progress
     // query). The rate alone moves with whatever else the 2 cores run; CPU per event does not.
     let cpu_from = (cpu_of(persister.pid()), cpu_of_backends(&world.pool).await);
+    let wal_from = WalStats::read(&world.pool).await;
     let profile = runcast_testkit::profile::SystemProfile::start();
     runcast_testkit::eventually("the whole backlog applied", Duration::from_secs(600), || async {
         (applied().await >= total).then_some(())
@@ -66,6 +77,7 @@ async fn bench_drain_throughput() {
     let elapsed = started.elapsed();
     let steady = steady_from.0.elapsed();
     let cpu_to = (cpu_of(persister.pid()), cpu_of_backends(&world.pool).await);
+    let wal_to = WalStats::read(&world.pool).await;
     drop(profile);
     assert_eq!(world.history_count().await, total, "every event in the history, once");
     let steady_events = (total - steady_from.1) as f64;
@@ -75,6 +87,9 @@ async fn bench_drain_throughput() {
     drop(persister);
     for line in inside_postgres(&world.pool).await {
         println!("BENCH-DETAIL | {line}");
+    }
+    if let (Some(from), Some(to)) = (wal_from, wal_to) {
+        println!("BENCH-DETAIL | {}", to.since(&from, steady_events, steady));
     }
     let writers: usize = std::env::var("BENCH_WRITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     let raw = raw_ceiling(&world.pool, 1_000, writers).await;
@@ -290,6 +305,38 @@ async fn inside_postgres(pool: &sqlx::PgPool) -> Vec<String> {
         ));
     }
     lines
+}
+
+/// The server's WAL counters (`pg_stat_wal`, the whole server: the bench's database is its only
+/// writer meanwhile).
+struct WalStats {
+    records: i64,
+    full_page_images: i64,
+    bytes: f64,
+}
+
+impl WalStats {
+    async fn read(pool: &sqlx::PgPool) -> Option<Self> {
+        let (records, full_page_images, bytes): (i64, i64, f64) =
+            sqlx::query_as("SELECT wal_records, wal_fpi, wal_bytes::float8 FROM pg_stat_wal")
+                .fetch_one(pool)
+                .await
+                .ok()?;
+        Some(Self { records, full_page_images, bytes })
+    }
+
+    /// What the drain wrote to the WAL over `elapsed`, per event of `events`.
+    fn since(&self, from: &Self, events: f64, elapsed: Duration) -> String {
+        let bytes = self.bytes - from.bytes;
+        format!(
+            "WAL while draining: {:.0} bytes per event ({:.1} MB/s), {:.1} records and {:.3} full-page images per \
+             event",
+            bytes / events,
+            bytes / elapsed.as_secs_f64() / 1e6,
+            (self.records - from.records) as f64 / events,
+            (self.full_page_images - from.full_page_images) as f64 / events,
+        )
+    }
 }
 
 /// The ceiling the persister is measured against: the rows it wrote, read back, `events` emptied,
