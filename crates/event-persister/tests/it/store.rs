@@ -11,9 +11,13 @@ use runcast_testkit::PostgresServer;
 use sqlx::PgPool;
 
 fn fold(events: &[(u64, runcast_contract::v1::Event)]) -> Fold {
+    fold_of(StreamKind::Executions, events)
+}
+
+fn fold_of(stream: StreamKind, events: &[(u64, runcast_contract::v1::Event)]) -> Fold {
     let mut fold = Fold::default();
     for (offset, event) in events {
-        let decoded = decode(StreamKind::Executions, *offset, &event.encode_to_vec()).expect("valid");
+        let decoded = decode(stream, *offset, &event.encode_to_vec()).expect("valid");
         fold.add(&decoded, true);
     }
     fold
@@ -225,4 +229,73 @@ async fn a_batch_of_stored_new_and_stale_executions_writes_each_as_its_version_s
     assert_eq!(row_writer("c").await, c_written, "the stale state did not rewrite the row");
     let history: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.expect("count");
     assert_eq!(history, 10, "each event once");
+}
+
+/// Updates that change no indexed column are HOT (in place, no new index entries), which is
+/// most of the read model's work: the progress reports of an execution with a heartbeat
+/// timeout (its deadline, indexed for the sweeper, moves only once per granule) and an agent's
+/// heartbeats (no index reads `last_heartbeat_at`). Each event is its own batch, one update each.
+#[tokio::test]
+async fn progress_of_a_watched_execution_and_heartbeats_of_an_agent_update_their_rows_in_place() {
+    use runcast_contract::v1::{AgentStatus, event::State};
+    let (_server, pool) = migrated("hot").await;
+    // Timeout 300 s: a granule of 5 s. The events are 1 s apart; v5-v15 are progress reports of
+    // a running execution (v3 and v4 block and resume it, v16 would complete it).
+    let at = chrono::Utc::now().timestamp() / 5 * 5;
+    let mut execution: Vec<_> = support::execution_events("acme", "e1", 16, at)
+        .into_iter()
+        .enumerate()
+        .map(|(n, event)| (n as u64 + 1, event))
+        .collect();
+    for (_, event) in &mut execution {
+        if let Some(State::Execution(state)) = event.state.as_mut() {
+            state.heartbeat_timeout_seconds = 300;
+        }
+    }
+    let agent: Vec<_> = (1..=10)
+        .map(|version| {
+            let mut event = support::agent_event("acme", "a1", version, AgentStatus::Online);
+            if let Some(State::Agent(state)) = event.state.as_mut() {
+                state.last_heartbeat_at = Some(prost_types::Timestamp { seconds: at + version as i64, nanos: 0 });
+            }
+            (100 + version, event)
+        })
+        .collect();
+    store::write_batch(&pool, &fold(&execution[..4]), &[], None).await.expect("v1-v4");
+    store::write_batch(&pool, &fold_of(StreamKind::Agents, &agent[..1]), &[], None).await.expect("online");
+    for event in &execution[4..15] {
+        store::write_batch(&pool, &fold(std::slice::from_ref(event)), &[], None).await.expect("progress");
+    }
+    for event in &agent[1..] {
+        let batch = fold_of(StreamKind::Agents, std::slice::from_ref(event));
+        store::write_batch(&pool, &batch, &[], None).await.expect("heartbeat");
+    }
+    let deadlines: i64 = sqlx::query_scalar("SELECT count(*) FROM executions WHERE heartbeat_deadline IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .expect("deadline");
+    assert_eq!(deadlines, 1, "the running execution has a deadline");
+    // (updates, HOT updates) per table, once the writing sessions have reported them.
+    let updates = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1",
+            )
+            .bind(table)
+            .fetch_one(&pool)
+            .await
+            .ok()
+        }
+    };
+    let counted = runcast_testkit::eventually("the updates counted", std::time::Duration::from_secs(30), || async {
+        let (executions, agents) = (updates("executions").await?, updates("agents").await?);
+        (executions.0 >= 11 && agents.0 >= 9).then_some((executions, agents))
+    })
+    .await;
+    let ((updated, hot), (agent_updated, agent_hot)) = counted.unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(updated, 11, "one update per progress report");
+    // Updated at +5 s to +15 s: the deadline (+305 s to +315 s) moves at +310 s and +315 s only.
+    assert_eq!(hot, 9, "execution updates HOT");
+    assert_eq!((agent_updated, agent_hot), (9, 9), "every heartbeat HOT");
 }
