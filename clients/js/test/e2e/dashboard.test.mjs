@@ -171,14 +171,23 @@ test("dashboard: optimistic create, live to a terminal state, approvals, logs, r
     rest = Object.fromEntries(list.map((e) => [e.execution_id, [e.status, e.version]]));
     shown = await tableRows(page);
     return JSON.stringify(Object.entries(rest).sort()) === JSON.stringify(Object.entries(shown).sort());
-  }, 30000, 300).catch((err) => {
+  }, 30000, 300).catch(async (err) => {
     const diff = Object.keys({ ...rest, ...shown }).filter((k) => JSON.stringify(rest[k]) !== JSON.stringify(shown[k])).slice(0, 5);
+    // The page's client: whether its subscriptions are live, where their cursors are, what it counted.
+    const client = await page
+      .evaluate(() => {
+        const c = window.runcast;
+        const subs = c.connection.subscriptions().map((s) => ({ channel: s.channel, status: s.status, lastOffset: s.lastOffset, epoch: s.epoch }));
+        return JSON.stringify({ state: c.state, stats: c.connection.stats, subs, errors: c.store.errors.slice(-5) });
+      })
+      .catch((e) => `unreadable: ${e}`);
     // Seen once in CI (one execution a few versions behind after the gateway's restart): keep what
     // the services said around it, to find out where the events went.
     const tail = (name) => stack.log(name).split("\n").slice(-60).join("\n");
     throw new Error(
       `${err.message}: ${diff.map((k) => `${k} rest=${rest[k]} page=${shown[k]}`).join("; ")}` +
         `\npage errors: ${JSON.stringify(consoleErrors)}` +
+        `\npage client: ${client}` +
         `\n--- ws-gateway log, last lines ---\n${tail("ws-gateway")}\n--- execution-api log, last lines ---\n${tail("execution-api")}`,
     );
   });
