@@ -205,7 +205,6 @@ fn execution_row(state: &Execution, occurred_at: DateTime<Utc>) -> ExecutionRow 
         // decode() refused progress above 100.
         progress: i16::try_from(state.progress.min(100)).unwrap_or(100),
         current_step: state.current_step.clone(),
-        steps: json(&state.steps),
         approvals: json(&state.approvals),
         labels: json(&state.labels),
         error: state.error.clone(),

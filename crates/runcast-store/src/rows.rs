@@ -30,9 +30,9 @@ pub struct ExecutionRow {
     pub last_offset: i64,
     pub progress: i16,
     pub current_step: String,
-    /// `steps`, `approvals` and `labels` as JSON text, serialized straight from the state (a
+    /// `approvals` and `labels` as JSON text, serialized straight from the state (a
     /// `serde_json::Value` tree per row was a tenth of the persister's CPU, built, cloned, dropped).
-    pub steps: String,
+    /// Steps are in `state` only (see migration `20261205000002`).
     pub approvals: String,
     pub labels: String,
     pub error: String,

@@ -197,7 +197,7 @@ async fn upsert_executions<'r>(
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut version, mut offset, mut progress, mut current_step) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut steps, mut approvals, mut labels) = (JsonArray::new(), JsonArray::new(), JsonArray::new());
+    let (mut approvals, mut labels) = (JsonArray::new(), JsonArray::new());
     let mut error = Vec::with_capacity(n);
     let (mut key, mut state, mut created, mut updated) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
@@ -212,7 +212,6 @@ async fn upsert_executions<'r>(
         offset.push(row.last_offset);
         progress.push(row.progress);
         current_step.push(row.current_step.as_str());
-        steps.push(&row.steps);
         approvals.push(&row.approvals);
         labels.push(&row.labels);
         error.push(row.error.as_str());
@@ -225,24 +224,24 @@ async fn upsert_executions<'r>(
         agent.push(row.agent_id.as_str());
         heartbeat_deadline.push(row.heartbeat_deadline);
     }
-    let (steps, approvals, labels) = (steps.finish(), approvals.finish(), labels.finish());
+    let (approvals, labels) = (approvals.finish(), labels.finish());
     let written = sqlx::query!(
         r#"INSERT INTO executions (tenant_id, execution_id, workflow_id, status, version, last_offset,
-                                 progress, current_step, steps, approvals, labels, error,
+                                 progress, current_step, approvals, labels, error,
                                  idempotency_key, state, created_at, updated_at, started_at, finished_at,
                                  agent_id, heartbeat_deadline)
          SELECT * FROM ROWS FROM (
              unnest($1::text[]), unnest($2::text[]), unnest($3::text[]), unnest($4::text[]),
              unnest($5::int8[]), unnest($6::int8[]), unnest($7::int2[]), unnest($8::text[]),
              jsonb_array_elements($9::text::jsonb), jsonb_array_elements($10::text::jsonb),
-             jsonb_array_elements($11::text::jsonb), unnest($12::text[]),
-             unnest($13::text[]), unnest($14::bytea[]), unnest($15::timestamptz[]), unnest($16::timestamptz[]),
-             unnest($17::timestamptz[]), unnest($18::timestamptz[]), unnest($20::text[]),
-             unnest($21::timestamptz[]))
+             unnest($11::text[]),
+             unnest($12::text[]), unnest($13::bytea[]), unnest($14::timestamptz[]), unnest($15::timestamptz[]),
+             unnest($16::timestamptz[]), unnest($17::timestamptz[]), unnest($19::text[]),
+             unnest($20::timestamptz[]))
          ON CONFLICT (tenant_id, execution_id) DO UPDATE SET
              workflow_id = EXCLUDED.workflow_id, status = EXCLUDED.status, version = EXCLUDED.version,
              last_offset = EXCLUDED.last_offset, progress = EXCLUDED.progress,
-             current_step = EXCLUDED.current_step, steps = EXCLUDED.steps,
+             current_step = EXCLUDED.current_step,
              approvals = EXCLUDED.approvals, labels = EXCLUDED.labels, error = EXCLUDED.error,
              idempotency_key = COALESCE(executions.idempotency_key, EXCLUDED.idempotency_key),
              state = EXCLUDED.state, created_at = EXCLUDED.created_at,
@@ -250,7 +249,7 @@ async fn upsert_executions<'r>(
              finished_at = EXCLUDED.finished_at, agent_id = EXCLUDED.agent_id,
              heartbeat_deadline = EXCLUDED.heartbeat_deadline
          WHERE executions.version < EXCLUDED.version
-            OR ($19 AND executions.version = EXCLUDED.version)
+            OR ($18 AND executions.version = EXCLUDED.version)
          RETURNING tenant_id, execution_id,
                    old.approvals IS DISTINCT FROM new.approvals AS "approvals_changed!""#,
         &tenant as _,
@@ -261,7 +260,6 @@ async fn upsert_executions<'r>(
         &offset,
         &progress,
         &current_step as _,
-        steps,
         approvals,
         labels,
         &error as _,

@@ -27,13 +27,10 @@ async fn bench_drain_throughput() {
             .expect("the database's locale");
     // The backlog is published first, so the persister's drain rate is measured alone.
     let mut backlog = support::load(&world, executions, per_execution);
-    // BENCH_HEARTBEAT_TIMEOUT=<seconds>: executions that must report within a time (DESIGN §7),
-    // so every event of a running one moves its `heartbeat_deadline`.
-    let heartbeat_timeout: u32 =
-        std::env::var("BENCH_HEARTBEAT_TIMEOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let shape = StateShape::from_env();
     for (_, event) in &mut backlog {
         if let Some(runcast_contract::v1::event::State::Execution(state)) = event.state.as_mut() {
-            state.heartbeat_timeout_seconds = heartbeat_timeout;
+            shape.apply(state);
         }
     }
     let published = world.publish(backlog).await;
@@ -106,6 +103,41 @@ async fn bench_drain_throughput() {
         total as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
     );
+}
+
+/// What the backlog's execution states carry besides the load's own fields.
+struct StateShape {
+    /// `BENCH_HEARTBEAT_TIMEOUT=<seconds>`: executions that must report within a time (DESIGN
+    /// §7), so every event of a running one moves its `heartbeat_deadline`.
+    heartbeat_timeout: u32,
+    /// `BENCH_STEPS=<n>`: every state lists `n` completed steps, as a workflow's would (every
+    /// event carries its execution's whole state, so this grows each history row and each
+    /// read-model row).
+    steps: usize,
+}
+
+impl StateShape {
+    fn from_env() -> Self {
+        fn knob<T: std::str::FromStr + Default>(name: &str) -> T {
+            std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or_default()
+        }
+        Self { heartbeat_timeout: knob("BENCH_HEARTBEAT_TIMEOUT"), steps: knob("BENCH_STEPS") }
+    }
+
+    fn apply(&self, state: &mut runcast_contract::v1::Execution) {
+        use runcast_contract::v1::{Step, StepStatus};
+        state.heartbeat_timeout_seconds = self.heartbeat_timeout;
+        state.steps = (0..self.steps)
+            .map(|n| Step {
+                step_id: format!("step-{n}"),
+                name: format!("Step {n}: build and test the component"),
+                status: StepStatus::Completed.into(),
+                started_at: state.created_at,
+                finished_at: state.updated_at,
+                ..Default::default()
+            })
+            .collect();
+    }
 }
 
 /// The server settings that decide what a commit costs: whether it is durable (`fsync`,
@@ -290,18 +322,20 @@ async fn inside_postgres(pool: &sqlx::PgPool) -> Vec<String> {
     }
     // Rows over ~2 KB are compressed or moved out of line (TOAST) at every write.
     let sizes: Option<(f64, f64, f64, f64, f64)> = sqlx::query_as(
-        "SELECT avg(pg_column_size(e.*))::float8, avg(octet_length(state))::float8, avg(pg_column_size(state))::float8,
-                avg(octet_length(steps::text))::float8, avg(pg_column_size(steps))::float8
-         FROM executions e",
+        "SELECT (SELECT avg(pg_column_size(e.*)) FROM executions e)::float8,
+                (SELECT avg(octet_length(state)) FROM executions)::float8,
+                (SELECT avg(pg_column_size(state)) FROM executions)::float8,
+                (SELECT avg(octet_length(body)) FROM events)::float8,
+                (SELECT avg(pg_column_size(body)) FROM events)::float8",
     )
     .fetch_optional(pool)
     .await
     .ok()
     .flatten();
-    if let Some((row, state, state_stored, steps, steps_stored)) = sizes {
+    if let Some((row, state, state_stored, body, body_stored)) = sizes {
         lines.push(format!(
-            "executions rows: {row:.0} bytes stored on average; state {state:.0} bytes ({state_stored:.0} stored), \
-             steps {steps:.0} bytes of JSON ({steps_stored:.0} stored)"
+            "rows: executions {row:.0} bytes stored on average, its state {state:.0} bytes ({state_stored:.0} stored); \
+             events' bodies {body:.0} bytes ({body_stored:.0} stored)"
         ));
     }
     lines

@@ -51,7 +51,6 @@ fn execution(tenant: &str, execution_id: &str, offset: i64, created: DateTime<Ut
         last_offset: offset,
         progress: 0,
         current_step: String::new(),
-        steps: "[]".into(),
         approvals: "[]".into(),
         labels: "{}".into(),
         error: String::new(),
