@@ -133,6 +133,67 @@ async fn rows_waiting_in_the_default_partition_move_into_their_day_when_it_is_cr
 /// The last release's schema: the migrations up to this version.
 const PREVIOUS_RELEASE: i64 = 20261202000001;
 
+/// A release's migrations in a directory: this build's files up to `up_to` (same checksums as
+/// the embedded ones), and `added` ones (file name, SQL) that only that release has.
+fn release_migrations(up_to: i64, added: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sources = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runcast-store/migrations");
+    for entry in std::fs::read_dir(&sources).expect("migrations") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default().to_owned();
+        let version: i64 = name.split('_').next().and_then(|v| v.parse().ok()).expect("versioned file");
+        if version <= up_to {
+            std::fs::copy(&path, dir.path().join(&name)).expect("copied");
+        }
+    }
+    for (name, sql) in added {
+        std::fs::write(dir.path().join(name), sql).expect("written");
+    }
+    dir
+}
+
+/// A rollback, or a replica of this release restarting during a rolling upgrade to the next: the
+/// next release has applied a migration this build does not know. This build's persister still
+/// starts, says why in its log, and persists events (before, it retried the migrations forever and
+/// never became ready).
+#[tokio::test]
+async fn this_release_runs_on_a_database_the_next_release_migrated_further() {
+    let world = crate::support::World::start().await;
+    const NEXT: i64 = 99991231000001;
+    let next = release_migrations(
+        i64::MAX,
+        &[(&format!("{NEXT}_next_release.sql"), "ALTER TABLE executions ADD COLUMN next_release_note text;")],
+    );
+    sqlx::migrate::Migrator::new(next.path()).await.expect("reads").run(&world.pool).await.expect("next schema");
+
+    let migrated = schema::migrate(&world.pool).await.expect("this release accepts the next one's schema");
+    assert_eq!(migrated.ahead, vec![NEXT]);
+    assert_eq!(applied_migrations(&world.pool).await.last(), Some(&NEXT), "nothing undone");
+
+    let persister = world.persister(&[]).await;
+    let subject = world.subject(runcast_contract::StreamKind::Executions, "acme", "e1");
+    let events = crate::support::execution_events("acme", "e1", 5, chrono::Utc::now().timestamp());
+    world.publish(events.into_iter().map(|event| (subject.clone(), event)).collect()).await;
+    world.wait_for_history(5).await;
+    assert!(persister.recent_log().contains("migrations of a later release"), "{}", persister.recent_log());
+}
+
+/// An applied migration this build does not know but older than its newest is no later release's:
+/// refused, by version, and nothing is applied.
+#[tokio::test]
+async fn an_unknown_migration_older_than_this_builds_newest_is_refused() {
+    let server = PostgresServer::start().await.expect("postgres");
+    let pool = fresh_database(&server).await;
+    let stray = PREVIOUS_RELEASE + 1;
+    let dir = release_migrations(PREVIOUS_RELEASE, &[(&format!("{stray}_another_build.sql"), "SELECT 1;")]);
+    sqlx::migrate::Migrator::new(dir.path()).await.expect("reads").run(&pool).await.expect("another build's");
+    let before = applied_migrations(&pool).await;
+
+    let err = schema::migrate(&pool).await.expect_err("refused");
+    assert!(err.to_string().contains(&format!("migration {stray} is applied")), "{err}");
+    assert_eq!(applied_migrations(&pool).await, before, "nothing applied");
+}
+
 /// An upgrade: a database migrated by the previous release and holding its rows (history in a day
 /// partition and in the default one, an execution with an approval) takes this release's
 /// migrations, which rebuild the history's key and drop `approvals.version`, and loses nothing.
@@ -140,17 +201,7 @@ const PREVIOUS_RELEASE: i64 = 20261202000001;
 async fn an_upgrade_keeps_every_row_of_a_populated_database() {
     let server = PostgresServer::start().await.expect("postgres");
     let pool = fresh_database(&server).await;
-    // The previous release's migrations, from their files (same checksums as the embedded ones).
-    let previous = tempfile::tempdir().expect("temp dir");
-    let sources = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runcast-store/migrations");
-    for entry in std::fs::read_dir(&sources).expect("migrations") {
-        let path = entry.expect("entry").path();
-        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default().to_owned();
-        let version: i64 = name.split('_').next().and_then(|v| v.parse().ok()).expect("versioned file");
-        if version <= PREVIOUS_RELEASE {
-            std::fs::copy(&path, previous.path().join(&name)).expect("copied");
-        }
-    }
+    let previous = release_migrations(PREVIOUS_RELEASE, &[]);
     sqlx::migrate::Migrator::new(previous.path()).await.expect("reads").run(&pool).await.expect("previous schema");
     schema::ensure_partitions(&pool, 1).await.expect("partitions");
     sqlx::raw_sql(
