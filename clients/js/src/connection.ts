@@ -94,7 +94,7 @@ export class Connection {
   private opening: number | undefined;
   private readonly opts: Required<Pick<ConnectionOptions, "transport" | "random" | "connectTimeoutMs" | "maxAttempts">> & ConnectionOptions;
   /** Counters for diagnostics and tests. */
-  readonly stats = { connects: 0, websocketFailures: 0, sseConnects: 0, duplicatesDropped: 0, resets: 0, upgrades: 0 };
+  readonly stats = { connects: 0, websocketFailures: 0, sseConnects: 0, duplicatesDropped: 0, resets: 0, reloadFailures: 0, upgrades: 0 };
 
   constructor(options: ConnectionOptions) {
     this.opts = { transport: "auto", random: Math.random, connectTimeoutMs: 10000, maxAttempts: Infinity, upgradeIntervalMs: 60000, ...options };
@@ -427,7 +427,8 @@ export class Connection {
         if (!sub) return;
         const { wasReload } = sub.onSubscribed(message);
         sub.options.onSubscribed?.(message);
-        if (message.recovered === false && !wasReload) void this.reset(sub, transport, gen, message.reason);
+        // A reload cut short by a reconnect is still owed: the cursor already follows the head.
+        if ((message.recovered === false && !wasReload) || sub.reloadPending) void this.reset(sub, transport, gen, message.reason);
         return;
       }
       case "snapshot":
@@ -491,13 +492,27 @@ export class Connection {
     this.stats.resets++;
     if (!sub.options.onReset) return; // keep the live subscription, nothing to reload
     sub.status = "resetting";
+    sub.reloadPending = true;
+    const current = () => gen === this.generation && this.subs.get(sub.channel) === sub;
     let offset: number | undefined;
-    try {
-      offset = (await sub.options.onReset("not_recovered", cause)) ?? undefined;
-    } catch {
-      offset = undefined;
+    // A failed reload (the API unreachable) is retried with backoff, events dropped meanwhile:
+    // going live without it would leave what changed in the gap stale, silently. Cut short by a
+    // reconnect, it stays pending and runs again on the next `subscribed`.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        offset = (await sub.options.onReset("not_recovered", cause)) ?? undefined;
+        break;
+      } catch (err) {
+        this.stats.reloadFailures++;
+        const delay = backoffDelay(attempt, this.opts.backoff, this.opts.random);
+        console.warn(`runcast: reloading ${sub.channel} after an unrecoverable resume failed (${(err as Error)?.message ?? err}); retrying in ${delay} ms`);
+        if (!current()) return;
+        await new Promise<void>((resolve) => this.timers.set(resolve, delay));
+        if (!current()) return;
+      }
     }
-    if (gen !== this.generation || this.subs.get(sub.channel) !== sub) return;
+    if (!current()) return;
+    sub.reloadPending = false;
     if (offset === undefined) {
       sub.status = "active";
       return;

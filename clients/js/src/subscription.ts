@@ -67,6 +67,9 @@ export class Subscription {
   /** Set while a reload's resubscribe is in flight: a second `recovered: false` right after a
    * reload continues live instead of reloading again (no reload loop). */
   reloaded = false;
+  /** Set from a `recovered: false` until the application's reload (`onReset`) has returned: the
+   * cursor follows the gateway's head meanwhile, so a reconnect must not forget the reload. */
+  reloadPending = false;
   /** Resolves with the first `subscribed`; rejects with a {@link RuncastSubscriptionError} when
    * the gateway refuses the subscription (e.g. a typo in the channel). */
   readonly ready: Promise<SubscribedMessage>;

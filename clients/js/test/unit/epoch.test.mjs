@@ -84,6 +84,59 @@ test("recovered:false (epoch_changed) reloads once with the reason, resumes in t
   conn.close();
 });
 
+test("a reload that fails is retried with backoff, events dropped meanwhile; one cut short by a reconnect runs after the next subscribed", async () => {
+  const { clock, WS, conn } = setup();
+  const got = [];
+  let calls = 0;
+  let apiDown = true;
+  const warn = console.warn;
+  console.warn = () => {};
+  try {
+    conn.subscribe("executions", {
+      sinceOffset: 50,
+      onEvent: (m) => got.push(m.offset),
+      onReset: async () => {
+        calls++;
+        if (apiDown) throw new Error("the API is unreachable");
+        return 60;
+      },
+    });
+    const ws = await opened(WS);
+    ws.deliver({ type: "subscribed", channel: "executions", offset: 70, epoch: NEW, recovered: false, reason: "too_old", replayed: 0 });
+    await flush();
+    assert.equal(calls, 1);
+    ws.event("executions", 71);
+    assert.deepEqual(got, [], "not live while the reload is owed: 51..70 would be missing from what it shows");
+    await clock.advance(1000);
+    assert.equal(calls, 2, "retried after a backoff");
+    // The connection drops while the API is still down: the cursor is at the head (70), the
+    // reload is still owed.
+    ws.drop(1006);
+    await clock.advance(1000);
+    const ws2 = await opened(WS, 1);
+    assert.equal(ws2.subscribes()[0].since_offset, 70);
+    ws2.deliver({ type: "subscribed", channel: "executions", offset: 72, epoch: NEW, recovered: true, replayed: 2 });
+    await flush();
+    assert.equal(calls, 3, "the owed reload runs after the resume");
+    ws2.event("executions", 72);
+    assert.deepEqual(got, [], "still not live");
+    apiDown = false;
+    await clock.advance(4000);
+    assert.equal(calls, 4);
+    assert.deepEqual(ws2.sent.at(-1), { type: "unsubscribe", channel: "executions" });
+    ws2.deliver({ type: "unsubscribed", channel: "executions" });
+    assert.deepEqual(ws2.sent.at(-1), { type: "subscribe", channel: "executions", id: "executions", since_offset: 60, since_epoch: NEW });
+    ws2.deliver({ type: "subscribed", channel: "executions", offset: 72, epoch: NEW, recovered: true, replayed: 12 });
+    ws2.event("executions", 61);
+    assert.deepEqual(got, [61], "from the reload's position on");
+    assert.equal(conn.stats.reloadFailures, 3);
+    assert.equal(conn.stats.resets, 2);
+  } finally {
+    console.warn = warn;
+    conn.close();
+  }
+});
+
 test("recovered:false without onReset continues live from the gateway's head", async () => {
   const { WS, conn } = setup();
   const got = [];
