@@ -158,6 +158,8 @@ const LATENCY: &[Metric] = &[
     metric("max latency to the socket, ms", |o| Some(ms(o.wire_max_us)), two_decimals),
     metric("p50 latency to the client's read, ms", |o| Some(ms(o.p50_us)), two_decimals),
     metric("p99 latency to the client's read, ms", |o| Some(ms(o.p99_us)), two_decimals),
+    // One frame per wake-up at this rate: what each connection's wake-up costs, beside (a)'s batches.
+    metric("server CPU µs per delivery", Outcome::cpu_us_per_delivery, two_decimals),
     metric("gaps / duplicates / still on their way at the end", |o| Some(o.faults() as f64), thousands),
 ];
 

@@ -22,8 +22,9 @@
 //! squeezed out once they outnumber the frames (amortised O(1)).
 
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -179,8 +180,12 @@ struct State {
     coalescable: HashMap<CoalesceKey, u64>,
     overflowed: bool,
     closing: bool,
-    /// Last offset handed to the transport, per subscription: where a resync resumes from.
-    delivered: HashMap<u64, u64>,
+    /// Last offset handed to the transport, per subscription: where a resync resumes from. A
+    /// list: a connection holds a few subscriptions, and this is updated for every frame written.
+    delivered: Vec<(u64, u64)>,
+    /// A replay waits for room (`push_event_waiting`): the next pop wakes it. Without a waiter a
+    /// pop does not touch `room`, whose wake-up takes a lock for every frame written.
+    wants_room: bool,
 }
 
 impl State {
@@ -193,6 +198,13 @@ impl State {
         let seq = self.first_seq + self.frames.len() as u64;
         self.frames.push_back(Some(frame));
         seq
+    }
+
+    fn record_delivered(&mut self, subscription: u64, offset: u64) {
+        match self.delivered.iter_mut().find(|(known, _)| *known == subscription) {
+            Some((_, last)) => *last = offset,
+            None => self.delivered.push((subscription, offset)),
+        }
     }
 
     /// The first frame and its sequence number.
@@ -237,12 +249,39 @@ impl State {
     }
 }
 
+/// "Frames may be waiting", for the queue's one transport: a flag and its waker. Set for every
+/// frame queued, so cheaper than a `Notify`, which takes a lock to wake a waiter.
+#[derive(Default)]
+struct Ready {
+    set: AtomicBool,
+    transport: AtomicWaker,
+}
+
+impl Ready {
+    fn set(&self) {
+        self.set.store(true, Ordering::Release);
+        self.transport.wake();
+    }
+
+    fn poll_take(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.set.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        self.transport.register(cx.waker());
+        // Set between the first look and the registration: its wake-up may have missed us.
+        if self.set.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
+    }
+}
+
 pub struct Outbound {
     state: Mutex<State>,
     capacity: usize,
     max_bytes: usize,
     /// Wakes the transport: frames are queued, or the queue is closing.
-    ready: Notify,
+    ready: Ready,
     /// Wakes the session: the queue overflowed.
     overflow: Notify,
     /// Wakes a replay waiting for room.
@@ -265,7 +304,7 @@ impl Outbound {
             state: Mutex::new(State::default()),
             capacity: capacity.max(1),
             max_bytes: max_bytes.max(1),
-            ready: Notify::new(),
+            ready: Ready::default(),
             overflow: Notify::new(),
             room: Notify::new(),
             peer_seen_ms: AtomicU64::new(0),
@@ -342,7 +381,7 @@ impl Outbound {
             state.coalescable.insert(key, seq);
         }
         drop(state);
-        self.ready.notify_one();
+        self.ready.set();
         Pushed::Queued
     }
 
@@ -355,7 +394,7 @@ impl Outbound {
             tokio::pin!(room);
             room.as_mut().enable();
             {
-                let state = self.lock();
+                let mut state = self.lock();
                 if state.overflowed || state.closing {
                     return None;
                 }
@@ -366,6 +405,7 @@ impl Outbound {
                         Pushed::Overflowed | Pushed::Dropped => None,
                     };
                 }
+                state.wants_room = true;
             }
             room.await;
         }
@@ -402,7 +442,7 @@ impl Outbound {
         state.control_bytes += frame.payload.len();
         state.push_back(frame);
         drop(state);
-        self.ready.notify_one();
+        self.ready.set();
         true
     }
 
@@ -415,7 +455,7 @@ impl Outbound {
         state.closing = true;
         state.push_back(Frame { payload: Payload::empty(), kind: FrameKind::Close { code, reason } });
         drop(state);
-        self.ready.notify_one();
+        self.ready.set();
         self.room.notify_waiters();
     }
 
@@ -449,13 +489,14 @@ impl Outbound {
                         state.coalescable.remove(&key);
                     }
                 }
-                state.delivered.insert(meta.subscription, meta.offset);
+                state.record_delivered(meta.subscription, meta.offset);
             } else {
                 state.control_bytes -= frame.payload.len();
             }
             into.push(frame);
         }
         let left = state.queued() > 0;
+        let room_made = taken > 0 && std::mem::take(&mut state.wants_room);
         if !left {
             // Drained: an idle connection keeps no queue memory (one allocation per burst).
             state.frames = VecDeque::new();
@@ -463,19 +504,20 @@ impl Outbound {
             state.coalescable = HashMap::new();
         }
         drop(state);
-        if taken > 0 {
+        if room_made {
             self.room.notify_waiters();
         }
         if left && taken < max && taken_bytes >= max_bytes {
             // Frames are left: the transport comes back for them without another wake-up.
-            self.ready.notify_one();
+            self.ready.set();
         }
         left
     }
 
-    /// Resolves when frames may be waiting (a stored permit makes a missed wake-up impossible).
+    /// Resolves when frames may be waiting (a stored flag makes a missed wake-up impossible).
+    /// One transport waits on a queue: a second waiter would take the first one's place.
     pub async fn ready(&self) {
-        self.ready.notified().await;
+        std::future::poll_fn(|cx| self.ready.poll_take(cx)).await;
     }
 
     pub fn has_frames(&self) -> bool {
@@ -494,7 +536,7 @@ impl Outbound {
             return None;
         }
         state.overflowed = false;
-        Some(state.delivered.clone())
+        Some(state.delivered.iter().copied().collect())
     }
 
     /// Overflows on behalf of a subscription whose replay buffer filled up: same outcome (resync).
@@ -516,7 +558,7 @@ impl Outbound {
 
     /// Forgets a subscription's delivered offset (it was unsubscribed).
     pub fn forget(&self, subscription: u64) {
-        self.lock().delivered.remove(&subscription);
+        self.lock().delivered.retain(|(known, _)| *known != subscription);
     }
 
     pub fn len(&self) -> usize {

@@ -16,6 +16,7 @@ use axum::extract::{Query, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use futures::future::Either;
+use futures::task::AtomicWaker;
 use futures::{FutureExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use runcast_runtime::auth::json_error;
@@ -23,6 +24,8 @@ use runcast_runtime::ops::HandshakePlace;
 use serde::Deserialize;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Wake;
 use std::time::Duration;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio_tungstenite::WebSocketStream;
@@ -188,9 +191,63 @@ fn serve(
         writer,
         writer_done: false,
         phase: Phase::Session { session },
+        wakes: Halves::default(),
         write_timeout: times.write_timeout,
         closed,
         admission: Some(admission),
+    }
+}
+
+/// One half of a connection's task (the writer, or the session): whether it was woken since it
+/// was last polled, and the task to wake for it.
+#[derive(Debug)]
+struct HalfWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for HalfWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// The two halves' wake-ups, so the task polls only the half that was woken: a live event wakes
+/// the writers of thousands of connections at once, and polling each one's session as well (its
+/// socket read, its cancellation tokens, its timer, its span) cost about as much as the write
+/// (`perf` of the fan-out bench's (c)).
+#[derive(Debug)]
+struct Halves {
+    writer: Arc<HalfWake>,
+    session: Arc<HalfWake>,
+}
+
+impl Default for Halves {
+    fn default() -> Self {
+        // Both run at the first poll.
+        let half = || Arc::new(HalfWake { woken: AtomicBool::new(true), task: AtomicWaker::new() });
+        Self { writer: half(), session: half() }
+    }
+}
+
+impl Halves {
+    fn register(&self, task: &std::task::Waker) {
+        self.writer.task.register(task);
+        self.session.task.register(task);
+    }
+
+    /// Polls `future` with `half`'s waker if `half` was woken; `None` if it was not.
+    fn poll<F: Future>(half: &Arc<HalfWake>, future: std::pin::Pin<&mut F>) -> Option<std::task::Poll<F::Output>> {
+        if !half.woken.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        let waker = std::task::Waker::from(half.clone());
+        Some(future.poll(&mut std::task::Context::from_waker(&waker)))
     }
 }
 
@@ -205,6 +262,7 @@ pin_project_lite::pin_project! {
         writer_done: bool,
         #[pin]
         phase: Phase<S>,
+        wakes: Halves,
         write_timeout: Duration,
         closed: CancellationToken,
         admission: Option<Admission>,
@@ -227,15 +285,16 @@ impl<S: Future<Output = ()>, W: Future<Output = ()>> Future for Connection<S, W>
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         use std::task::Poll;
         let mut this = self.project();
+        this.wakes.register(cx.waker());
         // A writer that stops (write error or timeout, close frame written) cancels `closed`,
         // which ends the session.
-        if !*this.writer_done && this.writer.as_mut().poll(cx).is_ready() {
+        if !*this.writer_done && Halves::poll(&this.wakes.writer, this.writer.as_mut()).is_some_and(|p| p.is_ready()) {
             *this.writer_done = true;
         }
         loop {
             match this.phase.as_mut().project() {
                 PhaseProjection::Session { session } => {
-                    if session.poll(cx).is_pending() {
+                    if !Halves::poll(&this.wakes.session, session).is_some_and(|p| p.is_ready()) {
                         return Poll::Pending;
                     }
                     if *this.writer_done {
@@ -303,10 +362,17 @@ fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
         // Grown on demand and released after each burst: an idle connection holds no batch memory.
         let mut batch = Vec::new();
         let meters = WriterMeters::new(Transport::WebSocket);
+        // Made once: a new one at every wake-up would register with the token and unregister
+        // again, under its lock.
+        let cancelled = closed.cancelled();
+        tokio::pin!(cancelled);
         loop {
+            // Queued frames first: then a wake-up for them polls neither the token nor the timer.
+            // While frames keep coming the ping waits, which a peer that reads them does not need.
             tokio::select! {
-                _ = closed.cancelled() => return,
+                biased;
                 _ = outbound.ready() => {}
+                _ = &mut cancelled => return,
                 _ = ping.tick() => {
                     let idle = outbound.peer_silent_for();
                     if idle > dead_after {
