@@ -40,6 +40,7 @@ mod session;
 mod sse;
 mod upgrade;
 mod upstream;
+mod wake_flag;
 mod ws;
 mod ws_wire;
 

@@ -21,10 +21,10 @@
 //! slot instead of being removed from the middle of the queue. Holes are skipped when popped and
 //! squeezed out once they outnumber the frames (amortised O(1)).
 
+use crate::wake_flag::WakeFlag;
 use bytes::Bytes;
-use futures::task::AtomicWaker;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -249,39 +249,12 @@ impl State {
     }
 }
 
-/// "Frames may be waiting", for the queue's one transport: a flag and its waker. Set for every
-/// frame queued, so cheaper than a `Notify`, which takes a lock to wake a waiter.
-#[derive(Default)]
-struct Ready {
-    set: AtomicBool,
-    transport: AtomicWaker,
-}
-
-impl Ready {
-    fn set(&self) {
-        self.set.store(true, Ordering::Release);
-        self.transport.wake();
-    }
-
-    fn poll_take(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.set.swap(false, Ordering::AcqRel) {
-            return std::task::Poll::Ready(());
-        }
-        self.transport.register(cx.waker());
-        // Set between the first look and the registration: its wake-up may have missed us.
-        if self.set.swap(false, Ordering::AcqRel) {
-            return std::task::Poll::Ready(());
-        }
-        std::task::Poll::Pending
-    }
-}
-
 pub struct Outbound {
     state: Mutex<State>,
     capacity: usize,
     max_bytes: usize,
-    /// Wakes the transport: frames are queued, or the queue is closing.
-    ready: Ready,
+    /// Wakes the transport (the queue's one waiter): frames are queued, or the queue is closing.
+    ready: WakeFlag,
     /// Wakes the session: the queue overflowed.
     overflow: Notify,
     /// Wakes a replay waiting for room.
@@ -304,7 +277,7 @@ impl Outbound {
             state: Mutex::new(State::default()),
             capacity: capacity.max(1),
             max_bytes: max_bytes.max(1),
-            ready: Ready::default(),
+            ready: WakeFlag::default(),
             overflow: Notify::new(),
             room: Notify::new(),
             peer_seen_ms: AtomicU64::new(0),

@@ -10,13 +10,13 @@ use crate::protocol::{CloseCode, ErrorCode, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL,
 use crate::series::WriterMeters;
 use crate::session::{Inbound, Session};
 use crate::upgrade::{self, NotAHandshake};
+use crate::wake_flag::WakeFlag;
 use crate::ws_wire::{RepliesDropped, write_frames};
 use axum::Extension;
 use axum::extract::{Query, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use futures::future::Either;
-use futures::task::AtomicWaker;
 use futures::{FutureExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use runcast_runtime::auth::json_error;
@@ -24,8 +24,6 @@ use runcast_runtime::ops::HandshakePlace;
 use serde::Deserialize;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Wake;
 use std::time::Duration;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio_tungstenite::WebSocketStream;
@@ -198,52 +196,32 @@ fn serve(
     }
 }
 
-/// One half of a connection's task (the writer, or the session): whether it was woken since it
-/// was last polled, and the task to wake for it.
-#[derive(Debug)]
-struct HalfWake {
-    woken: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for HalfWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
 /// The two halves' wake-ups, so the task polls only the half that was woken: a live event wakes
 /// the writers of thousands of connections at once, and polling each one's session as well (its
 /// socket read, its cancellation tokens, its timer, its span) cost about as much as the write
 /// (`perf` of the fan-out bench's (c)).
 #[derive(Debug)]
 struct Halves {
-    writer: Arc<HalfWake>,
-    session: Arc<HalfWake>,
+    writer: Arc<WakeFlag>,
+    session: Arc<WakeFlag>,
 }
 
 impl Default for Halves {
     fn default() -> Self {
         // Both run at the first poll.
-        let half = || Arc::new(HalfWake { woken: AtomicBool::new(true), task: AtomicWaker::new() });
-        Self { writer: half(), session: half() }
+        Self { writer: Arc::new(WakeFlag::raised()), session: Arc::new(WakeFlag::raised()) }
     }
 }
 
 impl Halves {
     fn register(&self, task: &std::task::Waker) {
-        self.writer.task.register(task);
-        self.session.task.register(task);
+        self.writer.register(task);
+        self.session.register(task);
     }
 
     /// Polls `future` with `half`'s waker if `half` was woken; `None` if it was not.
-    fn poll<F: Future>(half: &Arc<HalfWake>, future: std::pin::Pin<&mut F>) -> Option<std::task::Poll<F::Output>> {
-        if !half.woken.swap(false, Ordering::AcqRel) {
+    fn poll<F: Future>(half: &Arc<WakeFlag>, future: std::pin::Pin<&mut F>) -> Option<std::task::Poll<F::Output>> {
+        if !half.take() {
             return None;
         }
         let waker = std::task::Waker::from(half.clone());
