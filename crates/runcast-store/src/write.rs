@@ -1,6 +1,6 @@
 //! The writes: one transaction per batch, one bulk `INSERT … SELECT FROM UNNEST(…)` per table
-//! (about as fast as COPY here, and unlike COPY it takes `ON CONFLICT`, which is what makes every
-//! write idempotent):
+//! (unlike COPY it takes `ON CONFLICT`, which is what makes every write idempotent; a binary COPY
+//! of the history costs PostgreSQL less CPU per row but drained no faster, docs/benchmarks.md):
 //!
 //! - `events`: a plain `INSERT` first, and only when it meets a row already there (a redelivery) the
 //!   whole batch again with `ON CONFLICT DO NOTHING`: the conflict check costs every row a second
