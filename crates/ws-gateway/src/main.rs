@@ -9,7 +9,7 @@ use ws_gateway::{Application, Config, SERVICE};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    ws_gateway::allocator::configure();
+    let allocator = ws_gateway::allocator::configure();
     let config: Config = config::parse_or_exit();
     let runtime = match ws_gateway::scheduler::builder().build() {
         Ok(runtime) => runtime,
@@ -20,6 +20,9 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         let _telemetry = telemetry::init(&config.telemetry, SERVICE);
+        if let Err(err) = allocator {
+            tracing::warn!(%err, "cannot turn transparent huge pages off: fan-out bursts may stall on 2 MiB page faults");
+        }
         let result = match Application::build(config).await {
             Ok(app) => app.run_until_stopped(shutdown::on_signal()).await,
             Err(err) => Err(err),
