@@ -1,5 +1,5 @@
 use event_persister::{Application, Cli, Command};
-use runcast_runtime::{config, shutdown, telemetry};
+use runcast_runtime::{allocator, config, shutdown, telemetry};
 use std::process::ExitCode;
 
 // Decoding and batching allocate many small buffers: glibc malloc was 7 % of the drain's CPU.
@@ -8,8 +8,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let allocator = allocator::configure(None);
     let cli: Cli = config::parse_or_exit();
     let _telemetry = telemetry::init(&cli.config.telemetry, event_persister::SERVICE);
+    allocator.report();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Migrate => event_persister::schema::migrate_once(&cli.config).await,
         Command::Rebuild { reset, page_size } => event_persister::rebuild_once(&cli.config, page_size, reset).await,

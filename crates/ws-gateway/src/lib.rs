@@ -23,10 +23,8 @@
 //! - [`dashboard`]: the live dashboard at `/`, embedded at build time.
 //! - [`series`]: every metric, described and at zero from the start.
 //! - [`scheduler`]: the Tokio runtime, tuned so live writes are not starved by a reconnect storm.
-//! - [`allocator`]: mimalloc's purge delay, 10 ms instead of mimalloc 3's 1 s.
 //! - [`Application`]: wiring — listener, NATS, provisioning, consumers, graceful drain.
 
-pub mod allocator;
 pub mod channel;
 pub mod dashboard;
 mod gateway;

@@ -1,4 +1,4 @@
-use runcast_runtime::{config, shutdown, telemetry};
+use runcast_runtime::{allocator, config, shutdown, telemetry};
 use std::process::ExitCode;
 use ws_gateway::{Application, Config, SERVICE};
 
@@ -9,7 +9,8 @@ use ws_gateway::{Application, Config, SERVICE};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let allocator = ws_gateway::allocator::configure();
+    // Pages purged 10 ms after their free: an idle replica holds no memory a burst freed.
+    let allocator = allocator::configure(Some(10));
     let config: Config = config::parse_or_exit();
     let runtime = match ws_gateway::scheduler::builder().build() {
         Ok(runtime) => runtime,
@@ -20,9 +21,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         let _telemetry = telemetry::init(&config.telemetry, SERVICE);
-        if let Err(err) = allocator {
-            tracing::warn!(%err, "cannot turn transparent huge pages off: fan-out bursts may stall on 2 MiB page faults");
-        }
+        allocator.report();
         let result = match Application::build(config).await {
             Ok(app) => app.run_until_stopped(shutdown::on_signal()).await,
             Err(err) => Err(err),
