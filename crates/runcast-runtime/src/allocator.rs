@@ -78,8 +78,19 @@ pub fn configure(purge_delay_ms: Option<c_long>) -> Configured {
     if let Some(delay) = purge_delay_ms {
         PURGE_DELAY.apply(delay);
     }
-    let huge_pages_off = if ALLOW_THP.apply(0) { nix::sys::prctl::set_thp_disable(true) } else { Ok(()) };
+    let huge_pages_off = if ALLOW_THP.apply(0) { huge_pages_off_for_the_process() } else { Ok(()) };
     Configured { huge_pages_off }
+}
+
+#[cfg(target_os = "linux")]
+fn huge_pages_off_for_the_process() -> Result<(), nix::Error> {
+    nix::sys::prctl::set_thp_disable(true)
+}
+
+/// Transparent huge pages are Linux's: elsewhere mimalloc's option is all there is.
+#[cfg(not(target_os = "linux"))]
+fn huge_pages_off_for_the_process() -> Result<(), nix::Error> {
+    Ok(())
 }
 
 #[cfg(test)]
@@ -115,6 +126,7 @@ mod tests {
 
         assert!(configured.huge_pages_off.is_ok(), "{configured:?}");
         assert_eq!((current(PURGE_DELAY), current(ALLOW_THP)), (purge_after, thp_after), "after");
+        #[cfg(target_os = "linux")]
         if ALLOW_THP.operator_value().is_none() {
             assert!(nix::sys::prctl::get_thp_disable().expect("readable flag"), "THP off for the process");
         }
