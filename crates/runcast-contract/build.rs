@@ -34,7 +34,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         // `state` is the entity itself in JSON (see json.rs): an execution or an agent. Serde impls
         // are hand-written; `untagged` here only tells the schema so.
-        .enum_attribute(".runcast.v1.Event.state", "#[derive(utoipa::ToSchema)] #[serde(untagged)]");
+        .enum_attribute(".runcast.v1.Event.state", "#[derive(utoipa::ToSchema)] #[serde(untagged)]")
+        // Most events have none: their JSON (every frame a gateway fans out) stays as it was.
+        .field_attribute(".runcast.v1.Event.request_id", "#[serde(skip_serializing_if = \"String::is_empty\")]");
 
     for file in &fds.file {
         for message in &file.message_type {

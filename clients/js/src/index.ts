@@ -8,6 +8,6 @@ export {
 export { ChannelCursor, Subscription, type SubscribeOptions } from "./subscription.js";
 export type { TransportKind } from "./transport/transport.js";
 export type { WebSocketFactory, WebSocketLike } from "./transport/websocket.js";
-export { RestClient, type RestOptions, type ListExecutionsQuery, type ListEventsQuery } from "./rest.js";
+export { RestClient, type RestOptions, type ListExecutionsQuery, type ListEventsQuery, type CommandOptions } from "./rest.js";
 export { RuncastStore, type StoreOptions } from "./store.js";
 export { RuncastClient, createClient, filterExecutions, type ClientOptions, type Watch, type WatchExecutionsOptions } from "./client.js";

@@ -27,6 +27,21 @@ export interface ListEventsQuery {
   cursor?: string;
 }
 
+/** Options of a command that changes an execution. */
+export interface CommandOptions {
+  /**
+   * The caller's id for this change (1 to 64 of A-Z a-z 0-9 _ -; a UUID fits). Sending the command
+   * again with the same id after a lost answer applies it once and answers the execution as the
+   * first try left it; the event it made carries the id (`request_id`) on the live stream.
+   */
+  requestId?: string;
+}
+
+/** A command's JSON body with the `request_id` of its options, when given. */
+function commandBody(fields: Record<string, unknown>, options: CommandOptions): Record<string, unknown> {
+  return options.requestId === undefined ? fields : { ...fields, request_id: options.requestId };
+}
+
 export class RestClient {
   constructor(private readonly options: RestOptions) {}
 
@@ -77,20 +92,21 @@ export class RestClient {
     return this.request("POST", "/executions", input);
   }
 
-  cancelExecution(id: string, reason = ""): Promise<Execution> {
-    return this.request("POST", `/executions/${encodeURIComponent(id)}/cancel`, { reason });
+  cancelExecution(id: string, reason = "", options: CommandOptions = {}): Promise<Execution> {
+    return this.request("POST", `/executions/${encodeURIComponent(id)}/cancel`, commandBody({ reason }, options));
   }
 
-  pauseExecution(id: string, reason = ""): Promise<Execution> {
-    return this.request("POST", `/executions/${encodeURIComponent(id)}/pause`, { reason });
+  pauseExecution(id: string, reason = "", options: CommandOptions = {}): Promise<Execution> {
+    return this.request("POST", `/executions/${encodeURIComponent(id)}/pause`, commandBody({ reason }, options));
   }
 
-  resumeExecution(id: string, reason = ""): Promise<Execution> {
-    return this.request("POST", `/executions/${encodeURIComponent(id)}/resume`, { reason });
+  resumeExecution(id: string, reason = "", options: CommandOptions = {}): Promise<Execution> {
+    return this.request("POST", `/executions/${encodeURIComponent(id)}/resume`, commandBody({ reason }, options));
   }
 
-  resolveApproval(id: string, approvalId: string, granted: boolean, comment = ""): Promise<Execution> {
-    return this.request("POST", `/executions/${encodeURIComponent(id)}/approvals/${encodeURIComponent(approvalId)}`, { granted, comment });
+  resolveApproval(id: string, approvalId: string, granted: boolean, comment = "", options: CommandOptions = {}): Promise<Execution> {
+    const path = `/executions/${encodeURIComponent(id)}/approvals/${encodeURIComponent(approvalId)}`;
+    return this.request("POST", path, commandBody({ granted, comment }, options));
   }
 
   listEvents(query: ListEventsQuery = {}): Promise<ListResponse<RuncastEvent>> {

@@ -97,6 +97,8 @@ export interface RuncastEvent {
   payload?: Record<string, any>;
   /** The entity's whole state after the event; absent on `log.appended`. */
   state?: Execution | Agent;
+  /** The `request_id` of the command that made the event, when its caller gave one. */
+  request_id?: string;
 }
 
 // --- the gateway's wire protocol (docs/protocol.md; crates/runcast-contract/src/gateway/, whose

@@ -107,7 +107,7 @@ pub(crate) async fn publish(
         state: Some(event::State::Agent(agent)),
         ..Default::default()
     };
-    store.append(StreamKind::Agents, tenant, agent_id, event, expected).await
+    store.append(StreamKind::Agents, tenant, agent_id, event, expected).await.map(|appended| appended.sequence)
 }
 
 pub(crate) async fn heartbeat(

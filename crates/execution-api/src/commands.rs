@@ -74,6 +74,16 @@ enum Fallback {
     Required,
 }
 
+/// What a caller attaches to a change besides the command.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteOptions {
+    /// The change applies only if the execution is at this version.
+    pub expected_version: Option<u64>,
+    /// The caller's id for this change: a retry with the same id (the answer to the first try was
+    /// lost) applies it once and answers the execution as the first try left it.
+    pub request_id: Option<EntityId>,
+}
+
 /// Random jitter between retries so racing writers spread out.
 fn backoff(attempt: u32) -> Duration {
     let jitter = RandomState::new().hash_one(attempt) % 4;
@@ -90,17 +100,40 @@ pub struct Executions {
     archived: Option<ArchivedExecutions>,
     /// How long the streams keep an event (`RUNCAST_STREAM_MAX_AGE`).
     stream_max_age: Duration,
+    /// How long JetStream remembers a message id (`RUNCAST_STREAM_DUPLICATE_WINDOW`): how long a
+    /// request id makes a retry safe.
+    duplicate_window: Duration,
 }
+
+/// The streams' default duplicate window, for an `Executions` built without one.
+const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 impl Executions {
     pub fn new(store: EventStore) -> Self {
-        Self { store, read_model: None, archived: None, stream_max_age: Duration::MAX }
+        Self {
+            store,
+            read_model: None,
+            archived: None,
+            stream_max_age: Duration::MAX,
+            duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+        }
     }
 
     /// Starts the task that batches read-model lookups: call it on a Tokio runtime.
     pub fn with_read_model(store: EventStore, pool: runcast_store::PgPool, stream_max_age: Duration) -> Self {
         let archived = ArchivedExecutions::spawn(pool.clone(), READ_MODEL_TIMEOUT);
-        Self { store, read_model: Some(pool), archived: Some(archived), stream_max_age }
+        Self {
+            store,
+            read_model: Some(pool),
+            archived: Some(archived),
+            stream_max_age,
+            duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+        }
+    }
+
+    /// The streams' duplicate window, within which a request id makes a retry safe.
+    pub fn with_duplicate_window(self, duplicate_window: Duration) -> Self {
+        Self { duplicate_window, ..self }
     }
 
     pub fn read_model(&self) -> Option<&runcast_store::PgPool> {
@@ -187,18 +220,18 @@ impl Executions {
             .ok_or_else(|| ApiError::not_found(format!("execution {execution_id}")))
     }
 
-    /// Applies `command` to the execution. `expected_version`, when given, must be the version the
-    /// execution is at. A `Create` of an execution that exists returns it unchanged (idempotency).
+    /// Applies `command` to the execution, as `options` allow. A `Create` of an execution that
+    /// exists returns it unchanged (idempotency).
     pub async fn execute(
         &self,
         tenant: &EntityId,
         execution_id: &EntityId,
         command: Command,
-        expected_version: Option<u64>,
+        options: WriteOptions,
     ) -> Result<Execution, ApiError> {
         let name = command.name();
         let started = std::time::Instant::now();
-        let outcome = self.decide_and_append(tenant, execution_id, command, expected_version).await;
+        let outcome = self.decide_and_append(tenant, execution_id, command, options).await;
         let result = match &outcome {
             Ok(_) => "ok",
             Err(err) => err.code_name(),
@@ -213,8 +246,9 @@ impl Executions {
         tenant: &EntityId,
         execution_id: &EntityId,
         command: Command,
-        expected_version: Option<u64>,
+        options: WriteOptions,
     ) -> Result<Execution, ApiError> {
+        let WriteOptions { expected_version, request_id } = options;
         // An idempotency key maps to its execution "for as long as it exists": also after the
         // stream dropped its events, when only the read model still has it.
         let fallback = match &command {
@@ -237,11 +271,20 @@ impl Executions {
             let current = latest.as_ref().map(|latest| &latest.execution);
             let confirmed = latest.as_ref().map_or(self.store.is_exact(read), |latest| latest.exact);
             read = Read::Leader;
+            // A retry whose first try is the execution's last event: answered without a change.
+            if let (Some(request_id), Some(latest)) = (&request_id, &latest)
+                && latest.last_event.as_ref().is_some_and(|last| last.request_id == request_id.as_str())
+            {
+                return Ok(latest.execution.clone());
+            }
             if let (Some(expected), Some(current)) = (expected_version, current)
                 && current.version != expected
             {
                 if !confirmed {
                     continue;
+                }
+                if let Some(earlier) = self.earlier_request(tenant, execution_id, request_id.as_ref()).await? {
+                    return Ok(earlier);
                 }
                 return Err(ApiError::new(
                     ApiErrorKind::Aborted,
@@ -255,6 +298,16 @@ impl Executions {
             let change = match decide(current, &command, now) {
                 Ok(change) => change,
                 Err(_) if !confirmed => continue,
+                // A retry whose first try changed the execution so that it now refuses the same
+                // command (running → running): the first try's answer, if it was within the window.
+                Err(refusal)
+                    if request_id.is_some() && !matches!(refusal, Refusal::AlreadyExists | Refusal::NotFound) =>
+                {
+                    match self.earlier_request(tenant, execution_id, request_id.as_ref()).await? {
+                        Some(earlier) => return Ok(earlier),
+                        None => return Err(refusal.into()),
+                    }
+                }
                 Err(Refusal::AlreadyExists) => {
                     return current.cloned().ok_or_else(|| ApiError::internal("an existing execution has no state"));
                 }
@@ -273,12 +326,14 @@ impl Executions {
                 r#type: change.event_type.into(),
                 payload: Some(change.payload),
                 state: Some(event::State::Execution(state.clone())),
+                request_id: request_id.as_ref().map(ToString::to_string).unwrap_or_default(),
                 ..Default::default()
             };
             let expected_sequence = latest.as_ref().map_or(0, |latest| latest.expected_sequence);
             match self.store.append(StreamKind::Executions, tenant, execution_id, event, expected_sequence).await {
-                Ok(sequence) => {
-                    state.offset = sequence;
+                Ok(appended) if appended.duplicate => return self.stored_execution(appended.sequence).await,
+                Ok(appended) => {
+                    state.offset = appended.sequence;
                     return Ok(state);
                 }
                 Err(err) if err.kind() == StoreErrorKind::Conflict => {
@@ -295,6 +350,37 @@ impl Executions {
                 "execution {execution_id} changed {MAX_ATTEMPTS} times while this request tried to change it: retry"
             ),
         ))
+    }
+}
+
+impl Executions {
+    /// The execution as the event of an earlier try of `request_id` left it, if the stream stored
+    /// one within the duplicate window.
+    async fn earlier_request(
+        &self,
+        tenant: &EntityId,
+        execution_id: &EntityId,
+        request_id: Option<&EntityId>,
+    ) -> Result<Option<Execution>, ApiError> {
+        let Some(request_id) = request_id else { return Ok(None) };
+        let found = self
+            .store
+            .find_request(StreamKind::Executions, tenant, execution_id, request_id.as_str(), self.duplicate_window)
+            .await?;
+        Ok(found.as_ref().and_then(execution_of).cloned())
+    }
+
+    /// The execution as the event at `sequence` left it: the answer to a retried request whose
+    /// publish JetStream refused as a duplicate of the first try's.
+    async fn stored_execution(&self, sequence: u64) -> Result<Execution, ApiError> {
+        let stored = self.store.at(StreamKind::Executions, sequence).await?.ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "event {sequence}, an earlier try of this request, is no longer in the stream"
+            ))
+        })?;
+        execution_of(&stored)
+            .cloned()
+            .ok_or_else(|| ApiError::internal(format!("event {sequence} of the executions stream has no state")))
     }
 }
 

@@ -3,6 +3,7 @@
 //! (see [`crate::requests`]) and calls the same core as REST.
 
 use crate::App;
+use crate::commands::WriteOptions;
 use crate::domain::state_machine::Command;
 use crate::error::ApiError;
 use crate::queries::{EventFilter, ExecutionFilter};
@@ -38,8 +39,14 @@ fn time(field: &str, value: Option<prost_types::Timestamp>) -> Result<Option<Dat
 }
 
 impl App {
-    async fn run(&self, tenant: &EntityId, id: &EntityId, command: Command) -> Result<Response<Execution>, Status> {
-        Ok(Response::new(self.executions.execute(tenant, id, command, None).await?))
+    async fn run(
+        &self,
+        tenant: &EntityId,
+        id: &EntityId,
+        command: Command,
+        options: WriteOptions,
+    ) -> Result<Response<Execution>, Status> {
+        Ok(Response::new(self.executions.execute(tenant, id, command, options).await?))
     }
 }
 
@@ -48,7 +55,7 @@ impl ExecutionService for App {
     async fn create_execution(&self, request: Request<CreateExecutionRequest>) -> Result<Response<Execution>, Status> {
         let principal = principal(&request)?;
         let (id, command) = requests::create(&principal.tenant, request.into_inner())?;
-        self.run(&principal.tenant, &id, command).await
+        self.run(&principal.tenant, &id, command, WriteOptions::default()).await
     }
 
     async fn get_execution(&self, request: Request<GetExecutionRequest>) -> Result<Response<Execution>, Status> {
@@ -82,20 +89,20 @@ impl ExecutionService for App {
         request: Request<UpdateExecutionStatusRequest>,
     ) -> Result<Response<Execution>, Status> {
         let principal = principal(&request)?;
-        let (id, command, expected) = requests::update_status(request.into_inner())?;
-        Ok(Response::new(self.executions.execute(&principal.tenant, &id, command, expected).await?))
+        let (id, command, options) = requests::update_status(request.into_inner())?;
+        self.run(&principal.tenant, &id, command, options).await
     }
 
     async fn report_step(&self, request: Request<ReportStepRequest>) -> Result<Response<Execution>, Status> {
         let principal = principal(&request)?;
-        let (id, command) = requests::report_step(request.into_inner())?;
-        self.run(&principal.tenant, &id, command).await
+        let (id, command, options) = requests::report_step(request.into_inner())?;
+        self.run(&principal.tenant, &id, command, options).await
     }
 
     async fn report_progress(&self, request: Request<ReportProgressRequest>) -> Result<Response<Execution>, Status> {
         let principal = principal(&request)?;
-        let (id, command) = requests::report_progress(request.into_inner())?;
-        self.run(&principal.tenant, &id, command).await
+        let (id, command, options) = requests::report_progress(request.into_inner())?;
+        self.run(&principal.tenant, &id, command, options).await
     }
 
     async fn append_logs(
@@ -127,32 +134,35 @@ impl ExecutionService for App {
 
     async fn cancel_execution(&self, request: Request<CancelExecutionRequest>) -> Result<Response<Execution>, Status> {
         let principal = principal(&request)?;
-        let (id, reason) = requests::with_reason(&request.get_ref().execution_id, &request.get_ref().reason)?;
-        self.run(&principal.tenant, &id, Command::Cancel { reason }).await
+        let request = request.get_ref();
+        let (id, reason, options) = requests::with_reason(&request.execution_id, &request.reason, &request.request_id)?;
+        self.run(&principal.tenant, &id, Command::Cancel { reason }, options).await
     }
 
     async fn pause_execution(&self, request: Request<PauseExecutionRequest>) -> Result<Response<Execution>, Status> {
         let principal = principal(&request)?;
-        let (id, reason) = requests::with_reason(&request.get_ref().execution_id, &request.get_ref().reason)?;
-        self.run(&principal.tenant, &id, Command::Pause { reason }).await
+        let request = request.get_ref();
+        let (id, reason, options) = requests::with_reason(&request.execution_id, &request.reason, &request.request_id)?;
+        self.run(&principal.tenant, &id, Command::Pause { reason }, options).await
     }
 
     async fn resume_execution(&self, request: Request<ResumeExecutionRequest>) -> Result<Response<Execution>, Status> {
         let principal = principal(&request)?;
-        let (id, reason) = requests::with_reason(&request.get_ref().execution_id, &request.get_ref().reason)?;
-        self.run(&principal.tenant, &id, Command::Resume { reason }).await
+        let request = request.get_ref();
+        let (id, reason, options) = requests::with_reason(&request.execution_id, &request.reason, &request.request_id)?;
+        self.run(&principal.tenant, &id, Command::Resume { reason }, options).await
     }
 
     async fn request_approval(&self, request: Request<RequestApprovalRequest>) -> Result<Response<Execution>, Status> {
         let principal = principal(&request)?;
-        let (id, command) = requests::request_approval(request.into_inner())?;
-        self.run(&principal.tenant, &id, command).await
+        let (id, command, options) = requests::request_approval(request.into_inner())?;
+        self.run(&principal.tenant, &id, command, options).await
     }
 
     async fn resolve_approval(&self, request: Request<ResolveApprovalRequest>) -> Result<Response<Execution>, Status> {
         let principal = principal(&request)?;
-        let (id, command) = requests::resolve_approval(request.into_inner(), &principal.subject)?;
-        self.run(&principal.tenant, &id, command).await
+        let (id, command, options) = requests::resolve_approval(request.into_inner(), &principal.subject)?;
+        self.run(&principal.tenant, &id, command, options).await
     }
 
     async fn list_events(&self, request: Request<ListEventsRequest>) -> Result<Response<ListEventsResponse>, Status> {

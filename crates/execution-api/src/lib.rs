@@ -170,7 +170,8 @@ impl Application {
             config.remembered_subjects,
         );
         let app = App {
-            executions: commands::Executions::with_read_model(store.clone(), pool.clone(), config.nats.streams.max_age),
+            executions: commands::Executions::with_read_model(store.clone(), pool.clone(), config.nats.streams.max_age)
+                .with_duplicate_window(config.nats.streams.duplicate_window),
             log: std::sync::Arc::new(runcast_eventlog::JetStreamLog::new(nats.clone(), pool.clone())),
             queries: queries::Queries::new(pool.clone()),
             shutdown: shutdown.clone(),

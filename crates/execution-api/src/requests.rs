@@ -1,6 +1,7 @@
 //! Turns validated requests into domain commands. Shared by the gRPC and REST front ends, which
 //! carry the same request messages (REST bodies are their JSON form).
 
+use crate::commands::WriteOptions;
 use crate::domain::state_machine::Command;
 use crate::error::ApiError;
 use crate::validate::{self, MAX_HEARTBEAT_TIMEOUT_SECONDS, MAX_NAME_BYTES, MAX_TEXT_BYTES};
@@ -8,6 +9,9 @@ use runcast_contract::EntityId;
 use runcast_contract::v1::*;
 
 pub(crate) const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+
+/// A validated write: the execution it changes, the command, and the caller's options.
+pub(crate) type Change = (EntityId, Command, WriteOptions);
 
 /// A create request: the execution id to create under, and the command.
 pub(crate) fn create(tenant: &EntityId, request: CreateExecutionRequest) -> Result<(EntityId, Command), ApiError> {
@@ -38,43 +42,57 @@ pub(crate) fn create(tenant: &EntityId, request: CreateExecutionRequest) -> Resu
     Ok((execution_id, command))
 }
 
-pub(crate) fn update_status(
-    request: UpdateExecutionStatusRequest,
-) -> Result<(EntityId, Command, Option<u64>), ApiError> {
+/// A change's options when its only one is the caller's `request_id` (empty: none).
+fn with_request_id(request_id: &str) -> Result<WriteOptions, ApiError> {
+    Ok(WriteOptions { expected_version: None, request_id: validate::optional_id("request_id", request_id)? })
+}
+
+pub(crate) fn update_status(request: UpdateExecutionStatusRequest) -> Result<Change, ApiError> {
     let id = validate::id("execution_id", &request.execution_id)?;
     let to = validate::execution_status("status", request.status)?;
     validate::text("message", &request.message, MAX_TEXT_BYTES)?;
     validate::text("error", &request.error, MAX_TEXT_BYTES)?;
     let agent_id = validate::optional_id("agent_id", &request.agent_id)?.map(|id| id.to_string()).unwrap_or_default();
-    let expected = (request.expected_version > 0).then_some(request.expected_version);
-    Ok((id, Command::SetStatus { to, message: request.message, error: request.error, agent_id }, expected))
+    let options = WriteOptions {
+        expected_version: (request.expected_version > 0).then_some(request.expected_version),
+        ..with_request_id(&request.request_id)?
+    };
+    Ok((id, Command::SetStatus { to, message: request.message, error: request.error, agent_id }, options))
 }
 
-pub(crate) fn report_step(request: ReportStepRequest) -> Result<(EntityId, Command), ApiError> {
+pub(crate) fn report_step(request: ReportStepRequest) -> Result<Change, ApiError> {
     let id = validate::id("execution_id", &request.execution_id)?;
     let step_id = validate::id("step_id", &request.step_id)?;
     let status = validate::step_status("status", request.status)?;
     validate::text("name", &request.name, MAX_NAME_BYTES)?;
     validate::text("error", &request.error, MAX_TEXT_BYTES)?;
-    Ok((id, Command::ReportStep { step_id: step_id.to_string(), name: request.name, status, error: request.error }))
+    let options = with_request_id(&request.request_id)?;
+    let command =
+        Command::ReportStep { step_id: step_id.to_string(), name: request.name, status, error: request.error };
+    Ok((id, command, options))
 }
 
-pub(crate) fn report_progress(request: ReportProgressRequest) -> Result<(EntityId, Command), ApiError> {
+pub(crate) fn report_progress(request: ReportProgressRequest) -> Result<Change, ApiError> {
     let id = validate::id("execution_id", &request.execution_id)?;
     let percent = validate::percent(request.percent)?;
     validate::text("current_step", &request.current_step, MAX_NAME_BYTES)?;
     validate::text("message", &request.message, MAX_TEXT_BYTES)?;
-    Ok((id, Command::ReportProgress { percent, current_step: request.current_step, message: request.message }))
+    let options = with_request_id(&request.request_id)?;
+    Ok((id, Command::ReportProgress { percent, current_step: request.current_step, message: request.message }, options))
 }
 
-/// Cancel, pause and resume share their shape: an id and a reason.
-pub(crate) fn with_reason(execution_id: &str, reason: &str) -> Result<(EntityId, String), ApiError> {
+/// Cancel, pause and resume share their shape: an id, a reason and a request id.
+pub(crate) fn with_reason(
+    execution_id: &str,
+    reason: &str,
+    request_id: &str,
+) -> Result<(EntityId, String, WriteOptions), ApiError> {
     let id = validate::id("execution_id", execution_id)?;
     validate::text("reason", reason, MAX_TEXT_BYTES)?;
-    Ok((id, reason.to_owned()))
+    Ok((id, reason.to_owned(), with_request_id(request_id)?))
 }
 
-pub(crate) fn request_approval(request: RequestApprovalRequest) -> Result<(EntityId, Command), ApiError> {
+pub(crate) fn request_approval(request: RequestApprovalRequest) -> Result<Change, ApiError> {
     let id = validate::id("execution_id", &request.execution_id)?;
     let approval_id = validate::id("approval_id", &request.approval_id)?;
     validate::text("reason", &request.reason, MAX_TEXT_BYTES)?;
@@ -88,13 +106,11 @@ pub(crate) fn request_approval(request: RequestApprovalRequest) -> Result<(Entit
             reason: request.reason,
             deadline: request.deadline,
         },
+        with_request_id(&request.request_id)?,
     ))
 }
 
-pub(crate) fn resolve_approval(
-    request: ResolveApprovalRequest,
-    resolved_by: &str,
-) -> Result<(EntityId, Command), ApiError> {
+pub(crate) fn resolve_approval(request: ResolveApprovalRequest, resolved_by: &str) -> Result<Change, ApiError> {
     let id = validate::id("execution_id", &request.execution_id)?;
     let approval_id = validate::id("approval_id", &request.approval_id)?;
     validate::text("comment", &request.comment, MAX_TEXT_BYTES)?;
@@ -106,6 +122,7 @@ pub(crate) fn resolve_approval(
             comment: request.comment,
             resolved_by: resolved_by.to_owned(),
         },
+        with_request_id(&request.request_id)?,
     ))
 }
 
@@ -156,7 +173,17 @@ mod tests {
                 report_step(ReportStepRequest { execution_id: "e".into(), status: 2, ..Default::default() }).map(drop),
                 "step_id is empty",
             ),
-            (with_reason("e*", "").map(drop), "execution_id contains '*'"),
+            (with_reason("e*", "", "").map(drop), "execution_id contains '*'"),
+            (with_reason("e", "", "retry 1").map(drop), "request_id contains ' '"),
+            (
+                report_progress(ReportProgressRequest {
+                    execution_id: "e".into(),
+                    request_id: "r".repeat(65),
+                    ..Default::default()
+                })
+                .map(drop),
+                "request_id is 65 bytes long",
+            ),
             (
                 update_status(UpdateExecutionStatusRequest {
                     execution_id: "e".into(),
@@ -197,18 +224,23 @@ mod tests {
     }
 
     #[test]
-    fn expected_version_zero_means_unconditional() {
-        let (_, _, expected) =
+    fn expected_version_zero_means_unconditional_and_an_empty_request_id_none() {
+        let (_, _, options) =
             update_status(UpdateExecutionStatusRequest { execution_id: "e".into(), status: 2, ..Default::default() })
                 .expect("valid");
-        assert_eq!(expected, None);
-        let (_, _, expected) = update_status(UpdateExecutionStatusRequest {
+        assert_eq!(options, WriteOptions::default());
+        let (_, _, options) = update_status(UpdateExecutionStatusRequest {
             execution_id: "e".into(),
             status: 2,
             expected_version: 3,
+            request_id: "0193a1b2-7c4d-7e8f-9a0b-1c2d3e4f5a6b".into(),
             ..Default::default()
         })
         .expect("valid");
-        assert_eq!(expected, Some(3));
+        assert_eq!(options.expected_version, Some(3));
+        assert_eq!(
+            options.request_id.map(|id| id.to_string()).as_deref(),
+            Some("0193a1b2-7c4d-7e8f-9a0b-1c2d3e4f5a6b")
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! and the contract types' schemas (derived in runcast-contract's build.rs), never written by hand.
 
 use crate::App;
+use crate::commands::WriteOptions;
 use crate::domain::state_machine::Command;
 use crate::error::ApiError;
 use crate::policy::OPENAPI_PATH;
@@ -247,7 +248,7 @@ async fn create_execution(
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Execution>), ApiError> {
     let (id, command) = requests::create(&principal.tenant, body::<CreateExecutionRequest>(payload)?)?;
-    let execution = app.executions.execute(&principal.tenant, &id, command, None).await?;
+    let execution = app.executions.execute(&principal.tenant, &id, command, WriteOptions::default()).await?;
     Ok((StatusCode::CREATED, Json(execution)))
 }
 
@@ -275,8 +276,8 @@ async fn update_execution_status(
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<Execution>, ApiError> {
     let request = UpdateExecutionStatusRequest { execution_id: id, ..body::<UpdateExecutionStatusRequest>(payload)? };
-    let (id, command, expected) = requests::update_status(request)?;
-    Ok(Json(app.executions.execute(&principal.tenant, &id, command, expected).await?))
+    let (id, command, options) = requests::update_status(request)?;
+    Ok(Json(app.executions.execute(&principal.tenant, &id, command, options).await?))
 }
 
 /// A worker command over REST: the gRPC request's JSON as the body, its `execution_id` the path's.
@@ -286,10 +287,10 @@ async fn execute_from_path<T: serde::de::DeserializeOwned + utoipa::PartialSchem
     id: String,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
     with_id: fn(T, String) -> T,
-    to_command: fn(T) -> Result<(runcast_contract::EntityId, Command), ApiError>,
+    to_command: fn(T) -> Result<requests::Change, ApiError>,
 ) -> Result<Json<Execution>, ApiError> {
-    let (id, command) = to_command(with_id(body::<T>(payload)?, id))?;
-    Ok(Json(app.executions.execute(&principal.tenant, &id, command, None).await?))
+    let (id, command, options) = to_command(with_id(body::<T>(payload)?, id))?;
+    Ok(Json(app.executions.execute(&principal.tenant, &id, command, options).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/executions/{id}/steps", tag = "workers", params(("id" = String, Path, description = "execution_id")),
@@ -374,6 +375,8 @@ async fn heartbeat(
 #[serde(default)]
 struct ReasonBody {
     reason: String,
+    /// The caller's id for this change: a retry with the same id applies it once.
+    request_id: String,
 }
 
 /// Cancel, pause and resume: the body (`{"reason": "..."}`) is optional.
@@ -384,14 +387,14 @@ async fn control(
     payload: Bytes,
     command: fn(String) -> Command,
 ) -> Result<Json<Execution>, ApiError> {
-    let reason = if payload.iter().all(u8::is_ascii_whitespace) {
-        String::new()
+    let body = if payload.iter().all(u8::is_ascii_whitespace) {
+        ReasonBody::default()
     } else {
         let value = serde_json::from_slice(&payload).map_err(|err| ApiError::invalid("request body", err))?;
-        typed::<ReasonBody>(value)?.reason
+        typed::<ReasonBody>(value)?
     };
-    let (id, reason) = requests::with_reason(id, &reason)?;
-    Ok(Json(app.executions.execute(&principal.tenant, &id, command(reason), None).await?))
+    let (id, reason, options) = requests::with_reason(id, &body.reason, &body.request_id)?;
+    Ok(Json(app.executions.execute(&principal.tenant, &id, command(reason), options).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/executions/{id}/cancel", tag = "executions", params(("id" = String, Path, description = "execution_id")),
@@ -438,6 +441,9 @@ struct Resolution {
     granted: bool,
     #[serde(default)]
     comment: String,
+    /// The caller's id for this change: a retry with the same id applies it once.
+    #[serde(default)]
+    request_id: String,
 }
 
 #[utoipa::path(post, path = "/api/v1/executions/{id}/approvals/{approval_id}", tag = "executions",
@@ -456,9 +462,10 @@ async fn resolve_approval(
         approval_id,
         granted: resolution.granted,
         comment: resolution.comment,
+        request_id: resolution.request_id,
     };
-    let (id, command) = requests::resolve_approval(request, &principal.subject)?;
-    Ok(Json(app.executions.execute(&principal.tenant, &id, command, None).await?))
+    let (id, command, options) = requests::resolve_approval(request, &principal.subject)?;
+    Ok(Json(app.executions.execute(&principal.tenant, &id, command, options).await?))
 }
 
 #[derive(Deserialize, Default, IntoParams)]

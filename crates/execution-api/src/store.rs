@@ -9,10 +9,11 @@
 //! subject's events) fails the sequence check, and the retry reads the leader.
 
 use async_nats::jetstream::{
-    self,
+    self, consumer,
     context::PublishErrorKind,
     stream::{DirectGetErrorKind, RawMessageErrorKind},
 };
+use futures::StreamExt as _;
 use prost::Message as _;
 use runcast_contract::v1::Event;
 use runcast_contract::{EntityId, StreamKind, Topology};
@@ -68,6 +69,26 @@ pub struct Stored {
     /// remembered event never is.
     pub exact: bool,
 }
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The new event's stream sequence, or the earlier one's when `duplicate`.
+    pub sequence: u64,
+    /// The stream already held an event with this one's message id (a retried request whose
+    /// first try was stored): nothing was written.
+    pub duplicate: bool,
+}
+
+/// The `Nats-Msg-Id` of an event: its caller's request id, scoped to the entity, when it has one
+/// (so JetStream's duplicate window stores a retried request once), else the event's own id.
+/// Ids have no '.', so the scoped form cannot collide across tenants or entities.
+fn message_id(tenant: &EntityId, entity: &EntityId, event: &Event) -> String {
+    if event.request_id.is_empty() { event.event_id.clone() } else { format!("{tenant}.{entity}.{}", event.request_id) }
+}
+
+/// How many events of one subject a look for an earlier request reads at most.
+const MAX_LOOKBACK_EVENTS: usize = 10_000;
 
 /// Subjects' last events (their `offset` set) as this replica last wrote or read them, the least
 /// recently used forgotten beyond the capacity.
@@ -156,6 +177,30 @@ impl EventStore {
                 return Ok(None);
             }
         }
+        let message = match self.fetch(kind, &subject, Fetch::LastOf(&subject), read).await? {
+            Some(message) => message,
+            None => return Ok(None),
+        };
+        let stored = decode(&subject, &message, self.is_exact(read))?;
+        self.remember(&subject, stored.event.clone());
+        Ok(Some(stored))
+    }
+
+    /// The event stored at `sequence` of `kind`'s stream, read from the leader.
+    pub async fn at(&self, kind: StreamKind, sequence: u64) -> Result<Option<Stored>, StoreError> {
+        let what = format!("sequence {sequence} of {}", self.topology.stream_name(kind));
+        let message = self.fetch(kind, &what, Fetch::Sequence(sequence), Read::Leader).await?;
+        message.map(|message| decode(&what, &message, true)).transpose()
+    }
+
+    /// One message of `kind`'s stream, `None` when there is none.
+    async fn fetch(
+        &self,
+        kind: StreamKind,
+        what: &str,
+        target: Fetch<'_>,
+        read: Read,
+    ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, StoreError> {
         let stream_name = self.topology.stream_name(kind);
         let fetch = async {
             let stream = self.jetstream.get_stream_no_info(&stream_name).await.map_err(|err| {
@@ -163,38 +208,106 @@ impl EventStore {
             })?;
             // With one replica every direct get is answered by the leader: the cheaper call is exact.
             if !self.replicated || read != Read::Leader {
-                return match stream.direct_get_last_for_subject(subject.clone()).await {
+                let direct = match target {
+                    Fetch::LastOf(subject) => stream.direct_get_last_for_subject(subject).await,
+                    Fetch::Sequence(sequence) => stream.direct_get(sequence).await,
+                };
+                return match direct {
                     Ok(message) => Ok(Some(message)),
                     Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => Ok(None),
-                    Err(err) => Err(read_error(&subject, &err)),
+                    Err(err) => Err(read_error(what, &err)),
                 };
             }
-            match stream.raw_message_builder().last_by_subject(subject.clone()).send().await {
+            let leader = match target {
+                Fetch::LastOf(subject) => stream.raw_message_builder().last_by_subject(subject).send().await,
+                Fetch::Sequence(sequence) => stream.raw_message_builder().sequence(sequence).send().await,
+            };
+            match leader {
                 Ok(message) => Ok(Some(message)),
                 Err(err) if matches!(err.kind(), RawMessageErrorKind::NoMessageFound) => Ok(None),
-                Err(err) => Err(leader_read_error(&subject, &err)),
+                Err(err) => Err(leader_read_error(what, &err)),
             }
         };
-        let message = tokio::time::timeout(OPERATION_TIMEOUT, fetch).await.map_err(|_| {
+        tokio::time::timeout(OPERATION_TIMEOUT, fetch).await.map_err(|_| {
             StoreError::new(
                 StoreErrorKind::Unavailable,
-                format!("NATS did not answer reading {subject} within {OPERATION_TIMEOUT:?}"),
+                format!("NATS did not answer reading {what} within {OPERATION_TIMEOUT:?}"),
             )
-        })??;
-        let Some(message) = message else { return Ok(None) };
-        let mut event = Event::decode(message.payload.as_ref()).map_err(|err| {
+        })?
+    }
+
+    /// The event of an entity whose caller gave `request_id`, among the events stored in the last
+    /// `window` (JetStream's duplicate window: a retry within it is stored once, and this finds the
+    /// first try for a retry that the state machine refuses before appending). Reads the subject
+    /// with a short-lived consumer, at most [`MAX_LOOKBACK_EVENTS`] events.
+    pub async fn find_request(
+        &self,
+        kind: StreamKind,
+        tenant: &EntityId,
+        entity: &EntityId,
+        request_id: &str,
+        window: Duration,
+    ) -> Result<Option<Stored>, StoreError> {
+        let subject = self.subject(kind, tenant, entity);
+        let stream_name = self.topology.stream_name(kind);
+        let unavailable = |err: &dyn std::fmt::Display| {
+            StoreError::new(StoreErrorKind::Unavailable, format!("cannot look back through {subject}: {err}"))
+        };
+        let look = async {
+            let stream = self.jetstream.get_stream_no_info(&stream_name).await.map_err(|err| unavailable(&err))?;
+            let start_time = time::OffsetDateTime::now_utc() - window;
+            let consumer = stream
+                .create_consumer(consumer::pull::Config {
+                    filter_subject: subject.clone(),
+                    deliver_policy: consumer::DeliverPolicy::ByStartTime { start_time },
+                    ack_policy: consumer::AckPolicy::None,
+                    memory_storage: true,
+                    num_replicas: 1,
+                    inactive_threshold: OPERATION_TIMEOUT,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|err| unavailable(&err))?;
+            let mut scanned = 0;
+            while scanned < MAX_LOOKBACK_EVENTS {
+                // A fetch answers what is there now and ends: no waiting for events that never come.
+                let mut batch = consumer.fetch().max_messages(256).messages().await.map_err(|err| unavailable(&err))?;
+                let mut pending = 0;
+                let mut received = 0;
+                while let Some(message) = batch.next().await {
+                    let message = message.map_err(|err| unavailable(&err))?;
+                    let info = message.info().map_err(|err| unavailable(&err))?;
+                    let (sequence, left) = (info.stream_sequence, info.pending);
+                    let mut event = Event::decode(message.payload.as_ref()).map_err(|err| {
+                        StoreError::new(
+                            StoreErrorKind::Internal,
+                            format!("event {sequence} on {subject} does not decode: {err}"),
+                        )
+                    })?;
+                    received += 1;
+                    pending = left;
+                    if event.request_id == request_id {
+                        set_offset(&mut event, sequence);
+                        return Ok(Some(Stored { event, sequence, exact: true }));
+                    }
+                }
+                scanned += received;
+                if received == 0 || pending == 0 {
+                    break;
+                }
+            }
+            Ok(None)
+        };
+        tokio::time::timeout(OPERATION_TIMEOUT, look).await.map_err(|_| {
             StoreError::new(
-                StoreErrorKind::Internal,
-                format!("event {} on {subject} does not decode: {err}", message.sequence),
+                StoreErrorKind::Unavailable,
+                format!("NATS did not answer a look back through {subject} within {OPERATION_TIMEOUT:?}"),
             )
-        })?;
-        set_offset(&mut event, message.sequence);
-        self.remember(&subject, event.clone());
-        Ok(Some(Stored { event, sequence: message.sequence, exact: self.is_exact(read) }))
+        })?
     }
 
     /// Appends `event` to its entity's subject if the subject's last sequence is still
-    /// `expected_last` (0: the subject must be empty). Returns the new event's sequence.
+    /// `expected_last` (0: the subject must be empty).
     pub async fn append(
         &self,
         kind: StreamKind,
@@ -202,7 +315,7 @@ impl EventStore {
         entity: &EntityId,
         mut event: Event,
         expected_last: u64,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Appended, StoreError> {
         let subject = self.subject(kind, tenant, entity);
         // The trace of the request travels with the event to the persister and the gateways.
         let mut headers = async_nats::HeaderMap::new();
@@ -210,7 +323,7 @@ impl EventStore {
         let publish = jetstream::message::PublishMessage::build()
             .headers(headers)
             .payload(event.encode_to_vec().into())
-            .message_id(&event.event_id)
+            .message_id(message_id(tenant, entity, &event))
             .expected_last_subject_sequence(expected_last);
         let send = async {
             let ack = self
@@ -240,10 +353,34 @@ impl EventStore {
                     cache.remove(&subject);
                 }
             })?;
-        set_offset(&mut event, ack.sequence);
-        self.remember(&subject, event);
-        Ok(ack.sequence)
+        if !ack.duplicate {
+            set_offset(&mut event, ack.sequence);
+            self.remember(&subject, event);
+        }
+        Ok(Appended { sequence: ack.sequence, duplicate: ack.duplicate })
     }
+}
+
+/// Which message [`EventStore::fetch`] reads.
+#[derive(Debug, Clone, Copy)]
+enum Fetch<'a> {
+    LastOf(&'a str),
+    Sequence(u64),
+}
+
+fn decode(
+    what: &str,
+    message: &async_nats::jetstream::message::StreamMessage,
+    exact: bool,
+) -> Result<Stored, StoreError> {
+    let mut event = Event::decode(message.payload.as_ref()).map_err(|err| {
+        StoreError::new(
+            StoreErrorKind::Internal,
+            format!("event {} on {what} does not decode: {err}", message.sequence),
+        )
+    })?;
+    set_offset(&mut event, message.sequence);
+    Ok(Stored { event, sequence: message.sequence, exact })
 }
 
 /// The stream sequence an event was stored at, in the event and in the state it carries.

@@ -9,7 +9,7 @@
 //! Exactly one event per expiry even across a lease handover: each sweep publishes with
 //! compare-and-set on the entity's last sequence, which only one writer can win.
 
-use crate::commands::{Executions, now};
+use crate::commands::{Executions, WriteOptions, now};
 use crate::domain::state_machine::Command;
 use crate::store::{EventStore, Read, StoreErrorKind};
 use async_nats::jetstream::kv;
@@ -221,7 +221,7 @@ async fn sweep_approvals(executions: &Executions, pool: &PgPool) {
             continue;
         };
         let command = Command::ExpireApproval { approval_id: approval_id.clone() };
-        match executions.execute(&tenant, &execution_id, command, None).await {
+        match executions.execute(&tenant, &execution_id, command, WriteOptions::default()).await {
             Ok(_) => tracing::info!(%tenant, %execution_id, %approval_id, "approval expired"),
             // Resolved, already expired or not yet due according to the stream: the read model lagged.
             Err(err) => tracing::debug!(%execution_id, %approval_id, cause = %err, "approval not expired"),
@@ -237,7 +237,7 @@ async fn fail_candidates(executions: &Executions, candidates: Vec<ExecutionToFai
         else {
             continue;
         };
-        match executions.execute(&tenant, &execution_id, command(&agent_id), None).await {
+        match executions.execute(&tenant, &execution_id, command(&agent_id), WriteOptions::default()).await {
             Ok(failed) => {
                 tracing::warn!(%tenant, %execution_id, error = %failed.error, "execution failed by the sweeper")
             }

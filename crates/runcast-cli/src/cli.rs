@@ -177,6 +177,8 @@ pub(crate) enum Exec {
         /// Why, kept in the history.
         #[arg(long, default_value = "")]
         reason: String,
+        #[command(flatten)]
+        retry: Retry,
     },
     /// Pause a running execution.
     Pause {
@@ -185,6 +187,8 @@ pub(crate) enum Exec {
         /// Why, kept in the history.
         #[arg(long, default_value = "")]
         reason: String,
+        #[command(flatten)]
+        retry: Retry,
     },
     /// Resume a paused execution.
     Resume {
@@ -193,6 +197,8 @@ pub(crate) enum Exec {
         /// Why, kept in the history.
         #[arg(long, default_value = "")]
         reason: String,
+        #[command(flatten)]
+        retry: Retry,
     },
     /// Set the status (running, paused, blocked, completed, failed, cancelled).
     Status {
@@ -212,6 +218,8 @@ pub(crate) enum Exec {
         /// The agent reporting; moving to running makes it the execution's owner.
         #[arg(long, default_value = "")]
         agent: String,
+        #[command(flatten)]
+        retry: Retry,
     },
     /// Report a step (pending, running, completed, failed, skipped).
     Step {
@@ -227,6 +235,8 @@ pub(crate) enum Exec {
         /// The error, when the step failed.
         #[arg(long, default_value = "")]
         error: String,
+        #[command(flatten)]
+        retry: Retry,
     },
     /// Report progress (0-100).
     Progress {
@@ -240,6 +250,8 @@ pub(crate) enum Exec {
         /// A message for people.
         #[arg(long, default_value = "")]
         message: String,
+        #[command(flatten)]
+        retry: Retry,
     },
     /// Ask for an approval (blocks the execution until it is resolved).
     RequestApproval {
@@ -253,6 +265,8 @@ pub(crate) enum Exec {
         /// Expire it after this long, e.g. 10m.
         #[arg(long, value_parser = humantime::parse_duration)]
         expires_in: Option<Duration>,
+        #[command(flatten)]
+        retry: Retry,
     },
     /// Grant an approval.
     Approve {
@@ -263,6 +277,8 @@ pub(crate) enum Exec {
         /// A comment, kept in the history.
         #[arg(long, default_value = "")]
         comment: String,
+        #[command(flatten)]
+        retry: Retry,
     },
     /// Deny an approval (fails the execution).
     Deny {
@@ -273,7 +289,19 @@ pub(crate) enum Exec {
         /// A comment, kept in the history.
         #[arg(long, default_value = "")]
         comment: String,
+        #[command(flatten)]
+        retry: Retry,
     },
+}
+
+/// `--request-id`, on every command that changes an execution.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct Retry {
+    /// Your id for this change (1 to 64 of A-Z a-z 0-9 _ -): the same command run again with the
+    /// same id, after a timeout or in a retried script step, applies it once and prints the
+    /// execution as the first run left it.
+    #[arg(long, default_value = "")]
+    pub request_id: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -151,16 +151,25 @@ async fn exec(global: &Global, command: Exec) -> Result<(), CliError> {
             }
             return Ok(());
         }
-        Exec::Cancel { id, reason } => {
-            client().await?.cancel_execution(CancelExecutionRequest { execution_id: id, reason }).await?
+        Exec::Cancel { id, reason, retry } => {
+            client()
+                .await?
+                .cancel_execution(CancelExecutionRequest { execution_id: id, reason, request_id: retry.request_id })
+                .await?
         }
-        Exec::Pause { id, reason } => {
-            client().await?.pause_execution(PauseExecutionRequest { execution_id: id, reason }).await?
+        Exec::Pause { id, reason, retry } => {
+            client()
+                .await?
+                .pause_execution(PauseExecutionRequest { execution_id: id, reason, request_id: retry.request_id })
+                .await?
         }
-        Exec::Resume { id, reason } => {
-            client().await?.resume_execution(ResumeExecutionRequest { execution_id: id, reason }).await?
+        Exec::Resume { id, reason, retry } => {
+            client()
+                .await?
+                .resume_execution(ResumeExecutionRequest { execution_id: id, reason, request_id: retry.request_id })
+                .await?
         }
-        Exec::Status { id, status, message, error, expected_version, agent } => {
+        Exec::Status { id, status, message, error, expected_version, agent, retry } => {
             let request = UpdateExecutionStatusRequest {
                 execution_id: id,
                 status: wire_one::<ExecutionStatus>("status", &status)?,
@@ -168,45 +177,71 @@ async fn exec(global: &Global, command: Exec) -> Result<(), CliError> {
                 error,
                 expected_version: expected_version.unwrap_or(0),
                 agent_id: agent,
+                request_id: retry.request_id,
             };
             client().await?.update_execution_status(request).await?
         }
-        Exec::Step { id, step_id, status, name, error } => {
+        Exec::Step { id, step_id, status, name, error, retry } => {
             let request = ReportStepRequest {
                 execution_id: id,
                 step_id,
                 name,
                 status: wire_one::<StepStatus>("status", &status)?,
                 error,
+                request_id: retry.request_id,
             };
             client().await?.report_step(request).await?
         }
-        Exec::Progress { id, percent, step, message } => {
+        Exec::Progress { id, percent, step, message, retry } => {
             client()
                 .await?
-                .report_progress(ReportProgressRequest { execution_id: id, percent, current_step: step, message })
+                .report_progress(ReportProgressRequest {
+                    execution_id: id,
+                    percent,
+                    current_step: step,
+                    message,
+                    request_id: retry.request_id,
+                })
                 .await?
         }
-        Exec::RequestApproval { id, approval_id, reason, expires_in } => {
+        Exec::RequestApproval { id, approval_id, reason, expires_in, retry } => {
             let deadline = expires_in
                 .map(|after| chrono::Duration::from_std(after).map_err(|_| CliError::usage("--expires-in is too long")))
                 .transpose()?
                 .map(|after| json::from_datetime(chrono::Utc::now() + after));
             client()
                 .await?
-                .request_approval(RequestApprovalRequest { execution_id: id, approval_id, reason, deadline })
+                .request_approval(RequestApprovalRequest {
+                    execution_id: id,
+                    approval_id,
+                    reason,
+                    deadline,
+                    request_id: retry.request_id,
+                })
                 .await?
         }
-        Exec::Approve { id, approval_id, comment } => {
+        Exec::Approve { id, approval_id, comment, retry } => {
             client()
                 .await?
-                .resolve_approval(ResolveApprovalRequest { execution_id: id, approval_id, granted: true, comment })
+                .resolve_approval(ResolveApprovalRequest {
+                    execution_id: id,
+                    approval_id,
+                    granted: true,
+                    comment,
+                    request_id: retry.request_id,
+                })
                 .await?
         }
-        Exec::Deny { id, approval_id, comment } => {
+        Exec::Deny { id, approval_id, comment, retry } => {
             client()
                 .await?
-                .resolve_approval(ResolveApprovalRequest { execution_id: id, approval_id, granted: false, comment })
+                .resolve_approval(ResolveApprovalRequest {
+                    execution_id: id,
+                    approval_id,
+                    granted: false,
+                    comment,
+                    request_id: retry.request_id,
+                })
                 .await?
         }
     };

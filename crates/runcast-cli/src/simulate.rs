@@ -382,6 +382,7 @@ async fn lifecycle(mut client: Executions, work: Work, stats: &Stats) {
                         .cancel_execution(CancelExecutionRequest {
                             execution_id: id.clone(),
                             reason: "superseded".into(),
+                            ..Default::default()
                         })
                         .await,
                 );
@@ -430,6 +431,7 @@ async fn approval(client: &mut Executions, id: &str, stats: &Stats) -> Finish {
         approval_id: APPROVAL_ID.into(),
         reason: "ship it?".into(),
         deadline: Some(runcast_contract::json::from_datetime(chrono::Utc::now() + deadline)),
+        ..Default::default()
     };
     let Some(blocked) = stats.count(client.request_approval(request).await) else {
         return Finish::Report(ExecutionStatus::Failed);
@@ -453,6 +455,7 @@ async fn approval(client: &mut Executions, id: &str, stats: &Stats) -> Finish {
                         approval_id: APPROVAL_ID.into(),
                         granted,
                         comment: "decided by the simulated fleet".into(),
+                        ..Default::default()
                     };
                     // A person may have decided first: then this is refused, and the watch says how.
                     let _ = client.resolve_approval(resolve).await;

@@ -316,6 +316,7 @@ mod tests {
             offset: 1234,
             payload: Some(payload),
             state,
+            request_id: if is_agent { String::new() } else { "retry-safe-1".into() },
         }
     }
 
@@ -345,8 +346,10 @@ mod tests {
         assert_eq!(json["payload"]["status_changed"]["to"], "running");
         assert_eq!(json["payload"]["status_changed"]["from"], "running");
         assert!(json["state"].get("finished_at").is_none(), "unset timestamps are omitted");
+        assert_eq!(json["request_id"], "retry-safe-1");
 
         let agent = serde_json::to_value(sample(EventType::AgentHeartbeat)).expect("serializes");
+        assert!(agent.get("request_id").is_none(), "an event without a request id has no request_id in JSON");
         assert_eq!(agent["state"]["agent_id"], "agent-7");
         assert_eq!(agent["state"]["status"], "busy");
     }

@@ -151,6 +151,7 @@ async fn api_phase(clients: &[crate::support::Executions], ids: &[String], calle
             percent: ((n + 1) % 100) as u32,
             current_step: "load".into(),
             message: message.clone(),
+            ..Default::default()
         };
         Some(Box::pin(async move {
             let acked = client.report_progress(request).await.is_ok();

@@ -65,6 +65,7 @@ async fn limits_refuse_with_their_name_and_a_full_execution_still_ends() {
             name: "n".repeat(256),
             status: StepStatus::Failed.into(),
             error: error.clone(),
+            ..Default::default()
         };
         if let Err(err) = client.report_step(step).await {
             refused = Some(err);
@@ -87,7 +88,11 @@ async fn limits_refuse_with_their_name_and_a_full_execution_still_ends() {
 
     // The terminal change always fits, and no stored state ever exceeded the limit.
     let cancelled = client
-        .cancel_execution(CancelExecutionRequest { execution_id: id.clone(), reason: error.clone() })
+        .cancel_execution(CancelExecutionRequest {
+            execution_id: id.clone(),
+            reason: error.clone(),
+            ..Default::default()
+        })
         .await
         .expect("a full execution can be cancelled")
         .into_inner();

@@ -79,7 +79,11 @@ async fn executions_idle_past_the_stream_max_age_keep_working() {
     let appended = client.append_logs(futures::stream::iter(vec![lines(&["one", "two"])])).await.expect("logs");
     assert_eq!(appended.into_inner().last_line_number, 2);
     let paused = client
-        .pause_execution(PauseExecutionRequest { execution_id: paused.execution_id, reason: "lunch".into() })
+        .pause_execution(PauseExecutionRequest {
+            execution_id: paused.execution_id,
+            reason: "lunch".into(),
+            ..Default::default()
+        })
         .await
         .expect("pauses")
         .into_inner();
@@ -155,6 +159,7 @@ async fn executions_idle_past_the_stream_max_age_keep_working() {
             approval_id: "deploy".into(),
             granted: true,
             comment: "go".into(),
+            ..Default::default()
         })
         .await
         .expect("approve an aged-out execution")
@@ -271,7 +276,7 @@ async fn postgres_down_while_writing_to_an_aged_out_execution_is_unavailable_the
     pool.close().await;
 
     stack.infra.postgres.stop();
-    let pause = || PauseExecutionRequest { execution_id: id.clone(), reason: String::new() };
+    let pause = || PauseExecutionRequest { execution_id: id.clone(), ..Default::default() };
     let err = client.pause_execution(pause()).await.expect_err("no read model");
     assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
     assert!(err.message().contains("PostgreSQL"), "says what is down: {}", err.message());

@@ -10,6 +10,7 @@ mod limits;
 mod long_lived;
 mod ownership;
 mod reads;
+mod request_ids;
 mod rest_workers;
 mod retention;
 mod support;

@@ -78,6 +78,7 @@ async fn an_approval_past_its_deadline_expires_exactly_once() {
             approval_id: "deploy".into(),
             reason: "prod".into(),
             deadline: Some(deadline),
+            ..Default::default()
         })
         .await
         .expect("requested")

@@ -115,6 +115,14 @@ async fn every_subcommand_works_against_the_real_stack() {
     assert_eq!(one(&env, &["exec", "status", &id, "running"]).await["status"], "running");
     assert_eq!(one(&env, &["exec", "step", &id, "build", "running", "--name", "Build"]).await["current_step"], "build");
     assert_eq!(one(&env, &["exec", "progress", &id, "40", "--message", "halfway"]).await["progress"], 40);
+    // A command run again with its --request-id (a retried script step) is applied once: the same
+    // version both times, where running it again without would be a new change.
+    let retried = ["exec", "step", &id, "fetch", "completed", "--request-id", "fetch-done"];
+    let first = one(&env, &retried).await;
+    one(&env, &["exec", "progress", &id, "45"]).await;
+    let second = one(&env, &retried).await;
+    assert_eq!((second["version"].as_u64(), second["progress"].as_u64()), (first["version"].as_u64(), Some(40)));
+    assert!(!run(&env, &retried[..5]).await.status.success(), "completing the step again without the id is refused");
     let logged = one(&env, &["logs", "append", &id, "first line", "second line"]).await;
     assert_eq!(logged["last_line_number"], 2);
     let mut piped = runcast(&env, &["logs", "append", &id, "--stderr"]);

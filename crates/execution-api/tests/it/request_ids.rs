@@ -1,0 +1,170 @@
+//! Safe retries: a command sent again with the same `request_id` (its first answer was lost) is
+//! applied once, on any replica, and answers the execution as the first try left it — whether the
+//! first try's event is still the last, was followed by others, or left the execution in a state
+//! that refuses the same command.
+
+use crate::support::{Stack, admin, create, events_of, executions, http};
+use runcast_contract::v1::*;
+use serde_json::{Value, json};
+use tonic::Code;
+
+fn progress(id: &str, percent: u32, request_id: &str) -> ReportProgressRequest {
+    ReportProgressRequest { execution_id: id.into(), percent, request_id: request_id.into(), ..Default::default() }
+}
+
+fn complete_step(id: &str, request_id: &str) -> ReportStepRequest {
+    ReportStepRequest {
+        execution_id: id.into(),
+        step_id: "build".into(),
+        status: StepStatus::Completed.into(),
+        request_id: request_id.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_retried_request_is_applied_once_on_any_replica_and_answers_as_its_first_try() {
+    let stack = Stack::start().await;
+    let (mut first, mut second) = tokio::join!(stack.api(&[]), stack.api(&[]));
+    let token = admin();
+    let (mut a, mut b) = (executions(&mut first, Some(&token)).await, executions(&mut second, Some(&token)).await);
+    let id = create(&mut a, "retries").await;
+    let start = UpdateExecutionStatusRequest {
+        execution_id: id.clone(),
+        status: ExecutionStatus::Running.into(),
+        request_id: "start-1".into(),
+        ..Default::default()
+    };
+    let started = a.update_execution_status(start.clone()).await.expect("starts").into_inner();
+
+    // The first try is the last event: the retry, on the other replica, answers it unchanged.
+    let again = b.update_execution_status(start.clone()).await.expect("the retry succeeds").into_inner();
+    assert_eq!(again, started);
+    assert_eq!(events_of(&stack, &id).await.len(), 2, "created + started, once");
+
+    // The first try was followed by another change: a retry the state machine would allow is
+    // refused as a duplicate by JetStream; one it would refuse (running → running) is found by
+    // looking back. Either way the answer is the first try's, and nothing is written.
+    let forty = a.report_progress(progress(&id, 40, "progress-40")).await.expect("40 %").into_inner();
+    let sixty = a.report_progress(progress(&id, 60, "progress-60")).await.expect("60 %").into_inner();
+    let retried_forty = b.report_progress(progress(&id, 40, "progress-40")).await.expect("retry of 40 %").into_inner();
+    assert_eq!(retried_forty, forty, "the execution as the first try left it");
+    assert_eq!((retried_forty.progress, sixty.progress), (40, 60));
+    let retried_start = b.update_execution_status(start.clone()).await.expect("retry of the start").into_inner();
+    assert_eq!(retried_start, started);
+    let stored = events_of(&stack, &id).await;
+    assert_eq!(stored.len(), 4, "created, started, 40 %, 60 %: no retry wrote anything");
+    let request_ids: Vec<&str> = stored.iter().map(|event| event.request_id.as_str()).collect();
+    assert_eq!(request_ids, ["", "start-1", "progress-40", "progress-60"], "events carry their request ids");
+
+    // The same command without a request id is a new command: refused, or applied again.
+    let refused = b
+        .update_execution_status(UpdateExecutionStatusRequest { request_id: String::new(), ..start })
+        .await
+        .expect_err("running → running without a request id");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let repeated = b.report_progress(progress(&id, 40, "")).await.expect("a new 40 %").into_inner();
+    assert_eq!(repeated.version, sixty.version + 1);
+
+    // A step completed once refuses completing again: the retry finds its first try.
+    let done = a.report_step(complete_step(&id, "step-done")).await.expect("step done").into_inner();
+    a.report_progress(progress(&id, 90, "")).await.expect("90 %");
+    let retried = b.report_step(complete_step(&id, "step-done")).await.expect("retry of the step").into_inner();
+    assert_eq!(retried, done);
+    let other = b.report_step(complete_step(&id, "step-done-elsewhere")).await.expect_err("another request");
+    assert_eq!(other.code(), Code::FailedPrecondition, "{other:?}");
+    assert_eq!(events_of(&stack, &id).await.len(), 7);
+
+    // A guarded change (expected_version) retried after another change: the version no longer
+    // matches, and the first try is found instead of answering ABORTED.
+    let at = a.get_execution(GetExecutionRequest { execution_id: id.clone() }).await.expect("get").into_inner();
+    let guarded_pause = UpdateExecutionStatusRequest {
+        execution_id: id.clone(),
+        status: ExecutionStatus::Paused.into(),
+        expected_version: at.version,
+        request_id: "pause-at-version".into(),
+        ..Default::default()
+    };
+    let paused = a.update_execution_status(guarded_pause.clone()).await.expect("pauses").into_inner();
+    a.resume_execution(ResumeExecutionRequest { execution_id: id.clone(), ..Default::default() })
+        .await
+        .expect("resumes");
+    assert_eq!(
+        b.update_execution_status(guarded_pause.clone()).await.expect("retry of the pause").into_inner(),
+        paused
+    );
+    let stale = b
+        .update_execution_status(UpdateExecutionStatusRequest { request_id: String::new(), ..guarded_pause })
+        .await
+        .expect_err("the same guard without the request id");
+    assert_eq!(stale.code(), Code::Aborted, "{stale:?}");
+    assert_eq!(events_of(&stack, &id).await.len(), 9);
+
+    // Request ids are per execution: the same id on another execution is its own request.
+    let other_id = create(&mut a, "retries").await;
+    a.update_execution_status(start_of(&other_id)).await.expect("starts the other");
+    let theirs = b.report_progress(progress(&other_id, 40, "progress-40")).await.expect("same id, other execution");
+    assert_eq!((theirs.get_ref().execution_id.as_str(), theirs.get_ref().progress), (other_id.as_str(), 40));
+    assert_eq!(events_of(&stack, &other_id).await.len(), 3);
+}
+
+fn start_of(id: &str) -> UpdateExecutionStatusRequest {
+    UpdateExecutionStatusRequest {
+        execution_id: id.into(),
+        status: ExecutionStatus::Running.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_bad_request_id_is_refused_naming_it_and_writes_nothing() {
+    let stack = Stack::start().await;
+    let mut api = stack.api(&[]).await;
+    let token = admin();
+    let mut client = executions(&mut api, Some(&token)).await;
+    let id = create(&mut client, "retries").await;
+    client.update_execution_status(start_of(&id)).await.expect("starts");
+    for bad in ["has space", "dotted.id", &"r".repeat(65)] {
+        let err = client.report_progress(progress(&id, 10, bad)).await.expect_err(bad);
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}: {err:?}");
+        assert!(err.message().starts_with("request_id "), "{}", err.message());
+    }
+    assert_eq!(events_of(&stack, &id).await.len(), 2);
+}
+
+#[tokio::test]
+async fn rest_commands_take_the_request_id_in_their_body() {
+    let stack = Stack::start().await;
+    let mut api = stack.api(&[]).await;
+    let token = admin();
+    let id = create(&mut executions(&mut api, Some(&token)).await, "retries").await;
+    let base = api.http_url("/api/v1");
+    let post = |path: String, body: Value| {
+        let request = http().post(format!("{base}{path}")).bearer_auth(&token).json(&body);
+        async move {
+            let response = request.send().await.expect("sent");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("json"))
+        }
+    };
+
+    let start = json!({"status": "running", "request_id": "rest-start"});
+    let (status, started) = post(format!("/executions/{id}/status"), start.clone()).await;
+    assert_eq!(status, 200, "{started}");
+    let progress = json!({"percent": 30, "request_id": "rest-30"});
+    let (_, thirty) = post(format!("/executions/{id}/progress"), progress.clone()).await;
+    assert_eq!(post(format!("/executions/{id}/status"), start).await, (200, started));
+    assert_eq!(post(format!("/executions/{id}/progress"), progress).await, (200, thirty));
+
+    // Cancel takes an optional body; with a request id a retried cancel answers the cancel.
+    let cancel = json!({"reason": "superseded", "request_id": "rest-cancel"});
+    let (status, cancelled) = post(format!("/executions/{id}/cancel"), cancel.clone()).await;
+    assert_eq!((status, cancelled["status"].as_str()), (200, Some("cancelled")), "{cancelled}");
+    assert_eq!(post(format!("/executions/{id}/cancel"), cancel).await, (200, cancelled));
+    let (status, refused) = post(format!("/executions/{id}/cancel"), json!({"reason": "again"})).await;
+    assert_eq!(status, 409, "a cancel without the request id is a new one: {refused}");
+
+    let (status, bad) = post(format!("/executions/{id}/progress"), json!({"percent": 1, "request_id": "a b"})).await;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(events_of(&stack, &id).await.len(), 4, "created, running, 30 %, cancelled");
+}
