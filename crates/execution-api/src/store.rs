@@ -90,6 +90,9 @@ fn message_id(tenant: &EntityId, entity: &EntityId, event: &Event) -> String {
 /// How many events of one subject a look for an earlier request reads at most.
 const MAX_LOOKBACK_EVENTS: usize = 10_000;
 
+/// Look-backs one replica runs at once; more wait (within the operation timeout) for their turn.
+const MAX_CONCURRENT_LOOKBACKS: usize = 8;
+
 /// Subjects' last events (their `offset` set) as this replica last wrote or read them, the least
 /// recently used forgotten beyond the capacity.
 type LastEvents = quick_cache::sync::Cache<String, Arc<Event>>;
@@ -103,6 +106,9 @@ pub struct EventStore {
     replicated: bool,
     /// `None`: remembering is off (capacity 0).
     remembered: Option<Arc<LastEvents>>,
+    /// Look-backs for an earlier request in flight: each makes a consumer on the server, so a
+    /// flood of refused retries cannot make thousands at once.
+    lookbacks: Arc<tokio::sync::Semaphore>,
 }
 
 /// How fresh a read of a subject's last event must be.
@@ -126,7 +132,8 @@ impl EventStore {
     /// `remember`: how many subjects' last events to keep for [`Read::Remembered`] (0: none).
     pub fn new(jetstream: jetstream::Context, topology: Topology, replicas: u8, remember: usize) -> Self {
         let remembered = (remember > 0).then(|| Arc::new(LastEvents::new(remember)));
-        Self { jetstream, topology, replicated: replicas > 1, remembered }
+        let lookbacks = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_LOOKBACKS));
+        Self { jetstream, topology, replicated: replicas > 1, remembered, lookbacks }
     }
 
     /// Whether a read of this kind answered from NATS sees the newest acknowledged event.
@@ -250,10 +257,9 @@ impl EventStore {
     ) -> Result<Option<Stored>, StoreError> {
         let subject = self.subject(kind, tenant, entity);
         let stream_name = self.topology.stream_name(kind);
-        let unavailable = |err: &dyn std::fmt::Display| {
-            StoreError::new(StoreErrorKind::Unavailable, format!("cannot look back through {subject}: {err}"))
-        };
+        let unavailable = |err: &dyn std::fmt::Display| lookback_unavailable(&subject, err);
         let look = async {
+            let _turn = self.lookbacks.acquire().await.map_err(|err| unavailable(&err))?;
             let stream = self.jetstream.get_stream_no_info(&stream_name).await.map_err(|err| unavailable(&err))?;
             let start_time = time::OffsetDateTime::now_utc() - window;
             let consumer = stream
@@ -268,35 +274,14 @@ impl EventStore {
                 })
                 .await
                 .map_err(|err| unavailable(&err))?;
-            let mut scanned = 0;
-            while scanned < MAX_LOOKBACK_EVENTS {
-                // A fetch answers what is there now and ends: no waiting for events that never come.
-                let mut batch = consumer.fetch().max_messages(256).messages().await.map_err(|err| unavailable(&err))?;
-                let mut pending = 0;
-                let mut received = 0;
-                while let Some(message) = batch.next().await {
-                    let message = message.map_err(|err| unavailable(&err))?;
-                    let info = message.info().map_err(|err| unavailable(&err))?;
-                    let (sequence, left) = (info.stream_sequence, info.pending);
-                    let mut event = Event::decode(message.payload.as_ref()).map_err(|err| {
-                        StoreError::new(
-                            StoreErrorKind::Internal,
-                            format!("event {sequence} on {subject} does not decode: {err}"),
-                        )
-                    })?;
-                    received += 1;
-                    pending = left;
-                    if event.request_id == request_id {
-                        set_offset(&mut event, sequence);
-                        return Ok(Some(Stored { event, sequence, exact: true }));
-                    }
-                }
-                scanned += received;
-                if received == 0 || pending == 0 {
-                    break;
-                }
+            let found = scan_for_request(&consumer, &subject, request_id).await;
+            // Gone by itself after its inactive threshold; deleting it now keeps a burst of
+            // look-backs from piling consumers up on the server.
+            let name = consumer.cached_info().name.clone();
+            if let Err(err) = stream.delete_consumer(&name).await {
+                tracing::debug!(cause = %err, consumer = %name, "cannot delete a look-back consumer; it expires");
             }
-            Ok(None)
+            found
         };
         tokio::time::timeout(OPERATION_TIMEOUT, look).await.map_err(|_| {
             StoreError::new(
@@ -359,6 +344,49 @@ impl EventStore {
         }
         Ok(Appended { sequence: ack.sequence, duplicate: ack.duplicate })
     }
+}
+
+/// Reads the consumer's events until one carries `request_id`, the consumer has no more, or
+/// [`MAX_LOOKBACK_EVENTS`] were read.
+async fn scan_for_request(
+    consumer: &consumer::Consumer<consumer::pull::Config>,
+    subject: &str,
+    request_id: &str,
+) -> Result<Option<Stored>, StoreError> {
+    let unavailable = |err: &dyn std::fmt::Display| lookback_unavailable(subject, err);
+    let mut scanned = 0;
+    while scanned < MAX_LOOKBACK_EVENTS {
+        // A fetch answers what is there now and ends: no waiting for events that never come.
+        let mut batch = consumer.fetch().max_messages(256).messages().await.map_err(|err| unavailable(&err))?;
+        let mut pending = 0;
+        let mut received = 0;
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|err| unavailable(&err))?;
+            let info = message.info().map_err(|err| unavailable(&err))?;
+            let (sequence, left) = (info.stream_sequence, info.pending);
+            let mut event = Event::decode(message.payload.as_ref()).map_err(|err| {
+                StoreError::new(
+                    StoreErrorKind::Internal,
+                    format!("event {sequence} on {subject} does not decode: {err}"),
+                )
+            })?;
+            received += 1;
+            pending = left;
+            if event.request_id == request_id {
+                set_offset(&mut event, sequence);
+                return Ok(Some(Stored { event, sequence, exact: true }));
+            }
+        }
+        scanned += received;
+        if received == 0 || pending == 0 {
+            break;
+        }
+    }
+    Ok(None)
+}
+
+fn lookback_unavailable(subject: &str, err: &dyn std::fmt::Display) -> StoreError {
+    StoreError::new(StoreErrorKind::Unavailable, format!("cannot look back through {subject}: {err}"))
 }
 
 /// Which message [`EventStore::fetch`] reads.

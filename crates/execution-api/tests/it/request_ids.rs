@@ -66,11 +66,14 @@ async fn a_retried_request_is_applied_once_on_any_replica_and_answers_as_its_fir
     let repeated = b.report_progress(progress(&id, 40, "")).await.expect("a new 40 %").into_inner();
     assert_eq!(repeated.version, sixty.version + 1);
 
-    // A step completed once refuses completing again: the retry finds its first try.
+    // A step completed once refuses completing again: the retry finds its first try, with a
+    // consumer on the executions stream that it deletes when done.
     let done = a.report_step(complete_step(&id, "step-done")).await.expect("step done").into_inner();
     a.report_progress(progress(&id, 90, "")).await.expect("90 %");
+    let consumers_before = consumers_of_executions(&stack).await;
     let retried = b.report_step(complete_step(&id, "step-done")).await.expect("retry of the step").into_inner();
     assert_eq!(retried, done);
+    assert_eq!(consumers_of_executions(&stack).await, consumers_before, "the look-back's consumer is gone");
     let other = b.report_step(complete_step(&id, "step-done-elsewhere")).await.expect_err("another request");
     assert_eq!(other.code(), Code::FailedPrecondition, "{other:?}");
     assert_eq!(events_of(&stack, &id).await.len(), 7);
@@ -106,6 +109,17 @@ async fn a_retried_request_is_applied_once_on_any_replica_and_answers_as_its_fir
     let theirs = b.report_progress(progress(&other_id, 40, "progress-40")).await.expect("same id, other execution");
     assert_eq!((theirs.get_ref().execution_id.as_str(), theirs.get_ref().progress), (other_id.as_str(), 40));
     assert_eq!(events_of(&stack, &other_id).await.len(), 3);
+}
+
+/// The consumers on this stack's executions stream.
+async fn consumers_of_executions(stack: &Stack) -> Vec<String> {
+    use futures::TryStreamExt as _;
+    let topology = runcast_contract::Topology::with_prefix(&stack.isolation.stream_prefix).expect("prefix");
+    let js = async_nats::jetstream::new(async_nats::connect(stack.infra.nats.url()).await.expect("nats"));
+    let stream = js.get_stream(topology.stream_name(runcast_contract::StreamKind::Executions)).await.expect("stream");
+    let mut names: Vec<String> = stream.consumer_names().try_collect().await.expect("consumer names");
+    names.sort();
+    names
 }
 
 fn start_of(id: &str) -> UpdateExecutionStatusRequest {
