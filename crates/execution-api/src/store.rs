@@ -1,7 +1,8 @@
 //! The event store is JetStream itself: the last event on an entity's subject is its current state
 //! (every event carries the whole state), and appending is a publish guarded by
 //! `Nats-Expected-Last-Subject-Sequence` (optimistic concurrency) with `Nats-Msg-Id` = event id
-//! (a retried publish is deduplicated by the server).
+//! (a retried publish is deduplicated by the server), or the caller's request id scoped to the
+//! entity when it gave one (a retried request is stored once: see [`EventStore::find_request`]).
 //!
 //! Each replica remembers the last event it wrote or read on the subjects it touched recently, so
 //! the first try of a guarded append decides without a round trip to NATS. Only that first try
