@@ -84,7 +84,9 @@ impl LogTarget {
         chunk: &AppendLogsRequest,
     ) -> Result<u64, ApiError> {
         let lines = validate_chunk(chunk)?;
-        append(store, self.history.as_ref(), tenant, &self.execution_id, &self.workflow_id, lines).await
+        let request_id = validate::optional_id("request_id", &chunk.request_id)?;
+        let chunk = Chunk { lines, request_id };
+        append(store, self.history.as_ref(), tenant, &self.execution_id, &self.workflow_id, chunk).await
     }
 }
 
@@ -106,6 +108,21 @@ async fn archived_position(pool: &PgPool, tenant: &EntityId, execution_id: &Enti
     }
 }
 
+/// One validated message of an upload.
+pub(crate) struct Chunk {
+    pub lines: Vec<LogLine>,
+    /// The caller's id for these lines: a retry within the duplicate window appends them once.
+    pub request_id: Option<EntityId>,
+}
+
+/// The number of the last line a `log.appended` event holds (0: none).
+fn last_line_of(event: &Event) -> u64 {
+    match &event.payload {
+        Some(event::Payload::LogsAppended(logs)) => logs.lines.last().map_or(0, |line| line.line_number),
+        _ => 0,
+    }
+}
+
 /// Appends one validated chunk; returns the number of the last line written. `history`: the
 /// PostgreSQL history, consulted when the execution is older than the stream's age and its log
 /// subject is empty (its earlier lines aged out), so numbering continues instead of restarting.
@@ -115,20 +132,23 @@ pub(crate) async fn append(
     tenant: &EntityId,
     execution_id: &EntityId,
     workflow_id: &str,
-    lines: Vec<LogLine>,
+    chunk: Chunk,
 ) -> Result<u64, ApiError> {
+    let Chunk { lines, request_id } = chunk;
+    let request_id = request_id.map(|id| id.to_string()).unwrap_or_default();
     for attempt in 0..crate::commands::MAX_ATTEMPTS {
         // A stale first read fails the guarded append; retries read the leader.
         let read = if attempt == 0 { Read::Remembered } else { Read::Leader };
         let last = store.last(StreamKind::Logs, tenant, execution_id, read).await?;
+        // A retry whose first try is the last chunk: already appended.
+        if let Some(stored) = &last
+            && !request_id.is_empty()
+            && stored.event.request_id == request_id
+        {
+            return Ok(last_line_of(&stored.event));
+        }
         let (last_line, version, expected) = match (&last, history) {
-            (Some(stored), _) => {
-                let last_line = match &stored.event.payload {
-                    Some(event::Payload::LogsAppended(logs)) => logs.lines.last().map_or(0, |line| line.line_number),
-                    _ => 0,
-                };
-                (last_line, stored.event.version, stored.sequence)
-            }
+            (Some(stored), _) => (last_line_of(&stored.event), stored.event.version, stored.sequence),
             (None, Some(pool)) => {
                 let (line, version) = archived_position(pool, tenant, execution_id).await?;
                 (line, version, 0)
@@ -150,9 +170,20 @@ pub(crate) async fn append(
             occurred_at: Some(now()),
             r#type: EventType::LogAppended.into(),
             payload: Some(event::Payload::LogsAppended(LogsAppended { lines: numbered })),
+            request_id: request_id.clone(),
             ..Default::default()
         };
         match store.append(StreamKind::Logs, tenant, execution_id, event, expected).await {
+            // A retry whose first try was followed by other lines: JetStream stored it once.
+            Ok(appended) if appended.duplicate => {
+                let first = store.at(StreamKind::Logs, appended.sequence).await?.ok_or_else(|| {
+                    ApiError::unavailable(format!(
+                        "log event {}, an earlier try of this request, is no longer in the stream",
+                        appended.sequence
+                    ))
+                })?;
+                return Ok(last_line_of(&first.event));
+            }
             Ok(_) => return Ok(last_number),
             Err(err) if err.kind() == StoreErrorKind::Conflict => continue,
             Err(err) => return Err(err.into()),
@@ -170,7 +201,7 @@ mod tests {
     use runcast_contract::v1::LogLineInput;
 
     fn chunk(lines: Vec<LogLineInput>) -> AppendLogsRequest {
-        AppendLogsRequest { execution_id: "e".into(), lines }
+        AppendLogsRequest { execution_id: "e".into(), lines, ..Default::default() }
     }
 
     fn line(text: &str) -> LogLineInput {

@@ -315,6 +315,10 @@ pub(crate) enum Logs {
         stderr: bool,
         /// The lines; without any, standard input is read.
         lines: Vec<String>,
+        /// Your id for these lines: running the same append again with the same id appends them
+        /// once (each message of 500 lines gets `<id>-<n>`, so keep the id to 60 characters).
+        #[arg(long, default_value = "")]
+        request_id: String,
     },
     /// Print an execution's log lines from the first, follow new ones, and exit once the
     /// execution has ended and every line before its end is printed. Piped: the text of each

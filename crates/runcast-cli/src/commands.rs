@@ -32,7 +32,9 @@ pub(crate) async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Exec(command) => exec(&global, command).await,
-        Command::Logs(Logs::Append { id, stderr, lines }) => append_logs(&global, id, stderr, lines).await,
+        Command::Logs(Logs::Append { id, stderr, lines, request_id }) => {
+            append_logs(&global, id, stderr, lines, &request_id).await
+        }
         Command::Logs(Logs::Tail { id, since_offset, count }) => {
             crate::watch::tail(&global, &id, since_offset, count).await
         }
@@ -249,7 +251,13 @@ async fn exec(global: &Global, command: Exec) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn append_logs(global: &Global, id: String, stderr: bool, lines: Vec<String>) -> Result<(), CliError> {
+async fn append_logs(
+    global: &Global,
+    id: String,
+    stderr: bool,
+    lines: Vec<String>,
+    request_id: &str,
+) -> Result<(), CliError> {
     let lines = if lines.is_empty() {
         std::io::stdin()
             .lock()
@@ -263,12 +271,14 @@ async fn append_logs(global: &Global, id: String, stderr: bool, lines: Vec<Strin
         return Err(CliError::usage("no lines: pass them as arguments or on standard input"));
     }
     let stream = if stderr { LogStream::Stderr } else { LogStream::Stdout };
-    // Chunks of at most 500 lines, one message each.
+    // Chunks of at most 500 lines, one message each, each with its own request id.
     let chunks: Vec<AppendLogsRequest> = lines
         .chunks(500)
-        .map(|chunk| AppendLogsRequest {
+        .enumerate()
+        .map(|(n, chunk)| AppendLogsRequest {
             execution_id: id.clone(),
             lines: chunk.iter().map(|text| LogLineInput { text: text.clone(), stream: stream.into() }).collect(),
+            request_id: if request_id.is_empty() { String::new() } else { format!("{request_id}-{n}") },
         })
         .collect();
     let response = api::executions(global).await?.append_logs(futures::stream::iter(chunks)).await?.into_inner();

@@ -351,7 +351,11 @@ async fn lifecycle(mut client: Executions, work: Work, stats: &Stats) {
             .collect();
         stats.count(
             client
-                .append_logs(futures::stream::iter(vec![AppendLogsRequest { execution_id: id.clone(), lines }]))
+                .append_logs(futures::stream::iter(vec![AppendLogsRequest {
+                    execution_id: id.clone(),
+                    lines,
+                    ..Default::default()
+                }]))
                 .await,
         );
         pause().await;

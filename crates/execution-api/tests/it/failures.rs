@@ -105,6 +105,7 @@ async fn over_the_concurrency_limit_requests_are_refused_at_once_and_slow_ones_t
         let first = AppendLogsRequest {
             execution_id: id.clone(),
             lines: vec![LogLineInput { text: "working".into(), ..Default::default() }],
+            ..Default::default()
         };
         let mut uploader = uploads_client.clone();
         let task = tokio::spawn(async move {

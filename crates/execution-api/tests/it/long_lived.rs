@@ -75,6 +75,7 @@ async fn executions_idle_past_the_stream_max_age_keep_working() {
     let lines = |texts: &[&str]| AppendLogsRequest {
         execution_id: logged.clone(),
         lines: texts.iter().map(|text| LogLineInput { text: (*text).into(), ..Default::default() }).collect(),
+        ..Default::default()
     };
     let appended = client.append_logs(futures::stream::iter(vec![lines(&["one", "two"])])).await.expect("logs");
     assert_eq!(appended.into_inner().last_line_number, 2);

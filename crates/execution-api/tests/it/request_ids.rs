@@ -3,7 +3,8 @@
 //! first try's event is still the last, was followed by others, or left the execution in a state
 //! that refuses the same command.
 
-use crate::support::{Stack, admin, create, events_of, executions, http};
+use crate::support::{Executions, Stack, admin, create, events_of, events_on, executions, http};
+use runcast_contract::StreamKind;
 use runcast_contract::v1::*;
 use serde_json::{Value, json};
 use tonic::Code;
@@ -131,6 +132,48 @@ fn start_of(id: &str) -> UpdateExecutionStatusRequest {
 }
 
 #[tokio::test]
+async fn retried_log_lines_are_appended_once_and_answer_their_first_numbers() {
+    let stack = Stack::start().await;
+    let (mut first, mut second) = tokio::join!(stack.api(&[]), stack.api(&[]));
+    let token = admin();
+    let (mut a, mut b) = (executions(&mut first, Some(&token)).await, executions(&mut second, Some(&token)).await);
+    let id = create(&mut a, "retries").await;
+    let chunk = |texts: &[&str], request_id: &str| AppendLogsRequest {
+        execution_id: id.clone(),
+        lines: texts.iter().map(|text| LogLineInput { text: (*text).into(), ..Default::default() }).collect(),
+        request_id: request_id.into(),
+    };
+    let upload = |client: &mut Executions, chunks: Vec<AppendLogsRequest>| {
+        let mut client = client.clone();
+        async move { client.append_logs(futures::stream::iter(chunks)).await.expect("appended").into_inner() }
+    };
+
+    let answered = upload(&mut a, vec![chunk(&["one", "two"], "lines-1")]).await;
+    assert_eq!((answered.lines_appended, answered.last_line_number), (2, 2));
+    // Sent again: on the other replica (its first try is the last chunk), after other lines on the
+    // replica that wrote them (a duplicate for JetStream), and twice in one call: the same answer,
+    // nothing appended.
+    assert_eq!(upload(&mut b, vec![chunk(&["one", "two"], "lines-1")]).await, answered);
+    let other = upload(&mut a, vec![chunk(&["three", "four", "five"], "")]).await;
+    assert_eq!(other.last_line_number, 5);
+    assert_eq!(upload(&mut a, vec![chunk(&["one", "two"], "lines-1")]).await, answered);
+    let twice = upload(&mut b, vec![chunk(&["six"], "lines-6"), chunk(&["six"], "lines-6")]).await;
+    assert_eq!((twice.lines_appended, twice.last_line_number), (2, 6), "each message answered, once appended");
+
+    let stored = events_on(&stack, StreamKind::Logs, &id).await;
+    let numbers: Vec<Vec<u64>> = stored
+        .iter()
+        .map(|event| match &event.payload {
+            Some(event::Payload::LogsAppended(logs)) => logs.lines.iter().map(|line| line.line_number).collect(),
+            other => panic!("not a log event: {other:?}"),
+        })
+        .collect();
+    assert_eq!(numbers, [vec![1, 2], vec![3, 4, 5], vec![6]]);
+    let request_ids: Vec<&str> = stored.iter().map(|event| event.request_id.as_str()).collect();
+    assert_eq!(request_ids, ["lines-1", "", "lines-6"]);
+}
+
+#[tokio::test]
 async fn a_bad_request_id_is_refused_naming_it_and_writes_nothing() {
     let stack = Stack::start().await;
     let mut api = stack.api(&[]).await;
@@ -177,6 +220,12 @@ async fn rest_commands_take_the_request_id_in_their_body() {
     assert_eq!(post(format!("/executions/{id}/cancel"), cancel).await, (200, cancelled));
     let (status, refused) = post(format!("/executions/{id}/cancel"), json!({"reason": "again"})).await;
     assert_eq!(status, 409, "a cancel without the request id is a new one: {refused}");
+
+    let lines = json!({"lines": [{"text": "rest line"}], "request_id": "rest-lines"});
+    let (status, appended) = post(format!("/executions/{id}/logs"), lines.clone()).await;
+    assert_eq!((status, appended["last_line_number"].as_u64()), (200, Some(1)), "{appended}");
+    assert_eq!(post(format!("/executions/{id}/logs"), lines).await, (200, appended));
+    assert_eq!(events_on(&stack, StreamKind::Logs, &id).await.len(), 1, "the lines once");
 
     let (status, bad) = post(format!("/executions/{id}/progress"), json!({"percent": 1, "request_id": "a b"})).await;
     assert_eq!(status, 400, "{bad}");

@@ -325,6 +325,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_changes_nothing() {
     let oversized = AppendLogsRequest {
         execution_id: id.clone(),
         lines: vec![LogLineInput { text: "x".repeat(20_000), stream: 0 }],
+        ..Default::default()
     };
     let err = client.append_logs(futures::stream::iter(vec![oversized])).await.expect_err("line too long");
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -334,6 +335,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_changes_nothing() {
     let ok = AppendLogsRequest {
         execution_id: id.clone(),
         lines: vec![LogLineInput { text: "hello".into(), stream: 1 }; 3],
+        ..Default::default()
     };
     let appended = client.append_logs(futures::stream::iter(vec![ok.clone(), ok])).await.expect("logs").into_inner();
     assert_eq!((appended.lines_appended, appended.last_line_number), (6, 6), "lines are numbered per execution");

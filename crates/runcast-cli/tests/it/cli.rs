@@ -125,6 +125,9 @@ async fn every_subcommand_works_against_the_real_stack() {
     assert!(!run(&env, &retried[..5]).await.status.success(), "completing the step again without the id is refused");
     let logged = one(&env, &["logs", "append", &id, "first line", "second line"]).await;
     assert_eq!(logged["last_line_number"], 2);
+    let lines_once = ["logs", "append", &id, "retried line", "--request-id", "retried-lines"];
+    assert_eq!(one(&env, &lines_once).await["last_line_number"], 3);
+    assert_eq!(one(&env, &lines_once).await["last_line_number"], 3, "appended once");
     let mut piped = runcast(&env, &["logs", "append", &id, "--stderr"]);
     piped.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
     let mut child = piped.spawn().expect("spawn");
@@ -134,7 +137,7 @@ async fn every_subcommand_works_against_the_real_stack() {
         stdin.write_all(b"from stdin 1\nfrom stdin 2\n").await.expect("write");
     }
     let output = child.wait_with_output().await.expect("waits");
-    assert!(String::from_utf8_lossy(&output.stdout).contains("last line number 4"), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("last line number 5"), "{output:?}");
 
     assert_eq!(one(&env, &["exec", "pause", &id, "--reason", "lunch"]).await["status"], "paused");
     assert_eq!(one(&env, &["exec", "resume", &id]).await["status"], "running");
@@ -219,10 +222,11 @@ async fn every_subcommand_works_against_the_real_stack() {
     assert!(agents.iter().all(|a| a["agent_id"].as_str().is_some_and(|id| id.starts_with("sim-"))));
 
     // logs tail replays an execution's log lines through the gateway.
-    let tail = json_lines(&env, &["logs", "tail", &id, "--since-offset", "0", "--count", "2"]).await;
-    assert_eq!(tail.len(), 2);
+    let tail = json_lines(&env, &["logs", "tail", &id, "--since-offset", "0", "--count", "3"]).await;
+    assert_eq!(tail.len(), 3);
     assert_eq!(tail[0]["data"]["payload"]["logs_appended"]["lines"][0]["text"], "first line");
-    assert_eq!(tail[1]["data"]["payload"]["logs_appended"]["lines"][1]["stream"], "stderr");
+    assert_eq!(tail[1]["data"]["request_id"], "retried-lines-0", "the retried append, once");
+    assert_eq!(tail[2]["data"]["payload"]["logs_appended"]["lines"][1]["stream"], "stderr");
 }
 
 /// A `runcast --json watch executions` process whose stdout lines arrive on a channel. (Piped
