@@ -80,6 +80,9 @@ impl ReadyFlag {
     }
 }
 
+/// How often the recorder's histograms are drained into their summaries when nobody scrapes.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The process-wide Prometheus recorder, installed on first use (tests may build several services
 /// in one process; the `metrics` facade has one global recorder).
 pub fn metrics_handle() -> PrometheusHandle {
@@ -91,9 +94,26 @@ pub fn metrics_handle() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
             }
+            spawn_upkeep(handle.clone(), METRICS_UPKEEP_INTERVAL);
             handle
         })
         .clone()
+}
+
+/// Drains the recorder's histograms every `interval`, for the life of the process (the recorder is
+/// process-wide too). Until drained, a histogram keeps every sample it was given — the gateway's
+/// delivery latency gets one per write — so without this a service nobody scrapes grows without
+/// bound (what `PrometheusBuilder::install` does with a task; `build_recorder` leaves it to us).
+fn spawn_upkeep(handle: PrometheusHandle, interval: Duration) {
+    let upkeep = move || {
+        loop {
+            std::thread::sleep(interval);
+            handle.run_upkeep();
+        }
+    };
+    if let Err(err) = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(upkeep) {
+        tracing::warn!(cause = %err, "cannot start the metrics upkeep thread; histograms drain only when scraped");
+    }
 }
 
 /// Declares what every service exposes from its first scrape: `runcast_build_info{service,
@@ -376,6 +396,20 @@ pub async fn serve_until_stopped(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recorder_comes_with_a_thread_that_drains_its_histograms() {
+        let upkeep_threads = || {
+            std::fs::read_dir("/proc/self/task")
+                .expect("tasks")
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .filter(|name| name.trim() == "metrics-upkeep")
+                .count()
+        };
+        metrics_handle();
+        metrics_handle();
+        assert_eq!(upkeep_threads(), 1, "one upkeep thread per process, however often the handle is asked for");
+    }
 
     #[tokio::test]
     async fn accepted_connections_have_nagle_turned_off() {
