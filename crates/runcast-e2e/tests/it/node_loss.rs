@@ -9,9 +9,10 @@
 //! stream once; every client received every offset once, in order (a progress event may be
 //! missing only where a later progress of its execution replaced it while the client was behind:
 //! coalescing, DESIGN §4); callers got only
-//! `UNAVAILABLE` while the cluster elected (printed: how long); an event published again with the
-//! same `Nats-Msg-Id` after the failover is acknowledged as a duplicate of the same offset and
-//! stored once.
+//! `UNAVAILABLE` while the cluster elected (printed: how long), and each command they retried after
+//! it (with its `request_id`) is in the history once, whether or not its first try had landed; an
+//! event published again with the same `Nats-Msg-Id` after the failover is acknowledged as a
+//! duplicate of the same offset and stored once.
 
 use crate::support::*;
 use prost::Message as _;
@@ -92,14 +93,13 @@ type Client = ExecutionServiceClient<
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, runcast_contract::client::Bearer>,
 >;
 
-/// Sends one request until it is answered with anything but UNAVAILABLE. `Ok(None)`: the
-/// request needed no change after all (a retried status change whose first attempt had landed).
-async fn call<F, Fut>(outcomes: &Outcomes, what: &str, retry_may_find_done: bool, mut send: F) -> Option<Execution>
+/// Sends one request until it is answered with anything but UNAVAILABLE: the requests carry an
+/// idempotency key or a request id, so a retry whose first try was stored answers that first try.
+async fn call<F, Fut>(outcomes: &Outcomes, what: &str, mut send: F) -> Option<Execution>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<Execution>, tonic::Status>>,
 {
-    let mut retried = false;
     loop {
         match send().await {
             Ok(response) => {
@@ -109,11 +109,8 @@ where
             }
             Err(status) if status.code() == Code::Unavailable => {
                 lock(&outcomes.unavailable).push(Instant::now());
-                retried = true;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            // An UNAVAILABLE whose publish had in fact been stored: the retry finds it done.
-            Err(status) if retried && retry_may_find_done && status.code() == Code::FailedPrecondition => return None,
             Err(status) => {
                 lock(&outcomes.wrong).push(format!("{what}: {:?} {}", status.code(), status.message()));
                 return None;
@@ -122,8 +119,8 @@ where
     }
 }
 
-/// One caller: executions created (with an idempotency key, so a retry is safe), started, and
-/// advanced by progress reports, until `stop`.
+/// One caller: executions created (with an idempotency key), started and advanced by progress
+/// reports (each with a request id), until `stop`: every retry is safe.
 async fn caller(client: Client, number: usize, outcomes: Arc<Outcomes>, stop: CancellationToken) {
     let mut round = 0;
     while !stop.is_cancelled() {
@@ -134,7 +131,7 @@ async fn caller(client: Client, number: usize, outcomes: Arc<Outcomes>, stop: Ca
             idempotency_key: key.clone(),
             ..Default::default()
         };
-        let Some(created) = call(&outcomes, &format!("create {key}"), false, || {
+        let Some(created) = call(&outcomes, &format!("create {key}"), || {
             let (mut client, request) = (client.clone(), create.clone());
             async move { client.create_execution(request).await }
         })
@@ -146,9 +143,10 @@ async fn caller(client: Client, number: usize, outcomes: Arc<Outcomes>, stop: Ca
         let start = UpdateExecutionStatusRequest {
             execution_id: id.clone(),
             status: ExecutionStatus::Running.into(),
+            request_id: "start".into(),
             ..Default::default()
         };
-        call(&outcomes, &format!("start {id}"), true, || {
+        call(&outcomes, &format!("start {id}"), || {
             let (mut client, request) = (client.clone(), start.clone());
             async move { client.update_execution_status(request).await }
         })
@@ -157,8 +155,13 @@ async fn caller(client: Client, number: usize, outcomes: Arc<Outcomes>, stop: Ca
             if stop.is_cancelled() {
                 return;
             }
-            let progress = ReportProgressRequest { execution_id: id.clone(), percent, ..Default::default() };
-            call(&outcomes, &format!("progress {id}"), false, || {
+            let progress = ReportProgressRequest {
+                execution_id: id.clone(),
+                percent,
+                request_id: format!("progress-{percent}"),
+                ..Default::default()
+            };
+            call(&outcomes, &format!("progress {id}"), || {
                 let (mut client, request) = (client.clone(), progress.clone());
                 async move { client.report_progress(request).await }
             })
@@ -452,6 +455,22 @@ async fn acknowledged_writes_survive_the_loss_of_stream_leaders_exactly_once() {
     }
     let dedupe_rows = rows.iter().filter(|(event_id, ..)| *event_id == dedupe.event_id).count();
     assert_eq!(dedupe_rows, 1, "the event published twice with one Nats-Msg-Id is stored once");
+    // Each intended change once, retried or not: its request id on one event of its execution.
+    let bodies: Vec<Vec<u8>> = sqlx::query_scalar("SELECT body FROM events WHERE stream = 'EXECUTIONS'")
+        .fetch_all(&pool)
+        .await
+        .expect("bodies");
+    let mut by_request: HashMap<(String, String), usize> = HashMap::new();
+    for body in &bodies {
+        let event = Event::decode(body.as_slice()).expect("a stored event decodes");
+        if !event.request_id.is_empty() {
+            *by_request.entry((event.execution_id, event.request_id)).or_default() += 1;
+        }
+    }
+    let repeated: Vec<_> = by_request.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "commands stored more than once: {repeated:?}");
+    let acked_commands = acked.iter().filter(|(_, version, _)| *version > 1).count();
+    assert!(by_request.len() >= acked_commands, "{acked_commands} acknowledged commands, {} stored", by_request.len());
 
     // Every client saw every offset once, in order, but for coalesced progress.
     let due: BTreeSet<u64> = (1..=last).collect();
