@@ -2,7 +2,7 @@
 // REST and continue live from their `as_of_offset`; nothing polls.
 import { Connection, type ConnectionEvents, type ConnectionOptions, type ConnectionState } from "./connection.js";
 import type { Subscription } from "./subscription.js";
-import { RestClient } from "./rest.js";
+import { RestClient, type CommandOptions } from "./rest.js";
 import { RuncastStore, type StoreOptions } from "./store.js";
 import { RuncastApiError } from "./errors.js";
 import { backoffDelay } from "./backoff.js";
@@ -38,6 +38,15 @@ function randomId(): string {
   return "x" + Math.random().toString(36).slice(2) + Date.now().toString(36);
 }
 
+/** Tries of a command before a transient failure is the caller's (backoff: up to 1, 2, 4 s). */
+const COMMAND_TRIES = 4;
+
+/** A failure a later try may not meet: the API unreachable, or a gateway in front of it or the API
+ * itself saying "not now" (502, 503 with or without `Retry-After`, 504). */
+function isTransient(err: unknown): boolean {
+  return err instanceof RuncastApiError && [0, 502, 503, 504].includes(err.status);
+}
+
 interface Shared {
   count: number;
   sub?: Subscription;
@@ -53,12 +62,16 @@ export class RuncastClient {
   readonly store: RuncastStore;
   private readonly shared = new Map<string, Shared>();
   private readonly listLimit: number;
+  private readonly setTimeout: (fn: () => void, ms: number) => unknown;
+  private readonly random: () => number;
 
   constructor(options: ClientOptions) {
     this.connection = new Connection(options);
     this.rest = new RestClient({ apiUrl: options.apiUrl, token: options.token, fetch: options.fetch });
     this.store = options.store ?? new RuncastStore(options.storeOptions);
     this.listLimit = options.listLimit ?? 1000;
+    this.setTimeout = options.setTimeout ?? ((fn, ms) => setTimeout(fn, ms));
+    this.random = options.random ?? Math.random;
   }
 
   get state(): ConnectionState {
@@ -246,20 +259,38 @@ export class RuncastClient {
     return { execution, watch };
   }
 
-  cancelExecution(id: string, reason?: string): Promise<Execution> {
-    return this.rest.cancelExecution(id, reason).then((e) => (this.store.upsertExecution(e), e));
+  /** Cancels; a transient failure is retried with the same request id, so it is applied once. */
+  cancelExecution(id: string, reason?: string, options?: CommandOptions): Promise<Execution> {
+    return this.command((o) => this.rest.cancelExecution(id, reason, o), options);
   }
 
-  pauseExecution(id: string, reason?: string): Promise<Execution> {
-    return this.rest.pauseExecution(id, reason).then((e) => (this.store.upsertExecution(e), e));
+  pauseExecution(id: string, reason?: string, options?: CommandOptions): Promise<Execution> {
+    return this.command((o) => this.rest.pauseExecution(id, reason, o), options);
   }
 
-  resumeExecution(id: string, reason?: string): Promise<Execution> {
-    return this.rest.resumeExecution(id, reason).then((e) => (this.store.upsertExecution(e), e));
+  resumeExecution(id: string, reason?: string, options?: CommandOptions): Promise<Execution> {
+    return this.command((o) => this.rest.resumeExecution(id, reason, o), options);
   }
 
-  resolveApproval(id: string, approvalId: string, granted: boolean, comment?: string): Promise<Execution> {
-    return this.rest.resolveApproval(id, approvalId, granted, comment).then((e) => (this.store.upsertExecution(e), e));
+  resolveApproval(id: string, approvalId: string, granted: boolean, comment?: string, options?: CommandOptions): Promise<Execution> {
+    return this.command((o) => this.rest.resolveApproval(id, approvalId, granted, comment, o), options);
+  }
+
+  /** Sends a command under one request id (the caller's, or a new one) for all its tries: the API
+   * unreachable or answering 502/503/504 is retried with backoff up to `COMMAND_TRIES` times, and
+   * the request id makes a try whose answer was lost count once. The answer goes into the store. */
+  private async command(send: (options: CommandOptions) => Promise<Execution>, options: CommandOptions = {}): Promise<Execution> {
+    const tries: CommandOptions = { requestId: options.requestId ?? randomId() };
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const execution = await send(tries);
+        this.store.upsertExecution(execution);
+        return execution;
+      } catch (err) {
+        if (!isTransient(err) || attempt >= COMMAND_TRIES) throw err;
+        await new Promise<void>((resolve) => this.setTimeout(resolve, backoffDelay(attempt, {}, this.random)));
+      }
+    }
   }
 }
 

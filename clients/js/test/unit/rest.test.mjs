@@ -39,3 +39,47 @@ test("a refused command is a typed error with the API's code and message", async
     return true;
   });
 });
+
+test("the client's commands retry transient failures under one request id and give up on the rest", async () => {
+  const { Clock, flush } = await import("./fakes.mjs");
+  const { RuncastClient } = await import("../../dist/index.js");
+  const clock = new Clock();
+  const answers = [];
+  const bodies = [];
+  const fetch = async (url, init) => {
+    bodies.push({ url, body: JSON.parse(init.body) });
+    const next = answers.shift();
+    if (next === "network") throw new TypeError("fetch failed");
+    return new Response(JSON.stringify(next.body), { status: next.status });
+  };
+  const client = new RuncastClient({
+    apiUrl: "http://api.test/api/v1", gatewayUrl: "ws://gw.test", token: "t", fetch,
+    setTimeout: clock.setTimeout, clearTimeout: clock.clearTimeout, now: () => clock.now, random: () => 0.5,
+  });
+  const paused = { execution_id: "e1", status: "paused", version: 4 };
+  const unavailable = { status: 503, body: { error: { code: "UNAVAILABLE", message: "NATS is down" } } };
+
+  // Unreachable, then 503, then the answer: three tries, one request id, the answer in the store.
+  answers.push("network", unavailable, { status: 200, body: paused });
+  const done = client.pauseExecution("e1", "lunch");
+  for (let i = 0; i < 5; i++) await clock.advance(5000);
+  assert.deepEqual(await done, paused);
+  assert.equal(bodies.length, 3);
+  const ids = new Set(bodies.map((b) => b.body.request_id));
+  assert.equal(ids.size, 1, "every try carries the same request id");
+  assert.match([...ids][0], /^[A-Za-z0-9_-]{1,64}$/);
+  assert.equal(client.store.getExecution("e1")?.status, "paused");
+
+  // A refusal is the caller's at once; so is the 4th transient failure. The caller's id is kept.
+  bodies.length = 0;
+  answers.push({ status: 409, body: { error: { code: "FAILED_PRECONDITION", message: "already paused" } } });
+  await assert.rejects(client.pauseExecution("e1", "", { requestId: "pause-2" }), /already paused/);
+  assert.deepEqual(bodies.map((b) => b.body.request_id), ["pause-2"]);
+  bodies.length = 0;
+  answers.push(unavailable, unavailable, unavailable, unavailable);
+  const failing = assert.rejects(client.cancelExecution("e1", "stop", { requestId: "cancel-1" }), (err) => err.status === 503);
+  for (let i = 0; i < 5; i++) await clock.advance(5000);
+  await failing;
+  await flush();
+  assert.deepEqual(bodies.map((b) => b.body.request_id), ["cancel-1", "cancel-1", "cancel-1", "cancel-1"]);
+});
