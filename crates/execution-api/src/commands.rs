@@ -283,7 +283,9 @@ impl Executions {
                 if !confirmed {
                     continue;
                 }
-                if let Some(earlier) = self.earlier_request(tenant, execution_id, request_id.as_ref()).await? {
+                if let Some(earlier) =
+                    self.earlier_request(tenant, execution_id, Some(current), request_id.as_ref()).await?
+                {
                     return Ok(earlier);
                 }
                 return Err(ApiError::new(
@@ -303,7 +305,7 @@ impl Executions {
                 Err(refusal)
                     if request_id.is_some() && !matches!(refusal, Refusal::AlreadyExists | Refusal::NotFound) =>
                 {
-                    match self.earlier_request(tenant, execution_id, request_id.as_ref()).await? {
+                    match self.earlier_request(tenant, execution_id, current, request_id.as_ref()).await? {
                         Some(earlier) => return Ok(earlier),
                         None => return Err(refusal.into()),
                     }
@@ -355,14 +357,21 @@ impl Executions {
 
 impl Executions {
     /// The execution as the event of an earlier try of `request_id` left it, if the stream stored
-    /// one within the duplicate window.
+    /// one within the duplicate window. Only an execution that changed within the window is looked
+    /// through: a refused command on one that did not (a worker reporting on an execution finished
+    /// long ago) costs no look-back.
     async fn earlier_request(
         &self,
         tenant: &EntityId,
         execution_id: &EntityId,
+        current: Option<&Execution>,
         request_id: Option<&EntityId>,
     ) -> Result<Option<Execution>, ApiError> {
         let Some(request_id) = request_id else { return Ok(None) };
+        let updated_at = current.and_then(|current| current.updated_at.as_ref());
+        if !changed_within(updated_at, chrono::Utc::now(), self.duplicate_window) {
+            return Ok(None);
+        }
         let found = self
             .store
             .find_request(StreamKind::Executions, tenant, execution_id, request_id.as_str(), self.duplicate_window)
@@ -384,9 +393,38 @@ impl Executions {
     }
 }
 
+/// Clocks of api replicas and NATS servers may disagree by this much.
+const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(10);
+
+/// Whether an execution last changed at `updated_at` can have an event stored within the last
+/// `window` (and so the first try of a retried request): not if it has not changed since before
+/// the window, give or take clock skew. An unknown time may have.
+fn changed_within(updated_at: Option<&Timestamp>, now: chrono::DateTime<chrono::Utc>, window: Duration) -> bool {
+    let Some(updated_at) = updated_at.and_then(|at| runcast_contract::json::to_datetime(at).ok()) else {
+        return true;
+    };
+    let horizon = chrono::Duration::from_std(window.saturating_add(CLOCK_SKEW_ALLOWANCE))
+        .ok()
+        .and_then(|span| now.checked_sub_signed(span));
+    horizon.is_none_or(|horizon| updated_at >= horizon)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_execution_changed_within_the_window_can_hold_a_retried_requests_first_try() {
+        let now = chrono::Utc::now();
+        let at = |ago: i64| Some(runcast_contract::json::from_datetime(now - chrono::Duration::seconds(ago)));
+        let window = Duration::from_secs(120);
+        assert!(changed_within(at(1).as_ref(), now, window));
+        assert!(changed_within(at(125).as_ref(), now, window), "within the clock skew allowance");
+        assert!(!changed_within(at(131).as_ref(), now, window));
+        assert!(!changed_within(at(86_400).as_ref(), now, window), "finished long ago: no look-back");
+        assert!(changed_within(None, now, window), "unknown: look");
+        assert!(changed_within(at(86_400).as_ref(), now, Duration::MAX), "a window too long to subtract: look");
+    }
 
     #[test]
     fn idempotency_keys_map_to_stable_valid_ids_per_tenant() {
