@@ -10,6 +10,7 @@
 use crate::archived::ArchivedExecutions;
 use crate::domain::state_machine::{Command, Refusal, decide};
 use crate::error::{ApiError, ApiErrorKind};
+use crate::series::FirstTry;
 use crate::store::{EventStore, Read, StoreErrorKind, Stored};
 use prost_types::Timestamp;
 use runcast_contract::v1::{Event, Execution, event};
@@ -275,6 +276,7 @@ impl Executions {
             if let (Some(request_id), Some(latest)) = (&request_id, &latest)
                 && latest.last_event.as_ref().is_some_and(|last| last.request_id == request_id.as_str())
             {
+                FirstTry::Last.count();
                 return Ok(latest.execution.clone());
             }
             if let (Some(expected), Some(current)) = (expected_version, current)
@@ -333,7 +335,10 @@ impl Executions {
             };
             let expected_sequence = latest.as_ref().map_or(0, |latest| latest.expected_sequence);
             match self.store.append(StreamKind::Executions, tenant, execution_id, event, expected_sequence).await {
-                Ok(appended) if appended.duplicate => return self.stored_execution(appended.sequence).await,
+                Ok(appended) if appended.duplicate => {
+                    FirstTry::Duplicate.count();
+                    return self.stored_execution(appended.sequence).await;
+                }
                 Ok(appended) => {
                     state.offset = appended.sequence;
                     return Ok(state);
@@ -376,7 +381,11 @@ impl Executions {
             .store
             .find_request(StreamKind::Executions, tenant, execution_id, request_id.as_str(), self.duplicate_window)
             .await?;
-        Ok(found.as_ref().and_then(execution_of).cloned())
+        let earlier = found.as_ref().and_then(execution_of).cloned();
+        if earlier.is_some() {
+            FirstTry::LookBack.count();
+        }
+        Ok(earlier)
     }
 
     /// The execution as the event at `sequence` left it: the answer to a retried request whose

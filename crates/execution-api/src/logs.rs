@@ -4,6 +4,7 @@
 
 use crate::commands::now;
 use crate::error::{ApiError, ApiErrorKind};
+use crate::series::FirstTry;
 use crate::store::{EventStore, Read, StoreErrorKind};
 use crate::validate;
 use runcast_contract::v1::{AppendLogsRequest, Event, EventType, LogLine, LogStream, LogsAppended, event};
@@ -145,6 +146,7 @@ pub(crate) async fn append(
             && !request_id.is_empty()
             && stored.event.request_id == request_id
         {
+            FirstTry::Last.count();
             return Ok(last_line_of(&stored.event));
         }
         let (last_line, version, expected) = match (&last, history) {
@@ -176,6 +178,7 @@ pub(crate) async fn append(
         match store.append(StreamKind::Logs, tenant, execution_id, event, expected).await {
             // A retry whose first try was followed by other lines: JetStream stored it once.
             Ok(appended) if appended.duplicate => {
+                FirstTry::Duplicate.count();
                 let first = store.at(StreamKind::Logs, appended.sequence).await?.ok_or_else(|| {
                     ApiError::unavailable(format!(
                         "log event {}, an earlier try of this request, is no longer in the stream",

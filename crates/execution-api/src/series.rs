@@ -19,6 +19,32 @@ pub(crate) const COMMANDS: [&str; 12] = [
 
 pub(crate) const LISTENERS: [&str; 2] = ["grpc", "rest"];
 
+/// How a command sent again with its `request_id` found its first try: the subject's last event,
+/// JetStream's duplicate answer, or a look back through the duplicate window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FirstTry {
+    Last,
+    Duplicate,
+    LookBack,
+}
+
+impl FirstTry {
+    const ALL: [Self; 3] = [Self::Last, Self::Duplicate, Self::LookBack];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Last => "last",
+            Self::Duplicate => "duplicate",
+            Self::LookBack => "look_back",
+        }
+    }
+
+    /// Counts one retry answered by its first try.
+    pub(crate) fn count(self) {
+        metrics::counter!("runcast_api_retries_answered_total", "found" => self.label()).increment(1);
+    }
+}
+
 pub(crate) fn declare() {
     metrics::describe_counter!(
         "runcast_api_commands_total",
@@ -28,6 +54,13 @@ pub(crate) fn declare() {
     metrics::describe_counter!("runcast_api_write_conflicts_total", "Appends that lost a compare-and-set race");
     metrics::describe_counter!("runcast_api_requests_shed_total", "Requests refused at the concurrency limit");
     metrics::describe_counter!("runcast_api_requests_timed_out_total", "Requests cut at RUNCAST_REQUEST_TIMEOUT");
+    metrics::describe_counter!(
+        "runcast_api_retries_answered_total",
+        "Commands sent again with their request_id and answered by their first try, by how it was found"
+    );
+    for found in FirstTry::ALL {
+        metrics::counter!("runcast_api_retries_answered_total", "found" => found.label()).increment(0);
+    }
     for command in COMMANDS {
         metrics::counter!("runcast_api_commands_total", "command" => command, "outcome" => "ok").increment(0);
         // Registered: rendered with count 0 until the first command.

@@ -6,6 +6,7 @@ async fn starts_without_nats_becomes_ready_follows_nats_and_stops_on_sigterm() {
         "runcast_api_write_conflicts_total",
         "runcast_api_requests_shed_total",
         "runcast_api_requests_timed_out_total",
+        "runcast_api_retries_answered_total",
     ];
     runcast_testkit::lifecycle::check("execution-api", false, &series).await.expect("lifecycle contract holds");
 }

@@ -104,6 +104,16 @@ async fn a_retried_request_is_applied_once_on_any_replica_and_answers_as_its_fir
     assert_eq!(stale.code(), Code::Aborted, "{stale:?}");
     assert_eq!(events_of(&stack, &id).await.len(), 9);
 
+    // How each retry found its first try, counted on the replica that answered them.
+    let metrics = http().get(second.http_url("/metrics")).send().await.expect("sent").text().await.expect("text");
+    let answered = |found: &str| {
+        let prefix = format!("runcast_api_retries_answered_total{{found=\"{found}\"}} ");
+        metrics.lines().find_map(|line| line.strip_prefix(prefix.as_str())?.trim().parse::<f64>().ok())
+    };
+    assert_eq!(answered("last"), Some(1.0), "the start retried while it was the last event: {metrics}");
+    assert_eq!(answered("duplicate"), Some(1.0), "40 % retried after 60 %");
+    assert_eq!(answered("look_back"), Some(3.0), "the start, the step and the guarded pause");
+
     // Request ids are per execution: the same id on another execution is its own request.
     let other_id = create(&mut a, "retries").await;
     a.update_execution_status(start_of(&other_id)).await.expect("starts the other");
