@@ -265,8 +265,8 @@ async fn get_execution(
 }
 
 #[utoipa::path(post, path = "/api/v1/executions/{id}/status", tag = "executions", params(("id" = String, Path, description = "execution_id")),
-    request_body(content = UpdateExecutionStatusRequest, description = "`status`, `message`, `error`, `expected_version`, `agent_id` (the agent that moves it to running owns it); `execution_id` is the path's",
-        example = json!({"status": "running", "agent_id": "worker-7"})),
+    request_body(content = UpdateExecutionStatusRequest, description = "`status`, `message`, `error`, `expected_version`, `agent_id` (the agent that moves it to running owns it), `request_id` (sent again after a lost answer, applied once); `execution_id` is the path's",
+        example = json!({"status": "running", "agent_id": "worker-7", "request_id": "0193a1b2-7c4d-7e8f-9a0b-1c2d3e4f5a6b"})),
     responses((status = 200, description = "The execution after the change", body = Execution), (status = 404, body = ErrorBody), (status = 409, description = "Illegal transition (FAILED_PRECONDITION) or lost race (ABORTED)", body = ErrorBody), (status = 413, description = "The state would exceed its size limit (RESOURCE_EXHAUSTED)", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody), (status = 503, description = "NATS or (for an execution older than the stream) PostgreSQL unreachable", body = ErrorBody)))]
 async fn update_execution_status(
     State(app): State<App>,
@@ -294,7 +294,7 @@ async fn execute_from_path<T: serde::de::DeserializeOwned + utoipa::PartialSchem
 }
 
 #[utoipa::path(post, path = "/api/v1/executions/{id}/steps", tag = "workers", params(("id" = String, Path, description = "execution_id")),
-    request_body(content = ReportStepRequest, description = "`step_id`, `name`, `status` (pending, running, completed, failed, skipped), `error`",
+    request_body(content = ReportStepRequest, description = "`step_id`, `name`, `status` (pending, running, completed, failed, skipped), `error`, `request_id` (sent again after a lost answer, applied once)",
         example = json!({"step_id": "compile", "name": "Compile", "status": "running"})),
     responses((status = 200, description = "The execution after the change", body = Execution), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn report_step(
@@ -309,7 +309,7 @@ async fn report_step(
 }
 
 #[utoipa::path(post, path = "/api/v1/executions/{id}/progress", tag = "workers", params(("id" = String, Path, description = "execution_id")),
-    request_body(content = ReportProgressRequest, description = "`percent` (0-100), `current_step`, `message`",
+    request_body(content = ReportProgressRequest, description = "`percent` (0-100), `current_step`, `message`, `request_id` (sent again after a lost answer, applied once)",
         example = json!({"percent": 40, "current_step": "compile", "message": "412 of 1030 units"})),
     responses((status = 200, description = "The execution after the change", body = Execution), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn report_progress(
