@@ -339,6 +339,11 @@ impl EventStore {
                     cache.remove(&subject);
                 }
             })?;
+        if ack.duplicate && ack.sequence == 0 {
+            // A clustered stream staged the same message id for another try that is not stored
+            // yet (two tries of one request at once): read again, and find it.
+            return Err(StoreError::new(StoreErrorKind::Conflict, in_process(&subject)));
+        }
         if !ack.duplicate {
             set_offset(&mut event, ack.sequence);
             self.remember(&subject, event);
@@ -451,7 +456,16 @@ fn leader_read_error(subject: &str, err: &jetstream::stream::RawMessageError) ->
     }
 }
 
+/// The message of a conflict with another try of the same request, still being stored.
+fn in_process(subject: &str) -> String {
+    format!("another try of this request on {subject} is being stored")
+}
+
 fn publish_error(subject: &str, err: jetstream::context::PublishError) -> StoreError {
+    let api_error = std::error::Error::source(&err).and_then(|source| source.downcast_ref::<jetstream::Error>());
+    if api_error.is_some_and(|api| api.error_code() == jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT) {
+        return StoreError::new(StoreErrorKind::Conflict, in_process(subject));
+    }
     match err.kind() {
         PublishErrorKind::WrongLastSequence => {
             StoreError::new(StoreErrorKind::Conflict, format!("{subject} changed concurrently"))
@@ -497,6 +511,16 @@ mod tests {
         assert_eq!(leader(RawMessageErrorKind::InvalidSubject), StoreErrorKind::Internal);
         let unavailable: crate::error::ApiError =
             read_error("exec.acme.e1", &DirectGetError::new(DirectGetErrorKind::TimedOut)).into();
+        // Two tries of one request at once on a clustered stream: the second reads again.
+        let api = |code: u64| -> jetstream::Error {
+            serde_json::from_value(serde_json::json!({"code": 409, "err_code": code, "description": "…"}))
+                .expect("error")
+        };
+        let publish =
+            |kind, code| publish_error("exec.acme.e1", jetstream::context::PublishError::with_source(kind, api(code)));
+        assert_eq!(publish(PublishErrorKind::Other, 10158).kind(), StoreErrorKind::Conflict);
+        assert_eq!(publish(PublishErrorKind::Other, 10999).kind(), StoreErrorKind::Internal);
+        assert_eq!(publish(PublishErrorKind::WrongLastSequence, 10071).kind(), StoreErrorKind::Conflict);
         assert_eq!(unavailable.kind(), crate::error::ApiErrorKind::Unavailable);
     }
 }

@@ -114,6 +114,17 @@ async fn a_retried_request_is_applied_once_on_any_replica_and_answers_as_its_fir
     assert_eq!(answered("duplicate"), Some(1.0), "40 % retried after 60 %");
     assert_eq!(answered("look_back"), Some(3.0), "the start, the step and the guarded pause");
 
+    // Hedged: the same request sent to both replicas at once, eight times over. Each pair lands
+    // once and both answers are that one change, whichever replica stored it.
+    for n in 0..8u32 {
+        let request = progress(&id, 50 + n, &format!("hedged-{n}"));
+        let (left, right) = tokio::join!(a.report_progress(request.clone()), b.report_progress(request));
+        let (left, right) = (left.expect("hedged, one side").into_inner(), right.expect("the other").into_inner());
+        assert_eq!(left, right, "both sides answer the one change");
+        assert_eq!(left.progress, 50 + n);
+    }
+    assert_eq!(events_of(&stack, &id).await.len(), 17, "each hedged pair stored once");
+
     // Request ids are per execution: the same id on another execution is its own request.
     let other_id = create(&mut a, "retries").await;
     a.update_execution_status(start_of(&other_id)).await.expect("starts the other");
