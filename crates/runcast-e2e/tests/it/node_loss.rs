@@ -120,7 +120,7 @@ where
 }
 
 /// One caller: executions created (with an idempotency key), started and advanced by progress
-/// reports (each with a request id), until `stop`: every retry is safe.
+/// reports (each with a request id, each try sent twice at once), until `stop`: every retry is safe.
 async fn caller(client: Client, number: usize, outcomes: Arc<Outcomes>, stop: CancellationToken) {
     let mut round = 0;
     while !stop.is_cancelled() {
@@ -161,9 +161,23 @@ async fn caller(client: Client, number: usize, outcomes: Arc<Outcomes>, stop: Ca
                 request_id: format!("progress-{percent}"),
                 ..Default::default()
             };
+            // Hedged: each try sent twice at once, so two tries of one request race on the
+            // clustered stream (the api must answer both with the one change).
             call(&outcomes, &format!("progress {id}"), || {
-                let (mut client, request) = (client.clone(), progress.clone());
-                async move { client.report_progress(request).await }
+                let (mut first, mut second, request) = (client.clone(), client.clone(), progress.clone());
+                async move {
+                    let (a, b) = tokio::join!(first.report_progress(request.clone()), second.report_progress(request));
+                    match (a, b) {
+                        (Ok(a), Ok(b)) if a.get_ref() != b.get_ref() => Err(tonic::Status::internal(format!(
+                            "hedged answers differ: {:?} and {:?}",
+                            a.get_ref(),
+                            b.get_ref()
+                        ))),
+                        (Err(err), _) | (_, Err(err)) if err.code() != Code::Unavailable => Err(err),
+                        (Ok(answer), _) | (_, Ok(answer)) => Ok(answer),
+                        (Err(err), Err(_)) => Err(err),
+                    }
+                }
             })
             .await;
         }
