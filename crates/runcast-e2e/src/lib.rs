@@ -7,8 +7,12 @@
 //! - `node_loss`: under steady writes through the api, with 2 persisters and 2 gateways serving
 //!   WebSocket and SSE clients, the EXECUTIONS stream leader is killed (-9), restarted, then
 //!   another node is killed. Every acknowledged write is in PostgreSQL exactly once, every client
-//!   sees every offset once, callers see only `UNAVAILABLE` meanwhile, and the unavailability
-//!   window is printed.
+//!   sees every offset once, callers see only `UNAVAILABLE` meanwhile (their commands carry request
+//!   ids, each progress report is sent twice at once, and the history holds each change once),
+//!   and the unavailability window is printed.
+//! - `retries`: two api replicas on R3 streams; a command sent again with its `request_id` is
+//!   answered by its first try by each path (last event, duplicate, look back), and hedged pairs
+//!   store one change each.
 //! - `rolling_restart`: three gateways SIGTERMed one at a time with 1,000 connected clients; all
 //!   resume gap-free, and the drain's jittered `retry_after_ms` keeps the reconnect rate under a
 //!   bound the test measures and prints.
