@@ -408,6 +408,11 @@ mod tests {
         };
         metrics_handle();
         metrics_handle();
+        // The thread names itself once it runs: wait for it, with a deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while upkeep_threads() == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(upkeep_threads(), 1, "one upkeep thread per process, however often the handle is asked for");
     }
 
