@@ -93,6 +93,45 @@ const MAX_LOOKBACK_EVENTS: usize = 10_000;
 
 /// Look-backs one replica runs at once; more wait (within the operation timeout) for their turn.
 const MAX_CONCURRENT_LOOKBACKS: usize = 8;
+/// Of those, what one tenant may hold: a tenant flooding refused retries waits for its own turns
+/// and leaves the others theirs.
+const MAX_CONCURRENT_LOOKBACKS_PER_TENANT: usize = 2;
+/// Tenants whose look-back turns are tracked (the least recently used forgotten beyond it).
+const LOOKBACK_TENANTS: usize = 10_000;
+
+/// Turns for look-backs: a few per replica, fewer per tenant.
+#[derive(Debug)]
+struct LookbackTurns {
+    replica: Arc<tokio::sync::Semaphore>,
+    tenants: quick_cache::sync::Cache<String, Arc<tokio::sync::Semaphore>>,
+    per_tenant: usize,
+}
+
+impl LookbackTurns {
+    fn new(replica: usize, per_tenant: usize) -> Self {
+        Self {
+            replica: Arc::new(tokio::sync::Semaphore::new(replica)),
+            tenants: quick_cache::sync::Cache::new(LOOKBACK_TENANTS),
+            per_tenant,
+        }
+    }
+
+    /// Waits for a turn of `tenant`'s, then one of the replica's: held until both are dropped.
+    async fn take(
+        &self,
+        tenant: &str,
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit), tokio::sync::AcquireError> {
+        let own = self
+            .tenants
+            .get_or_insert_with(tenant, || {
+                Ok::<_, std::convert::Infallible>(Arc::new(tokio::sync::Semaphore::new(self.per_tenant)))
+            })
+            .unwrap_or_else(|never| match never {});
+        let own = own.acquire_owned().await?;
+        let shared = self.replica.clone().acquire_owned().await?;
+        Ok((own, shared))
+    }
+}
 
 /// Subjects' last events (their `offset` set) as this replica last wrote or read them, the least
 /// recently used forgotten beyond the capacity.
@@ -109,7 +148,7 @@ pub struct EventStore {
     remembered: Option<Arc<LastEvents>>,
     /// Look-backs for an earlier request in flight: each makes a consumer on the server, so a
     /// flood of refused retries cannot make thousands at once.
-    lookbacks: Arc<tokio::sync::Semaphore>,
+    lookbacks: Arc<LookbackTurns>,
 }
 
 /// How fresh a read of a subject's last event must be.
@@ -133,7 +172,7 @@ impl EventStore {
     /// `remember`: how many subjects' last events to keep for [`Read::Remembered`] (0: none).
     pub fn new(jetstream: jetstream::Context, topology: Topology, replicas: u8, remember: usize) -> Self {
         let remembered = (remember > 0).then(|| Arc::new(LastEvents::new(remember)));
-        let lookbacks = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_LOOKBACKS));
+        let lookbacks = Arc::new(LookbackTurns::new(MAX_CONCURRENT_LOOKBACKS, MAX_CONCURRENT_LOOKBACKS_PER_TENANT));
         Self { jetstream, topology, replicated: replicas > 1, remembered, lookbacks }
     }
 
@@ -260,7 +299,7 @@ impl EventStore {
         let stream_name = self.topology.stream_name(kind);
         let unavailable = |err: &dyn std::fmt::Display| lookback_unavailable(&subject, err);
         let look = async {
-            let _turn = self.lookbacks.acquire().await.map_err(|err| unavailable(&err))?;
+            let _turn = self.lookbacks.take(tenant.as_str()).await.map_err(|err| unavailable(&err))?;
             let stream = self.jetstream.get_stream_no_info(&stream_name).await.map_err(|err| unavailable(&err))?;
             let start_time = time::OffsetDateTime::now_utc() - window;
             let consumer = stream
@@ -486,6 +525,27 @@ fn publish_error(subject: &str, err: jetstream::context::PublishError) -> StoreE
 mod tests {
     use super::*;
     use async_nats::jetstream::stream::DirectGetError;
+
+    #[tokio::test]
+    async fn a_tenant_holding_its_look_back_turns_leaves_the_others_theirs() {
+        let turns = LookbackTurns::new(3, 2);
+        let (first, second) = (turns.take("flood").await.expect("turn"), turns.take("flood").await.expect("turn"));
+        let third = turns.take("flood");
+        tokio::pin!(third);
+        assert!(futures::poll!(third.as_mut()).is_pending(), "a tenant's third look-back waits for its own turn");
+        let other = turns.take("quiet").await.expect("another tenant still gets one");
+        let fourth = turns.take("other");
+        tokio::pin!(fourth);
+        assert!(futures::poll!(fourth.as_mut()).is_pending(), "the replica's three turns are taken");
+        // A turn given back goes to whoever waited for the replica first: the other tenant.
+        drop(first);
+        let fourth = futures::poll!(fourth.as_mut());
+        assert!(fourth.is_ready(), "the first in line for the replica's turn");
+        assert!(futures::poll!(third.as_mut()).is_pending(), "its tenant's turn is free, the replica's is taken");
+        drop(other);
+        assert!(futures::poll!(third.as_mut()).is_ready());
+        drop((second, fourth));
+    }
 
     #[test]
     fn jetstream_not_answering_is_unavailable_anything_else_internal() {
