@@ -391,11 +391,7 @@ impl Executions {
     /// The execution as the event at `sequence` left it: the answer to a retried request whose
     /// publish JetStream refused as a duplicate of the first try's.
     async fn stored_execution(&self, sequence: u64) -> Result<Execution, ApiError> {
-        let stored = self.store.at(StreamKind::Executions, sequence).await?.ok_or_else(|| {
-            ApiError::unavailable(format!(
-                "event {sequence}, an earlier try of this request, is no longer in the stream"
-            ))
-        })?;
+        let stored = self.store.earlier_try(StreamKind::Executions, sequence).await?;
         execution_of(&stored)
             .cloned()
             .ok_or_else(|| ApiError::internal(format!("event {sequence} of the executions stream has no state")))

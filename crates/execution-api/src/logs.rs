@@ -179,12 +179,7 @@ pub(crate) async fn append(
             // A retry whose first try was followed by other lines: JetStream stored it once.
             Ok(appended) if appended.duplicate => {
                 FirstTry::Duplicate.count();
-                let first = store.at(StreamKind::Logs, appended.sequence).await?.ok_or_else(|| {
-                    ApiError::unavailable(format!(
-                        "log event {}, an earlier try of this request, is no longer in the stream",
-                        appended.sequence
-                    ))
-                })?;
+                let first = store.earlier_try(StreamKind::Logs, appended.sequence).await?;
                 return Ok(last_line_of(&first.event));
             }
             Ok(_) => return Ok(last_number),

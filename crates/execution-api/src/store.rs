@@ -233,11 +233,17 @@ impl EventStore {
         Ok(Some(stored))
     }
 
-    /// The event stored at `sequence` of `kind`'s stream, read from the leader.
-    pub async fn at(&self, kind: StreamKind, sequence: u64) -> Result<Option<Stored>, StoreError> {
+    /// The event a retried request's first try stored at `sequence` of `kind`'s stream (what an
+    /// append answered as a duplicate), read from the leader.
+    pub async fn earlier_try(&self, kind: StreamKind, sequence: u64) -> Result<Stored, StoreError> {
         let what = format!("sequence {sequence} of {}", self.topology.stream_name(kind));
-        let message = self.fetch(kind, &what, Fetch::Sequence(sequence), Read::Leader).await?;
-        message.map(|message| decode(&what, &message, true)).transpose()
+        match self.fetch(kind, &what, Fetch::Sequence(sequence), Read::Leader).await? {
+            Some(message) => decode(&what, &message, true),
+            None => Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!("{what}, an earlier try of this request, is no longer in the stream"),
+            )),
+        }
     }
 
     /// One message of `kind`'s stream, `None` when there is none.
@@ -409,17 +415,11 @@ async fn scan_for_request(
             let message = message.map_err(|err| unavailable(&err))?;
             let info = message.info().map_err(|err| unavailable(&err))?;
             let (sequence, left) = (info.stream_sequence, info.pending);
-            let mut event = Event::decode(message.payload.as_ref()).map_err(|err| {
-                StoreError::new(
-                    StoreErrorKind::Internal,
-                    format!("event {sequence} on {subject} does not decode: {err}"),
-                )
-            })?;
+            let stored = decode_payload(subject, &message.payload, sequence, true)?;
             received += 1;
             pending = left;
-            if event.request_id == request_id {
-                set_offset(&mut event, sequence);
-                return Ok(Some(Stored { event, sequence, exact: true }));
+            if stored.event.request_id == request_id {
+                return Ok(Some(stored));
             }
         }
         scanned += received;
@@ -446,14 +446,16 @@ fn decode(
     message: &async_nats::jetstream::message::StreamMessage,
     exact: bool,
 ) -> Result<Stored, StoreError> {
-    let mut event = Event::decode(message.payload.as_ref()).map_err(|err| {
-        StoreError::new(
-            StoreErrorKind::Internal,
-            format!("event {} on {what} does not decode: {err}", message.sequence),
-        )
+    decode_payload(what, &message.payload, message.sequence, exact)
+}
+
+/// An event as stored at `sequence`, its offset set.
+fn decode_payload(what: &str, payload: &[u8], sequence: u64, exact: bool) -> Result<Stored, StoreError> {
+    let mut event = Event::decode(payload).map_err(|err| {
+        StoreError::new(StoreErrorKind::Internal, format!("event {sequence} on {what} does not decode: {err}"))
     })?;
-    set_offset(&mut event, message.sequence);
-    Ok(Stored { event, sequence: message.sequence, exact })
+    set_offset(&mut event, sequence);
+    Ok(Stored { event, sequence, exact })
 }
 
 /// The stream sequence an event was stored at, in the event and in the state it carries.

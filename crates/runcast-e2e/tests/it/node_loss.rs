@@ -16,8 +16,6 @@
 
 use crate::support::*;
 use prost::Message as _;
-use runcast_contract::client::Bearer;
-use runcast_contract::v1::execution_service_client::ExecutionServiceClient;
 use runcast_contract::v1::{
     CreateExecutionRequest, Event, EventType, Execution, ExecutionStatus, ReportProgressRequest,
     UpdateExecutionStatusRequest,
@@ -88,10 +86,6 @@ impl Outcomes {
         .unwrap_or_else(|err| panic!("{err}; wrong answers so far: {:?}", lock(&self.wrong)));
     }
 }
-
-type Client = ExecutionServiceClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, runcast_contract::client::Bearer>,
->;
 
 /// Sends one request until it is answered with anything but UNAVAILABLE: the requests carry an
 /// idempotency key or a request id, so a retry whose first try was stored answers that first try.
@@ -300,21 +294,11 @@ async fn acknowledged_writes_survive_the_loss_of_stream_leaders_exactly_once() {
     .expect("clients subscribed");
 
     // Callers.
-    let grpc = api.addr("grpc_addr").await.expect("grpc address");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
-        .expect("endpoint")
-        .timeout(Duration::from_secs(20))
-        .connect()
-        .await
-        .expect("api reachable");
-    let bearer = Bearer::new(Some(&token("writer", &["admin"]))).expect("bearer");
+    let client = writer(&mut api).await;
     let outcomes = Arc::new(Outcomes::default());
     let stop_callers = CancellationToken::new();
     let callers: Vec<_> = (0..CALLERS)
-        .map(|number| {
-            let client = ExecutionServiceClient::with_interceptor(channel.clone(), bearer.clone());
-            tokio::spawn(caller(client, number, outcomes.clone(), stop_callers.clone()))
-        })
+        .map(|number| tokio::spawn(caller(client.clone(), number, outcomes.clone(), stop_callers.clone())))
         .collect();
     outcomes.wait_for_more(40, "writes before any fault").await;
 

@@ -3,29 +3,12 @@
 //! duplicate refused by the stream leader, or a look back through the window with a consumer on
 //! the replicated stream), and two tries sent at once to both replicas store one change.
 
-use crate::support::{SECRET, token};
-use runcast_contract::client::Bearer;
-use runcast_contract::v1::execution_service_client::ExecutionServiceClient;
+use crate::support::{SECRET, writer};
 use runcast_contract::v1::{
     CreateExecutionRequest, ExecutionStatus, GetExecutionRequest, ReportProgressRequest, ReportStepRequest, StepStatus,
     UpdateExecutionStatusRequest,
 };
 use runcast_testkit::{NatsCluster, PostgresServer, ServiceEnv, unique_name};
-use std::time::Duration;
-
-type Client =
-    ExecutionServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
-
-async fn client(api: &mut runcast_testkit::ServiceProcess) -> Client {
-    let grpc = api.addr("grpc_addr").await.expect("grpc address");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
-        .expect("endpoint")
-        .timeout(Duration::from_secs(20))
-        .connect()
-        .await
-        .expect("api reachable");
-    ExecutionServiceClient::with_interceptor(channel, Bearer::new(Some(&token("writer", &["admin"]))).expect("bearer"))
-}
 
 fn progress(id: &str, percent: u32, request_id: &str) -> ReportProgressRequest {
     ReportProgressRequest { execution_id: id.into(), percent, request_id: request_id.into(), ..Default::default() }
@@ -45,7 +28,7 @@ async fn a_retried_request_is_answered_by_its_first_try_on_a_replicated_stream()
         secret: SECRET.into(),
     };
     let (mut first, mut second) = tokio::join!(env.spawn("execution-api", &[]), env.spawn("execution-api", &[]));
-    let (mut a, mut b) = (client(&mut first).await, client(&mut second).await);
+    let (mut a, mut b) = (writer(&mut first).await, writer(&mut second).await);
     let create = CreateExecutionRequest { workflow_id: "retries".into(), ..Default::default() };
     let id = a.create_execution(create).await.expect("created").into_inner().execution_id;
 

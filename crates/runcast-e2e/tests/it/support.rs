@@ -21,6 +21,24 @@ pub(crate) fn token(subject: &str, roles: &[&str]) -> String {
     runcast_testkit::token::token(SECRET, subject, TENANT, roles, 3_600)
 }
 
+/// A client of the api's `ExecutionService`.
+pub(crate) type Client = runcast_contract::v1::execution_service_client::ExecutionServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, runcast_contract::client::Bearer>,
+>;
+
+/// A client of `api` with an admin ("writer") token; its requests time out after 20 s.
+pub(crate) async fn writer(api: &mut runcast_testkit::ServiceProcess) -> Client {
+    let grpc = api.addr("grpc_addr").await.expect("grpc address");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+        .expect("endpoint")
+        .timeout(Duration::from_secs(20))
+        .connect()
+        .await
+        .expect("api reachable");
+    let bearer = runcast_contract::client::Bearer::new(Some(&token("writer", &["admin"]))).expect("bearer");
+    runcast_contract::v1::execution_service_client::ExecutionServiceClient::with_interceptor(channel, bearer)
+}
+
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
