@@ -85,9 +85,12 @@ pub fn parse(buf: &[u8]) -> Result<Option<Frame>, FrameError> {
     Ok(Some(Frame { fin: first & 0x80 != 0, opcode: first & 0x0F, header, len }))
 }
 
-/// Appends a masked client frame (FIN set) to `out`.
+/// Set with the opcode of a compressed message's first frame (`permessage-deflate`, RFC 7692).
+pub const RSV1: u8 = 0x40;
+
+/// Appends a masked client frame (FIN set) to `out`; `opcode` may carry [`RSV1`].
 pub fn encode_masked(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
-    out.push(0x80 | (opcode & 0x0F));
+    out.push(0x80 | (opcode & (RSV1 | 0x0F)));
     match payload.len() {
         len @ 0..=125 => out.push(0x80 | len as u8),
         len @ 126..=0xFFFF => {

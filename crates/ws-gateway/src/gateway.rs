@@ -45,6 +45,8 @@ pub(crate) struct Limits {
     /// before it reconnects (`retry_after_ms` of `reconnect`), so its clients reach the other
     /// replicas spread over the window rather than all at once. Zero: reconnect at once.
     pub drain_reconnect_window: Duration,
+    /// WebSocket messages compressed (`permessage-deflate`) for clients that offer it.
+    pub compression: bool,
 }
 
 /// Seconds a refused connection is told to wait (`Retry-After`).

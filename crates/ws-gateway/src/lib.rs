@@ -30,6 +30,7 @@ pub mod dashboard;
 mod gateway;
 pub mod hub;
 pub mod outbound;
+mod permessage_deflate;
 mod protocol;
 pub mod replay;
 pub mod scheduler;
@@ -175,6 +176,12 @@ pub struct GatewayArgs {
     /// arrive at the others at about N / window per second instead of all at once. 0: at once.
     #[arg(long, env = "RUNCAST_WS_DRAIN_RECONNECT_WINDOW", default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_reconnect_window: Duration,
+
+    /// Compress WebSocket messages (`permessage-deflate`, RFC 7692) for clients that offer it, as
+    /// browsers do: each message of 256 bytes or more is compressed once, on its own (no context
+    /// kept between messages), and every connection that sends it shares the compressed bytes.
+    #[arg(long, env = "RUNCAST_WS_COMPRESSION", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub compression: bool,
 }
 
 impl GatewayArgs {
@@ -195,6 +202,7 @@ impl GatewayArgs {
             max_connections_per_subject: self.max_connections_per_subject as usize,
             max_replays_per_connection: self.max_replays_per_connection as usize,
             drain_reconnect_window: self.drain_reconnect_window,
+            compression: self.compression,
         }
     }
 }

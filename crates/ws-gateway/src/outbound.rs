@@ -25,7 +25,7 @@ use crate::wake_flag::WakeFlag;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -80,19 +80,55 @@ pub struct Frame {
     pub kind: FrameKind,
 }
 
-/// A frame's bytes as its transport sends them. JSON is text, UTF-8 by construction and kept as
-/// such, so a WebSocket text message needs no UTF-8 check per delivery (that check was ~6 % of
-/// the gateway's CPU at a million deliveries a second); protobuf is binary.
+/// A frame's bytes as its transport sends them, shared with every other recipient of the same
+/// message. JSON is text, UTF-8 by construction and kept as such, so a WebSocket text message
+/// needs no UTF-8 check per delivery (that check was ~6 % of the gateway's CPU at a million
+/// deliveries a second); protobuf is binary. Its `permessage-deflate` form is made once, by the
+/// first connection that negotiated compression and sends it, and shared by the others.
 #[derive(Debug, Clone)]
-pub enum Payload {
-    Text(Utf8Bytes),
-    Binary(Bytes),
+pub struct Payload(Arc<SharedPayload>);
+
+#[derive(Debug)]
+struct SharedPayload {
+    bytes: Bytes,
+    text: bool,
+    compressed: OnceLock<Option<Bytes>>,
 }
 
 impl Payload {
-    /// No bytes (a close frame's).
+    fn new(bytes: Bytes, text: bool) -> Self {
+        Self(Arc::new(SharedPayload { bytes, text, compressed: OnceLock::new() }))
+    }
+
+    pub fn text(text: Utf8Bytes) -> Self {
+        Self::new(text.into(), true)
+    }
+
+    pub fn binary(bytes: Bytes) -> Self {
+        Self::new(bytes, false)
+    }
+
+    /// No bytes (a close frame's, a ping's).
     pub fn empty() -> Self {
-        Self::Binary(Bytes::new())
+        static EMPTY: std::sync::LazyLock<Payload> = std::sync::LazyLock::new(|| Payload::binary(Bytes::new()));
+        EMPTY.clone()
+    }
+
+    /// A text message (JSON) rather than a binary one (protobuf, a ping's payload).
+    pub fn is_text(&self) -> bool {
+        self.0.text
+    }
+
+    /// The message compressed for `permessage-deflate`, or `None` when it goes out plain (short,
+    /// or no shorter compressed). Compressed at the first call, for every clone.
+    pub fn compressed(&self) -> Option<&Bytes> {
+        self.0.compressed.get_or_init(|| crate::permessage_deflate::compress(&self.0.bytes)).as_ref()
+    }
+
+    /// Whether [`compressed`](Self::compressed) ran for this payload (or a clone of it).
+    #[cfg(test)]
+    pub(crate) fn compression_tried(&self) -> bool {
+        self.0.compressed.get().is_some()
     }
 }
 
@@ -100,28 +136,25 @@ impl std::ops::Deref for Payload {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        match self {
-            Self::Text(text) => text.as_bytes(),
-            Self::Binary(bytes) => bytes,
-        }
+        &self.0.bytes
     }
 }
 
 impl PartialEq for Payload {
     fn eq(&self, other: &Self) -> bool {
-        **self == **other
+        self.is_text() == other.is_text() && **self == **other
     }
 }
 
 impl From<String> for Payload {
     fn from(text: String) -> Self {
-        Self::Text(text.into())
+        Self::text(text.into())
     }
 }
 
 impl From<Vec<u8>> for Payload {
     fn from(bytes: Vec<u8>) -> Self {
-        Self::Binary(bytes.into())
+        Self::binary(bytes.into())
     }
 }
 

@@ -146,7 +146,7 @@ mod tests {
     fn protobuf_frames_decode_to_the_server_message() {
         let event = Event { event_id: "e".into(), offset: 7, ..Default::default() };
         let frame = event_frame_proto("execution.started", None, "executions", 7, &event.encode_to_vec());
-        assert!(matches!(frame, Payload::Binary(_)), "protobuf goes out as binary messages");
+        assert!(!frame.is_text(), "protobuf goes out as binary messages");
         let decoded = GatewayServerMessage::decode(&*frame).expect("decodes");
         assert_eq!(decoded.r#type, "execution.started");
         assert_eq!(decoded.channel, "executions");
@@ -179,7 +179,7 @@ mod tests {
     fn frames_are_valid_json_of_the_designed_shape() {
         let data = r#"{"event_id":"e"}"#;
         let frame = event_frame("execution.started", "2026-01-01T00:00:00Z", "executions", 12, data);
-        assert!(matches!(frame, Payload::Text(_)), "JSON goes out as text messages");
+        assert!(frame.is_text(), "JSON goes out as text messages");
         let value: Value = serde_json::from_slice(&frame).expect("json");
         assert_eq!(value["type"], "execution.started");
         assert_eq!(value["channel"], "executions");
@@ -187,7 +187,7 @@ mod tests {
         assert_eq!(value["data"]["event_id"], "e");
         let error =
             Protocol::Json.encode(&ServerMessage::error(&ProtocolError::new(ErrorCode::RateLimited, "slow down")));
-        assert!(matches!(error, Payload::Text(_)));
+        assert!(error.is_text());
         let value: Value = serde_json::from_slice(&error).expect("json");
         assert_eq!(value["type"], "error");
         assert_eq!(value["code"], "rate_limited");

@@ -4,7 +4,9 @@
 //! The checks and the answers are the same as axum's.
 
 use axum::body::Body;
-use axum::http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
+use axum::http::header::{
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
+};
 use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -41,14 +43,17 @@ pub(crate) struct Handshake {
     accept: String,
     /// The first of the server's `subprotocols` that the client offered, if any.
     pub(crate) subprotocol: Option<&'static str>,
+    /// The `permessage-deflate` answer, when compression is on and the client offered it.
+    pub(crate) deflate: Option<HeaderValue>,
 }
 
 /// Checks an HTTP/1.1 upgrade request and picks the subprotocol, in the server's order of
-/// preference.
+/// preference, and compression when `compression` allows it.
 pub(crate) fn check(
     method: &Method,
     headers: &HeaderMap,
     subprotocols: &[&'static str],
+    compression: bool,
 ) -> Result<Handshake, NotAHandshake> {
     if method != Method::GET {
         return Err(NotAHandshake::MethodNotGet);
@@ -67,7 +72,8 @@ pub(crate) fn check(
         .iter()
         .find(|wanted| header_tokens(headers, SEC_WEBSOCKET_PROTOCOL).any(|offered| offered == wanted.as_bytes()))
         .copied();
-    Ok(Handshake { accept: derive_accept_key(key.as_bytes()), subprotocol })
+    let deflate = if compression { crate::permessage_deflate::negotiate(headers) } else { None };
+    Ok(Handshake { accept: derive_accept_key(key.as_bytes()), subprotocol, deflate })
 }
 
 impl Handshake {
@@ -84,6 +90,9 @@ impl Handshake {
         }
         if let Some(subprotocol) = self.subprotocol {
             headers.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(subprotocol));
+        }
+        if let Some(deflate) = &self.deflate {
+            headers.insert(SEC_WEBSOCKET_EXTENSIONS, deflate.clone());
         }
         response
     }
@@ -119,7 +128,7 @@ mod tests {
 
     #[test]
     fn a_valid_handshake_is_answered_with_the_rfc_accept_key() {
-        let handshake = check(&Method::GET, &handshake_headers(&[]), &PROTOCOLS).expect("valid");
+        let handshake = check(&Method::GET, &handshake_headers(&[]), &PROTOCOLS, true).expect("valid");
         let response = handshake.switching_protocols();
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         assert_eq!(response.headers()[SEC_WEBSOCKET_ACCEPT], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
@@ -129,7 +138,8 @@ mod tests {
 
     #[test]
     fn the_subprotocol_is_the_servers_first_choice_among_those_offered() {
-        let offered = |value| check(&Method::GET, &handshake_headers(&[("sec-websocket-protocol", value)]), &PROTOCOLS);
+        let offered =
+            |value| check(&Method::GET, &handshake_headers(&[("sec-websocket-protocol", value)]), &PROTOCOLS, true);
         assert_eq!(offered("runcast.v1.proto").expect("valid").subprotocol, Some("runcast.v1.proto"));
         assert_eq!(
             offered("x, runcast.v1.proto ,runcast.v1.json").expect("valid").subprotocol,
@@ -141,20 +151,35 @@ mod tests {
     }
 
     #[test]
+    fn compression_is_answered_only_when_offered_and_allowed() {
+        let offer = [("sec-websocket-extensions", "permessage-deflate; client_max_window_bits")];
+        let answered = check(&Method::GET, &handshake_headers(&offer), &PROTOCOLS, true).expect("valid");
+        assert_eq!(
+            answered.switching_protocols().headers()[SEC_WEBSOCKET_EXTENSIONS],
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        );
+        let off = check(&Method::GET, &handshake_headers(&offer), &PROTOCOLS, false).expect("valid");
+        assert!(off.deflate.is_none(), "compression turned off");
+        assert!(off.switching_protocols().headers().get(SEC_WEBSOCKET_EXTENSIONS).is_none());
+        let unoffered = check(&Method::GET, &handshake_headers(&[]), &PROTOCOLS, true).expect("valid");
+        assert!(unoffered.switching_protocols().headers().get(SEC_WEBSOCKET_EXTENSIONS).is_none());
+    }
+
+    #[test]
     fn each_missing_or_wrong_header_is_named() {
-        let with = |pairs| check(&Method::GET, &handshake_headers(pairs), &PROTOCOLS).map(|_| ());
+        let with = |pairs| check(&Method::GET, &handshake_headers(pairs), &PROTOCOLS, true).map(|_| ());
         assert_eq!(with(&[("connection", "keep-alive")]), Err(NotAHandshake::ConnectionHeader));
         assert_eq!(with(&[("upgrade", "h2c")]), Err(NotAHandshake::UpgradeHeader));
         assert_eq!(with(&[("sec-websocket-version", "8")]), Err(NotAHandshake::VersionHeader));
         let mut no_key = handshake_headers(&[]);
         no_key.remove(SEC_WEBSOCKET_KEY);
-        assert_eq!(check(&Method::GET, &no_key, &PROTOCOLS).map(|_| ()), Err(NotAHandshake::KeyHeader));
+        assert_eq!(check(&Method::GET, &no_key, &PROTOCOLS, true).map(|_| ()), Err(NotAHandshake::KeyHeader));
         assert_eq!(
-            check(&Method::POST, &handshake_headers(&[]), &PROTOCOLS).map(|_| ()),
+            check(&Method::POST, &handshake_headers(&[]), &PROTOCOLS, true).map(|_| ()),
             Err(NotAHandshake::MethodNotGet)
         );
         assert_eq!(
-            check(&Method::GET, &HeaderMap::new(), &PROTOCOLS).map(|_| ()),
+            check(&Method::GET, &HeaderMap::new(), &PROTOCOLS, true).map(|_| ()),
             Err(NotAHandshake::ConnectionHeader)
         );
         assert_eq!(NotAHandshake::ConnectionHeader.status(), StatusCode::BAD_REQUEST);

@@ -6,12 +6,13 @@
 
 use crate::gateway::{Admission, Gateway, Transport};
 use crate::outbound::{Frame, FrameKind, Outbound, Payload};
+use crate::permessage_deflate::Inflating;
 use crate::protocol::{CloseCode, ErrorCode, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL, Protocol};
 use crate::series::WriterMeters;
 use crate::session::{Inbound, Session};
 use crate::upgrade::{self, NotAHandshake};
 use crate::wake_flag::WakeFlag;
-use crate::ws_wire::{RepliesDropped, write_frames};
+use crate::ws_wire::{Compression, RepliesDropped, write_frames};
 use axum::Extension;
 use axum::extract::{Query, RawQuery, Request, State};
 use axum::http::StatusCode;
@@ -44,8 +45,8 @@ const READ_BUFFER_BYTES: usize = 256;
 
 /// The upgraded HTTP/1.1 connection under a WebSocket.
 type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
-/// What clients send, read by tungstenite.
-type Reader = WebSocketStream<RepliesDropped<ReadHalf<Upgraded>>>;
+/// What clients send, read by tungstenite (their compressed messages inflated first).
+type Reader = WebSocketStream<RepliesDropped<Inflating<ReadHalf<Upgraded>>>>;
 /// Where the writer writes frames itself (see [`crate::ws_wire`]).
 type Writer = WriteHalf<Upgraded>;
 
@@ -86,7 +87,8 @@ pub(crate) async fn upgrade(
         Err(message) => return json_error(StatusCode::BAD_REQUEST, ErrorCode::InvalidMessage.as_str(), &message),
     };
     // Not a WebSocket handshake: the same JSON error shape as everything else.
-    let handshake = match upgrade::check(request.method(), request.headers(), &[JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL]) {
+    let subprotocols = [JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL];
+    let handshake = match upgrade::check(request.method(), request.headers(), &subprotocols, gw.limits.compression) {
         Ok(handshake) => handshake,
         Err(not) => return not_a_websocket(not),
     };
@@ -115,6 +117,7 @@ pub(crate) async fn upgrade(
         .max_message_size(Some(hard_limit))
         .max_frame_size(Some(hard_limit));
     let protocol = Protocol::from_subprotocol(handshake.subprotocol);
+    let compression = if handshake.deflate.is_some() { Compression::Deflate } else { Compression::Off };
     let tracker = gw.tasks.clone();
     // Chained rather than an `async` block: each step's captures are dropped once it is done, so
     // the connection's task holds only the session and the writer for its life.
@@ -122,6 +125,10 @@ pub(crate) async fn upgrade(
         .then(move |upgraded| match upgraded {
             Ok(upgraded) => {
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                let read = match compression {
+                    Compression::Deflate => Inflating::new(read, hard_limit),
+                    Compression::Off => Inflating::off(read),
+                };
                 let reader = WebSocketStream::from_raw_socket(RepliesDropped::new(read), Role::Server, Some(config));
                 Either::Left(reader.map(|reader| Some((reader, write))))
             }
@@ -131,7 +138,10 @@ pub(crate) async fn upgrade(
             }
         })
         .then(move |socket| match socket {
-            Some((reader, writer)) => Either::Left(serve(gw, reader, writer, protocol, admission, handshake_place)),
+            Some((reader, writer)) => {
+                let wire = Wire { protocol, compression };
+                Either::Left(serve(gw, reader, writer, wire, admission, handshake_place))
+            }
             None => Either::Right(std::future::ready(())),
         });
     tokio::spawn(tracker.track_future(connection));
@@ -149,14 +159,14 @@ fn serve(
     gw: Arc<Gateway>,
     reader: Reader,
     writer: Writer,
-    protocol: Protocol,
+    wire: Wire,
     admission: Admission,
     handshake: Option<HandshakePlace>,
 ) -> impl Future<Output = ()> {
     let outbound = Outbound::bounded(gw.limits.queue_capacity, gw.limits.queue_bytes);
     let closed = CancellationToken::new();
     let times = WriterTimes { write_timeout: gw.limits.write_timeout, ping_interval: gw.limits.ping_interval };
-    let writer = write_loop(writer, outbound.clone(), closed.clone(), times);
+    let writer = write_loop(writer, outbound.clone(), closed.clone(), times, wire.compression);
     // Read errors end the stream, except a frame beyond tungstenite's own limit: that one becomes
     // `TooBig`, so the client learns why (1009) instead of seeing the socket fail.
     let queue = outbound.clone();
@@ -168,7 +178,7 @@ fn serve(
                 Ok(Message::Binary(bytes)) => Ok(Some(Inbound::Binary(bytes))),
                 Ok(Message::Ping(payload)) => {
                     // Not answered when the client lets even control replies pile up.
-                    queue.push_control(Frame { payload: Payload::Binary(payload), kind: FrameKind::Pong });
+                    queue.push_control(Frame { payload: Payload::binary(payload), kind: FrameKind::Pong });
                     Ok(Some(Inbound::Alive))
                 }
                 Ok(Message::Pong(_) | Message::Frame(_)) => Ok(Some(Inbound::Alive)),
@@ -182,7 +192,7 @@ fn serve(
         .take_while(|message| std::future::ready(message.is_ok()))
         .filter_map(|message| std::future::ready(message.ok().flatten()));
     // A peer's close frame ends the stream, which ends the session, which queues our close frame.
-    let session = Session::new(gw.clone(), protocol, &admission, outbound)
+    let session = Session::new(gw.clone(), wire.protocol, &admission, outbound)
         .holding(handshake)
         .run(Box::pin(inbound), closed.clone());
     Connection {
@@ -316,6 +326,14 @@ fn read_failure(err: &tungstenite::Error) -> Option<Inbound> {
     }
 }
 
+/// How a connection's messages are encoded: the subprotocol's encoding, and compression when
+/// negotiated.
+#[derive(Debug, Clone, Copy)]
+struct Wire {
+    protocol: Protocol,
+    compression: Compression,
+}
+
 /// What the writer needs of the limits.
 #[derive(Debug, Clone, Copy)]
 struct WriterTimes {
@@ -330,6 +348,7 @@ fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
     outbound: Arc<Outbound>,
     closed: CancellationToken,
     times: WriterTimes,
+    compression: Compression,
 ) -> impl Future<Output = ()> {
     let timeout = times.write_timeout;
     let dead_after = times.ping_interval * 2;
@@ -358,7 +377,7 @@ fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
                         outbound.close(CloseCode::GoingAway.code(), "ping timeout");
                     } else {
                         let ping = [Frame { payload: Payload::empty(), kind: FrameKind::Ping }];
-                        if !matches!(tokio::time::timeout(timeout, write_frames(&mut socket, &ping)).await, Ok(Ok(()))) {
+                        if !matches!(tokio::time::timeout(timeout, write_frames(&mut socket, &ping, compression)).await, Ok(Ok(()))) {
                             closed.cancel();
                             return;
                         }
@@ -375,7 +394,7 @@ fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
                 // waited longest) as the batch's sample: per-frame timers and histogram records
                 // would cost more than writing the frame.
                 let (events, oldest) = crate::outbound::events_and_oldest(&batch);
-                let written = tokio::time::timeout(timeout, write_frames(&mut socket, &batch)).await;
+                let written = tokio::time::timeout(timeout, write_frames(&mut socket, &batch, compression)).await;
                 meters.written(events, oldest);
                 // The queue ends with the close frame: nothing follows it.
                 let closing = batch.last().is_some_and(|frame| matches!(frame.kind, FrameKind::Close { .. }));
@@ -467,7 +486,8 @@ mod tests {
             }
             let (written, closed) = (Arc::new(AtomicUsize::new(0)), CancellationToken::new());
             let times = WriterTimes { write_timeout: Duration::from_secs(10), ping_interval: Duration::from_secs(60) };
-            let writer = tokio::spawn(write_loop(CountingSocket(written.clone()), outbound, closed.clone(), times));
+            let socket = CountingSocket(written.clone());
+            let writer = tokio::spawn(write_loop(socket, outbound, closed.clone(), times, Compression::Off));
             // Another task, ready from the start: what had been written when it first ran.
             let seen_by_another = tokio::spawn({
                 let written = written.clone();

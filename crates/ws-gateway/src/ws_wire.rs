@@ -8,13 +8,15 @@
 //! would write back on its own (pongs, the close reply) is dropped by [`RepliesDropped`]: the
 //! writer answers pings from the queue and ends every connection with its own close frame.
 
-use crate::outbound::{Frame, FrameKind, Payload};
+use crate::outbound::{Frame, FrameKind};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const FIN: u8 = 0x80;
+/// Set on the first frame of a compressed message (RFC 7692 §6).
+const RSV1: u8 = 0x40;
 const OPCODE_TEXT: u8 = 0x1;
 const OPCODE_BINARY: u8 = 0x2;
 const OPCODE_CLOSE: u8 = 0x8;
@@ -25,6 +27,14 @@ const OPCODE_PONG: u8 = 0xA;
 const MAX_PREFIX: usize = 12;
 /// Frames per `writev` at most: two slices each, well under Linux's 1,024.
 const FRAMES_PER_WRITE: usize = 64;
+
+/// Whether a connection's messages may go out compressed: `permessage-deflate` negotiated at the
+/// upgrade (see [`crate::permessage_deflate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Compression {
+    Off,
+    Deflate,
+}
 
 /// One frame as bytes: a prefix encoded here, then a body borrowed from the frame.
 #[derive(Clone, Copy)]
@@ -37,12 +47,20 @@ struct Encoded<'a> {
 impl<'a> Encoded<'a> {
     const NONE: Encoded<'static> = Encoded { prefix: [0; MAX_PREFIX], prefix_len: 0, body: &[] };
 
-    fn new(frame: &'a Frame) -> Self {
+    fn new(frame: &'a Frame, compression: Compression) -> Self {
         let (opcode, code, body): (u8, Option<u16>, &[u8]) = match &frame.kind {
-            FrameKind::Event(_) | FrameKind::Control { .. } => match &frame.payload {
-                Payload::Text(text) => (OPCODE_TEXT, None, text.as_bytes()),
-                Payload::Binary(bytes) => (OPCODE_BINARY, None, bytes),
-            },
+            FrameKind::Event(_) | FrameKind::Control { .. } => {
+                let opcode = if frame.payload.is_text() { OPCODE_TEXT } else { OPCODE_BINARY };
+                // Control frames (RFC 6455's ping, pong, close) are never compressed.
+                let compressed = match compression {
+                    Compression::Deflate => frame.payload.compressed(),
+                    Compression::Off => None,
+                };
+                match compressed {
+                    Some(compressed) => (RSV1 | opcode, None, compressed),
+                    None => (opcode, None, &frame.payload),
+                }
+            }
             FrameKind::Close { code, reason } => (OPCODE_CLOSE, Some(*code), reason.as_bytes()),
             FrameKind::Ping => (OPCODE_PING, None, &frame.payload),
             FrameKind::Pong => (OPCODE_PONG, None, &frame.payload),
@@ -51,7 +69,7 @@ impl<'a> Encoded<'a> {
         let len = body.len() + if code.is_some() { 2 } else { 0 };
         // RFC 6455 §5.5: control frames carry at most 125 bytes. Close reasons are short constants,
         // and tungstenite refuses a client's ping beyond that before its pong is queued.
-        debug_assert!(opcode < OPCODE_CLOSE || len <= 125, "a control frame of {len} bytes");
+        debug_assert!(opcode & 0x0f < OPCODE_CLOSE || len <= 125, "a control frame of {len} bytes");
         prefix[0] = FIN | opcode;
         let mut prefix_len = match (u8::try_from(len), u16::try_from(len)) {
             (Ok(short), _) if short < 126 => {
@@ -104,13 +122,14 @@ pub(crate) fn poll_write_frames<W: AsyncWrite + ?Sized>(
     mut socket: Pin<&mut W>,
     cx: &mut Context<'_>,
     frames: &[Frame],
+    compression: Compression,
     progress: &mut Progress,
 ) -> Poll<io::Result<()>> {
     while progress.frame < frames.len() {
         let mut encoded = [Encoded::NONE; FRAMES_PER_WRITE];
         let count = (frames.len() - progress.frame).min(FRAMES_PER_WRITE);
         for (slot, frame) in encoded.iter_mut().zip(&frames[progress.frame..progress.frame + count]) {
-            *slot = Encoded::new(frame);
+            *slot = Encoded::new(frame, compression);
         }
         let encoded = &encoded[..count];
         let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
@@ -160,9 +179,14 @@ pub(crate) fn poll_write_frames<W: AsyncWrite + ?Sized>(
 }
 
 /// Writes `frames` in order, then flushes.
-pub(crate) async fn write_frames<W: AsyncWrite + Unpin + ?Sized>(socket: &mut W, frames: &[Frame]) -> io::Result<()> {
+pub(crate) async fn write_frames<W: AsyncWrite + Unpin + ?Sized>(
+    socket: &mut W,
+    frames: &[Frame],
+    compression: Compression,
+) -> io::Result<()> {
     let mut progress = Progress::default();
-    std::future::poll_fn(|cx| poll_write_frames(Pin::new(&mut *socket), cx, frames, &mut progress)).await?;
+    std::future::poll_fn(|cx| poll_write_frames(Pin::new(&mut *socket), cx, frames, compression, &mut progress))
+        .await?;
     tokio::io::AsyncWriteExt::flush(socket).await
 }
 
@@ -206,7 +230,7 @@ impl<R> AsyncWrite for RepliesDropped<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbound::EventMeta;
+    use crate::outbound::{EventMeta, Payload};
     use bytes::Bytes;
     use std::io::Read;
     use tokio::io::{AsyncReadExt, duplex};
@@ -215,9 +239,22 @@ mod tests {
     use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket};
     use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+    fn event_text(text: &str) -> Frame {
+        event(text.to_owned())
+    }
+
+    async fn written_bytes(frames: &[Frame], compression: Compression) -> Vec<u8> {
+        let (mut near, mut far) = duplex(1 << 20);
+        write_frames(&mut near, frames, compression).await.expect("written");
+        drop(near);
+        let mut bytes = Vec::new();
+        far.read_to_end(&mut bytes).await.expect("read");
+        bytes
+    }
+
     fn event(text: String) -> Frame {
         let meta = EventMeta { subscription: 1, offset: 1, event_type: "progress", coalesce: None, received: None };
-        Frame { payload: Payload::Text(Utf8Bytes::from(text)), kind: FrameKind::Event(meta) }
+        Frame { payload: Payload::text(Utf8Bytes::from(text)), kind: FrameKind::Event(meta) }
     }
 
     /// Bytes to read; what the client writes back (its pongs) goes nowhere.
@@ -262,7 +299,7 @@ mod tests {
             far.read_to_end(&mut all).await.expect("read");
             all
         });
-        write_frames(&mut near, frames).await.expect("written");
+        write_frames(&mut near, frames, Compression::Off).await.expect("written");
         drop(near);
         reader.await.expect("reader")
     }
@@ -272,10 +309,10 @@ mod tests {
         let sizes = [0, 1, 125, 126, 127, 65_535, 65_536, 200_000];
         let mut frames: Vec<Frame> = sizes.iter().map(|&n| event("x".repeat(n))).collect();
         frames.push(Frame {
-            payload: Payload::Binary(Bytes::from_static(b"\x00\x01binary")),
+            payload: Payload::binary(Bytes::from_static(b"\x00\x01binary")),
             kind: FrameKind::Control { kind: "snapshot" },
         });
-        frames.push(Frame { payload: Payload::Binary(Bytes::from_static(b"hi")), kind: FrameKind::Pong });
+        frames.push(Frame { payload: Payload::binary(Bytes::from_static(b"hi")), kind: FrameKind::Pong });
         frames.push(Frame { payload: Payload::empty(), kind: FrameKind::Ping });
         frames.push(Frame { payload: Payload::empty(), kind: FrameKind::Close { code: 1001, reason: "going away" } });
         let messages = parse(written(&frames, 1 << 22).await);
@@ -310,7 +347,7 @@ mod tests {
     async fn a_small_batch_copied_into_one_write_survives_partial_writes_too() {
         // Under COPY_UP_TO in all: one buffer per write, resumed mid-header and mid-payload.
         let frames: Vec<Frame> = (0..5).map(|i| event(format!("{i}:{}", "z".repeat(40 * i)))).collect();
-        let total: usize = frames.iter().map(|frame| Encoded::new(frame).len()).sum();
+        let total: usize = frames.iter().map(|frame| Encoded::new(frame, Compression::Off).len()).sum();
         assert!(total <= COPY_UP_TO, "{total}");
         for pipe in [3, 1 << 16] {
             let messages = parse(written(&frames, pipe).await);
@@ -320,12 +357,63 @@ mod tests {
         }
     }
 
+    /// The frames in `bytes` as (first header byte, payload), unmasked server frames.
+    fn raw_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while !bytes.is_empty() {
+            let (len, start) = match bytes[1] & 0x7f {
+                126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+                127 => (u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes")) as usize, 10),
+                short => (short as usize, 2),
+            };
+            frames.push((bytes[0], bytes[start..start + len].to_vec()));
+            bytes = &bytes[start + len..];
+        }
+        frames
+    }
+
+    #[tokio::test]
+    async fn with_compression_long_messages_go_out_compressed_once_for_every_connection_and_the_rest_plain() {
+        let long = format!("{{\"steps\":[{}]}}", r#"{"step_id":"build","status":"completed"},"#.repeat(40));
+        let event = event(long.clone());
+        let short = event_text("short");
+        let snapshot = Frame { payload: long.clone().into(), kind: FrameKind::Control { kind: "snapshot" } };
+        let pong = Frame { payload: Payload::binary(Bytes::from_static(b"hi")), kind: FrameKind::Pong };
+        let close = Frame { payload: Payload::empty(), kind: FrameKind::Close { code: 1001, reason: "going away" } };
+        let frames = [event.clone(), short, snapshot, pong, close];
+        // A connection without compression never compresses (it would cost every plain one).
+        let plain = raw_frames(&written_bytes(&frames, Compression::Off).await);
+        assert_eq!(plain[0], (0x80 | OPCODE_TEXT, long.clone().into_bytes()));
+        assert!(!event.payload.compression_tried(), "no compression for a plain connection");
+        let written = raw_frames(&written_bytes(&frames, Compression::Deflate).await);
+        assert_eq!(written.len(), 5);
+        for (first, payload) in [&written[0], &written[2]] {
+            assert_eq!(*first, 0x80 | 0x40 | OPCODE_TEXT, "final, compressed, text");
+            assert!(payload.len() * 4 < long.len(), "{} of {} bytes", payload.len(), long.len());
+            let inflated = crate::permessage_deflate::inflate(payload, 1 << 20).expect("inflates");
+            assert_eq!(inflated, long.as_bytes());
+        }
+        assert_eq!(written[1], (0x80 | OPCODE_TEXT, b"short".to_vec()), "too short to compress");
+        assert_eq!(written[3].0, 0x80 | OPCODE_PONG);
+        assert_eq!(written[4].0, 0x80 | OPCODE_CLOSE);
+        // The compressed bytes are the payload's, shared: another connection sends the same ones.
+        let shared = event.payload.compressed().expect("compressed once");
+        assert_eq!(&written[0].1[..], &shared[..]);
+        assert_eq!(event.clone().payload.compressed().map(|b| b.as_ptr()), Some(shared.as_ptr()));
+        // After it, a connection without compression still sends the frame plain.
+        let plain = raw_frames(&written_bytes(&frames, Compression::Off).await);
+        assert_eq!(plain[0], (0x80 | OPCODE_TEXT, long.clone().into_bytes()));
+    }
+
     #[tokio::test]
     async fn a_closed_socket_fails_the_write() {
         let (mut near, far) = duplex(64);
         drop(far);
         let frames = [event("lost".into())];
-        assert!(write_frames(&mut near, &frames).await.is_err(), "the write error reaches the writer");
+        assert!(
+            write_frames(&mut near, &frames, Compression::Off).await.is_err(),
+            "the write error reaches the writer"
+        );
     }
 
     #[tokio::test]

@@ -34,6 +34,7 @@ fn limits() -> Limits {
         max_connections_per_subject: 100,
         max_replays_per_connection: 4,
         drain_reconnect_window: Duration::ZERO,
+        compression: true,
     }
 }
 

@@ -5,6 +5,7 @@ mod abuse;
 mod auth;
 mod bench;
 mod caps;
+mod compression;
 mod contract;
 mod dashboard;
 mod drain;

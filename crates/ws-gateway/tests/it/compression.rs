@@ -1,0 +1,258 @@
+//! `permessage-deflate` (RFC 7692) with a client that speaks it on the wire, as browsers do: the
+//! handshake's answer, events and snapshots compressed once and inflating to the very bytes an
+//! uncompressed connection gets, the client's compressed messages understood, and what breaks the
+//! extension closed with the code that says why.
+
+use crate::helpers::*;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use runcast_contract::v1::{EventType, ExecutionStatus, Step, StepStatus, event};
+use runcast_loadgen::wsframe;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const OFFER: &str = "permessage-deflate; client_max_window_bits";
+const ANSWER: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// One frame from the server: whether it was compressed, its opcode and its payload as sent.
+struct ServerFrame {
+    compressed: bool,
+    opcode: u8,
+    payload: Vec<u8>,
+}
+
+/// A WebSocket client written for this test: it offers compression and reads frames as bytes.
+struct DeflateClient {
+    socket: BufReader<TcpStream>,
+    /// The 101's `Sec-WebSocket-Extensions`, if any.
+    extensions: Option<String>,
+}
+
+impl DeflateClient {
+    async fn connect(gateway: &Gateway, token: &str, offer: Option<&str>) -> Self {
+        let stream = TcpStream::connect(gateway.addr).await.expect("connects");
+        let mut socket = BufReader::new(stream);
+        let offer = offer.map(|offer| format!("Sec-WebSocket-Extensions: {offer}\r\n")).unwrap_or_default();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Authorization: Bearer {token}\r\n{offer}\r\n",
+            gateway.addr
+        );
+        socket.get_mut().write_all(request.as_bytes()).await.expect("request sent");
+        let mut status = String::new();
+        socket.read_line(&mut status).await.expect("status line");
+        assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+        let mut extensions = None;
+        loop {
+            let mut line = String::new();
+            socket.read_line(&mut line).await.expect("header");
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("sec-websocket-extensions")
+            {
+                extensions = Some(value.trim().to_owned());
+            }
+        }
+        Self { socket, extensions }
+    }
+
+    /// Sends one message as a single masked text frame, compressed when `compressed`.
+    async fn send(&mut self, payload: &[u8], compressed: bool) {
+        let (opcode, body) = match compressed {
+            true => (wsframe::RSV1 | wsframe::OP_TEXT, deflate(payload)),
+            false => (wsframe::OP_TEXT, payload.to_vec()),
+        };
+        let mut frame = Vec::new();
+        wsframe::encode_masked(opcode, &body, [0x37, 0xfa, 0x21, 0x3d], &mut frame);
+        self.socket.get_mut().write_all(&frame).await.expect("frame sent");
+    }
+
+    async fn send_json(&mut self, message: Value, compressed: bool) {
+        self.send(message.to_string().as_bytes(), compressed).await;
+    }
+
+    async fn next_frame(&mut self) -> ServerFrame {
+        tokio::time::timeout(WAIT, async {
+            let mut head = [0u8; 2];
+            self.socket.read_exact(&mut head).await.expect("frame header");
+            assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+            let len = match head[1] & 0x7f {
+                126 => u64::from(self.socket.read_u16().await.expect("length")),
+                127 => self.socket.read_u64().await.expect("length"),
+                short => u64::from(short),
+            };
+            let mut payload = vec![0; usize::try_from(len).expect("length")];
+            self.socket.read_exact(&mut payload).await.expect("payload");
+            assert_eq!(head[0] & 0x80, 0x80, "the gateway sends whole messages");
+            ServerFrame { compressed: head[0] & 0x40 != 0, opcode: head[0] & 0x0f, payload }
+        })
+        .await
+        .expect("a frame in time")
+    }
+
+    /// The next text message, inflated if it came compressed, skipping pings.
+    async fn next_text(&mut self) -> (bool, String) {
+        loop {
+            let frame = self.next_frame().await;
+            match frame.opcode {
+                0x1 => {
+                    let text = if frame.compressed { inflate(&frame.payload) } else { frame.payload };
+                    return (frame.compressed, String::from_utf8(text).expect("UTF-8"));
+                }
+                0x8 => panic!("closed: {:?}", close_code(&frame.payload)),
+                _ => continue,
+            }
+        }
+    }
+
+    async fn until(&mut self, kind: &str) -> (bool, String) {
+        loop {
+            let (compressed, text) = self.next_text().await;
+            let value: Value = serde_json::from_str(&text).expect("JSON");
+            if value["type"] == kind {
+                return (compressed, text);
+            }
+        }
+    }
+
+    /// The close code the gateway ends with.
+    async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let frame = self.next_frame().await;
+            if frame.opcode == 0x8 {
+                return close_code(&frame.payload);
+            }
+        }
+    }
+}
+
+fn close_code(payload: &[u8]) -> Option<u16> {
+    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]))
+}
+
+/// As a client compresses with no context takeover: a sync flush, its empty block left off.
+fn deflate(message: &[u8]) -> Vec<u8> {
+    let mut compressor = Compress::new(Compression::default(), false);
+    let mut out = Vec::with_capacity(message.len() + 64);
+    compressor.compress_vec(message, &mut out, FlushCompress::Sync).expect("compresses");
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+fn inflate(compressed: &[u8]) -> Vec<u8> {
+    let mut input = compressed.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut decompressor = Decompress::new(false);
+    let mut out = Vec::with_capacity(1 << 20);
+    decompressor.decompress_vec(&input, &mut out, FlushDecompress::Sync).expect("inflates");
+    assert_eq!(decompressor.total_in(), input.len() as u64, "all of it");
+    out
+}
+
+/// An execution event whose state lists `steps` steps: the kind of frame compression is for.
+fn event_with_steps(execution: &str, steps: usize) -> runcast_contract::v1::Event {
+    let mut event = execution_event("acme", execution, "nightly", EventType::StepCompleted, ExecutionStatus::Running);
+    if let Some(event::State::Execution(state)) = event.state.as_mut() {
+        state.steps = (0..steps)
+            .map(|i| Step {
+                step_id: format!("step-{i}"),
+                name: format!("build the {i}th artifact"),
+                status: StepStatus::Completed.into(),
+                ..Default::default()
+            })
+            .collect();
+    }
+    event
+}
+
+#[tokio::test]
+async fn a_client_offering_compression_gets_compressed_events_that_inflate_to_the_plain_frames() {
+    let world = World::start().await;
+    let gateway = world.gateway(&[]).await;
+    let token = token("acme", "viewer", 600);
+
+    let mut compressed = DeflateClient::connect(&gateway, &token, Some(OFFER)).await;
+    assert_eq!(compressed.extensions.as_deref(), Some(ANSWER));
+    let mut plain = gateway.connect(&token).await;
+
+    // Its subscribe goes compressed, as a browser's would.
+    let subscribe = json!({"type": "subscribe", "channel": "executions:e-big", "snapshot": true, "id": "s1"});
+    compressed.send_json(subscribe.clone(), true).await;
+    let (_, subscribed) = compressed.until("subscribed").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&subscribed).expect("JSON")["id"],
+        "s1",
+        "the inflated subscribe was read"
+    );
+    plain.subscribe(subscribe).await;
+
+    let mut offsets = Vec::new();
+    for steps in [40, 41, 42] {
+        offsets.push(world.publish(&event_with_steps("e-big", steps)).await);
+    }
+    for (steps, offset) in [40, 41, 42].into_iter().zip(offsets) {
+        let (was_compressed, text) = compressed.until("step.completed").await;
+        let expected = plain.next_text().await;
+        assert!(was_compressed, "a frame with {steps} steps goes compressed");
+        assert_eq!(text, expected, "inflated, the very frame a plain connection gets");
+        let value: Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(value["offset"], offset);
+        assert_eq!(value["data"]["state"]["steps"].as_array().map(Vec::len), Some(steps));
+    }
+
+    // A snapshot of the entity is compressed too; a short reply (pong) is not.
+    compressed.send_json(json!({"type": "unsubscribe", "channel": "executions:e-big"}), true).await;
+    compressed.until("unsubscribed").await;
+    compressed.send_json(json!({"type": "subscribe", "channel": "executions:e-big", "snapshot": true}), false).await;
+    let (snapshot_compressed, snapshot) = compressed.until("snapshot").await;
+    assert!(snapshot_compressed, "{} bytes of snapshot", snapshot.len());
+    compressed.send_json(json!({"type": "ping"}), true).await;
+    let (pong_compressed, _) = compressed.until("pong").await;
+    assert!(!pong_compressed, "too short to be worth compressing");
+}
+
+#[tokio::test]
+async fn compressed_messages_that_break_the_rules_close_with_the_code_that_says_why() {
+    let world = World::start().await;
+    let gateway = world.gateway(&[("max-frame-bytes", "4096")]).await;
+    let token = token("acme", "viewer", 600);
+
+    // Inflating far beyond the frame limit (a few hundred bytes on the wire): 1009, too big.
+    let mut bomb = DeflateClient::connect(&gateway, &token, Some(OFFER)).await;
+    let padding = "x".repeat(2_000_000);
+    bomb.send(json!({"type": "ping", "padding": padding}).to_string().as_bytes(), true).await;
+    assert_eq!(bomb.close_code().await, Some(1009));
+
+    // Not deflate data: 1002, a protocol error.
+    let mut corrupt = DeflateClient::connect(&gateway, &token, Some(OFFER)).await;
+    let mut frame = Vec::new();
+    wsframe::encode_masked(wsframe::RSV1 | wsframe::OP_TEXT, &[0xff, 0xff, 0xff, 0xff, 0x00], [1, 2, 3, 4], &mut frame);
+    corrupt.socket.get_mut().write_all(&frame).await.expect("sent");
+    assert_eq!(corrupt.close_code().await, Some(1002));
+
+    // A compressed frame on a connection that did not negotiate compression: 1002 as well.
+    let mut unnegotiated = DeflateClient::connect(&gateway, &token, None).await;
+    assert_eq!(unnegotiated.extensions, None);
+    unnegotiated.send_json(json!({"type": "ping"}), true).await;
+    assert_eq!(unnegotiated.close_code().await, Some(1002));
+}
+
+#[tokio::test]
+async fn with_compression_turned_off_an_offer_is_declined_and_everything_goes_plain() {
+    let world = World::start().await;
+    let gateway = world.gateway(&[("compression", "false")]).await;
+    let token = token("acme", "viewer", 600);
+    let mut client = DeflateClient::connect(&gateway, &token, Some(OFFER)).await;
+    assert_eq!(client.extensions, None, "no Sec-WebSocket-Extensions in the 101");
+    client.send_json(json!({"type": "subscribe", "channel": "executions:e-off"}), false).await;
+    client.until("subscribed").await;
+    let offset = world.publish(&event_with_steps("e-off", 40)).await;
+    let (compressed, text) = client.until("step.completed").await;
+    assert!(!compressed);
+    assert_eq!(serde_json::from_str::<Value>(&text).expect("JSON")["offset"], offset);
+}
