@@ -106,10 +106,35 @@ pub(crate) fn compress(message: &[u8]) -> Option<Bytes> {
         // clearing, more than compressing a short message.
         static COMPRESSOR: RefCell<Compress> = RefCell::new(Compress::new(Compression::new(LEVEL), false));
     }
-    COMPRESSOR.with(|compressor| {
+    let compressed = COMPRESSOR.with(|compressor| {
         let mut compressor = compressor.borrow_mut();
         compressor.reset();
         compress_with(&mut compressor, message)
+    })?;
+    let meters = meters();
+    meters.plain_bytes.increment(message.len() as u64);
+    meters.compressed_bytes.increment(compressed.len() as u64);
+    Some(compressed)
+}
+
+/// Counts a connection that negotiated compression.
+pub(crate) fn negotiated() {
+    meters().negotiated.increment(1);
+}
+
+/// Resolved once: a registry lookup per message would cost more than counting it.
+struct Meters {
+    negotiated: metrics::Counter,
+    plain_bytes: metrics::Counter,
+    compressed_bytes: metrics::Counter,
+}
+
+fn meters() -> &'static Meters {
+    static METERS: std::sync::OnceLock<Meters> = std::sync::OnceLock::new();
+    METERS.get_or_init(|| Meters {
+        negotiated: metrics::counter!("runcast_ws_compression_negotiated_total"),
+        plain_bytes: metrics::counter!("runcast_ws_compressed_bytes_total", "form" => "plain"),
+        compressed_bytes: metrics::counter!("runcast_ws_compressed_bytes_total", "form" => "compressed"),
     })
 }
 

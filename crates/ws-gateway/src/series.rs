@@ -9,7 +9,7 @@ use runcast_contract::StreamKind;
 pub const REFUSALS: [&str; 4] = ["replica", "tenant", "subject", "auth"];
 
 /// Every series name, for tests that check `/metrics`.
-pub const NAMES: [&str; 17] = [
+pub const NAMES: [&str; 19] = [
     "runcast_ws_connections",
     "runcast_ws_refused_total",
     "runcast_ws_messages_in_total",
@@ -27,6 +27,8 @@ pub const NAMES: [&str; 17] = [
     "runcast_ws_upstream_events_total",
     "runcast_ws_upstream_restarts_total",
     "runcast_ws_undecodable_events_total",
+    "runcast_ws_compression_negotiated_total",
+    "runcast_ws_compressed_bytes_total",
 ];
 
 pub fn declare() {
@@ -62,6 +64,17 @@ pub fn declare() {
     metrics::describe_counter!("runcast_ws_upstream_events_total", "Events read from the live feed, by stream");
     metrics::describe_counter!("runcast_ws_upstream_restarts_total", "Live feed consumers re-created, by stream");
     metrics::describe_counter!("runcast_ws_undecodable_events_total", "Events on a stream that do not decode");
+    metrics::describe_counter!(
+        "runcast_ws_compression_negotiated_total",
+        "WebSocket connections that negotiated permessage-deflate"
+    );
+    metrics::describe_counter!(
+        "runcast_ws_compressed_bytes_total",
+        "Messages compressed (once each, whatever the connections that send them): their bytes before (form=plain) and after (form=compressed)"
+    );
+    for form in ["plain", "compressed"] {
+        metrics::counter!("runcast_ws_compressed_bytes_total", "form" => form).increment(0);
+    }
     for transport in [Transport::WebSocket, Transport::Sse] {
         metrics::gauge!("runcast_ws_connections", "transport" => transport.name()).increment(0.0);
         metrics::counter!("runcast_ws_messages_out_total", "transport" => transport.name()).increment(0);
@@ -88,6 +101,7 @@ pub fn declare() {
         "runcast_ws_replay_slot_yields_total",
         "runcast_ws_replay_catch_ups_total",
         "runcast_ws_undecodable_events_total",
+        "runcast_ws_compression_negotiated_total",
     ] {
         metrics::counter!(counter).increment(0);
     }

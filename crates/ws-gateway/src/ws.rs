@@ -117,7 +117,13 @@ pub(crate) async fn upgrade(
         .max_message_size(Some(hard_limit))
         .max_frame_size(Some(hard_limit));
     let protocol = Protocol::from_subprotocol(handshake.subprotocol);
-    let compression = if handshake.deflate.is_some() { Compression::Deflate } else { Compression::Off };
+    let compression = match handshake.deflate {
+        Some(_) => {
+            crate::permessage_deflate::negotiated();
+            Compression::Deflate
+        }
+        None => Compression::Off,
+    };
     let tracker = gw.tasks.clone();
     // Chained rather than an `async` block: each step's captures are dropped once it is done, so
     // the connection's task holds only the session and the writer for its life.

@@ -369,3 +369,46 @@ test("agents page: running executions per agent, offline greyed, long-offline pr
     await page.close();
   }
 });
+
+test("compression: Chromium's own WebSocket negotiates permessage-deflate; its compressed subscribe is read, a big state arrives whole", { timeout: 60000 }, async () => {
+  // An input of ~6 KB: the snapshot and the events carry it, well past what is worth compressing.
+  const input = { artifacts: Array.from({ length: 60 }, (_, i) => ({ name: `artifact-${i}.tar.gz`, sha256: `${i}`.padStart(64, "0"), size: 1000 + i })) };
+  const created = await api("POST", "/executions", { workflow_id: "views-compressed", input });
+  const metrics = async () => (await (await fetch(`${stack.gatewayHttp}/metrics`)).text()).split("\n");
+  const value = (lines, series) => Number(lines.find((l) => l.startsWith(series))?.split(" ").pop());
+  const before = await metrics();
+  const page = await browser.newPage();
+  try {
+    await page.goto(`${origin}/config.json`);
+    const seen = await page.evaluate(async ({ url, id }) => {
+      const ws = new WebSocket(url);
+      await new Promise((resolve, reject) => {
+        ws.onopen = resolve;
+        ws.onerror = () => reject(new Error("the WebSocket failed"));
+      });
+      const snapshot = new Promise((resolve, reject) => {
+        ws.onmessage = (m) => {
+          const message = JSON.parse(m.data);
+          if (message.type === "snapshot") resolve(message);
+          if (message.type === "error") reject(new Error(m.data));
+        };
+        ws.onclose = (e) => reject(new Error(`closed ${e.code}`));
+      });
+      // Chromium compresses what it sends once the extension is on: the gateway must inflate it.
+      ws.send(JSON.stringify({ type: "subscribe", channel: `executions:${id}`, snapshot: true, id: "big" }));
+      const message = await snapshot;
+      ws.close();
+      return { extensions: ws.extensions, message };
+    }, { url: `${stack.gatewayUrl}/ws?token=${token}`, id: created.execution_id });
+    assert.equal(seen.extensions, "permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+    assert.equal(seen.message.data.execution_id, created.execution_id);
+    assert.deepEqual(seen.message.data.input, input);
+    const after = await metrics();
+    const grew = (series) => value(after, series) - value(before, series);
+    assert.ok(grew("runcast_ws_compression_negotiated_total") >= 1);
+    assert.ok(grew('runcast_ws_compressed_bytes_total{form="plain"}') >= 6000, "the snapshot went compressed");
+    assert.ok(grew('runcast_ws_compressed_bytes_total{form="compressed"}') * 3 < grew('runcast_ws_compressed_bytes_total{form="plain"}'));
+  } finally {
+    await page.close();
+  }
+});

@@ -214,6 +214,18 @@ async fn a_client_offering_compression_gets_compressed_events_that_inflate_to_th
     compressed.send_json(json!({"type": "ping"}), true).await;
     let (pong_compressed, _) = compressed.until("pong").await;
     assert!(!pong_compressed, "too short to be worth compressing");
+
+    // What operators see: one connection negotiated it, and what the compressed messages saved.
+    let metrics = reqwest::get(gateway.url("/metrics")).await.expect("metrics").text().await.expect("text");
+    let value = |series: &str| -> f64 {
+        let line =
+            metrics.lines().find(|line| line.starts_with(series)).unwrap_or_else(|| panic!("{series} in {metrics}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a number")
+    };
+    assert_eq!(value("runcast_ws_compression_negotiated_total"), 1.0);
+    let plain = value("runcast_ws_compressed_bytes_total{form=\"plain\"}");
+    let compressed_bytes = value("runcast_ws_compressed_bytes_total{form=\"compressed\"}");
+    assert!(plain > 3.0 * compressed_bytes && compressed_bytes > 0.0, "{plain} bytes compressed to {compressed_bytes}");
 }
 
 #[tokio::test]
