@@ -152,6 +152,94 @@ struct NoParameters {}
 
 type NoQuery = Params<NoParameters>;
 
+/// The `Idempotency-Key` header (the IETF draft's, and Stripe's): another way to send a write's
+/// `request_id`, or a create's `idempotency_key`, for HTTP clients that set it by habit or by
+/// middleware. Its value may be quoted (the draft makes it a structured-field string).
+#[derive(Debug, Default)]
+struct IdempotencyKey(Option<String>);
+
+/// The header as the OpenAPI document lists it.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // documents the header `IdempotencyKey` reads
+struct IdempotencyKeyHeader {
+    /// The same as the body's `request_id` (a create's `idempotency_key`): a retry with the same
+    /// key is applied once. Given in both places, they must be equal.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+        let mut values = parts.headers.get_all("idempotency-key").iter();
+        let Some(value) = values.next() else {
+            return Ok(Self(None));
+        };
+        if values.next().is_some() {
+            return Err(ApiError::invalid("Idempotency-Key header", "is given more than once"));
+        }
+        let text =
+            value.to_str().map_err(|_| ApiError::invalid("Idempotency-Key header", "is not visible ASCII"))?.trim();
+        let unquoted = text.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')).unwrap_or(text);
+        Ok(Self(Some(unquoted.to_owned()).filter(|key| !key.is_empty())))
+    }
+}
+
+impl IdempotencyKey {
+    /// Puts the header's key into a command's `request_id` (checked as one), unless the body
+    /// gave the same one already; a different one is refused rather than one of them ignored.
+    fn into_request_id(self, request_id: &mut String) -> Result<(), ApiError> {
+        if let Some(key) = &self.0 {
+            validate::id("Idempotency-Key header", key)?;
+        }
+        self.into_field("request_id", request_id)
+    }
+
+    fn into_field(self, field: &str, body: &mut String) -> Result<(), ApiError> {
+        match self.0 {
+            None => Ok(()),
+            Some(key) if body.is_empty() => {
+                *body = key;
+                Ok(())
+            }
+            Some(key) if *body == key => Ok(()),
+            Some(key) => Err(ApiError::invalid(
+                field,
+                format!(
+                    "'{body}' differs from the Idempotency-Key header '{key}': send one of them, or the same in both"
+                ),
+            )),
+        }
+    }
+}
+
+/// The REST bodies of commands that carry the caller's `request_id`.
+trait CarriesRequestId {
+    fn request_id_mut(&mut self) -> &mut String;
+}
+
+macro_rules! carries_request_id {
+    ($($request:ty),*) => {
+        $(impl CarriesRequestId for $request {
+            fn request_id_mut(&mut self) -> &mut String {
+                &mut self.request_id
+            }
+        })*
+    };
+}
+
+carries_request_id!(
+    UpdateExecutionStatusRequest,
+    ReportStepRequest,
+    ReportProgressRequest,
+    RequestApprovalRequest,
+    AppendLogsRequest,
+    ReasonBody,
+    Resolution
+);
+
 /// The property names of a request type's schema: what a body may contain.
 fn field_names<T: utoipa::PartialSchema>() -> Vec<String> {
     match T::schema() {
@@ -238,16 +326,19 @@ fn rfc3339(field: &str, value: Option<&str>) -> Result<Option<chrono::DateTime<c
         .transpose()
 }
 
-#[utoipa::path(post, path = "/api/v1/executions", tag = "executions",
+#[utoipa::path(post, path = "/api/v1/executions", tag = "executions", params(IdempotencyKeyHeader),
     request_body(content = CreateExecutionRequest, example = json!({"workflow_id": "nightly-build", "idempotency_key": "build-2026-12-01", "labels": {"team": "infra"}, "input": {"branch": "main"}, "heartbeat_timeout_seconds": 300})),
     responses((status = 201, description = "Created, or the execution an earlier create with the same idempotency_key made", body = Execution), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody), (status = 503, description = "NATS unreachable", body = ErrorBody)))]
 async fn create_execution(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
     _: NoQuery,
+    key: IdempotencyKey,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Execution>), ApiError> {
-    let (id, command) = requests::create(&principal.tenant, body::<CreateExecutionRequest>(payload)?)?;
+    let mut request = body::<CreateExecutionRequest>(payload)?;
+    key.into_field("idempotency_key", &mut request.idempotency_key)?;
+    let (id, command) = requests::create(&principal.tenant, request)?;
     let execution = app.executions.execute(&principal.tenant, &id, command, WriteOptions::default()).await?;
     Ok((StatusCode::CREATED, Json(execution)))
 }
@@ -264,7 +355,7 @@ async fn get_execution(
     Ok(Json(app.executions.get(&principal.tenant, &id).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/executions/{id}/status", tag = "executions", params(("id" = String, Path, description = "execution_id")),
+#[utoipa::path(post, path = "/api/v1/executions/{id}/status", tag = "executions", params(("id" = String, Path, description = "execution_id"), IdempotencyKeyHeader),
     request_body(content = UpdateExecutionStatusRequest, description = "`status`, `message`, `error`, `expected_version`, `agent_id` (the agent that moves it to running owns it), `request_id` (sent again after a lost answer, applied once); `execution_id` is the path's",
         example = json!({"status": "running", "agent_id": "worker-7", "request_id": "0193a1b2-7c4d-7e8f-9a0b-1c2d3e4f5a6b"})),
     responses((status = 200, description = "The execution after the change", body = Execution), (status = 404, body = ErrorBody), (status = 409, description = "Illegal transition (FAILED_PRECONDITION) or lost race (ABORTED)", body = ErrorBody), (status = 413, description = "The state would exceed its size limit (RESOURCE_EXHAUSTED)", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody), (status = 503, description = "NATS or (for an execution older than the stream) PostgreSQL unreachable", body = ErrorBody)))]
@@ -273,27 +364,32 @@ async fn update_execution_status(
     Extension(principal): Extension<Principal>,
     _: NoQuery,
     Path(id): Path<String>,
+    key: IdempotencyKey,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<Execution>, ApiError> {
-    let request = UpdateExecutionStatusRequest { execution_id: id, ..body::<UpdateExecutionStatusRequest>(payload)? };
+    let mut request =
+        UpdateExecutionStatusRequest { execution_id: id, ..body::<UpdateExecutionStatusRequest>(payload)? };
+    key.into_request_id(request.request_id_mut())?;
     let (id, command, options) = requests::update_status(request)?;
     Ok(Json(app.executions.execute(&principal.tenant, &id, command, options).await?))
 }
 
 /// A worker command over REST: the gRPC request's JSON as the body, its `execution_id` the path's.
-async fn execute_from_path<T: serde::de::DeserializeOwned + utoipa::PartialSchema>(
+async fn execute_from_path<T: serde::de::DeserializeOwned + utoipa::PartialSchema + CarriesRequestId>(
     app: &App,
     principal: &Principal,
-    id: String,
+    (id, key): (String, IdempotencyKey),
     payload: Result<Json<serde_json::Value>, JsonRejection>,
     with_id: fn(T, String) -> T,
     to_command: fn(T) -> Result<requests::Change, ApiError>,
 ) -> Result<Json<Execution>, ApiError> {
-    let (id, command, options) = to_command(with_id(body::<T>(payload)?, id))?;
+    let mut request = with_id(body::<T>(payload)?, id);
+    key.into_request_id(request.request_id_mut())?;
+    let (id, command, options) = to_command(request)?;
     Ok(Json(app.executions.execute(&principal.tenant, &id, command, options).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/executions/{id}/steps", tag = "workers", params(("id" = String, Path, description = "execution_id")),
+#[utoipa::path(post, path = "/api/v1/executions/{id}/steps", tag = "workers", params(("id" = String, Path, description = "execution_id"), IdempotencyKeyHeader),
     request_body(content = ReportStepRequest, description = "`step_id`, `name`, `status` (pending, running, completed, failed, skipped), `error`, `request_id` (sent again after a lost answer, applied once)",
         example = json!({"step_id": "compile", "name": "Compile", "status": "running"})),
     responses((status = 200, description = "The execution after the change", body = Execution), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -302,13 +398,14 @@ async fn report_step(
     Extension(principal): Extension<Principal>,
     _: NoQuery,
     Path(id): Path<String>,
+    key: IdempotencyKey,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<Execution>, ApiError> {
     let with_id = |request, execution_id| ReportStepRequest { execution_id, ..request };
-    execute_from_path(&app, &principal, id, payload, with_id, requests::report_step).await
+    execute_from_path(&app, &principal, (id, key), payload, with_id, requests::report_step).await
 }
 
-#[utoipa::path(post, path = "/api/v1/executions/{id}/progress", tag = "workers", params(("id" = String, Path, description = "execution_id")),
+#[utoipa::path(post, path = "/api/v1/executions/{id}/progress", tag = "workers", params(("id" = String, Path, description = "execution_id"), IdempotencyKeyHeader),
     request_body(content = ReportProgressRequest, description = "`percent` (0-100), `current_step`, `message`, `request_id` (sent again after a lost answer, applied once)",
         example = json!({"percent": 40, "current_step": "compile", "message": "412 of 1030 units"})),
     responses((status = 200, description = "The execution after the change", body = Execution), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -317,13 +414,14 @@ async fn report_progress(
     Extension(principal): Extension<Principal>,
     _: NoQuery,
     Path(id): Path<String>,
+    key: IdempotencyKey,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<Execution>, ApiError> {
     let with_id = |request, execution_id| ReportProgressRequest { execution_id, ..request };
-    execute_from_path(&app, &principal, id, payload, with_id, requests::report_progress).await
+    execute_from_path(&app, &principal, (id, key), payload, with_id, requests::report_progress).await
 }
 
-#[utoipa::path(post, path = "/api/v1/executions/{id}/approvals", tag = "workers", params(("id" = String, Path, description = "execution_id")),
+#[utoipa::path(post, path = "/api/v1/executions/{id}/approvals", tag = "workers", params(("id" = String, Path, description = "execution_id"), IdempotencyKeyHeader),
     request_body(content = RequestApprovalRequest, description = "`approval_id`, `reason`, optional `deadline` (RFC 3339)",
         example = json!({"approval_id": "deploy-prod", "reason": "ship 1.4 to production", "deadline": "2026-12-02T09:00:00Z"})),
     responses((status = 200, description = "The execution, now blocked", body = Execution), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -332,13 +430,14 @@ async fn request_approval(
     Extension(principal): Extension<Principal>,
     _: NoQuery,
     Path(id): Path<String>,
+    key: IdempotencyKey,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<Execution>, ApiError> {
     let with_id = |request, execution_id| RequestApprovalRequest { execution_id, ..request };
-    execute_from_path(&app, &principal, id, payload, with_id, requests::request_approval).await
+    execute_from_path(&app, &principal, (id, key), payload, with_id, requests::request_approval).await
 }
 
-#[utoipa::path(post, path = "/api/v1/executions/{id}/logs", tag = "workers", params(("id" = String, Path, description = "execution_id")),
+#[utoipa::path(post, path = "/api/v1/executions/{id}/logs", tag = "workers", params(("id" = String, Path, description = "execution_id"), IdempotencyKeyHeader),
     request_body(content = AppendLogsRequest, description = "`lines`: each `text` and optional `stream` (stdout, stderr); numbered 1, 2, 3… per execution",
         example = json!({"lines": [{"text": "compiling 412 units"}, {"text": "warning: unused import", "stream": "stderr"}]})),
     responses((status = 200, description = "How many lines were appended and the number of the last", body = AppendLogsResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -347,9 +446,11 @@ async fn append_logs(
     Extension(principal): Extension<Principal>,
     _: NoQuery,
     Path(id): Path<String>,
+    key: IdempotencyKey,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<AppendLogsResponse>, ApiError> {
-    let chunk = AppendLogsRequest { execution_id: id, ..body::<AppendLogsRequest>(payload)? };
+    let mut chunk = AppendLogsRequest { execution_id: id, ..body::<AppendLogsRequest>(payload)? };
+    key.into_request_id(chunk.request_id_mut())?;
     let execution_id = validate::id("execution_id", &chunk.execution_id)?;
     let target = crate::logs::LogTarget::resolve(&app.executions, &principal.tenant, execution_id).await?;
     let last_line_number = target.append(app.executions.store(), &principal.tenant, &chunk).await?;
@@ -383,21 +484,22 @@ struct ReasonBody {
 async fn control(
     app: &App,
     principal: &Principal,
-    id: &str,
+    (id, key): (&str, IdempotencyKey),
     payload: Bytes,
     command: fn(String) -> Command,
 ) -> Result<Json<Execution>, ApiError> {
-    let body = if payload.iter().all(u8::is_ascii_whitespace) {
+    let mut body = if payload.iter().all(u8::is_ascii_whitespace) {
         ReasonBody::default()
     } else {
         let value = serde_json::from_slice(&payload).map_err(|err| ApiError::invalid("request body", err))?;
         typed::<ReasonBody>(value)?
     };
+    key.into_request_id(body.request_id_mut())?;
     let (id, reason, options) = requests::with_reason(id, &body.reason, &body.request_id)?;
     Ok(Json(app.executions.execute(&principal.tenant, &id, command(reason), options).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/executions/{id}/cancel", tag = "executions", params(("id" = String, Path, description = "execution_id")),
+#[utoipa::path(post, path = "/api/v1/executions/{id}/cancel", tag = "executions", params(("id" = String, Path, description = "execution_id"), IdempotencyKeyHeader),
     request_body(content = ReasonBody, description = "Optional"),
     responses((status = 200, body = Execution), (status = 404, body = ErrorBody), (status = 409, description = "Illegal transition (FAILED_PRECONDITION) or lost race (ABORTED)", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody)))]
 async fn cancel_execution(
@@ -405,12 +507,13 @@ async fn cancel_execution(
     Extension(principal): Extension<Principal>,
     _: NoQuery,
     Path(id): Path<String>,
+    key: IdempotencyKey,
     payload: Bytes,
 ) -> Result<Json<Execution>, ApiError> {
-    control(&app, &principal, &id, payload, |reason| Command::Cancel { reason }).await
+    control(&app, &principal, (&id, key), payload, |reason| Command::Cancel { reason }).await
 }
 
-#[utoipa::path(post, path = "/api/v1/executions/{id}/pause", tag = "executions", params(("id" = String, Path, description = "execution_id")),
+#[utoipa::path(post, path = "/api/v1/executions/{id}/pause", tag = "executions", params(("id" = String, Path, description = "execution_id"), IdempotencyKeyHeader),
     request_body(content = ReasonBody, description = "Optional"),
     responses((status = 200, body = Execution), (status = 404, body = ErrorBody), (status = 409, description = "Illegal transition (FAILED_PRECONDITION) or lost race (ABORTED)", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody)))]
 async fn pause_execution(
@@ -418,12 +521,13 @@ async fn pause_execution(
     Extension(principal): Extension<Principal>,
     _: NoQuery,
     Path(id): Path<String>,
+    key: IdempotencyKey,
     payload: Bytes,
 ) -> Result<Json<Execution>, ApiError> {
-    control(&app, &principal, &id, payload, |reason| Command::Pause { reason }).await
+    control(&app, &principal, (&id, key), payload, |reason| Command::Pause { reason }).await
 }
 
-#[utoipa::path(post, path = "/api/v1/executions/{id}/resume", tag = "executions", params(("id" = String, Path, description = "execution_id")),
+#[utoipa::path(post, path = "/api/v1/executions/{id}/resume", tag = "executions", params(("id" = String, Path, description = "execution_id"), IdempotencyKeyHeader),
     request_body(content = ReasonBody, description = "Optional"),
     responses((status = 200, body = Execution), (status = 404, body = ErrorBody), (status = 409, description = "Illegal transition (FAILED_PRECONDITION) or lost race (ABORTED)", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody)))]
 async fn resume_execution(
@@ -431,9 +535,10 @@ async fn resume_execution(
     Extension(principal): Extension<Principal>,
     _: NoQuery,
     Path(id): Path<String>,
+    key: IdempotencyKey,
     payload: Bytes,
 ) -> Result<Json<Execution>, ApiError> {
-    control(&app, &principal, &id, payload, |reason| Command::Resume { reason }).await
+    control(&app, &principal, (&id, key), payload, |reason| Command::Resume { reason }).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -447,16 +552,18 @@ struct Resolution {
 }
 
 #[utoipa::path(post, path = "/api/v1/executions/{id}/approvals/{approval_id}", tag = "executions",
-    params(("id" = String, Path, description = "execution_id"), ("approval_id" = String, Path)), request_body = Resolution,
+    params(("id" = String, Path, description = "execution_id"), ("approval_id" = String, Path), IdempotencyKeyHeader), request_body = Resolution,
     responses((status = 200, body = Execution), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Role not allowed", body = ErrorBody)))]
 async fn resolve_approval(
     State(app): State<App>,
     Extension(principal): Extension<Principal>,
     _: NoQuery,
     Path((id, approval_id)): Path<(String, String)>,
+    key: IdempotencyKey,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<Execution>, ApiError> {
-    let resolution = body::<Resolution>(payload)?;
+    let mut resolution = body::<Resolution>(payload)?;
+    key.into_request_id(resolution.request_id_mut())?;
     let request = ResolveApprovalRequest {
         execution_id: id,
         approval_id,

@@ -234,6 +234,17 @@ async fn the_openapi_document_is_public_and_describes_the_rest_api_with_the_cont
         let path = format!("/api/v1/executions/{{id}}/{worker_path}");
         assert!(document["paths"][&path]["post"].is_object(), "POST {path} is documented");
     }
+    // Every write takes its request id (a create its key) from the Idempotency-Key header too.
+    let writes = ["", "/{id}/status", "/{id}/steps", "/{id}/progress", "/{id}/approvals", "/{id}/logs", "/{id}/cancel"]
+        .into_iter()
+        .chain(["/{id}/pause", "/{id}/resume", "/{id}/approvals/{approval_id}"]);
+    for write in writes {
+        let path = format!("/api/v1/executions{write}");
+        let header = document["paths"][&path]["post"]["parameters"]
+            .as_array()
+            .and_then(|parameters| parameters.iter().find(|p| p["name"] == "Idempotency-Key"));
+        assert!(header.is_some_and(|h| h["in"] == "header" && h["required"] != true), "POST {path}: {header:?}");
+    }
 
     // The whole document passes an independent validator of the OpenAPI specification.
     let file = tempfile::NamedTempFile::new().expect("temp file");

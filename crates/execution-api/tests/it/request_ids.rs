@@ -252,3 +252,68 @@ async fn rest_commands_take_the_request_id_in_their_body() {
     assert_eq!(status, 400, "{bad}");
     assert_eq!(events_of(&stack, &id).await.len(), 4, "created, running, 30 %, cancelled");
 }
+
+#[tokio::test]
+async fn rest_takes_the_idempotency_key_header_for_the_request_id_and_the_create_key() {
+    let stack = Stack::start().await;
+    let api = stack.api(&[]).await;
+    let token = admin();
+    let base = api.http_url("/api/v1");
+    let post = |path: String, key: Option<&str>, body: Value| {
+        let mut request = http().post(format!("{base}{path}")).bearer_auth(&token).json(&body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        async move {
+            let response = request.send().await.expect("sent");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("json"))
+        }
+    };
+
+    // A create keyed by the header alone is the same execution when sent again.
+    let create = json!({"workflow_id": "header-keys"});
+    let (status, created) = post("/executions".into(), Some("nightly-2026-12-05"), create.clone()).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["execution_id"].as_str().expect("id").to_owned();
+    let (_, again) = post("/executions".into(), Some("nightly-2026-12-05"), create.clone()).await;
+    assert_eq!(again["execution_id"], id.as_str(), "the header is the key");
+    let (_, unkeyed) = post("/executions".into(), None, create.clone()).await;
+    assert_ne!(unkeyed["execution_id"], id.as_str(), "without it, a new execution");
+    let keyed_in_body = json!({"workflow_id": "header-keys", "idempotency_key": "nightly-2026-12-05"});
+    let (_, body_keyed) = post("/executions".into(), None, keyed_in_body).await;
+    assert_eq!(body_keyed["execution_id"], id.as_str(), "the same key as the body's");
+
+    // Commands: the header is the request id (quoted, as the IETF draft writes it, or not).
+    let (status, started) =
+        post(format!("/executions/{id}/status"), Some("\"h-start\""), json!({"status": "running"})).await;
+    assert_eq!(status, 200, "{started}");
+    let (_, thirty) = post(format!("/executions/{id}/progress"), Some("h-30"), json!({"percent": 30})).await;
+    assert_eq!(
+        post(format!("/executions/{id}/status"), Some("h-start"), json!({"status": "running"})).await,
+        (200, started)
+    );
+    assert_eq!(
+        post(format!("/executions/{id}/progress"), Some("h-30"), json!({"percent": 30})).await,
+        (200, thirty.clone())
+    );
+    // The same id in the body and the header is one id; different ones are refused, writing nothing.
+    let same = json!({"percent": 30, "request_id": "h-30"});
+    assert_eq!(post(format!("/executions/{id}/progress"), Some("h-30"), same).await, (200, thirty));
+    let (status, differ) =
+        post(format!("/executions/{id}/progress"), Some("h-31"), json!({"percent": 31, "request_id": "b-31"})).await;
+    assert_eq!(status, 400, "{differ}");
+    let message = differ["error"]["message"].as_str().expect("message");
+    assert!(message.contains("'b-31'") && message.contains("'h-31'"), "{message}");
+    let (status, bad) = post(format!("/executions/{id}/progress"), Some("a b"), json!({"percent": 32})).await;
+    assert_eq!(status, 400, "{bad}");
+    assert!(bad["error"]["message"].as_str().is_some_and(|m| m.starts_with("Idempotency-Key header ")), "{bad}");
+    let (status, cancelled) = post(format!("/executions/{id}/cancel"), Some("h-cancel"), json!({})).await;
+    assert_eq!((status, cancelled["status"].as_str()), (200, Some("cancelled")), "{cancelled}");
+    assert_eq!(post(format!("/executions/{id}/cancel"), Some("h-cancel"), json!({})).await, (200, cancelled));
+
+    let history = events_of(&stack, &id).await;
+    assert_eq!(history.len(), 4, "created, running, 30 %, cancelled");
+    let ids: Vec<&str> = history.iter().map(|event| event.request_id.as_str()).collect();
+    assert_eq!(ids, ["", "h-start", "h-30", "h-cancel"], "each change once, under the header's id");
+}
