@@ -61,10 +61,20 @@ pub struct BenchArgs {
     /// Executions the events are spread over.
     #[arg(long, default_value_t = 100)]
     pub executions: u64,
+    /// Scenario h: subscribed connections offering `permessage-deflate`.
+    #[arg(long, default_value_t = 1_000)]
+    pub compressed_connections: usize,
+    /// Scenario h: events per second.
+    #[arg(long, default_value_t = 100)]
+    pub compressed_rate: u64,
+    /// Scenario h: steps in each event's state (what makes an event big, and compressible).
+    #[arg(long, default_value_t = 20)]
+    pub compressed_steps: usize,
     /// Scenarios to run, of a (peak), b (overload), c (latency), d (idle memory), e (storm),
     /// f (idle memory at 100,000 connections, ws-gateway only), g (idle memory of --idle-connections
-    /// that each resumed --storm-replay events; ws-gateway only).
-    #[arg(long, default_value = "a,b,c,d,e,f,g", value_delimiter = ',')]
+    /// that each resumed --storm-replay events; ws-gateway only), h (compression: big events to
+    /// clients offering `permessage-deflate`).
+    #[arg(long, default_value = "a,b,c,d,e,f,g,h", value_delimiter = ',')]
     pub scenarios: Vec<char>,
     /// The core the measured server is pinned to (`taskset -c`); the client pins itself to
     /// --client-cpu. Pinning is skipped on a machine with one core.
@@ -163,6 +173,15 @@ const LATENCY: &[Metric] = &[
     metric("gaps / duplicates / still on their way at the end", |o| Some(o.faults() as f64), thousands),
 ];
 
+const COMPRESSED: &[Metric] = &[
+    metric("deliveries/s", |o| Some(o.deliveries_per_second()), thousands),
+    metric("server CPU, % of one core", Outcome::cpu_percent, one_decimal),
+    metric("server CPU µs per delivery", Outcome::cpu_us_per_delivery, two_decimals),
+    metric("bytes on the wire per delivery", Outcome::wire_bytes_per_delivery, thousands),
+    metric("p99 latency to the socket, ms", |o| Some(ms(o.wire_p99_us)), two_decimals),
+    metric("gaps / duplicates / still on their way at the end", |o| Some(o.faults() as f64), thousands),
+];
+
 const IDLE: &[Metric] = &[
     metric("idle RSS per subscribed connection, KiB", Outcome::idle_kib_per_connection, one_decimal),
     metric("server RSS with all subscribed, MiB", |o| o.rss_subscribed_kib.map(|kib| kib as f64 / 1024.0), one_decimal),
@@ -208,6 +227,7 @@ fn metrics(scenario: char) -> &'static [Metric] {
         'a' | 'b' => THROUGHPUT,
         'c' => LATENCY,
         'd' | 'f' | 'g' => IDLE,
+        'h' => COMPRESSED,
         _ => STORM,
     }
 }
@@ -235,6 +255,10 @@ struct Scenario {
     connections: usize,
     rate: Option<u64>,
     storm: Option<StormPlan>,
+    /// Steps in each event's state (0: the 200-byte events).
+    steps: usize,
+    /// The connections offer `permessage-deflate`.
+    compression: bool,
 }
 
 pub async fn run(args: &BenchArgs, command_line: &str) -> anyhow::Result<String> {
@@ -336,9 +360,22 @@ pub async fn run(args: &BenchArgs, command_line: &str) -> anyhow::Result<String>
                 args.idle_connections,
                 None,
             ),
-            other => anyhow::bail!("unknown scenario '{other}': use a, b, c, d, e, f or g"),
+            'h' => (
+                format!(
+                    "(h) compression: {} connections offering permessage-deflate × {} events/s, each with {} steps in \
+                     its state",
+                    thousands(args.compressed_connections as f64),
+                    args.compressed_rate,
+                    args.compressed_steps
+                ),
+                args.compressed_connections,
+                Some(args.compressed_rate),
+            ),
+            other => anyhow::bail!("unknown scenario '{other}': use a, b, c, d, e, f, g or h"),
         };
-        scenarios.push(Scenario { id: *id, title, connections, rate, storm });
+        let compression = *id == 'h';
+        let steps = if compression { args.compressed_steps } else { 0 };
+        scenarios.push(Scenario { id: *id, title, connections, rate, storm, steps, compression });
     }
 
     let mut results = Vec::new();
@@ -394,6 +431,22 @@ pub async fn run(args: &BenchArgs, command_line: &str) -> anyhow::Result<String>
         humanize(args.duration),
         humanize(args.warmup.min(args.duration / 2))
     )?;
+    if args.scenarios.contains(&'h') {
+        use prost::Message as _;
+        let marker = crate::frames::Marker { seq: 1, published_ns: crate::publisher::now_ns() };
+        let event_bytes = crate::publisher::event(TENANT, "e-1", marker, args.compressed_steps).encoded_len();
+        writeln!(
+            out,
+            "compression (h): events whose state lists {} steps ({event_bytes} bytes of protobuf, which NATS carries as \
+             they are; ws-gateway sends the event as JSON, about twice that); every connection offers \
+             `permessage-deflate` without context takeover and both servers accept it (nats-server with \
+             `compression: true` in its `websocket` block, set in every run: the other scenarios' clients offer \
+             nothing, so it changes nothing there); ws-gateway compresses each event once for all its connections, \
+             nats-server compresses every message it writes; bytes on the wire per delivery = what the clients read \
+             from their sockets over the window ÷ deliveries; the client inflates every message to check it",
+            args.compressed_steps
+        )?;
+    }
     if args.scenarios.contains(&'e') {
         writeln!(
             out,
@@ -460,6 +513,7 @@ async fn measure(
         executions: args.executions,
         events_per_second,
         duration: args.duration,
+        steps: scenario.steps,
     });
     let mut run = Run {
         target: Target::Gateway {
@@ -479,7 +533,9 @@ async fn measure(
             executions: args.executions,
             events_per_second: args.storm_replay,
             duration: Duration::from_secs(1),
+            steps: 0,
         }),
+        compression: scenario.compression,
     };
     let nats = NatsServer::start(nats_binary, if server == Server::Nats { args.server_cpu() } else { None }).await?;
     run.nats_url = nats.url();

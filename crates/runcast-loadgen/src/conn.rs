@@ -4,7 +4,9 @@
 
 use crate::frames::{GatewayFrame, Marker, classify, find_marker};
 use crate::tracker::Tracker;
-use crate::wsframe::{self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Upgrade};
+use crate::wsframe::{
+    self, FrameError, Inflater, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Upgrade,
+};
 use crate::{natsproto, publisher};
 use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
@@ -91,6 +93,9 @@ pub struct Shared {
     pub samples: RefCell<Vec<Sample>>,
     /// When the last connection got its `subscribed` (ns since the epoch; 0: none yet).
     pub last_subscribed_ns: Cell<u64>,
+    /// Bytes read from the servers' sockets, over every connection (frames as sent: compressed
+    /// ones compressed).
+    pub bytes_read: Cell<u64>,
 }
 
 /// One timed delivery: published, and received by the client's socket (or read, without a
@@ -116,6 +121,7 @@ impl Shared {
             keep_samples: Cell::new(false),
             samples: RefCell::new(Vec::new()),
             last_subscribed_ns: Cell::new(0),
+            bytes_read: Cell::new(0),
         }))
     }
 
@@ -190,6 +196,8 @@ pub struct Plan {
     pub since_offset: Option<u64>,
     /// Once subscribed: unsubscribe, wait for the answer, close and end (a storm client).
     pub leave_once_subscribed: bool,
+    /// Offer `permessage-deflate` at the upgrade (and fail if the server does not accept it).
+    pub offer_compression: bool,
 }
 
 /// Connects, subscribes (holding `permit` until then, so connects are paced) and counts
@@ -278,12 +286,13 @@ impl GatewayClient<'_> {
     ) -> anyhow::Result<()> {
         let mut permit = Some(permit);
         let token = token(self.secret, self.tenant, &format!("bench-{index}"))?;
-        let mut ws = WsConn::connect(index, self.addr, &format!("/ws?token={token}")).await?;
+        let path = format!("/ws?token={token}");
+        let mut ws = WsConn::connect(index, self.addr, &path, self.plan.offer_compression).await?;
         ws.send(OP_TEXT, subscribe_message(self.plan.since_offset).as_bytes()).await?;
         loop {
             let (mut subscribed, mut unsubscribed) = (false, false);
             let mut resync_from = None;
-            let read = ws.read_messages(|message, at| match classify(message) {
+            let read = ws.read_messages(shared, |message, at| match classify(message) {
                 GatewayFrame::Event { offset, marker } => {
                     if let Some(offset) = offset {
                         report.tracker.offset(offset);
@@ -348,7 +357,7 @@ async fn nats(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> anyhow::Result<()> {
     let mut permit = Some(permit);
-    let mut ws = WsConn::connect(index, addr, "/").await?;
+    let mut ws = WsConn::connect(index, addr, "/", plan.offer_compression).await?;
     ws.send(OP_BINARY, natsproto::handshake(subject).as_bytes()).await?;
     // The NATS byte stream the WebSocket messages carry; a message may span several.
     let mut stream: Vec<u8> = Vec::with_capacity(READ_CHUNK);
@@ -356,7 +365,7 @@ async fn nats(
         let mut pongs = 0;
         let mut subscribed = false;
         let mut failure = None;
-        let read = ws.read_messages(|message, read_at| {
+        let read = ws.read_messages(shared, |message, read_at| {
             stream.extend_from_slice(message);
             let mut at = 0;
             loop {
@@ -413,7 +422,8 @@ async fn nats(
 }
 
 /// The client end of one WebSocket: a read buffer frames are parsed from in place, a write
-/// buffer reused for every frame sent, and the pieces of a fragmented message.
+/// buffer reused for every frame sent, the pieces of a fragmented message, and the inflater of
+/// a connection that negotiated compression.
 struct WsConn {
     stream: TcpStream,
     /// Read buffer: `buf[..filled]` holds what was read and not parsed yet.
@@ -422,18 +432,22 @@ struct WsConn {
     out: Vec<u8>,
     fragments: Vec<u8>,
     fragmented: bool,
+    /// The message being read came compressed (its first frame's RSV1).
+    compressed_message: bool,
+    inflater: Option<Box<Inflater>>,
     mask: [u8; 4],
 }
 
 impl WsConn {
-    async fn connect(index: usize, addr: SocketAddr, path: &str) -> anyhow::Result<Self> {
+    async fn connect(index: usize, addr: SocketAddr, path: &str, offer_compression: bool) -> anyhow::Result<Self> {
         let connect = async {
             let mut stream = connect_from(source_address(index, addr), addr)
                 .await
                 .with_context(|| format!("cannot connect to {addr}"))?;
             stream.set_nodelay(true)?;
-            stream.write_all(wsframe::upgrade_request(&addr.to_string(), path).as_bytes()).await?;
+            stream.write_all(wsframe::upgrade_request(&addr.to_string(), path, offer_compression).as_bytes()).await?;
             let mut buf = Vec::with_capacity(READ_CHUNK);
+            let mut inflater = None;
             loop {
                 if stream.read_buf(&mut buf).await? == 0 {
                     bail!("{addr} closed the connection during the upgrade");
@@ -443,6 +457,13 @@ impl WsConn {
                     Upgrade::Incomplete => continue,
                     Upgrade::Refused(status) => bail!("{addr} refused the upgrade: {status}"),
                     Upgrade::Switched(frames_at) => {
+                        if offer_compression {
+                            anyhow::ensure!(
+                                wsframe::deflate_accepted(&buf[..frames_at]),
+                                "{addr} did not accept permessage-deflate"
+                            );
+                            inflater = Some(Box::default());
+                        }
                         buf.drain(..frames_at);
                         break;
                     }
@@ -459,6 +480,8 @@ impl WsConn {
                 out: Vec::new(),
                 fragments: Vec::new(),
                 fragmented: false,
+                compressed_message: false,
+                inflater,
                 mask: seed.to_be_bytes(),
             })
         };
@@ -479,7 +502,11 @@ impl WsConn {
 
     /// Reads what has arrived and hands each complete data message to `on_message` with the
     /// receive time (one clock read per read); answers pings. False once the server has closed.
-    async fn read_messages(&mut self, mut on_message: impl FnMut(&[u8], ReadAt)) -> anyhow::Result<bool> {
+    async fn read_messages(
+        &mut self,
+        shared: &Shared,
+        mut on_message: impl FnMut(&[u8], ReadAt),
+    ) -> anyhow::Result<bool> {
         if self.buf.len() - self.filled < READ_CHUNK / 4 {
             // Zeroed once when it grows, never per read.
             self.buf.resize(self.buf.len() + READ_CHUNK, 0);
@@ -494,6 +521,7 @@ impl WsConn {
             }
         };
         self.filled += read;
+        shared.bytes_read.set(shared.bytes_read.get() + read as u64);
         let now = ReadAt { read_ns: publisher::now_ns(), wire_ns };
         let mut open = read > 0;
         let mut at = 0;
@@ -502,13 +530,18 @@ impl WsConn {
             let payload = frame.payload(&self.buf[at..self.filled]);
             match frame.opcode {
                 OP_TEXT | OP_BINARY | OP_CONTINUATION => {
+                    if frame.opcode != OP_CONTINUATION {
+                        anyhow::ensure!(!frame.compressed || self.inflater.is_some(), FrameError::Reserved);
+                        self.compressed_message = frame.compressed;
+                    }
+                    let inflater = self.inflater.as_deref_mut().filter(|_| self.compressed_message);
                     if frame.fin && !self.fragmented {
-                        on_message(payload, now);
+                        deliver(inflater, payload, now, &mut on_message)?;
                     } else {
                         self.fragments.extend_from_slice(payload);
                         self.fragmented = !frame.fin;
                         if frame.fin {
-                            on_message(&self.fragments, now);
+                            deliver(inflater, &self.fragments, now, &mut on_message)?;
                             self.fragments.clear();
                         }
                     }
@@ -533,6 +566,20 @@ impl WsConn {
         }
         Ok(open)
     }
+}
+
+/// Hands one whole message to `on_message`, inflated first when it came compressed (`inflater`).
+fn deliver(
+    inflater: Option<&mut Inflater>,
+    message: &[u8],
+    at: ReadAt,
+    on_message: &mut impl FnMut(&[u8], ReadAt),
+) -> Result<(), FrameError> {
+    match inflater {
+        Some(inflater) => on_message(inflater.inflate(message)?, at),
+        None => on_message(message, at),
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ pub struct Run {
     /// Published before anyone subscribes; every connection then resumes from the stream's start,
     /// so the server replays all of it to each (memory after a resume, scenario g).
     pub backlog: Option<Load>,
+    /// The connections offer `permessage-deflate` (scenario h).
+    pub compression: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -49,6 +51,8 @@ pub struct Outcome {
     /// The measured window (publishing, after the warm-up).
     pub window: Duration,
     pub delivered_in_window: u64,
+    /// Bytes the connections read from their sockets over the window.
+    pub bytes_in_window: u64,
     pub cpu_in_window: Option<CpuTime>,
     /// This process's own CPU over the window: near 100 % the client may be the limit.
     pub client_cpu_in_window: Option<CpuTime>,
@@ -92,6 +96,12 @@ impl Outcome {
         self.client_cpu_in_window.map(|cpu| cpu.total().as_secs_f64() * 100.0 / self.window.as_secs_f64().max(1e-9))
     }
 
+    /// Bytes on the wire per delivery (frames as sent, compressed or not, and everything else
+    /// the server sent meanwhile).
+    pub fn wire_bytes_per_delivery(&self) -> Option<f64> {
+        (self.delivered_in_window > 0).then(|| self.bytes_in_window as f64 / self.delivered_in_window as f64)
+    }
+
     pub fn cpu_us_per_delivery(&self) -> Option<f64> {
         let cpu = self.cpu_in_window?;
         (self.delivered_in_window > 0).then(|| cpu.total().as_secs_f64() * 1e6 / self.delivered_in_window as f64)
@@ -124,9 +134,9 @@ async fn run_local(run: &Run) -> anyhow::Result<Outcome> {
             let published = publisher::run(&jetstream, &run.topology, backlog, Rc::new(Cell::new(0))).await?;
             anyhow::ensure!(published.failures == 0, "{} publishes of the backlog failed", published.failures);
             outcome.published = published;
-            Plan { since_offset: Some(0), leave_once_subscribed: false }
+            Plan { since_offset: Some(0), offer_compression: run.compression, ..Plan::default() }
         }
-        None => Plan::default(),
+        None => Plan { offer_compression: run.compression, ..Plan::default() },
     };
     // After the backlog: what the server keeps of the stream itself is not the connections'.
     outcome.rss_before_kib = rss();
@@ -149,14 +159,15 @@ async fn run_local(run: &Run) -> anyhow::Result<Outcome> {
         let warmup = run.warmup.min(load.duration / 2);
         tokio::time::sleep(warmup).await;
         let own_cpu = || procfs::cpu_time(std::process::id()).ok();
-        let (delivered_before, cpu_before, own_before, started) =
-            (shared.delivered.get(), cpu(), own_cpu(), Instant::now());
+        let (delivered_before, bytes_before, cpu_before, own_before, started) =
+            (shared.delivered.get(), shared.bytes_read.get(), cpu(), own_cpu(), Instant::now());
         shared.latency.borrow_mut().reset();
         shared.wire_latency.borrow_mut().reset();
         shared.recording.set(true);
         tokio::time::sleep(load.duration.saturating_sub(warmup)).await;
         outcome.window = started.elapsed();
         outcome.delivered_in_window = shared.delivered.get() - delivered_before;
+        outcome.bytes_in_window = shared.bytes_read.get() - bytes_before;
         outcome.cpu_in_window = cpu().zip(cpu_before).map(|(after, before)| after.since(&before));
         outcome.client_cpu_in_window = own_cpu().zip(own_before).map(|(after, before)| after.since(&before));
         outcome.published = publishing.await??;

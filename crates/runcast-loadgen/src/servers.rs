@@ -59,7 +59,7 @@ impl NatsServer {
             &config,
             format!(
                 "listen: \"127.0.0.1:{client_port}\"\njetstream {{ store_dir: \"{}\" }}\n\
-                 websocket {{ listen: \"127.0.0.1:{ws_port}\", no_tls: true }}\n",
+                 websocket {{ listen: \"127.0.0.1:{ws_port}\", no_tls: true, compression: true }}\n",
                 dir.path().join("jetstream").display()
             ),
         )?;

@@ -165,7 +165,7 @@ async fn run_local(run: &Run, plan: &StormPlan) -> anyhow::Result<Outcome> {
     // its own (same core): in one event loop, the steady clients' reads would queue behind 10,000
     // connects and a million replayed frames, and the delay would be the client's, not the server's.
     let since_offset = matches!(run.target, Target::Gateway { .. }).then(|| progress.get().saturating_sub(plan.replay));
-    let storm_plan = Plan { since_offset, leave_once_subscribed: true };
+    let storm_plan = Plan { since_offset, leave_once_subscribed: true, ..Plan::default() };
     let own_cpu = || procfs::cpu_time(std::process::id()).ok();
     let (start_ns, cpu_before, own_before) = (now_ns(), cpu(), own_cpu());
     let storm_indexes = run.connections..run.connections + plan.connections;

@@ -1,6 +1,7 @@
 //! The client side of WebSocket (RFC 6455) as far as a load client needs it: the upgrade request
-//! and the check of its answer, server frames parsed in place from a read buffer (servers never
-//! mask), and masked client frames written into a reused buffer. No allocation per frame.
+//! (offering `permessage-deflate`, RFC 7692, when asked) and the check of its answer, server
+//! frames parsed in place from a read buffer (servers never mask), and masked client frames
+//! written into a reused buffer. No allocation per frame.
 
 use std::fmt;
 
@@ -21,17 +22,20 @@ const KEY: &str = "cnVuY2FzdC1sb2FkZ2VuIQ==";
 pub enum FrameError {
     /// A server frame with the mask bit set (RFC 6455 §5.1 forbids it).
     Masked,
-    /// Reserved bits set although no extension was negotiated.
+    /// Reserved bits set that no extension gives a meaning (RSV1 on a control frame, RSV2, RSV3).
     Reserved,
     TooLarge(u64),
+    /// A compressed message that does not inflate.
+    Corrupt,
 }
 
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Masked => f.write_str("the server sent a masked frame"),
-            Self::Reserved => f.write_str("the server set reserved bits without an extension"),
+            Self::Reserved => f.write_str("the server set reserved bits no extension defines"),
             Self::TooLarge(len) => write!(f, "a {len}-byte frame is larger than {MAX_FRAME} bytes"),
+            Self::Corrupt => f.write_str("a compressed message does not inflate"),
         }
     }
 }
@@ -43,6 +47,9 @@ impl std::error::Error for FrameError {}
 pub struct Frame {
     pub fin: bool,
     pub opcode: u8,
+    /// RSV1: the first frame of a compressed message (`permessage-deflate`, whose negotiation the
+    /// caller checks).
+    pub compressed: bool,
     pub header: usize,
     pub len: usize,
 }
@@ -61,7 +68,8 @@ impl Frame {
 /// The frame at the start of `buf`, or `None` until all of it has arrived.
 pub fn parse(buf: &[u8]) -> Result<Option<Frame>, FrameError> {
     let [first, second, ..] = *buf else { return Ok(None) };
-    if first & 0x70 != 0 {
+    let compressed = first & RSV1 != 0;
+    if first & 0x30 != 0 || (compressed && first & 0x08 != 0) {
         return Err(FrameError::Reserved);
     }
     if second & 0x80 != 0 {
@@ -82,7 +90,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Frame>, FrameError> {
     if buf.len() < header + len {
         return Ok(None);
     }
-    Ok(Some(Frame { fin: first & 0x80 != 0, opcode: first & 0x0F, header, len }))
+    Ok(Some(Frame { fin: first & 0x80 != 0, opcode: first & 0x0F, compressed, header, len }))
 }
 
 /// Set with the opcode of a compressed message's first frame (`permessage-deflate`, RFC 7692).
@@ -106,12 +114,76 @@ pub fn encode_masked(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8
     out.extend(payload.iter().zip(mask.iter().cycle()).map(|(byte, key)| byte ^ key));
 }
 
-/// The HTTP/1.1 upgrade request for `path` (with its query) on `host`.
-pub fn upgrade_request(host: &str, path: &str) -> String {
+/// What a client offering compression asks for: each message compressed on its own, both ways,
+/// as both servers answer (and the only form [`Inflater`] reads).
+const DEFLATE_OFFER: &str =
+    "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n";
+
+/// The HTTP/1.1 upgrade request for `path` (with its query) on `host`, offering
+/// `permessage-deflate` when `offer_deflate`.
+pub fn upgrade_request(host: &str, path: &str, offer_deflate: bool) -> String {
+    let offer = if offer_deflate { DEFLATE_OFFER } else { "" };
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     )
+}
+
+/// Whether the head of a 101 answer accepts `permessage-deflate`.
+pub fn deflate_accepted(head: &[u8]) -> bool {
+    String::from_utf8_lossy(head).lines().any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("sec-websocket-extensions")
+                && value.split(';').next().is_some_and(|extension| extension.trim() == "permessage-deflate")
+        })
+    })
+}
+
+/// Inflates the messages of a connection that negotiated `permessage-deflate` without context
+/// takeover: each on its own, into a buffer reused from one message to the next.
+pub struct Inflater {
+    decompress: flate2::Decompress,
+    input: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Default for Inflater {
+    fn default() -> Self {
+        Self { decompress: flate2::Decompress::new(false), input: Vec::new(), out: Vec::with_capacity(16 * 1024) }
+    }
+}
+
+impl Inflater {
+    /// One message's compressed payload, inflated. The sender left off the empty block that ends
+    /// its sync flush (RFC 7692 §7.2.1); it goes back after the payload.
+    pub fn inflate(&mut self, compressed: &[u8]) -> Result<&[u8], FrameError> {
+        self.input.clear();
+        self.input.extend_from_slice(compressed);
+        self.input.extend_from_slice(&[0x00, 0x00, 0xff, 0xff]);
+        self.decompress.reset(false);
+        self.out.clear();
+        loop {
+            if self.out.len() == self.out.capacity() {
+                if self.out.len() >= MAX_FRAME {
+                    return Err(FrameError::TooLarge(self.out.len() as u64));
+                }
+                self.out.reserve(self.out.capacity().max(1024));
+            }
+            let (taken, made) = (self.decompress.total_in(), self.decompress.total_out());
+            let consumed = usize::try_from(taken).unwrap_or(usize::MAX).min(self.input.len());
+            let status = self
+                .decompress
+                .decompress_vec(&self.input[consumed..], &mut self.out, flate2::FlushDecompress::Sync)
+                .map_err(|_| FrameError::Corrupt)?;
+            let all_in = self.decompress.total_in() == self.input.len() as u64;
+            if status == flate2::Status::StreamEnd || (all_in && self.out.len() < self.out.capacity()) {
+                return Ok(&self.out);
+            }
+            if self.decompress.total_in() == taken && self.decompress.total_out() == made {
+                return Err(FrameError::Corrupt);
+            }
+        }
+    }
 }
 
 /// What the answer to an upgrade was, once its head has arrived.
@@ -203,7 +275,10 @@ mod tests {
     #[test]
     fn refuses_what_a_server_may_not_send() {
         assert_eq!(parse(&[0x81, 0x85, 0, 0, 0, 0, 1]), Err(FrameError::Masked));
-        assert_eq!(parse(&[0xC1, 0x01, b'x']), Err(FrameError::Reserved));
+        assert_eq!(parse(&[0xA1, 0x01, b'x']), Err(FrameError::Reserved), "RSV2");
+        assert_eq!(parse(&[0xC9, 0x01, b'x']), Err(FrameError::Reserved), "a compressed ping");
+        let compressed = parse(&[0xC1, 0x01, b'x']).expect("valid").expect("complete");
+        assert!(compressed.compressed && compressed.opcode == OP_TEXT);
         let mut huge = vec![0x82, 127];
         huge.extend_from_slice(&u64::MAX.to_be_bytes());
         assert_eq!(parse(&huge), Err(FrameError::TooLarge(u64::MAX)));
@@ -247,9 +322,30 @@ mod tests {
             parse_upgrade_response(b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\n\r\n"),
             Upgrade::Refused("HTTP/1.1 429 Too Many Requests".to_owned())
         );
-        let request = upgrade_request("127.0.0.1:80", "/ws?token=t");
+        let request = upgrade_request("127.0.0.1:80", "/ws?token=t", false);
         assert!(request.starts_with("GET /ws?token=t HTTP/1.1\r\nHost: 127.0.0.1:80\r\n"));
-        assert!(request.ends_with("\r\n\r\n"));
+        assert!(request.ends_with("\r\n\r\n") && !request.contains("permessage-deflate"));
+        assert!(
+            upgrade_request("127.0.0.1:80", "/", true).contains("\r\nSec-WebSocket-Extensions: permessage-deflate;")
+        );
+        let accepted = b"HTTP/1.1 101 Switching Protocols\r\nsec-websocket-extensions: permessage-deflate; \
+                         server_no_context_takeover\r\n\r\n";
+        assert!(deflate_accepted(accepted));
+        assert!(!deflate_accepted(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"));
+    }
+
+    #[test]
+    fn inflates_each_message_on_its_own() {
+        use flate2::{Compress, Compression, FlushCompress};
+        let mut inflater = Inflater::default();
+        for message in [&b"{\"type\":\"execution.step.started\"}"[..], &[b'a'; 100_000][..]] {
+            let mut compressor = Compress::new(Compression::fast(), false);
+            let mut compressed = Vec::with_capacity(message.len() + 64);
+            compressor.compress_vec(message, &mut compressed, FlushCompress::Sync).expect("compresses");
+            compressed.truncate(compressed.len() - 4);
+            assert_eq!(inflater.inflate(&compressed).expect("inflates"), message);
+        }
+        assert_eq!(inflater.inflate(&[0xff, 0xff, 0xff]).map(<[u8]>::len), Err(FrameError::Corrupt));
     }
 
     #[test]

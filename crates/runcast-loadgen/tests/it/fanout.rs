@@ -15,7 +15,13 @@ const SECRET: &str = "loadgen-test-secret";
 const CONNECTIONS: usize = 20;
 
 fn load() -> Load {
-    Load { tenant: "acme".to_owned(), executions: 7, events_per_second: 150, duration: Duration::from_secs(2) }
+    Load {
+        tenant: "acme".to_owned(),
+        executions: 7,
+        events_per_second: 150,
+        duration: Duration::from_secs(2),
+        steps: 0,
+    }
 }
 
 fn assert_every_connection_got_every_event(outcome: &Outcome) {
@@ -69,6 +75,7 @@ async fn every_connection_gets_every_event_from_the_gateway_and_from_nats() {
         load: Some(load()),
         warmup: Duration::from_millis(200),
         backlog: None,
+        compression: false,
     })
     .await
     .expect("run against the gateway");
@@ -92,6 +99,7 @@ async fn every_connection_gets_every_event_from_the_gateway_and_from_nats() {
         load: Some(load()),
         warmup: Duration::from_millis(200),
         backlog: None,
+        compression: false,
     })
     .await
     .expect("run against nats-server");
@@ -115,6 +123,7 @@ async fn storm_clients_resume_and_leave_while_the_steady_ones_get_every_event() 
             load: Some(Load { events_per_second: 50, ..load() }),
             warmup: Duration::from_millis(200),
             backlog: None,
+            compression: false,
         },
         &StormPlan {
             connections: 50,
@@ -156,6 +165,7 @@ async fn connections_resuming_a_backlog_get_all_of_it_once_and_are_measured_idle
         load: None,
         warmup: Duration::from_millis(200),
         backlog: Some(Load { events_per_second: 40, duration: Duration::from_secs(1), ..load() }),
+        compression: false,
     })
     .await
     .expect("run against the gateway");
@@ -164,4 +174,54 @@ async fn connections_resuming_a_backlog_get_all_of_it_once_and_are_measured_idle
     assert_eq!((outcome.gaps, outcome.duplicates, outcome.behind_at_end), (0, 0, 0), "{summary}");
     assert_eq!((outcome.complete_connections, outcome.delivered), (CONNECTIONS, 40 * CONNECTIONS as u64), "{summary}");
     assert!(outcome.idle_kib_per_connection().is_some() && outcome.errors.is_empty(), "{summary}");
+}
+
+/// Scenario (h), small: events with 20 steps to clients offering `permessage-deflate`, through
+/// the gateway and through nats-server: every event reaches every connection once, inflated, and
+/// the bytes on the wire per delivery are a fraction of the same run's without compression.
+#[tokio::test]
+async fn compressed_connections_get_every_event_in_a_fraction_of_the_bytes() {
+    let nats_binary = runcast_testkit::tools::nats_server().expect("nats-server installed");
+    let topology = Topology::unprefixed();
+    let load = Load { steps: 20, ..load() };
+    for server in ["ws-gateway", "NATS WS"] {
+        let mut bytes_per_delivery = Vec::new();
+        for compression in [false, true] {
+            let nats = NatsServer::start(&nats_binary, None).await.expect("nats-server starts");
+            let gateway = match server {
+                "ws-gateway" => Some(start_gateway(&nats.url()).await),
+                _ => None,
+            };
+            let target = match &gateway {
+                Some((_, addr)) => {
+                    Target::Gateway { addr: *addr, jwt_secret: SECRET.to_owned(), tenant: "acme".to_owned() }
+                }
+                None => {
+                    runcast_loadgen::bench::create_stream(&nats.url(), &topology).await.expect("stream");
+                    let tenant = EntityId::parse("tenant", "acme").expect("tenant");
+                    Target::Nats {
+                        addr: nats.ws_addr(),
+                        subject: topology.tenant_subjects(StreamKind::Executions, &tenant),
+                    }
+                }
+            };
+            let outcome = fanout::run(&Run {
+                target,
+                connections: CONNECTIONS,
+                server_pid: None,
+                nats_url: nats.url(),
+                topology: topology.clone(),
+                load: Some(load.clone()),
+                warmup: Duration::from_millis(200),
+                backlog: None,
+                compression,
+            })
+            .await
+            .expect("run");
+            assert_every_connection_got_every_event(&outcome);
+            bytes_per_delivery.push(outcome.wire_bytes_per_delivery().expect("deliveries in the window"));
+        }
+        let [plain, compressed] = bytes_per_delivery[..] else { unreachable!() };
+        assert!(compressed * 3.0 < plain, "{server}: {compressed:.0} bytes per delivery compressed, {plain:.0} plain");
+    }
 }
