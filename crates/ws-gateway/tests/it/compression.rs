@@ -30,9 +30,17 @@ struct DeflateClient {
 
 impl DeflateClient {
     async fn connect(gateway: &Gateway, token: &str, offer: Option<&str>) -> Self {
+        Self::connect_with(gateway, token, offer, None).await
+    }
+
+    async fn connect_with(gateway: &Gateway, token: &str, offer: Option<&str>, subprotocol: Option<&str>) -> Self {
         let stream = TcpStream::connect(gateway.addr).await.expect("connects");
         let mut socket = BufReader::new(stream);
         let offer = offer.map(|offer| format!("Sec-WebSocket-Extensions: {offer}\r\n")).unwrap_or_default();
+        let offer = match subprotocol {
+            Some(name) => format!("{offer}Sec-WebSocket-Protocol: {name}\r\n"),
+            None => offer,
+        };
         let request = format!(
             "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -62,9 +70,13 @@ impl DeflateClient {
 
     /// Sends one message as a single masked text frame, compressed when `compressed`.
     async fn send(&mut self, payload: &[u8], compressed: bool) {
+        self.send_frame(wsframe::OP_TEXT, payload, compressed).await;
+    }
+
+    async fn send_frame(&mut self, opcode: u8, payload: &[u8], compressed: bool) {
         let (opcode, body) = match compressed {
-            true => (wsframe::RSV1 | wsframe::OP_TEXT, deflate(payload)),
-            false => (wsframe::OP_TEXT, payload.to_vec()),
+            true => (wsframe::RSV1 | opcode, deflate(payload)),
+            false => (opcode, payload.to_vec()),
         };
         let mut frame = Vec::new();
         wsframe::encode_masked(opcode, &body, [0x37, 0xfa, 0x21, 0x3d], &mut frame);
@@ -96,14 +108,22 @@ impl DeflateClient {
 
     /// The next text message, inflated if it came compressed, skipping pings.
     async fn next_text(&mut self) -> (bool, String) {
+        let (compressed, opcode, bytes) = self.next_message().await;
+        assert_eq!(opcode, wsframe::OP_TEXT, "a JSON connection gets text messages");
+        (compressed, String::from_utf8(bytes).expect("UTF-8"))
+    }
+
+    /// The next data message (whether it came compressed, its opcode, its bytes inflated),
+    /// skipping pings.
+    async fn next_message(&mut self) -> (bool, u8, Vec<u8>) {
         loop {
             let frame = self.next_frame().await;
             match frame.opcode {
-                0x1 => {
-                    let text = if frame.compressed { inflate(&frame.payload) } else { frame.payload };
-                    return (frame.compressed, String::from_utf8(text).expect("UTF-8"));
+                wsframe::OP_TEXT | wsframe::OP_BINARY => {
+                    let bytes = if frame.compressed { inflate(&frame.payload) } else { frame.payload };
+                    return (frame.compressed, frame.opcode, bytes);
                 }
-                0x8 => panic!("closed: {:?}", close_code(&frame.payload)),
+                wsframe::OP_CLOSE => panic!("closed: {:?}", close_code(&frame.payload)),
                 _ => continue,
             }
         }
@@ -226,6 +246,35 @@ async fn a_client_offering_compression_gets_compressed_events_that_inflate_to_th
     let plain = value("runcast_ws_compressed_bytes_total{form=\"plain\"}");
     let compressed_bytes = value("runcast_ws_compressed_bytes_total{form=\"compressed\"}");
     assert!(plain > 3.0 * compressed_bytes && compressed_bytes > 0.0, "{plain} bytes compressed to {compressed_bytes}");
+}
+
+#[tokio::test]
+async fn protobuf_connections_get_compressed_binary_messages_too() {
+    use prost::Message as _;
+    use runcast_contract::v1::{GatewayClientMessage, GatewayServerMessage};
+    let world = World::start().await;
+    let gateway = world.gateway(&[]).await;
+    let token = token("acme", "viewer", 600);
+    let mut client = DeflateClient::connect_with(&gateway, &token, Some(OFFER), Some("runcast.v1.proto")).await;
+    assert_eq!(client.extensions.as_deref(), Some(ANSWER));
+    let subscribe = GatewayClientMessage {
+        r#type: "subscribe".into(),
+        id: "p".into(),
+        channel: "executions:e-proto".into(),
+        ..Default::default()
+    };
+    client.send_frame(wsframe::OP_BINARY, &subscribe.encode_to_vec(), true).await;
+    let (_, opcode, bytes) = client.next_message().await;
+    let subscribed = GatewayServerMessage::decode(bytes.as_slice()).expect("a GatewayServerMessage");
+    assert_eq!((opcode, subscribed.r#type.as_str(), subscribed.id.as_str()), (wsframe::OP_BINARY, "subscribed", "p"));
+
+    let offset = world.publish(&event_with_steps("e-proto", 40)).await;
+    let (compressed, opcode, bytes) = client.next_message().await;
+    assert!(compressed && opcode == wsframe::OP_BINARY, "a binary message, compressed");
+    let frame = GatewayServerMessage::decode(bytes.as_slice()).expect("inflates to a GatewayServerMessage");
+    assert_eq!((frame.r#type.as_str(), frame.offset), ("step.completed", offset));
+    let state = frame.event.and_then(|event| event.state);
+    assert!(matches!(state, Some(event::State::Execution(e)) if e.steps.len() == 40));
 }
 
 #[tokio::test]
