@@ -619,6 +619,104 @@ mod tests {
         }
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One client message: its text, whether it goes compressed, the fragments it is cut into
+        /// (cut points as fractions of its wire payload), and whether a ping follows each fragment.
+        #[derive(Debug, Clone)]
+        struct Sent {
+            text: String,
+            compressed: bool,
+            cuts: Vec<u8>,
+            pings: bool,
+        }
+
+        fn sent() -> impl Strategy<Value = Sent> {
+            // Repetitive text (compressible) or not, up to a few KiB.
+            let text = prop_oneof![
+                "[a-z ]{0,40}".prop_map(|word| word.repeat(60)),
+                proptest::collection::vec(any::<char>(), 0..600).prop_map(|chars| chars.into_iter().collect()),
+            ];
+            (text, any::<bool>(), proptest::collection::vec(any::<u8>(), 0..4), any::<bool>())
+                .prop_map(|(text, compressed, cuts, pings)| Sent { text, compressed, cuts, pings })
+        }
+
+        /// The client's bytes for `messages`, and the messages tungstenite should read from the
+        /// translation.
+        fn wire(messages: &[Sent]) -> (Vec<u8>, Vec<tungstenite::Message>) {
+            use tokio_tungstenite::tungstenite::protocol::frame::coding::Control;
+            let (mut bytes, mut expected) = (Vec::new(), Vec::new());
+            for (n, message) in messages.iter().enumerate() {
+                let body = match message.compressed {
+                    true => {
+                        let mut compressor = Compress::new(Compression::fast(), false);
+                        compress_with(&mut compressor, message.text.as_bytes())
+                            .map(|c| c.to_vec())
+                            // Incompressible or short: compressed all the same (a client may).
+                            .unwrap_or_else(|| deflate_anyway(message.text.as_bytes()))
+                    }
+                    false => message.text.as_bytes().to_vec(),
+                };
+                let mut points: Vec<usize> =
+                    message.cuts.iter().map(|cut| body.len() * usize::from(*cut) / 256).collect();
+                points.sort_unstable();
+                points.dedup();
+                let mut start = 0;
+                let pieces: Vec<&[u8]> = points
+                    .iter()
+                    .chain(std::iter::once(&body.len()))
+                    .map(|&end| {
+                        let piece = &body[start..end.max(start)];
+                        start = end.max(start);
+                        piece
+                    })
+                    .collect();
+                let mask = [n as u8, 0x5a, 0xa5, 0x3c];
+                let ping = tungstenite::Message::Ping(Bytes::from(vec![n as u8]));
+                for (i, piece) in pieces.iter().enumerate() {
+                    let opcode = if i == 0 { TEXT } else { OpCode::Data(Data::Continue) };
+                    let last = i + 1 == pieces.len();
+                    bytes.extend(client_frame(opcode, i == 0 && message.compressed, last, piece, mask));
+                    if last {
+                        // The message is whole once its last fragment is read: before that ping.
+                        expected.push(tungstenite::Message::text(message.text.clone()));
+                    }
+                    if message.pings {
+                        bytes.extend(client_frame(OpCode::Control(Control::Ping), false, true, &[n as u8], mask));
+                        expected.push(ping.clone());
+                    }
+                }
+            }
+            (bytes, expected)
+        }
+
+        /// Raw deflate of `bytes` whatever its size, without the sync flush's tail.
+        fn deflate_anyway(bytes: &[u8]) -> Vec<u8> {
+            let mut compressor = Compress::new(Compression::fast(), false);
+            let mut out = Vec::with_capacity(bytes.len() * 2 + 64);
+            compressor.compress_vec(bytes, &mut out, FlushCompress::Sync).expect("compresses");
+            out.truncate(out.len() - SYNC_TAIL.len());
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+            #[test]
+            fn any_mix_of_plain_compressed_fragmented_and_pinged_messages_reads_as_sent(
+                messages in proptest::collection::vec(sent(), 1..6),
+                chunk in 1usize..300,
+            ) {
+                let (bytes, expected) = wire(&messages);
+                // tungstenite reports a ping as it is read, before the message it interrupts ends.
+                let read = read_translated(&bytes, chunk, 1 << 20);
+                let read: Vec<tungstenite::Message> = read.into_iter().map(|r| r.expect("no error")).collect();
+                prop_assert_eq!(read, expected);
+            }
+        }
+    }
+
     #[test]
     fn broken_compressed_messages_become_errors_tungstenite_names() {
         let too_long = compress(&vec![b'{'; 200_000]).expect("compresses");
