@@ -100,7 +100,7 @@ async fn channel(global: &Global) -> Result<Channel, CliError> {
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30));
     endpoint.connect().await.map_err(|err| {
-        CliError::failed(format!("cannot reach execution-api at {}: {}", global.api_url, source_chain(&err)))
+        CliError::unavailable(format!("cannot reach execution-api at {}: {}", global.api_url, source_chain(&err)))
     })
 }
 

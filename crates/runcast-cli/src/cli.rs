@@ -151,6 +151,12 @@ pub(crate) enum Exec {
         /// Fail the execution when it is running and has no event for this many seconds.
         #[arg(long, default_value_t = 0)]
         heartbeat_timeout: u32,
+        /// On a failure that may pass (execution-api unreachable, or answering UNAVAILABLE or
+        /// DEADLINE_EXCEEDED), create again up to this many times, 1, 2, 4 … s apart (30 s at
+        /// most), with one idempotency key: --key, or one made up for this run, so that one
+        /// execution is created.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=20))]
+        retries: u32,
     },
     /// Show one execution: status, steps with durations, approvals with deadlines, error, agent,
     /// labels and times.
@@ -294,7 +300,7 @@ pub(crate) enum Exec {
     },
 }
 
-/// `--request-id`, on every command that changes an execution.
+/// `--request-id` and `--retries`, on every command that changes an execution.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct Retry {
     /// Your id for this change (1 to 64 of A-Z a-z 0-9 _ -): the same command run again with the
@@ -302,6 +308,24 @@ pub(crate) struct Retry {
     /// execution as the first run left it.
     #[arg(long, default_value = "")]
     pub request_id: String,
+    /// On a failure that may pass (execution-api unreachable, or answering UNAVAILABLE or
+    /// DEADLINE_EXCEEDED: a replica restarting, a NATS leader election), send the command again up
+    /// to this many times, 1, 2, 4 … s apart (30 s at most), under one request id: --request-id,
+    /// or one made up for this run, so that it is applied once.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub retries: u32,
+}
+
+impl Retry {
+    /// The request id to send: the caller's, else, when the command may be sent more than once,
+    /// one made up for this run (empty otherwise: a command sent once needs none).
+    pub(crate) fn request_id(&self) -> String {
+        if self.request_id.is_empty() && self.retries > 0 {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            self.request_id.clone()
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -319,6 +343,10 @@ pub(crate) enum Logs {
         /// once (each message of 500 lines gets `<id>-<n>`, so keep the id to 60 characters).
         #[arg(long, default_value = "")]
         request_id: String,
+        /// As for `exec` commands: send the lines again after a failure that may pass, under one
+        /// request id (--request-id, or one made up for this run), so that they are appended once.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=20))]
+        retries: u32,
     },
     /// Print an execution's log lines from the first, follow new ones, and exit once the
     /// execution has ended and every line before its end is printed. Piped: the text of each

@@ -32,8 +32,8 @@ pub(crate) async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Exec(command) => exec(&global, command).await,
-        Command::Logs(Logs::Append { id, stderr, lines, request_id }) => {
-            append_logs(&global, id, stderr, lines, &request_id).await
+        Command::Logs(Logs::Append { id, stderr, lines, request_id, retries }) => {
+            append_logs(&global, id, stderr, lines, (&request_id, retries)).await
         }
         Command::Logs(Logs::Tail { id, since_offset, count }) => {
             crate::watch::tail(&global, &id, since_offset, count).await
@@ -105,12 +105,69 @@ fn timestamp(flag: &str, text: Option<&str>) -> Result<Option<prost_types::Times
     text.map(|t| json::from_rfc3339(t).map_err(|err| CliError::usage(format!("{flag}: {err}")))).transpose()
 }
 
+/// A command that changes an execution, ready to be sent (and sent again by `--retries`).
+#[derive(Debug, Clone)]
+enum Write {
+    Create(CreateExecutionRequest),
+    Cancel(CancelExecutionRequest),
+    Pause(PauseExecutionRequest),
+    Resume(ResumeExecutionRequest),
+    Status(UpdateExecutionStatusRequest),
+    Step(ReportStepRequest),
+    Progress(ReportProgressRequest),
+    RequestApproval(RequestApprovalRequest),
+    ResolveApproval(ResolveApprovalRequest),
+}
+
+impl Write {
+    async fn send(self, global: &Global) -> Result<Execution, CliError> {
+        let mut client = api::executions(global).await?;
+        let response = match self {
+            Self::Create(request) => client.create_execution(request).await?,
+            Self::Cancel(request) => client.cancel_execution(request).await?,
+            Self::Pause(request) => client.pause_execution(request).await?,
+            Self::Resume(request) => client.resume_execution(request).await?,
+            Self::Status(request) => client.update_execution_status(request).await?,
+            Self::Step(request) => client.report_step(request).await?,
+            Self::Progress(request) => client.report_progress(request).await?,
+            Self::RequestApproval(request) => client.request_approval(request).await?,
+            Self::ResolveApproval(request) => client.resolve_approval(request).await?,
+        };
+        Ok(response.into_inner())
+    }
+}
+
+/// The wait before the first retry of `--retries`, doubled before each next one.
+const FIRST_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest wait between two tries.
+const MAX_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `send` once, and again after each failure that may pass, `retries` times at most, `delay`,
+/// twice that, … apart; each retry is said on stderr (stdout keeps the result alone).
+async fn retrying<T, F: Future<Output = Result<T, CliError>>>(
+    (retries, mut delay): (u32, std::time::Duration),
+    mut send: impl FnMut() -> F,
+) -> Result<T, CliError> {
+    let mut retried = 0;
+    loop {
+        match send().await {
+            Err(err) if err.is_transient() && retried < retries => {
+                retried += 1;
+                eprintln!("runcast: {err}; trying again in {} s ({retried} of {retries})", delay.as_secs_f32());
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+            result => return result,
+        }
+    }
+}
+
 async fn exec(global: &Global, command: Exec) -> Result<(), CliError> {
     // Arguments are checked before connecting, so a mistake is reported as such even when the
     // api is down.
     let client = || api::executions(global);
-    let execution = match command {
-        Exec::Create { workflow, key, labels, input, heartbeat_timeout } => {
+    let (write, retries) = match command {
+        Exec::Create { workflow, key, labels, input, heartbeat_timeout, retries } => {
             let input = match input {
                 Some(text) => match serde_json::from_str::<serde_json::Value>(&text) {
                     Ok(serde_json::Value::Object(map)) => Some(json::object_to_struct(map)),
@@ -119,6 +176,8 @@ async fn exec(global: &Global, command: Exec) -> Result<(), CliError> {
                 },
                 None => None,
             };
+            // Sent more than once, a create needs a key to make one execution.
+            let key = key.or_else(|| (retries > 0).then(|| uuid::Uuid::now_v7().to_string()));
             let request = CreateExecutionRequest {
                 workflow_id: workflow,
                 idempotency_key: key.unwrap_or_default(),
@@ -126,7 +185,7 @@ async fn exec(global: &Global, command: Exec) -> Result<(), CliError> {
                 input,
                 heartbeat_timeout_seconds: heartbeat_timeout,
             };
-            client().await?.create_execution(request).await?
+            (Write::Create(request), retries)
         }
         Exec::Get { id } => {
             let execution = client().await?.get_execution(GetExecutionRequest { execution_id: id }).await?.into_inner();
@@ -154,22 +213,16 @@ async fn exec(global: &Global, command: Exec) -> Result<(), CliError> {
             return Ok(());
         }
         Exec::Cancel { id, reason, retry } => {
-            client()
-                .await?
-                .cancel_execution(CancelExecutionRequest { execution_id: id, reason, request_id: retry.request_id })
-                .await?
+            let request = CancelExecutionRequest { execution_id: id, reason, request_id: retry.request_id() };
+            (Write::Cancel(request), retry.retries)
         }
         Exec::Pause { id, reason, retry } => {
-            client()
-                .await?
-                .pause_execution(PauseExecutionRequest { execution_id: id, reason, request_id: retry.request_id })
-                .await?
+            let request = PauseExecutionRequest { execution_id: id, reason, request_id: retry.request_id() };
+            (Write::Pause(request), retry.retries)
         }
         Exec::Resume { id, reason, retry } => {
-            client()
-                .await?
-                .resume_execution(ResumeExecutionRequest { execution_id: id, reason, request_id: retry.request_id })
-                .await?
+            let request = ResumeExecutionRequest { execution_id: id, reason, request_id: retry.request_id() };
+            (Write::Resume(request), retry.retries)
         }
         Exec::Status { id, status, message, error, expected_version, agent, retry } => {
             let request = UpdateExecutionStatusRequest {
@@ -179,9 +232,9 @@ async fn exec(global: &Global, command: Exec) -> Result<(), CliError> {
                 error,
                 expected_version: expected_version.unwrap_or(0),
                 agent_id: agent,
-                request_id: retry.request_id,
+                request_id: retry.request_id(),
             };
-            client().await?.update_execution_status(request).await?
+            (Write::Status(request), retry.retries)
         }
         Exec::Step { id, step_id, status, name, error, retry } => {
             let request = ReportStepRequest {
@@ -190,64 +243,57 @@ async fn exec(global: &Global, command: Exec) -> Result<(), CliError> {
                 name,
                 status: wire_one::<StepStatus>("status", &status)?,
                 error,
-                request_id: retry.request_id,
+                request_id: retry.request_id(),
             };
-            client().await?.report_step(request).await?
+            (Write::Step(request), retry.retries)
         }
         Exec::Progress { id, percent, step, message, retry } => {
-            client()
-                .await?
-                .report_progress(ReportProgressRequest {
-                    execution_id: id,
-                    percent,
-                    current_step: step,
-                    message,
-                    request_id: retry.request_id,
-                })
-                .await?
+            let request = ReportProgressRequest {
+                execution_id: id,
+                percent,
+                current_step: step,
+                message,
+                request_id: retry.request_id(),
+            };
+            (Write::Progress(request), retry.retries)
         }
         Exec::RequestApproval { id, approval_id, reason, expires_in, retry } => {
             let deadline = expires_in
                 .map(|after| chrono::Duration::from_std(after).map_err(|_| CliError::usage("--expires-in is too long")))
                 .transpose()?
                 .map(|after| json::from_datetime(chrono::Utc::now() + after));
-            client()
-                .await?
-                .request_approval(RequestApprovalRequest {
-                    execution_id: id,
-                    approval_id,
-                    reason,
-                    deadline,
-                    request_id: retry.request_id,
-                })
-                .await?
+            let request = RequestApprovalRequest {
+                execution_id: id,
+                approval_id,
+                reason,
+                deadline,
+                request_id: retry.request_id(),
+            };
+            (Write::RequestApproval(request), retry.retries)
         }
         Exec::Approve { id, approval_id, comment, retry } => {
-            client()
-                .await?
-                .resolve_approval(ResolveApprovalRequest {
-                    execution_id: id,
-                    approval_id,
-                    granted: true,
-                    comment,
-                    request_id: retry.request_id,
-                })
-                .await?
+            let request = ResolveApprovalRequest {
+                execution_id: id,
+                approval_id,
+                granted: true,
+                comment,
+                request_id: retry.request_id(),
+            };
+            (Write::ResolveApproval(request), retry.retries)
         }
         Exec::Deny { id, approval_id, comment, retry } => {
-            client()
-                .await?
-                .resolve_approval(ResolveApprovalRequest {
-                    execution_id: id,
-                    approval_id,
-                    granted: false,
-                    comment,
-                    request_id: retry.request_id,
-                })
-                .await?
+            let request = ResolveApprovalRequest {
+                execution_id: id,
+                approval_id,
+                granted: false,
+                comment,
+                request_id: retry.request_id(),
+            };
+            (Write::ResolveApproval(request), retry.retries)
         }
     };
-    output::execution(&execution.into_inner(), global.json);
+    let execution = retrying((retries, FIRST_RETRY_DELAY), || write.clone().send(global)).await?;
+    output::execution(&execution, global.json);
     Ok(())
 }
 
@@ -256,7 +302,7 @@ async fn append_logs(
     id: String,
     stderr: bool,
     lines: Vec<String>,
-    request_id: &str,
+    (request_id, retries): (&str, u32),
 ) -> Result<(), CliError> {
     let lines = if lines.is_empty() {
         std::io::stdin()
@@ -271,6 +317,15 @@ async fn append_logs(
         return Err(CliError::usage("no lines: pass them as arguments or on standard input"));
     }
     let stream = if stderr { LogStream::Stderr } else { LogStream::Stdout };
+    // Sent more than once, the lines need an id to be appended once.
+    let made_up;
+    let request_id = match (request_id, retries) {
+        ("", 1..) => {
+            made_up = uuid::Uuid::now_v7().to_string();
+            made_up.as_str()
+        }
+        (given, _) => given,
+    };
     // Chunks of at most 500 lines, one message each, each with its own request id.
     let chunks: Vec<AppendLogsRequest> = lines
         .chunks(500)
@@ -281,11 +336,81 @@ async fn append_logs(
             request_id: if request_id.is_empty() { String::new() } else { format!("{request_id}-{n}") },
         })
         .collect();
-    let response = api::executions(global).await?.append_logs(futures::stream::iter(chunks)).await?.into_inner();
+    let send = || async {
+        let mut client = api::executions(global).await?;
+        Ok::<_, CliError>(client.append_logs(futures::stream::iter(chunks.clone())).await?.into_inner())
+    };
+    let response = retrying((retries, FIRST_RETRY_DELAY), send).await?;
     if global.json {
         output::json(&response);
     } else {
         println!("appended {} lines, last line number {}", response.lines_appended, response.last_line_number);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    /// A `send` that fails with `failures` in turn, then succeeds; counts its calls.
+    fn scripted(
+        failures: Vec<CliError>,
+        calls: &Cell<usize>,
+    ) -> impl FnMut() -> std::future::Ready<Result<u32, CliError>> + '_ {
+        let mut failures = failures.into_iter();
+        move || {
+            calls.set(calls.get() + 1);
+            std::future::ready(match failures.next() {
+                Some(err) => Err(err),
+                None => Ok(7),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_that_may_pass_are_retried_as_often_as_asked_and_no_others() {
+        let unavailable = || CliError::unavailable("cannot reach execution-api");
+        let calls = Cell::new(0);
+        let retried =
+            retrying((3, Duration::from_millis(1)), scripted(vec![unavailable(), unavailable()], &calls)).await;
+        assert_eq!((retried.ok(), calls.get()), (Some(7), 3), "two failures, then the answer");
+
+        let calls = Cell::new(0);
+        let exhausted =
+            retrying((1, Duration::from_millis(1)), scripted(vec![unavailable(), unavailable()], &calls)).await;
+        assert!(exhausted.is_err_and(|err| err.is_transient()), "one retry, still unavailable: its error");
+        assert_eq!(calls.get(), 2);
+
+        let calls = Cell::new(0);
+        let refused = CliError::from(tonic::Status::failed_precondition("already running"));
+        let once = retrying((5, Duration::from_millis(1)), scripted(vec![refused], &calls)).await;
+        assert!(once.is_err() && calls.get() == 1, "a refusal is an answer: not sent again");
+
+        let calls = Cell::new(0);
+        let unasked = retrying((0, Duration::from_millis(1)), scripted(vec![unavailable()], &calls)).await;
+        assert!(unasked.is_err() && calls.get() == 1, "no --retries, no retry");
+    }
+
+    #[test]
+    fn which_answers_may_pass() {
+        for code in [tonic::Code::Unavailable, tonic::Code::DeadlineExceeded] {
+            assert!(CliError::from(tonic::Status::new(code, "x")).is_transient(), "{code:?}");
+        }
+        for code in [tonic::Code::FailedPrecondition, tonic::Code::InvalidArgument, tonic::Code::Aborted] {
+            assert!(!CliError::from(tonic::Status::new(code, "x")).is_transient(), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_command_sent_more_than_once_gets_a_request_id_of_its_own_unless_given_one() {
+        use crate::cli::Retry;
+        let made_up = Retry { request_id: String::new(), retries: 2 }.request_id();
+        assert!(uuid::Uuid::parse_str(&made_up).is_ok(), "{made_up}");
+        assert_ne!(made_up, Retry { request_id: String::new(), retries: 2 }.request_id(), "one per run");
+        assert_eq!(Retry { request_id: "mine".into(), retries: 2 }.request_id(), "mine");
+        assert_eq!(Retry { request_id: String::new(), retries: 0 }.request_id(), "", "sent once: none needed");
+    }
 }

@@ -32,16 +32,29 @@ pub enum ErrorKind {
 pub struct CliError {
     message: String,
     kind: ErrorKind,
+    /// A failure that may pass if the command is sent again: the api unreachable, or answering
+    /// UNAVAILABLE or DEADLINE_EXCEEDED (a replica restarting, a NATS leader election).
+    transient: bool,
 }
 
 impl CliError {
     pub fn failed(message: impl Into<String>) -> Self {
-        Self { message: message.into(), kind: ErrorKind::Failed }
+        Self { message: message.into(), kind: ErrorKind::Failed, transient: false }
+    }
+
+    /// A failure that may pass (see [`is_transient`](Self::is_transient)).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self { transient: true, ..Self::failed(message) }
     }
 
     /// A bad argument: exits 2 like clap's own parse errors.
     pub fn usage(message: impl Into<String>) -> Self {
-        Self { message: message.into(), kind: ErrorKind::Usage }
+        Self { message: message.into(), kind: ErrorKind::Usage, transient: false }
+    }
+
+    /// Whether sending the command again may succeed (`--retries`).
+    pub fn is_transient(&self) -> bool {
+        self.transient
     }
 
     pub fn message(&self) -> &str {
@@ -64,7 +77,11 @@ impl CliError {
 impl From<tonic::Status> for CliError {
     fn from(status: tonic::Status) -> Self {
         let code = format!("{:?}", status.code());
-        Self::failed(format!("execution-api answered {code}: {}", status.message()))
+        let message = format!("execution-api answered {code}: {}", status.message());
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => Self::unavailable(message),
+            _ => Self::failed(message),
+        }
     }
 }
 

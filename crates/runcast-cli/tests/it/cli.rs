@@ -808,3 +808,56 @@ async fn a_persons_decision_on_a_simulated_approval_drives_the_run_to_its_end() 
     assert_eq!(done["approvals"][0]["comment"], "a person said yes");
     let _ = simulate.start_kill();
 }
+
+#[tokio::test]
+async fn with_retries_writes_wait_out_an_api_restart_and_are_applied_once() {
+    let mut stack = Stack::start().await;
+    let env = stack.cli_env().await;
+    let created = one(&env, &["exec", "create", "--workflow", "cli-retries"]).await;
+    let id = created["execution_id"].as_str().expect("an id").to_owned();
+
+    // The api goes away (kill -9: no drain).
+    let grpc = stack.api.addr("grpc_addr").await.expect("grpc").to_string();
+    stack.api.signal(Signal::SIGKILL).expect("kill the api");
+    stack.api.wait_exit(Duration::from_secs(15)).await.expect("the api exits");
+
+    // Without --retries: one line and exit 1, at once.
+    let output = run(&env, &["exec", "status", &id, "running"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach execution-api"));
+
+    // With --retries: each says it will try again, and does once the api is back.
+    let (mut status, mut status_out, mut status_err) =
+        spawn_lines(&env, &["--json", "exec", "status", &id, "running", "--retries", "6"]);
+    let (mut create, mut create_out, mut create_err) =
+        spawn_lines(&env, &["--json", "exec", "create", "--workflow", "cli-retries-new", "--retries", "6"]);
+    for stderr in [&mut status_err, &mut create_err] {
+        let said = next_line(stderr, "a retry announced").await;
+        assert!(said.contains("cannot reach execution-api") && said.contains("trying again in 1 s (1 of 6)"), "{said}");
+    }
+    stack.api =
+        stack.infra.services(&stack.isolation, SECRET).spawn("execution-api", &[("RUNCAST_GRPC_ADDR", &grpc)]).await;
+    let mut printed = Vec::new();
+    for (child, stdout, what) in [(&mut status, &mut status_out, "status"), (&mut create, &mut create_out, "create")] {
+        let exit =
+            tokio::time::timeout(Duration::from_secs(60), child.wait()).await.expect("done in time").expect("waits");
+        assert!(exit.success(), "{what} succeeded once the api was back");
+        let execution: Value = serde_json::from_str(&next_line(stdout, what).await).expect("JSON");
+        printed.push(execution["execution_id"].as_str().expect("an execution").to_owned());
+    }
+
+    // Each change once: the status once (version 2: created, running), one execution created.
+    let current = one(&env, &["exec", "get", &id]).await;
+    assert_eq!((current["status"].as_str(), current["version"].as_u64()), (Some("running"), Some(2)), "{current}");
+    // The list is the read model's: once the persister has the create that was answered, it has
+    // any other the retries made before it.
+    let new_id = printed[1].clone();
+    eventually("the create in the history", Duration::from_secs(30), || {
+        let (env, new_id) = (env.clone(), new_id.clone());
+        async move { (!json_lines(&env, &["events", "--execution", &new_id]).await.is_empty()).then_some(()) }
+    })
+    .await
+    .expect("persisted");
+    let created = json_lines(&env, &["exec", "list", "--workflow", "cli-retries-new"]).await;
+    assert_eq!(created.len(), 1, "{created:?}");
+}
