@@ -4,10 +4,11 @@
 
 use crate::conn::Target;
 use crate::fanout::{self, Outcome, Run};
+use crate::outcome::StormStats;
 use crate::procfs;
 use crate::publisher::{EVENT_BYTES, Load};
 use crate::servers::{GatewayServer, NatsServer};
-use crate::storm::{self, StormPlan, StormStats};
+use crate::storm::{self, StormPlan};
 use anyhow::Context as _;
 use runcast_contract::{EntityId, StreamKind, Topology};
 use std::fmt::Write as _;

@@ -4,8 +4,9 @@
 //! what every connection saw.
 
 use crate::conn::{self, Plan, Report, Shared, Target};
-use crate::procfs::{self, CpuTime};
-use crate::publisher::{self, Load, Published};
+pub use crate::outcome::Outcome;
+use crate::procfs;
+use crate::publisher::{self, Load};
 use runcast_contract::Topology;
 use std::cell::Cell;
 use std::rc::Rc;
@@ -36,87 +37,6 @@ pub struct Run {
     pub backlog: Option<Load>,
     /// The connections offer `permessage-deflate` (scenario h).
     pub compression: bool,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Outcome {
-    pub server: &'static str,
-    pub connections: usize,
-    pub subscribed: usize,
-    pub failed: usize,
-    pub errors: Vec<String>,
-    pub rss_before_kib: Option<u64>,
-    pub rss_subscribed_kib: Option<u64>,
-    pub published: Published,
-    /// The measured window (publishing, after the warm-up).
-    pub window: Duration,
-    pub delivered_in_window: u64,
-    /// Bytes the connections read from their sockets over the window.
-    pub bytes_in_window: u64,
-    pub cpu_in_window: Option<CpuTime>,
-    /// This process's own CPU over the window: near 100 % the client may be the limit.
-    pub client_cpu_in_window: Option<CpuTime>,
-    pub delivered: u64,
-    pub p50_us: u64,
-    pub p99_us: u64,
-    pub max_us: u64,
-    /// The same, to the client's socket (kernel receive timestamps).
-    pub wire_p50_us: u64,
-    pub wire_p99_us: u64,
-    pub wire_max_us: u64,
-    /// Events a connection skipped: a later one arrived, this one never did.
-    pub gaps: u64,
-    /// Events that had not reached their connection when the run stopped waiting (a client
-    /// catching up by replay after `resync`): late, not skipped.
-    pub behind_at_end: u64,
-    /// How long the run waited for deliveries after the publisher stopped.
-    pub drain: Duration,
-    pub duplicates: u64,
-    pub offset_gaps: u64,
-    pub offset_duplicates: u64,
-    pub resyncs: u64,
-    /// Connections that got every published event.
-    pub complete_connections: usize,
-    pub ended_early: usize,
-    /// Scenario (e): the storm, and the steady clients' latency around it.
-    pub storm: Option<crate::storm::StormStats>,
-}
-
-impl Outcome {
-    pub fn deliveries_per_second(&self) -> f64 {
-        self.delivered_in_window as f64 / self.window.as_secs_f64().max(1e-9)
-    }
-
-    /// Server CPU in % of one core over the window.
-    pub fn cpu_percent(&self) -> Option<f64> {
-        self.cpu_in_window.map(|cpu| cpu.total().as_secs_f64() * 100.0 / self.window.as_secs_f64().max(1e-9))
-    }
-
-    pub fn client_cpu_percent(&self) -> Option<f64> {
-        self.client_cpu_in_window.map(|cpu| cpu.total().as_secs_f64() * 100.0 / self.window.as_secs_f64().max(1e-9))
-    }
-
-    /// Bytes on the wire per delivery (frames as sent, compressed or not, and everything else
-    /// the server sent meanwhile).
-    pub fn wire_bytes_per_delivery(&self) -> Option<f64> {
-        (self.delivered_in_window > 0).then(|| self.bytes_in_window as f64 / self.delivered_in_window as f64)
-    }
-
-    pub fn cpu_us_per_delivery(&self) -> Option<f64> {
-        let cpu = self.cpu_in_window?;
-        (self.delivered_in_window > 0).then(|| cpu.total().as_secs_f64() * 1e6 / self.delivered_in_window as f64)
-    }
-
-    /// Deliveries that went wrong, of every kind: events skipped, duplicated, or still on their way.
-    pub fn faults(&self) -> u64 {
-        self.gaps + self.duplicates + self.behind_at_end
-    }
-
-    /// (RSS with every connection subscribed − RSS before) / connections, in KiB.
-    pub fn idle_kib_per_connection(&self) -> Option<f64> {
-        let (before, after) = (self.rss_before_kib?, self.rss_subscribed_kib?);
-        (self.subscribed > 0).then(|| after.saturating_sub(before) as f64 / self.subscribed as f64)
-    }
 }
 
 /// Runs on a `LocalSet` of its own (the connections are local tasks of the current thread).

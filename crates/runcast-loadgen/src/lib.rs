@@ -25,6 +25,7 @@ pub mod fanout;
 pub mod floor;
 pub mod frames;
 pub mod natsproto;
+pub mod outcome;
 pub mod procfs;
 pub mod publisher;
 pub mod servers;

@@ -6,8 +6,9 @@
 //! storm against during it. NATS has no resume: its storm clients connect, `SUB`, `UNSUB` and close.
 
 use crate::conn::{Plan, Report, Sample, Shared, Target};
-use crate::fanout::{self, Outcome, Run};
-use crate::procfs::{self, CpuTime};
+use crate::fanout::{self, Run};
+use crate::outcome::{Outcome, StormStats, WindowLatency};
+use crate::procfs;
 use crate::publisher::{self, Load, now_ns};
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
@@ -32,59 +33,6 @@ pub struct StormPlan {
     pub replay: u64,
     /// The storm is given up after this long.
     pub timeout: Duration,
-}
-
-/// The steady clients' latency to the socket over one window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WindowLatency {
-    pub deliveries: u64,
-    pub p99_us: u64,
-    /// Beside the max: one late delivery in a thousand, so a single outlier (a retransmission,
-    /// a preempted client) does not decide alone how a storm reads.
-    pub p999_us: u64,
-    pub max_us: u64,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct StormStats {
-    pub before: WindowLatency,
-    pub during: WindowLatency,
-    pub connections: usize,
-    /// Storm clients that got their `subscribed` (after their replay).
-    pub resumed: usize,
-    pub failed: usize,
-    /// Storm clients that got a `resync`.
-    pub resynced: usize,
-    /// From the first storm connect until the last storm client was resumed (or failed, or the
-    /// timeout).
-    pub duration: Duration,
-    /// Where the storm clients resumed from (the gateway only).
-    pub since_offset: Option<u64>,
-    /// Events delivered to storm clients: replayed, and live ones before they left.
-    pub delivered: u64,
-    /// Sequences a storm client skipped or got twice between its resume offset and leaving
-    /// (the gateway only: NATS storm clients do not resume).
-    pub gaps: Option<u64>,
-    pub duplicates: u64,
-    /// The measured server's CPU over the storm.
-    pub server_cpu: Option<CpuTime>,
-    pub errors: Vec<String>,
-}
-
-impl StormStats {
-    /// How much longer the worst steady delivery took during the storm than the p99 before it.
-    pub fn stall_ms(&self) -> f64 {
-        stall_ms(&self.before, &self.during)
-    }
-
-    pub fn server_cpu_percent(&self) -> Option<f64> {
-        self.server_cpu.map(|cpu| cpu.total().as_secs_f64() * 100.0 / self.duration.as_secs_f64().max(1e-9))
-    }
-}
-
-/// max during − p99 before, in ms (negative: the storm's worst was better than the usual).
-pub fn stall_ms(before: &WindowLatency, during: &WindowLatency) -> f64 {
-    (during.max_us as f64 - before.p99_us as f64) / 1000.0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +215,7 @@ fn storm_clients(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::stall_ms;
 
     const MS: u64 = 1_000_000;
 

@@ -3,6 +3,7 @@
 //! (EX_USAGE) and a message naming the variable.
 
 use crate::error::{Error, ErrorKind};
+use crate::ops::{ConnectionOptions, DEFAULT_HANDSHAKES, ServeOptions};
 use clap::Parser;
 use runcast_contract::Topology;
 use std::net::SocketAddr;
@@ -70,8 +71,20 @@ pub struct LifecycleArgs {
     /// New HTTP connections read and answered at once, up to their first response (at most
     /// 50 ms each, unless a WebSocket waits for its first subscriptions); the others wait in the
     /// listen backlog. Paces a reconnect storm so it does not delay the connections already open.
-    #[arg(long, env = "RUNCAST_HANDSHAKE_CONCURRENCY", default_value_t = crate::ops::DEFAULT_HANDSHAKES)]
+    #[arg(long, env = "RUNCAST_HANDSHAKE_CONCURRENCY", default_value_t = DEFAULT_HANDSHAKES)]
     pub handshake_concurrency: usize,
+}
+
+impl From<&LifecycleArgs> for ConnectionOptions {
+    fn from(args: &LifecycleArgs) -> Self {
+        Self { header_timeout: args.header_timeout, handshakes: args.handshake_concurrency.max(1) }
+    }
+}
+
+impl From<&LifecycleArgs> for ServeOptions {
+    fn from(args: &LifecycleArgs) -> Self {
+        Self { shutdown_grace: args.shutdown_grace, connections: args.into() }
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]

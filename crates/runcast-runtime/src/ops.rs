@@ -225,18 +225,6 @@ impl Default for ConnectionOptions {
     }
 }
 
-impl From<&crate::config::LifecycleArgs> for ConnectionOptions {
-    fn from(args: &crate::config::LifecycleArgs) -> Self {
-        Self { header_timeout: args.header_timeout, handshakes: args.handshake_concurrency.max(1) }
-    }
-}
-
-impl From<&crate::config::LifecycleArgs> for ServeOptions {
-    fn from(args: &crate::config::LifecycleArgs) -> Self {
-        Self { shutdown_grace: args.shutdown_grace, connections: args.into() }
-    }
-}
-
 /// A grace period alone: the default connection options.
 impl From<Duration> for ServeOptions {
     fn from(shutdown_grace: Duration) -> Self {
