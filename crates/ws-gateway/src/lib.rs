@@ -36,6 +36,7 @@ pub mod replay;
 pub mod scheduler;
 pub mod series;
 mod session;
+mod socket;
 mod sse;
 mod upgrade;
 mod upstream;

@@ -10,6 +10,7 @@ use crate::permessage_deflate::Inflating;
 use crate::protocol::{CloseCode, ErrorCode, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL, Protocol};
 use crate::series::WriterMeters;
 use crate::session::{Inbound, Session};
+use crate::socket::{ReadSide, WriteSide};
 use crate::upgrade::{self, NotAHandshake};
 use crate::wake_flag::WakeFlag;
 use crate::ws_wire::{Compression, RepliesDropped, write_frames};
@@ -19,14 +20,12 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use futures::future::Either;
 use futures::{FutureExt, StreamExt};
-use hyper_util::rt::TokioIo;
 use runcast_runtime::auth::json_error;
 use runcast_runtime::ops::HandshakePlace;
 use serde::Deserialize;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{ReadHalf, WriteHalf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -43,12 +42,10 @@ pub(crate) const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// connection holds this much.
 const READ_BUFFER_BYTES: usize = 256;
 
-/// The upgraded HTTP/1.1 connection under a WebSocket.
-type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 /// What clients send, read by tungstenite (their compressed messages inflated first).
-type Reader = WebSocketStream<RepliesDropped<Inflating<ReadHalf<Upgraded>>>>;
+type Reader = WebSocketStream<RepliesDropped<Inflating<ReadSide>>>;
 /// Where the writer writes frames itself (see [`crate::ws_wire`]).
-type Writer = WriteHalf<Upgraded>;
+type Writer = WriteSide;
 
 /// The only query parameter `/ws` accepts (browsers cannot set headers on a WebSocket).
 const WS_PARAMETERS: [&str; 1] = ["token"];
@@ -130,7 +127,7 @@ pub(crate) async fn upgrade(
     let connection = on_upgrade
         .then(move |upgraded| match upgraded {
             Ok(upgraded) => {
-                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                let (read, write) = crate::socket::split(upgraded);
                 let read = match compression {
                     Compression::Deflate => Inflating::new(read, hard_limit),
                     Compression::Off => Inflating::off(read),
