@@ -320,12 +320,15 @@ impl Retry {
     /// The request id to send: the caller's, else, when the command may be sent more than once,
     /// one made up for this run (empty otherwise: a command sent once needs none).
     pub(crate) fn request_id(&self) -> String {
-        if self.request_id.is_empty() && self.retries > 0 {
-            uuid::Uuid::now_v7().to_string()
-        } else {
-            self.request_id.clone()
-        }
+        given_or_made_up(&self.request_id, self.retries)
     }
+}
+
+/// The id a command goes with (a request id, a create's key): the caller's, else, when the
+/// command may be sent more than once (`retries` > 0), one made up for this run, so that it is
+/// applied once; empty otherwise.
+pub(crate) fn given_or_made_up(given: &str, retries: u32) -> String {
+    if given.is_empty() && retries > 0 { uuid::Uuid::now_v7().to_string() } else { given.to_owned() }
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,6 @@
 //! What each subcommand does.
 
-use crate::cli::{Cli, Command, Exec, Global, Logs};
+use crate::cli::{Cli, Command, Exec, Global, Logs, given_or_made_up};
 use crate::{CliError, api, output};
 use runcast_contract::json::parse_wire_name;
 use runcast_contract::v1::*;
@@ -176,11 +176,10 @@ async fn exec(global: &Global, command: Exec) -> Result<(), CliError> {
                 },
                 None => None,
             };
-            // Sent more than once, a create needs a key to make one execution.
-            let key = key.or_else(|| (retries > 0).then(|| uuid::Uuid::now_v7().to_string()));
             let request = CreateExecutionRequest {
                 workflow_id: workflow,
-                idempotency_key: key.unwrap_or_default(),
+                // Sent more than once, a create needs a key to make one execution.
+                idempotency_key: given_or_made_up(&key.unwrap_or_default(), retries),
                 labels: labels.into_iter().collect(),
                 input,
                 heartbeat_timeout_seconds: heartbeat_timeout,
@@ -318,14 +317,7 @@ async fn append_logs(
     }
     let stream = if stderr { LogStream::Stderr } else { LogStream::Stdout };
     // Sent more than once, the lines need an id to be appended once.
-    let made_up;
-    let request_id = match (request_id, retries) {
-        ("", 1..) => {
-            made_up = uuid::Uuid::now_v7().to_string();
-            made_up.as_str()
-        }
-        (given, _) => given,
-    };
+    let request_id = given_or_made_up(request_id, retries);
     // Chunks of at most 500 lines, one message each, each with its own request id.
     let chunks: Vec<AppendLogsRequest> = lines
         .chunks(500)

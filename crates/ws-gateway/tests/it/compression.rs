@@ -4,7 +4,7 @@
 //! extension closed with the code that says why.
 
 use crate::helpers::*;
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use flate2::{Compress, Compression, FlushCompress};
 use runcast_contract::v1::{EventType, ExecutionStatus, Step, StepStatus, event};
 use runcast_loadgen::wsframe;
 use serde_json::{Value, json};
@@ -120,7 +120,10 @@ impl DeflateClient {
             let frame = self.next_frame().await;
             match frame.opcode {
                 wsframe::OP_TEXT | wsframe::OP_BINARY => {
-                    let bytes = if frame.compressed { inflate(&frame.payload) } else { frame.payload };
+                    let bytes = match frame.compressed {
+                        true => wsframe::Inflater::default().inflate(&frame.payload).expect("inflates").to_vec(),
+                        false => frame.payload,
+                    };
                     return (frame.compressed, frame.opcode, bytes);
                 }
                 wsframe::OP_CLOSE => panic!("closed: {:?}", close_code(&frame.payload)),
@@ -161,16 +164,6 @@ fn deflate(message: &[u8]) -> Vec<u8> {
     compressor.compress_vec(message, &mut out, FlushCompress::Sync).expect("compresses");
     assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
     out.truncate(out.len() - 4);
-    out
-}
-
-fn inflate(compressed: &[u8]) -> Vec<u8> {
-    let mut input = compressed.to_vec();
-    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
-    let mut decompressor = Decompress::new(false);
-    let mut out = Vec::with_capacity(1 << 20);
-    decompressor.decompress_vec(&input, &mut out, FlushDecompress::Sync).expect("inflates");
-    assert_eq!(decompressor.total_in(), input.len() as u64, "all of it");
     out
 }
 
