@@ -32,7 +32,8 @@ export interface CommandOptions {
   /**
    * The caller's id for this change (1 to 64 of A-Z a-z 0-9 _ -; a UUID fits). Sending the command
    * again with the same id after a lost answer applies it once and answers the execution as the
-   * first try left it; the event it made carries the id (`request_id`) on the live stream.
+   * first try left it; the event it made carries the id (`request_id`) on the live stream. One id,
+   * one change: the same id with another change is refused (400, `INVALID_ARGUMENT`).
    */
   requestId?: string;
 }

@@ -107,7 +107,7 @@ pub(crate) async fn publish(
         state: Some(event::State::Agent(agent)),
         ..Default::default()
     };
-    store.append(StreamKind::Agents, tenant, agent_id, event, expected).await.map(|appended| appended.sequence)
+    store.append(StreamKind::Agents, tenant, agent_id, event, expected, None).await.map(|appended| appended.sequence)
 }
 
 pub(crate) async fn heartbeat(

@@ -59,6 +59,8 @@ pub struct Current {
     pub expected_sequence: u64,
     /// The last event, when the stream still holds it.
     pub last_event: Option<Event>,
+    /// The fingerprint of the request that made it, if it had a request id.
+    pub fingerprint: Option<String>,
     /// Whether this is the newest state for certain (else a decision on it is confirmed by the
     /// sequence check of the append, or a refusal by a read of the leader).
     pub exact: bool,
@@ -83,6 +85,32 @@ pub struct WriteOptions {
     /// The caller's id for this change: a retry with the same id (the answer to the first try was
     /// lost) applies it once and answers the execution as the first try left it.
     pub request_id: Option<EntityId>,
+}
+
+/// The answer to a request sent again with its `request_id`: its first try's, if it is the same
+/// change (same fingerprint), else `INVALID_ARGUMENT` — the id was reused for another change, which
+/// answered by the first would be lost without a word. A first try stored without a fingerprint
+/// (by an earlier release) is taken as the same.
+pub(crate) fn answered_by(
+    first: &Event,
+    first_fingerprint: Option<&str>,
+    request_id: &str,
+    fingerprint: &str,
+) -> Result<(), ApiError> {
+    if first_fingerprint.is_none_or(|first| first == fingerprint) {
+        return Ok(());
+    }
+    metrics::counter!("runcast_api_request_ids_reused_total").increment(1);
+    let what = runcast_contract::v1::EventType::try_from(first.r#type)
+        .map_or("an event of an unknown type", runcast_contract::WireEnum::wire_name);
+    Err(ApiError::invalid(
+        "request_id",
+        format!(
+            "{request_id:?} was first sent with another change ({what}, offset {}): a retry must repeat its first \
+             try; a new change needs a new request_id",
+            first.offset
+        ),
+    ))
 }
 
 /// Random jitter between retries so racing writers spread out.
@@ -189,6 +217,7 @@ impl Executions {
                 expected_sequence: stored.sequence,
                 exact: stored.exact,
                 last_event: Some(stored.event),
+                fingerprint: stored.fingerprint,
             }));
         }
         let archived = match fallback {
@@ -200,7 +229,13 @@ impl Executions {
             }),
         };
         let exact = self.store.is_exact(read);
-        Ok(archived.map(|execution| Current { execution, expected_sequence: 0, last_event: None, exact }))
+        Ok(archived.map(|execution| Current {
+            execution,
+            expected_sequence: 0,
+            last_event: None,
+            fingerprint: None,
+            exact,
+        }))
     }
 
     /// The execution's latest state, from the stream or (once aged out) the read model.
@@ -250,6 +285,9 @@ impl Executions {
         options: WriteOptions,
     ) -> Result<Execution, ApiError> {
         let WriteOptions { expected_version, request_id } = options;
+        let fingerprint = request_id.as_ref().map(|_| command.fingerprint());
+        // The caller's id for this change and the change's fingerprint, when it gave one.
+        let request = request_id.as_ref().zip(fingerprint.as_deref());
         // An idempotency key maps to its execution "for as long as it exists": also after the
         // stream dropped its events, when only the read model still has it.
         let fallback = match &command {
@@ -273,9 +311,10 @@ impl Executions {
             let confirmed = latest.as_ref().map_or(self.store.is_exact(read), |latest| latest.exact);
             read = Read::Leader;
             // A retry whose first try is the execution's last event: answered without a change.
-            if let (Some(request_id), Some(latest)) = (&request_id, &latest)
-                && latest.last_event.as_ref().is_some_and(|last| last.request_id == request_id.as_str())
+            if let (Some(request_id), Some(fingerprint), Some(latest)) = (&request_id, &fingerprint, &latest)
+                && let Some(last) = latest.last_event.as_ref().filter(|last| last.request_id == request_id.as_str())
             {
+                answered_by(last, latest.fingerprint.as_deref(), request_id.as_str(), fingerprint)?;
                 FirstTry::Last.count();
                 return Ok(latest.execution.clone());
             }
@@ -285,9 +324,7 @@ impl Executions {
                 if !confirmed {
                     continue;
                 }
-                if let Some(earlier) =
-                    self.earlier_request(tenant, execution_id, Some(current), request_id.as_ref()).await?
-                {
+                if let Some(earlier) = self.earlier_request(tenant, execution_id, Some(current), request).await? {
                     return Ok(earlier);
                 }
                 return Err(ApiError::new(
@@ -307,7 +344,7 @@ impl Executions {
                 Err(refusal)
                     if request_id.is_some() && !matches!(refusal, Refusal::AlreadyExists | Refusal::NotFound) =>
                 {
-                    match self.earlier_request(tenant, execution_id, current, request_id.as_ref()).await? {
+                    match self.earlier_request(tenant, execution_id, current, request).await? {
                         Some(earlier) => return Ok(earlier),
                         None => return Err(refusal.into()),
                     }
@@ -334,10 +371,19 @@ impl Executions {
                 ..Default::default()
             };
             let expected_sequence = latest.as_ref().map_or(0, |latest| latest.expected_sequence);
-            match self.store.append(StreamKind::Executions, tenant, execution_id, event, expected_sequence).await {
+            let appending = self.store.append(
+                StreamKind::Executions,
+                tenant,
+                execution_id,
+                event,
+                expected_sequence,
+                fingerprint.clone(),
+            );
+            match appending.await {
                 Ok(appended) if appended.duplicate => {
+                    let earlier = self.stored_execution(appended.sequence, request).await?;
                     FirstTry::Duplicate.count();
-                    return self.stored_execution(appended.sequence).await;
+                    return Ok(earlier);
                 }
                 Ok(appended) => {
                     state.offset = appended.sequence;
@@ -370,9 +416,9 @@ impl Executions {
         tenant: &EntityId,
         execution_id: &EntityId,
         current: Option<&Execution>,
-        request_id: Option<&EntityId>,
+        request: Option<(&EntityId, &str)>,
     ) -> Result<Option<Execution>, ApiError> {
-        let Some(request_id) = request_id else { return Ok(None) };
+        let Some((request_id, fingerprint)) = request else { return Ok(None) };
         let updated_at = current.and_then(|current| current.updated_at.as_ref());
         if !changed_within(updated_at, chrono::Utc::now(), self.duplicate_window) {
             return Ok(None);
@@ -381,7 +427,9 @@ impl Executions {
             .store
             .find_request(StreamKind::Executions, tenant, execution_id, request_id.as_str(), self.duplicate_window)
             .await?;
-        let earlier = found.as_ref().and_then(execution_of).cloned();
+        let Some(found) = found else { return Ok(None) };
+        answered_by(&found.event, found.fingerprint.as_deref(), request_id.as_str(), fingerprint)?;
+        let earlier = execution_of(&found).cloned();
         if earlier.is_some() {
             FirstTry::LookBack.count();
         }
@@ -389,9 +437,12 @@ impl Executions {
     }
 
     /// The execution as the event at `sequence` left it: the answer to a retried request whose
-    /// publish JetStream refused as a duplicate of the first try's.
-    async fn stored_execution(&self, sequence: u64) -> Result<Execution, ApiError> {
+    /// publish JetStream refused as a duplicate of the first try's (if it is the same change).
+    async fn stored_execution(&self, sequence: u64, request: Option<(&EntityId, &str)>) -> Result<Execution, ApiError> {
         let stored = self.store.earlier_try(StreamKind::Executions, sequence).await?;
+        if let Some((request_id, fingerprint)) = request {
+            answered_by(&stored.event, stored.fingerprint.as_deref(), request_id.as_str(), fingerprint)?;
+        }
         execution_of(&stored)
             .cloned()
             .ok_or_else(|| ApiError::internal(format!("event {sequence} of the executions stream has no state")))
@@ -429,6 +480,22 @@ mod tests {
         assert!(!changed_within(at(86_400).as_ref(), now, window), "finished long ago: no look-back");
         assert!(changed_within(None, now, window), "unknown: look");
         assert!(changed_within(at(86_400).as_ref(), now, Duration::MAX), "a window too long to subtract: look");
+    }
+
+    #[test]
+    fn a_retry_is_answered_by_its_first_try_only_if_it_is_the_same_change() {
+        let first = Event {
+            r#type: runcast_contract::v1::EventType::ExecutionProgress.into(),
+            offset: 7,
+            ..Default::default()
+        };
+        assert!(answered_by(&first, Some("f1"), "r-1", "f1").is_ok());
+        assert!(answered_by(&first, None, "r-1", "f1").is_ok(), "stored by an earlier release: taken as the same");
+        let err = answered_by(&first, Some("f1"), "r-1", "f2").expect_err("another change");
+        assert_eq!(err.kind(), ApiErrorKind::InvalidArgument);
+        let message = err.to_string();
+        assert!(message.starts_with("request_id \"r-1\" was first sent with another change"), "{message}");
+        assert!(message.contains("execution.progress") && message.contains("offset 7"), "{message}");
     }
 
     #[test]

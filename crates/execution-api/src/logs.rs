@@ -2,7 +2,7 @@
 //! (1, 2, 3 … with no gap), ordered by the same compare-and-set on the subject's sequence as
 //! execution events, so several replicas and several writers never interleave numbers.
 
-use crate::commands::now;
+use crate::commands::{answered_by, now};
 use crate::error::{ApiError, ApiErrorKind};
 use crate::series::FirstTry;
 use crate::store::{EventStore, Read, StoreErrorKind};
@@ -137,15 +137,17 @@ pub(crate) async fn append(
 ) -> Result<u64, ApiError> {
     let Chunk { lines, request_id } = chunk;
     let request_id = request_id.map(|id| id.to_string()).unwrap_or_default();
+    let fingerprint = (!request_id.is_empty()).then(|| crate::domain::fingerprint::of_log_lines(&lines));
     for attempt in 0..crate::commands::MAX_ATTEMPTS {
         // A stale first read fails the guarded append; retries read the leader.
         let read = if attempt == 0 { Read::Remembered } else { Read::Leader };
         let last = store.last(StreamKind::Logs, tenant, execution_id, read).await?;
         // A retry whose first try is the last chunk: already appended.
         if let Some(stored) = &last
-            && !request_id.is_empty()
+            && let Some(fingerprint) = &fingerprint
             && stored.event.request_id == request_id
         {
+            answered_by(&stored.event, stored.fingerprint.as_deref(), &request_id, fingerprint)?;
             FirstTry::Last.count();
             return Ok(last_line_of(&stored.event));
         }
@@ -175,11 +177,14 @@ pub(crate) async fn append(
             request_id: request_id.clone(),
             ..Default::default()
         };
-        match store.append(StreamKind::Logs, tenant, execution_id, event, expected).await {
+        match store.append(StreamKind::Logs, tenant, execution_id, event, expected, fingerprint.clone()).await {
             // A retry whose first try was followed by other lines: JetStream stored it once.
             Ok(appended) if appended.duplicate => {
-                FirstTry::Duplicate.count();
                 let first = store.earlier_try(StreamKind::Logs, appended.sequence).await?;
+                if let Some(fingerprint) = &fingerprint {
+                    answered_by(&first.event, first.fingerprint.as_deref(), &request_id, fingerprint)?;
+                }
+                FirstTry::Duplicate.count();
                 return Ok(last_line_of(&first.event));
             }
             Ok(_) => return Ok(last_number),

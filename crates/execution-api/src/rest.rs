@@ -164,7 +164,8 @@ struct IdempotencyKey(Option<String>);
 #[allow(dead_code)] // documents the header `IdempotencyKey` reads
 struct IdempotencyKeyHeader {
     /// The same as the body's `request_id` (a create's `idempotency_key`): a retry with the same
-    /// key is applied once. Given in both places, they must be equal.
+    /// key is applied once. Given in both places, they must be equal. A key sent again with
+    /// another change is refused (400): one key, one change.
     #[param(rename = "Idempotency-Key")]
     idempotency_key: Option<String>,
 }

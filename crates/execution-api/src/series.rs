@@ -58,6 +58,11 @@ pub(crate) fn declare() {
         "runcast_api_retries_answered_total",
         "Commands sent again with their request_id and answered by their first try, by how it was found"
     );
+    metrics::describe_counter!(
+        "runcast_api_request_ids_reused_total",
+        "Commands refused because their request_id was first sent with another change"
+    );
+    metrics::counter!("runcast_api_request_ids_reused_total").increment(0);
     for found in FirstTry::ALL {
         metrics::counter!("runcast_api_retries_answered_total", "found" => found.label()).increment(0);
     }

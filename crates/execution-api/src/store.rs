@@ -69,7 +69,13 @@ pub struct Stored {
     /// Whether this is the newest acknowledged event for certain (see [`EventStore::is_exact`]); a
     /// remembered event never is.
     pub exact: bool,
+    /// The fingerprint of the request that made the event, when it had a request id (see
+    /// `domain::fingerprint`); `None` for events stored without one, or by an earlier release.
+    pub fingerprint: Option<String>,
 }
+
+/// The header that carries a request's fingerprint with its event. Only the api reads it.
+const FINGERPRINT_HEADER: &str = "Runcast-Request-Fingerprint";
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +141,7 @@ impl LookbackTurns {
 
 /// Subjects' last events (their `offset` set) as this replica last wrote or read them, the least
 /// recently used forgotten beyond the capacity.
-type LastEvents = quick_cache::sync::Cache<String, Arc<Event>>;
+type LastEvents = quick_cache::sync::Cache<String, Arc<Stored>>;
 
 #[derive(Clone, Debug)]
 pub struct EventStore {
@@ -185,14 +191,14 @@ impl EventStore {
         }
     }
 
-    /// Keeps `event`, whose `offset` is set, as the subject's last.
-    fn remember(&self, subject: &str, event: Event) {
+    /// Keeps `stored` as the subject's last.
+    fn remember(&self, subject: &str, stored: Stored) {
         let Some(cache) = self.remembered.as_ref() else { return };
         // Two requests of this replica may finish out of order: keep the newer of the two.
-        if cache.get(subject).is_some_and(|known| known.offset >= event.offset) {
+        if cache.get(subject).is_some_and(|known| known.sequence >= stored.sequence) {
             return;
         }
-        cache.insert(subject.to_owned(), Arc::new(event));
+        cache.insert(subject.to_owned(), Arc::new(Stored { exact: false, ..stored }));
     }
 
     pub fn topology(&self) -> &Topology {
@@ -218,7 +224,7 @@ impl EventStore {
         let subject = self.subject(kind, tenant, entity);
         if matches!(read, Read::Remembered | Read::RememberedOrEmpty) {
             if let Some(known) = self.remembered.as_ref().and_then(|cache| cache.get(&subject)) {
-                return Ok(Some(Stored { sequence: known.offset, event: known.as_ref().clone(), exact: false }));
+                return Ok(Some(known.as_ref().clone()));
             }
             if read == Read::RememberedOrEmpty {
                 return Ok(None);
@@ -229,7 +235,7 @@ impl EventStore {
             None => return Ok(None),
         };
         let stored = decode(&subject, &message, self.is_exact(read))?;
-        self.remember(&subject, stored.event.clone());
+        self.remember(&subject, stored.clone());
         Ok(Some(stored))
     }
 
@@ -338,7 +344,8 @@ impl EventStore {
     }
 
     /// Appends `event` to its entity's subject if the subject's last sequence is still
-    /// `expected_last` (0: the subject must be empty).
+    /// `expected_last` (0: the subject must be empty). `fingerprint`: of the request that made it,
+    /// stored with it when the request has an id, for its retries to be compared with.
     pub async fn append(
         &self,
         kind: StreamKind,
@@ -346,11 +353,15 @@ impl EventStore {
         entity: &EntityId,
         mut event: Event,
         expected_last: u64,
+        fingerprint: Option<String>,
     ) -> Result<Appended, StoreError> {
         let subject = self.subject(kind, tenant, entity);
         // The trace of the request travels with the event to the persister and the gateways.
         let mut headers = async_nats::HeaderMap::new();
         runcast_runtime::telemetry::trace_context::inject_current(&mut headers);
+        if let Some(fingerprint) = &fingerprint {
+            headers.insert(FINGERPRINT_HEADER, fingerprint.as_str());
+        }
         let publish = jetstream::message::PublishMessage::build()
             .headers(headers)
             .payload(event.encode_to_vec().into())
@@ -391,7 +402,7 @@ impl EventStore {
         }
         if !ack.duplicate {
             set_offset(&mut event, ack.sequence);
-            self.remember(&subject, event);
+            self.remember(&subject, Stored { event, sequence: ack.sequence, exact: false, fingerprint });
         }
         Ok(Appended { sequence: ack.sequence, duplicate: ack.duplicate })
     }
@@ -415,7 +426,7 @@ async fn scan_for_request(
             let message = message.map_err(|err| unavailable(&err))?;
             let info = message.info().map_err(|err| unavailable(&err))?;
             let (sequence, left) = (info.stream_sequence, info.pending);
-            let stored = decode_payload(subject, &message.payload, sequence, true)?;
+            let stored = decode_payload(subject, &message.payload, message.headers.as_ref(), sequence, true)?;
             received += 1;
             pending = left;
             if stored.event.request_id == request_id {
@@ -446,16 +457,24 @@ fn decode(
     message: &async_nats::jetstream::message::StreamMessage,
     exact: bool,
 ) -> Result<Stored, StoreError> {
-    decode_payload(what, &message.payload, message.sequence, exact)
+    decode_payload(what, &message.payload, Some(&message.headers), message.sequence, exact)
 }
 
 /// An event as stored at `sequence`, its offset set.
-fn decode_payload(what: &str, payload: &[u8], sequence: u64, exact: bool) -> Result<Stored, StoreError> {
+fn decode_payload(
+    what: &str,
+    payload: &[u8],
+    headers: Option<&async_nats::HeaderMap>,
+    sequence: u64,
+    exact: bool,
+) -> Result<Stored, StoreError> {
     let mut event = Event::decode(payload).map_err(|err| {
         StoreError::new(StoreErrorKind::Internal, format!("event {sequence} on {what} does not decode: {err}"))
     })?;
     set_offset(&mut event, sequence);
-    Ok(Stored { event, sequence, exact })
+    let fingerprint =
+        headers.and_then(|headers| headers.get(FINGERPRINT_HEADER)).map(|value| value.as_str().to_owned());
+    Ok(Stored { event, sequence, exact, fingerprint })
 }
 
 /// The stream sequence an event was stored at, in the event and in the state it carries.

@@ -305,7 +305,7 @@ pub(crate) enum Exec {
 pub(crate) struct Retry {
     /// Your id for this change (1 to 64 of A-Z a-z 0-9 _ -): the same command run again with the
     /// same id, after a timeout or in a retried script step, applies it once and prints the
-    /// execution as the first run left it.
+    /// execution as the first run left it (another change under an id already used is refused).
     #[arg(long, default_value = "")]
     pub request_id: String,
     /// On a failure that may pass (execution-api unreachable, or answering UNAVAILABLE or

@@ -98,7 +98,8 @@ pub enum Command {
 }
 
 impl Command {
-    /// What the command is called in error messages.
+    /// What the command is called in error messages, metrics and its fingerprint (renaming one
+    /// changes its fingerprints: see `fingerprint`).
     pub fn name(&self) -> &'static str {
         match self {
             Self::Create { .. } => "create",
@@ -157,10 +158,36 @@ fn status_of(execution: &Execution) -> ExecutionStatus {
     ExecutionStatus::try_from(execution.status).unwrap_or(ExecutionStatus::Unspecified)
 }
 
+/// The first field in which a create differs from the one that created `existing` (these never
+/// change after it), `None` when it asks for the same execution.
+fn created_otherwise(existing: &Execution, create: &Command) -> Option<&'static str> {
+    let Command::Create { workflow_id, labels, input, heartbeat_timeout_seconds, .. } = create else { return None };
+    if *workflow_id != existing.workflow_id {
+        Some("workflow_id")
+    } else if *labels != existing.labels {
+        Some("labels")
+    } else if *input != existing.input {
+        Some("input")
+    } else if *heartbeat_timeout_seconds != existing.heartbeat_timeout_seconds {
+        Some("heartbeat_timeout_seconds")
+    } else {
+        None
+    }
+}
+
 /// Decides what `command` does to `current` at time `now`.
 pub(crate) fn decide(current: Option<&Execution>, command: &Command, now: Timestamp) -> Result<Change, Refusal> {
     let current = match (current, command) {
-        (Some(_), Command::Create { .. }) => return Err(Refusal::AlreadyExists),
+        (Some(existing), Command::Create { idempotency_key, .. }) => {
+            return Err(match created_otherwise(existing, command) {
+                None => Refusal::AlreadyExists,
+                Some(field) => Refusal::InvalidArgument(format!(
+                    "idempotency_key {idempotency_key:?} already created execution {} with another {field}: send \
+                     the request as it was first sent to get that execution, or a new key for a new one",
+                    existing.execution_id
+                )),
+            });
+        }
         (
             None,
             Command::Create {
@@ -632,6 +659,35 @@ mod tests {
         assert_eq!((change.state.version, change.state.status), (1, i32::from(ExecutionStatus::Pending)));
         assert_eq!(change.state.created_at, Some(NOW));
         assert_eq!(decide(Some(&change.state), &create, NOW), Err(Refusal::AlreadyExists));
+        let Command::Create { tenant_id, execution_id, idempotency_key, .. } = &create else { unreachable!() };
+        let again = |workflow_id: &str, labels: &[(&str, &str)], input: Option<prost_types::Struct>, timeout: u32| {
+            Command::Create {
+                tenant_id: tenant_id.clone(),
+                execution_id: execution_id.clone(),
+                workflow_id: workflow_id.into(),
+                idempotency_key: idempotency_key.clone(),
+                labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+                input,
+                heartbeat_timeout_seconds: timeout,
+            }
+        };
+        let field = prost_types::Struct {
+            fields: [("n".to_owned(), prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(1.0)) })]
+                .into(),
+        };
+        for (otherwise, field) in [
+            (again("other-wf", &[], None, 30), "another workflow_id"),
+            (again("wf", &[("team", "ml")], None, 30), "another labels"),
+            (again("wf", &[], Some(field), 30), "another input"),
+            (again("wf", &[], None, 31), "another heartbeat_timeout_seconds"),
+        ] {
+            let refusal = decide(Some(&change.state), &otherwise, NOW).expect_err("the key names another execution");
+            assert!(
+                matches!(&refusal, Refusal::InvalidArgument(message) if message.contains(field) && message.contains("e1")),
+                "{refusal:?}"
+            );
+        }
+        assert_eq!(decide(Some(&change.state), &again("wf", &[], None, 30), NOW), Err(Refusal::AlreadyExists));
         assert_eq!(decide(None, &Command::Cancel { reason: String::new() }, NOW), Err(Refusal::NotFound));
     }
 

@@ -317,3 +317,99 @@ async fn rest_takes_the_idempotency_key_header_for_the_request_id_and_the_create
     let ids: Vec<&str> = history.iter().map(|event| event.request_id.as_str()).collect();
     assert_eq!(ids, ["", "h-start", "h-30", "h-cancel"], "each change once, under the header's id");
 }
+
+/// A `request_id` (or create key) reused for another change is refused — answered by the first
+/// try, that change would be lost without a word — however the first try is found, and nothing is
+/// written; the same change with other conditions (`expected_version`) is still a retry.
+#[tokio::test]
+async fn a_request_id_reused_for_another_change_is_refused_and_writes_nothing() {
+    let stack = Stack::start().await;
+    let (mut first, mut second) = tokio::join!(stack.api(&[]), stack.api(&[]));
+    let token = admin();
+    let (mut a, mut b) = (executions(&mut first, Some(&token)).await, executions(&mut second, Some(&token)).await);
+    let id = create(&mut a, "reuse").await;
+    let start = UpdateExecutionStatusRequest { request_id: "r-start".into(), ..start_of(&id) };
+    let started = a.update_execution_status(start.clone()).await.expect("starts").into_inner();
+    let refused = |outcome: Result<tonic::Response<Execution>, tonic::Status>, what: &str| {
+        let err = outcome.expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(err.message().starts_with("request_id "), "{what}: {}", err.message());
+        err.message().to_owned()
+    };
+
+    // The first try is the last event (on the other replica: read from NATS, with its fingerprint).
+    let message = refused(b.report_progress(progress(&id, 40, "r-start")).await, "progress under the start's id");
+    assert!(message.contains("execution.started") && message.contains("new request_id"), "{message}");
+    // The first try was followed by others: JetStream refuses the publish as a duplicate.
+    a.report_progress(progress(&id, 40, "p-40")).await.expect("40 %");
+    a.report_progress(progress(&id, 60, "p-60")).await.expect("60 %");
+    refused(b.report_progress(progress(&id, 41, "p-40")).await, "41 % under the 40 %'s id");
+    // The state machine refuses it (running → running): found by looking back.
+    let restart = UpdateExecutionStatusRequest { message: "once more".into(), ..start.clone() };
+    refused(b.update_execution_status(restart).await, "the start with another message");
+    // The same change, guarded by the version it now expects, is still its retry.
+    let at = b.get_execution(GetExecutionRequest { execution_id: id.clone() }).await.expect("get").into_inner();
+    let guarded = UpdateExecutionStatusRequest { expected_version: at.version, ..start };
+    assert_eq!(b.update_execution_status(guarded).await.expect("retry").into_inner(), started);
+    assert_eq!(events_of(&stack, &id).await.len(), 4, "created, started, 40 %, 60 %: no reuse wrote anything");
+
+    // Log lines: other lines under an id are refused, the last chunk or not.
+    let chunk = |text: &str, request_id: &str| AppendLogsRequest {
+        execution_id: id.clone(),
+        lines: vec![LogLineInput { text: text.into(), ..Default::default() }],
+        request_id: request_id.into(),
+    };
+    a.append_logs(futures::stream::iter([chunk("one", "l-1")])).await.expect("appended");
+    for (mut client, what) in [(b.clone(), "the last chunk"), (a.clone(), "after another chunk")] {
+        let err = client.append_logs(futures::stream::iter([chunk("uno", "l-1")])).await.expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(err.message().contains("log.appended"), "{what}: {}", err.message());
+        a.append_logs(futures::stream::iter([chunk("between", "")])).await.expect("other lines");
+    }
+    let texts: Vec<String> = events_on(&stack, StreamKind::Logs, &id)
+        .await
+        .iter()
+        .flat_map(|event| match &event.payload {
+            Some(event::Payload::LogsAppended(logs)) => logs.lines.iter().map(|line| line.text.clone()).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(texts, ["one", "between", "between"]);
+
+    // A create key names one execution: asked for another, it is refused; asked again, it answers.
+    let keyed = |workflow: &str, labels: &[(&str, &str)]| CreateExecutionRequest {
+        workflow_id: workflow.into(),
+        idempotency_key: "order-42".into(),
+        labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        ..Default::default()
+    };
+    let order = a.create_execution(keyed("orders", &[("region", "eu")])).await.expect("created").into_inner();
+    for (other, field) in [(keyed("refunds", &[("region", "eu")]), "workflow_id"), (keyed("orders", &[]), "labels")] {
+        let err = b.create_execution(other).await.expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().contains(field) && err.message().contains(&order.execution_id), "{}", err.message());
+    }
+    let again = b.create_execution(keyed("orders", &[("region", "eu")])).await.expect("the same create").into_inner();
+    assert_eq!(again, order);
+    assert_eq!(events_of(&stack, &order.execution_id).await.len(), 1);
+
+    // Over REST: 400 with the gRPC code, nothing written.
+    let response = http()
+        .post(second.http_url(&format!("/api/v1/executions/{id}/progress")))
+        .bearer_auth(&token)
+        .header("Idempotency-Key", "p-60")
+        .json(&json!({"percent": 61}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "INVALID_ARGUMENT", "{body}");
+    assert_eq!(events_of(&stack, &id).await.len(), 4);
+
+    let metrics = http().get(second.http_url("/metrics")).send().await.expect("sent").text().await.expect("text");
+    let reused = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("runcast_api_request_ids_reused_total ")?.trim().parse::<f64>().ok());
+    assert_eq!(reused, Some(5.0), "3 commands, 1 upload and the REST one on this replica: {metrics}");
+}
