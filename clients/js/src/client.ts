@@ -42,9 +42,10 @@ function randomId(): string {
 const COMMAND_TRIES = 4;
 
 /** A failure a later try may not meet: the API unreachable, or a gateway in front of it or the API
- * itself saying "not now" (502, 503 with or without `Retry-After`, 504). */
+ * itself saying "not now" (502, 503 with or without `Retry-After`, 504, and 429: the caller's
+ * tenant has its share of the API's requests in flight). */
 function isTransient(err: unknown): boolean {
-  return err instanceof RuncastApiError && [0, 502, 503, 504].includes(err.status);
+  return err instanceof RuncastApiError && [0, 429, 502, 503, 504].includes(err.status);
 }
 
 interface Shared {
@@ -277,7 +278,7 @@ export class RuncastClient {
   }
 
   /** Sends a command under one request id (the caller's, or a new one) for all its tries: the API
-   * unreachable or answering 502/503/504 is retried with backoff up to `COMMAND_TRIES` times, and
+   * unreachable or answering 429/502/503/504 is retried with backoff up to `COMMAND_TRIES` times, and
    * the request id makes a try whose answer was lost count once. The answer goes into the store. */
   private async command(send: (options: CommandOptions) => Promise<Execution>, options: CommandOptions = {}): Promise<Execution> {
     const tries: CommandOptions = { requestId: options.requestId ?? randomId() };

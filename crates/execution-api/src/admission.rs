@@ -3,6 +3,11 @@
 //! `Retry-After` for REST), and a request that takes longer than `timeout` to answer is cut
 //! (`DEADLINE_EXCEEDED` / 504).
 //!
+//! Once authenticated, a request also takes one of its tenant's slots: at most `per_tenant` in
+//! flight per tenant and listener, beyond which it is refused at once too (`RESOURCE_EXHAUSTED` /
+//! 429 with `Retry-After`). One tenant's flood (a retry storm, a runaway loop) then meets its own
+//! limit while the replica's other slots stay for the other tenants.
+//!
 //! It is tower's concurrency limit + load shedding + timeout in one middleware because one
 //! exception matters: `AppendLogs` streams its request for as long as the agent writes logs, so it
 //! holds a slot but has no deadline. Streaming responses (`WatchExecution`) release their slot once
@@ -12,7 +17,10 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::sync::Arc;
+use runcast_contract::EntityId;
+use runcast_runtime::auth::Principal;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
@@ -23,12 +31,65 @@ const CLIENT_STREAMING: &[&str] = &["/runcast.v1.ExecutionService/AppendLogs"];
 pub(crate) struct Admission {
     listener: &'static str,
     slots: Arc<Semaphore>,
+    tenants: Arc<TenantSlots>,
     timeout: Duration,
 }
 
 impl Admission {
-    pub(crate) fn new(listener: &'static str, max_concurrent: usize, timeout: Duration) -> Self {
-        Self { listener, slots: Arc::new(Semaphore::new(max_concurrent)), timeout }
+    /// `per_tenant`: a tenant's share of the listener's `max_concurrent` slots (at most all).
+    pub(crate) fn new(listener: &'static str, max_concurrent: usize, per_tenant: usize, timeout: Duration) -> Self {
+        Self {
+            listener,
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+            tenants: Arc::new(TenantSlots::new(per_tenant.min(max_concurrent))),
+            timeout,
+        }
+    }
+}
+
+/// Requests in flight per tenant. Only tenants with a request in flight have an entry, so it holds
+/// at most as many as the listener has slots.
+#[derive(Debug)]
+struct TenantSlots {
+    limit: usize,
+    in_flight: Mutex<HashMap<EntityId, usize>>,
+}
+
+impl TenantSlots {
+    fn new(limit: usize) -> Self {
+        Self { limit, in_flight: Mutex::default() }
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<EntityId, usize>> {
+        self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One of `tenant`'s slots, given back on drop; `None` when it holds them all.
+    fn try_take(self: &Arc<Self>, tenant: &EntityId) -> Option<TenantSlot> {
+        let mut in_flight = self.in_flight();
+        let count = in_flight.entry(tenant.clone()).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(TenantSlot { slots: self.clone(), tenant: tenant.clone() })
+    }
+}
+
+struct TenantSlot {
+    slots: Arc<TenantSlots>,
+    tenant: EntityId,
+}
+
+impl Drop for TenantSlot {
+    fn drop(&mut self) {
+        let mut in_flight = self.slots.in_flight();
+        if let Some(count) = in_flight.get_mut(&self.tenant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                in_flight.remove(&self.tenant);
+            }
+        }
     }
 }
 
@@ -67,9 +128,27 @@ pub(crate) async fn admit(State(admission): State<Admission>, request: Request, 
     response
 }
 
+/// Runs inside authentication: the request's tenant takes one of its slots for as long as the
+/// request runs (a streaming response's until it starts, an upload's until it ends).
+pub(crate) async fn admit_tenant(State(admission): State<Admission>, request: Request, next: Next) -> Response {
+    // Public paths (health, reflection) carry no principal and have no tenant.
+    let Some(tenant) = request.extensions().get::<Principal>().map(|principal| principal.tenant.clone()) else {
+        return next.run(request).await;
+    };
+    let Some(slot) = admission.tenants.try_take(&tenant) else {
+        metrics::counter!("runcast_api_tenant_requests_shed_total", "listener" => admission.listener).increment(1);
+        tracing::debug!(%tenant, listener = admission.listener, "a tenant's request refused at its limit");
+        return refusal(is_grpc(&request), Refusal::TenantOverloaded(admission.tenants.limit));
+    };
+    let response = next.run(request).await;
+    drop(slot);
+    response
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
     Overloaded,
+    TenantOverloaded(usize),
     TimedOut(Duration),
 }
 
@@ -82,6 +161,16 @@ fn refusal(grpc: bool, refusal: Refusal) -> Response {
             "RESOURCE_EXHAUSTED",
             StatusCode::SERVICE_UNAVAILABLE,
         ),
+        // 429, not 503: the replica has room, this tenant is using its share.
+        Refusal::TenantOverloaded(limit) => (
+            format!(
+                "the tenant has its maximum of {limit} requests in flight on this replica \
+                 (RUNCAST_MAX_CONCURRENT_REQUESTS_PER_TENANT): retry in a moment"
+            ),
+            tonic::Code::ResourceExhausted,
+            "RESOURCE_EXHAUSTED",
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
         Refusal::TimedOut(after) => (
             format!("the request did not complete within {after:?} (RUNCAST_REQUEST_TIMEOUT)"),
             tonic::Code::DeadlineExceeded,
@@ -93,7 +182,7 @@ fn refusal(grpc: bool, refusal: Refusal) -> Response {
         return tonic::Status::new(status, message).into_http::<axum::body::Body>().into_response();
     }
     let mut response = runcast_runtime::auth::json_error(http_status, code, &message);
-    if refusal == Refusal::Overloaded {
+    if matches!(refusal, Refusal::Overloaded | Refusal::TenantOverloaded(_)) {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
@@ -111,7 +200,33 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_holding_its_slots_is_refused_and_the_others_are_not() {
+        let slots = Arc::new(TenantSlots::new(2));
+        let (flood, quiet) =
+            (EntityId::parse("tenant", "flood").expect("id"), EntityId::parse("tenant", "quiet").expect("id"));
+        let first = slots.try_take(&flood).expect("first");
+        let second = slots.try_take(&flood).expect("second");
+        assert!(slots.try_take(&flood).is_none(), "a third while two are in flight");
+        let other = slots.try_take(&quiet).expect("another tenant has its own");
+        drop(first);
+        let third = slots.try_take(&flood).expect("a slot given back is taken again");
+        drop((second, third, other));
+        assert!(slots.in_flight().is_empty(), "tenants without requests in flight are forgotten");
+    }
+
+    #[test]
+    fn a_tenants_share_is_at_most_the_listeners_slots() {
+        let admission = Admission::new("rest", 8, 100, Duration::from_secs(1));
+        assert_eq!(admission.tenants.limit, 8);
+    }
+
+    #[test]
     fn refusals_speak_the_callers_protocol() {
+        let tenant = refusal(false, Refusal::TenantOverloaded(4));
+        assert_eq!(tenant.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(tenant.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
+        let tenant = refusal(true, Refusal::TenantOverloaded(4));
+        assert_eq!(tenant.headers().get("grpc-status").and_then(|v| v.to_str().ok()), Some("8"));
         let rest = refusal(false, Refusal::Overloaded);
         assert_eq!(rest.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(rest.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));

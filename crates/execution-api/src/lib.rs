@@ -82,6 +82,13 @@ pub struct Config {
     #[arg(long, env = "RUNCAST_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_concurrent_requests: u32,
 
+    /// A tenant's share of those: requests of one tenant in flight per listener, beyond which its
+    /// requests are refused at once (RESOURCE_EXHAUSTED / 429 with Retry-After) while other
+    /// tenants' still get in. Log uploads hold theirs while they stream. Default: half of
+    /// RUNCAST_MAX_CONCURRENT_REQUESTS; at most all of them.
+    #[arg(long, env = "RUNCAST_MAX_CONCURRENT_REQUESTS_PER_TENANT", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_concurrent_requests_per_tenant: Option<u32>,
+
     /// Longest time a request may take to answer (DEADLINE_EXCEEDED / 504); log uploads excepted.
     #[arg(long, env = "RUNCAST_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
@@ -185,6 +192,7 @@ impl Application {
 
         let auth_state = AuthState { authenticator, policy: policy::policy };
         let auth_layer = axum::middleware::from_fn_with_state(auth_state, auth::layer);
+        let (grpc_admission, rest_admission) = (admission("grpc", &config), admission("rest", &config));
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         tasks.spawn(mirror_readiness_to_grpc_health(readiness.clone(), health_reporter, shutdown.clone()));
@@ -204,14 +212,16 @@ impl Application {
             .add_service(ExecutionServiceServer::new(app.clone()))
             .add_service(AgentServiceServer::new(app.clone()))
             .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(grpc_admission.clone(), admission::admit_tenant))
             .layer(auth_layer.clone())
-            .layer(axum::middleware::from_fn_with_state(admission("grpc", &config), admission::admit))
+            .layer(axum::middleware::from_fn_with_state(grpc_admission, admission::admit))
             .layer(axum::middleware::from_fn(trace_context::layer));
         tasks.spawn(ops::serve(grpc, grpc_router, (&config.lifecycle).into(), shutdown.clone()));
 
         let http_router = rest::router(app)
+            .layer(axum::middleware::from_fn_with_state(rest_admission.clone(), admission::admit_tenant))
             .layer(auth_layer)
-            .layer(axum::middleware::from_fn_with_state(admission("rest", &config), admission::admit))
+            .layer(axum::middleware::from_fn_with_state(rest_admission, admission::admit))
             .layer(cors(&config.cors_origins)?)
             .layer(axum::middleware::from_fn(trace_context::layer))
             .merge(ops::router(readiness));
@@ -222,7 +232,9 @@ impl Application {
 }
 
 fn admission(listener: &'static str, config: &Config) -> admission::Admission {
-    admission::Admission::new(listener, config.max_concurrent_requests as usize, config.request_timeout)
+    let all = config.max_concurrent_requests;
+    let per_tenant = config.max_concurrent_requests_per_tenant.unwrap_or((all / 2).max(1));
+    admission::Admission::new(listener, all as usize, per_tenant as usize, config.request_timeout)
 }
 
 fn cors(origins: &str) -> Result<tower_http::cors::CorsLayer, Error> {

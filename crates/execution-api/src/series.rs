@@ -53,6 +53,10 @@ pub(crate) fn declare() {
     metrics::describe_histogram!("runcast_api_command_seconds", "Time to decide and append a command");
     metrics::describe_counter!("runcast_api_write_conflicts_total", "Appends that lost a compare-and-set race");
     metrics::describe_counter!("runcast_api_requests_shed_total", "Requests refused at the concurrency limit");
+    metrics::describe_counter!(
+        "runcast_api_tenant_requests_shed_total",
+        "Requests refused because their tenant had its share of the concurrency limit in flight"
+    );
     metrics::describe_counter!("runcast_api_requests_timed_out_total", "Requests cut at RUNCAST_REQUEST_TIMEOUT");
     metrics::describe_counter!(
         "runcast_api_retries_answered_total",
@@ -74,6 +78,7 @@ pub(crate) fn declare() {
     metrics::counter!("runcast_api_write_conflicts_total").increment(0);
     for listener in LISTENERS {
         metrics::counter!("runcast_api_requests_shed_total", "listener" => listener).increment(0);
+        metrics::counter!("runcast_api_tenant_requests_shed_total", "listener" => listener).increment(0);
         metrics::counter!("runcast_api_requests_timed_out_total", "listener" => listener).increment(0);
     }
 }

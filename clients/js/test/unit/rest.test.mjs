@@ -59,12 +59,15 @@ test("the client's commands retry transient failures under one request id and gi
   const paused = { execution_id: "e1", status: "paused", version: 4 };
   const unavailable = { status: 503, body: { error: { code: "UNAVAILABLE", message: "NATS is down" } } };
 
-  // Unreachable, then 503, then the answer: three tries, one request id, the answer in the store.
-  answers.push("network", unavailable, { status: 200, body: paused });
+  const tenantBusy = { status: 429, body: { error: { code: "RESOURCE_EXHAUSTED", message: "the tenant has its maximum" } } };
+
+  // Unreachable, then 503, then 429, then the answer: four tries, one request id, the answer in the
+  // store.
+  answers.push("network", unavailable, tenantBusy, { status: 200, body: paused });
   const done = client.pauseExecution("e1", "lunch");
   for (let i = 0; i < 5; i++) await clock.advance(5000);
   assert.deepEqual(await done, paused);
-  assert.equal(bodies.length, 3);
+  assert.equal(bodies.length, 4);
   const ids = new Set(bodies.map((b) => b.body.request_id));
   assert.equal(ids.size, 1, "every try carries the same request id");
   assert.match([...ids][0], /^[A-Za-z0-9_-]{1,64}$/);
