@@ -65,14 +65,17 @@ impl TenantSlots {
     }
 
     /// One of `tenant`'s slots, given back on drop; `None` when it holds them all.
-    fn try_take(self: &Arc<Self>, tenant: &EntityId) -> Option<TenantSlot> {
+    fn try_take(self: &Arc<Self>, tenant: EntityId) -> Option<TenantSlot> {
         let mut in_flight = self.in_flight();
-        let count = in_flight.entry(tenant.clone()).or_insert(0);
-        if *count >= self.limit {
-            return None;
+        match in_flight.get_mut(&tenant) {
+            Some(count) if *count >= self.limit => return None,
+            Some(count) => *count += 1,
+            None => {
+                in_flight.insert(tenant.clone(), 1);
+            }
         }
-        *count += 1;
-        Some(TenantSlot { slots: self.clone(), tenant: tenant.clone() })
+        drop(in_flight);
+        Some(TenantSlot { slots: self.clone(), tenant })
     }
 }
 
@@ -135,7 +138,7 @@ pub(crate) async fn admit_tenant(State(admission): State<Admission>, request: Re
     let Some(tenant) = request.extensions().get::<Principal>().map(|principal| principal.tenant.clone()) else {
         return next.run(request).await;
     };
-    let Some(slot) = admission.tenants.try_take(&tenant) else {
+    let Some(slot) = admission.tenants.try_take(tenant.clone()) else {
         metrics::counter!("runcast_api_tenant_requests_shed_total", "listener" => admission.listener).increment(1);
         tracing::debug!(%tenant, listener = admission.listener, "a tenant's request refused at its limit");
         return refusal(is_grpc(&request), Refusal::TenantOverloaded(admission.tenants.limit));
@@ -204,12 +207,12 @@ mod tests {
         let slots = Arc::new(TenantSlots::new(2));
         let (flood, quiet) =
             (EntityId::parse("tenant", "flood").expect("id"), EntityId::parse("tenant", "quiet").expect("id"));
-        let first = slots.try_take(&flood).expect("first");
-        let second = slots.try_take(&flood).expect("second");
-        assert!(slots.try_take(&flood).is_none(), "a third while two are in flight");
-        let other = slots.try_take(&quiet).expect("another tenant has its own");
+        let first = slots.try_take(flood.clone()).expect("first");
+        let second = slots.try_take(flood.clone()).expect("second");
+        assert!(slots.try_take(flood.clone()).is_none(), "a third while two are in flight");
+        let other = slots.try_take(quiet.clone()).expect("another tenant has its own");
         drop(first);
-        let third = slots.try_take(&flood).expect("a slot given back is taken again");
+        let third = slots.try_take(flood.clone()).expect("a slot given back is taken again");
         drop((second, third, other));
         assert!(slots.in_flight().is_empty(), "tenants without requests in flight are forgotten");
     }
