@@ -148,6 +148,9 @@ pub(crate) async fn admit_tenant(State(admission): State<Admission>, request: Re
     response
 }
 
+/// When a request refused for want of a slot may try again (`Retry-After`, gRPC's retry pushback).
+const RETRY_AFTER_MS: u32 = 1000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
     Overloaded,
@@ -181,12 +184,17 @@ fn refusal(grpc: bool, refusal: Refusal) -> Response {
             StatusCode::GATEWAY_TIMEOUT,
         ),
     };
+    let try_again = matches!(refusal, Refusal::Overloaded | Refusal::TenantOverloaded(_));
     if grpc {
-        return tonic::Status::new(status, message).into_http::<axum::body::Body>().into_response();
+        let mut status = tonic::Status::new(status, message);
+        if try_again {
+            status.metadata_mut().insert(runcast_contract::client::RETRY_PUSHBACK, RETRY_AFTER_MS.into());
+        }
+        return status.into_http::<axum::body::Body>().into_response();
     }
     let mut response = runcast_runtime::auth::json_error(http_status, code, &message);
-    if matches!(refusal, Refusal::Overloaded | Refusal::TenantOverloaded(_)) {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    if try_again {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_MS / 1000));
     }
     response
 }
@@ -230,6 +238,10 @@ mod tests {
         assert_eq!(tenant.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
         let tenant = refusal(true, Refusal::TenantOverloaded(4));
         assert_eq!(tenant.headers().get("grpc-status").and_then(|v| v.to_str().ok()), Some("8"));
+        let pushback = |response: &Response| response.headers().get("grpc-retry-pushback-ms").cloned();
+        assert_eq!(pushback(&tenant).as_ref().and_then(|v| v.to_str().ok()), Some("1000"), "says when to try again");
+        assert_eq!(pushback(&refusal(true, Refusal::Overloaded)).as_ref().and_then(|v| v.to_str().ok()), Some("1000"));
+        assert_eq!(pushback(&refusal(true, Refusal::TimedOut(Duration::from_secs(2)))), None);
         let rest = refusal(false, Refusal::Overloaded);
         assert_eq!(rest.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(rest.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));

@@ -151,8 +151,8 @@ pub(crate) enum Exec {
         /// Fail the execution when it is running and has no event for this many seconds.
         #[arg(long, default_value_t = 0)]
         heartbeat_timeout: u32,
-        /// On a failure that may pass (execution-api unreachable, or answering UNAVAILABLE or
-        /// DEADLINE_EXCEEDED), create again up to this many times, 1, 2, 4 … s apart (30 s at
+        /// On a failure that may pass (execution-api unreachable, answering UNAVAILABLE or
+        /// DEADLINE_EXCEEDED, or refusing for want of request slots), create again up to this many times, 1, 2, 4 … s apart (30 s at
         /// most), with one idempotency key: --key, or one made up for this run, so that one
         /// execution is created.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=20))]
@@ -308,8 +308,9 @@ pub(crate) struct Retry {
     /// execution as the first run left it (another change under an id already used is refused).
     #[arg(long, default_value = "")]
     pub request_id: String,
-    /// On a failure that may pass (execution-api unreachable, or answering UNAVAILABLE or
-    /// DEADLINE_EXCEEDED: a replica restarting, a NATS leader election), send the command again up
+    /// On a failure that may pass (execution-api unreachable, answering UNAVAILABLE or
+    /// DEADLINE_EXCEEDED: a replica restarting, a NATS leader election; or refusing with
+    /// RESOURCE_EXHAUSTED and a retry pushback: its request slots or the tenant's share in use), send the command again up
     /// to this many times, 1, 2, 4 … s apart (30 s at most), under one request id: --request-id,
     /// or one made up for this run, so that it is applied once.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=20))]

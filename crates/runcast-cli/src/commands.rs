@@ -391,9 +391,19 @@ mod tests {
         for code in [tonic::Code::Unavailable, tonic::Code::DeadlineExceeded] {
             assert!(CliError::from(tonic::Status::new(code, "x")).is_transient(), "{code:?}");
         }
-        for code in [tonic::Code::FailedPrecondition, tonic::Code::InvalidArgument, tonic::Code::Aborted] {
+        for code in [
+            tonic::Code::FailedPrecondition,
+            tonic::Code::InvalidArgument,
+            tonic::Code::Aborted,
+            tonic::Code::ResourceExhausted,
+        ] {
             assert!(!CliError::from(tonic::Status::new(code, "x")).is_transient(), "{code:?}");
         }
+        // The api's admission refusals say when to try again; a state too large does not.
+        let mut busy = tonic::Status::resource_exhausted("the tenant has its maximum of requests in flight");
+        busy.metadata_mut()
+            .insert(runcast_contract::client::RETRY_PUSHBACK, tonic::metadata::MetadataValue::from(1000));
+        assert!(CliError::from(busy).is_transient());
     }
 
     #[test]

@@ -78,10 +78,7 @@ impl From<tonic::Status> for CliError {
     fn from(status: tonic::Status) -> Self {
         let code = format!("{:?}", status.code());
         let message = format!("execution-api answered {code}: {}", status.message());
-        match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => Self::unavailable(message),
-            _ => Self::failed(message),
-        }
+        if runcast_contract::client::may_pass(&status) { Self::unavailable(message) } else { Self::failed(message) }
     }
 }
 

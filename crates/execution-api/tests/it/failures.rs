@@ -241,6 +241,9 @@ async fn a_tenant_at_its_share_of_the_slots_is_refused_while_other_tenants_get_i
     };
     assert_eq!(refused.code(), Code::ResourceExhausted, "{}", refused.message());
     assert!(refused.message().contains("RUNCAST_MAX_CONCURRENT_REQUESTS_PER_TENANT"), "{}", refused.message());
+    let pushback = refused.metadata().get(runcast_contract::client::RETRY_PUSHBACK).and_then(|v| v.to_str().ok());
+    assert_eq!(pushback, Some("1000"), "says when to try again");
+    assert!(runcast_contract::client::may_pass(&refused), "a refusal the CLI's --retries tries again");
     let theirs = quiet.get_execution(get(&quiet_id)).await.expect("another tenant gets in").into_inner();
     assert_eq!(theirs.execution_id, quiet_id);
     for (lines, upload) in uploads {
