@@ -38,6 +38,7 @@ pub mod series;
 mod session;
 mod socket;
 mod sse;
+mod sse_gzip;
 mod upgrade;
 mod upstream;
 mod wake_flag;
@@ -179,8 +180,9 @@ pub struct GatewayArgs {
     pub drain_reconnect_window: Duration,
 
     /// Compress WebSocket messages (`permessage-deflate`, RFC 7692) for clients that offer it, as
-    /// browsers do: each message of 256 bytes or more is compressed once, on its own (no context
-    /// kept between messages), and every connection that sends it shares the compressed bytes.
+    /// browsers do, and SSE bodies (`Content-Encoding: gzip`) for requests that accept it: each
+    /// message of 256 bytes or more is compressed once, on its own (no context kept between
+    /// messages), and every connection that sends it shares the compressed bytes.
     #[arg(long, env = "RUNCAST_WS_COMPRESSION", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub compression: bool,
 }

@@ -66,7 +66,7 @@ pub fn declare() {
     metrics::describe_counter!("runcast_ws_undecodable_events_total", "Events on a stream that do not decode");
     metrics::describe_counter!(
         "runcast_ws_compression_negotiated_total",
-        "WebSocket connections that negotiated permessage-deflate"
+        "WebSocket connections that negotiated permessage-deflate, and SSE streams sent in gzip"
     );
     metrics::describe_counter!(
         "runcast_ws_compressed_bytes_total",

@@ -3,14 +3,16 @@
 //! `epoch` of the `subscribed` event the stream started with: the same JSON object as on the
 //! WebSocket, sent as `event: subscribed`). The write-only half turns queued frames
 //! into `id:` (offset) / `event:` (type) / `data:` records, one chunk per wake-up, with a comment
-//! line heartbeat. Everything else is the same [`Session`] the WebSocket uses.
+//! line heartbeat; gzip-compressed for a client that accepts it (see [`crate::sse_gzip`]).
+//! Everything else is the same [`Session`] the WebSocket uses.
 
 use crate::channel::Channel;
 use crate::gateway::{Admission, Gateway, Transport};
-use crate::outbound::{FrameKind, Outbound};
+use crate::outbound::{FrameKind, Outbound, Payload};
 use crate::protocol::{ErrorCode, Protocol, SubscribeRequest, parse_epoch};
 use crate::series::WriterMeters;
 use crate::session::{Inbound, Session};
+use crate::sse_gzip::GzipBody;
 use axum::body::Body;
 use axum::extract::{Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -163,9 +165,19 @@ pub(crate) async fn stream(State(gw): State<Arc<Gateway>>, RawQuery(query): RawQ
     }
     let closed = CancellationToken::new();
     gw.tasks.spawn(session.run(Box::pin(futures::stream::pending::<Inbound>()), closed.clone()));
-    let body = Body::from_stream(records(outbound, closed.drop_guard(), admission, gw.limits.sse_heartbeat));
+    let gzip = (gw.limits.compression && crate::sse_gzip::accepts_gzip(&headers)).then(GzipBody::new);
+    if gzip.is_some() {
+        crate::permessage_deflate::negotiated();
+    }
+    let compressed = gzip.is_some();
+    let body = Body::from_stream(records(outbound, closed.drop_guard(), admission, gw.limits.sse_heartbeat, gzip));
     let mut response = body.into_response();
     let headers = response.headers_mut();
+    if compressed {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    // A cache or proxy must not hand the compressed body to a client that did not ask for it.
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Reverse proxies (nginx) must not buffer the stream.
@@ -181,6 +193,8 @@ struct Writer {
     _admission: Admission,
     heartbeat: tokio::time::Interval,
     meters: WriterMeters,
+    /// `Some` when the body is gzip-compressed.
+    gzip: Option<GzipBody>,
     done: bool,
 }
 
@@ -190,6 +204,7 @@ fn records(
     closed: DropGuard,
     admission: Admission,
     heartbeat: std::time::Duration,
+    gzip: Option<GzipBody>,
 ) -> impl futures::Stream<Item = Result<Bytes, Infallible>> {
     let mut interval = tokio::time::interval(heartbeat);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -200,6 +215,7 @@ fn records(
         _admission: admission,
         heartbeat: interval,
         meters: WriterMeters::new(Transport::Sse),
+        gzip,
         done: false,
     };
     futures::stream::unfold(writer, |mut writer| async move {
@@ -214,7 +230,12 @@ fn records(
             tokio::select! {
                 _ = writer.outbound.ready() => {}
                 _ = writer.heartbeat.tick() => {
-                    return Some((Ok(Bytes::from_static(b": heartbeat\n\n")), writer));
+                    const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+                    let chunk = match writer.gzip.as_mut() {
+                        Some(gzip) => gzip.stored(HEARTBEAT),
+                        None => Bytes::from_static(HEARTBEAT),
+                    };
+                    return Some((Ok(chunk), writer));
                 }
             }
         }
@@ -229,18 +250,19 @@ impl Writer {
         let mut chunk = BytesMut::with_capacity(size);
         let (events, oldest) = crate::outbound::events_and_oldest(&frames);
         for frame in frames {
+            let text = self.text(&mut chunk);
             match &frame.kind {
                 FrameKind::Event(meta) => {
-                    let _ = write!(chunk, "id: {}\nevent: {}\ndata: ", meta.offset, meta.event_type);
+                    let _ = write!(text, "id: {}\nevent: {}\ndata: ", meta.offset, meta.event_type);
                 }
                 FrameKind::Control { kind } => {
                     // A draining replica's delay also becomes the EventSource's own retry time.
                     if *kind == "reconnect"
                         && let Some(delay) = retry_after_ms(&frame.payload)
                     {
-                        chunk.put_slice(format!("retry: {delay}\n").as_bytes());
+                        let _ = writeln!(text, "retry: {delay}");
                     }
-                    chunk.put_slice(format!("event: {kind}\ndata: ").as_bytes());
+                    let _ = write!(text, "event: {kind}\ndata: ");
                 }
                 FrameKind::Close { .. } => {
                     self.done = true;
@@ -250,12 +272,37 @@ impl Writer {
                 FrameKind::Ping | FrameKind::Pong => continue,
             }
             // Frames are single-line JSON, so one `data:` line carries each.
-            chunk.put_slice(&frame.payload);
-            chunk.put_slice(b"\n\n");
+            self.payload(&mut chunk, &frame.payload);
+            self.text(&mut chunk).put_slice(b"\n\n");
+        }
+        if let Some(gzip) = self.gzip.as_mut() {
+            match self.done {
+                true => gzip.finish(&mut chunk),
+                false => gzip.flush(&mut chunk),
+            }
         }
         self.meters.written(events, oldest);
         self.heartbeat.reset();
         chunk.freeze()
+    }
+
+    /// Where the record's own text goes: into the chunk, or (gzip) out as stored bytes.
+    fn text<'a>(&'a mut self, chunk: &'a mut BytesMut) -> &'a mut BytesMut {
+        match self.gzip.as_mut() {
+            Some(gzip) => gzip.plain(),
+            None => chunk,
+        }
+    }
+
+    /// A frame's payload: its bytes, or (gzip) the compressed form every connection shares.
+    fn payload(&mut self, chunk: &mut BytesMut, payload: &Payload) {
+        match self.gzip.as_mut() {
+            Some(gzip) => match payload.compressed() {
+                Some(deflated) => gzip.deflated(chunk, deflated, payload),
+                None => gzip.plain().put_slice(payload),
+            },
+            None => chunk.put_slice(payload),
+        }
     }
 }
 

@@ -412,3 +412,35 @@ test("compression: Chromium's own WebSocket negotiates permessage-deflate; its c
     await page.close();
   }
 });
+
+test("compression: Chromium's EventSource gets SSE in gzip and reads each event of a big state as it comes", { timeout: 60000 }, async () => {
+  const input = { artifacts: Array.from({ length: 60 }, (_, i) => ({ name: `artifact-${i}.tar.gz`, sha256: `${i}`.padStart(64, "1"), size: 2000 + i })) };
+  const created = await api("POST", "/executions", { workflow_id: "views-sse-gzip", input });
+  const page = await browser.newPage();
+  try {
+    // Same origin as /sse: EventSource needs no CORS then.
+    await page.goto(`${stack.gatewayHttp}/healthz`);
+    const url = `${stack.gatewayHttp}/sse?channel=executions:${created.execution_id}&snapshot=true&token=${token}`;
+    const response = page.waitForResponse((r) => r.url().includes("/sse?"));
+    await page.evaluate((url) => {
+      window.seen = [];
+      const source = new EventSource(url);
+      for (const type of ["snapshot", "execution.started"]) {
+        source.addEventListener(type, (e) => window.seen.push({ type, id: e.lastEventId, data: JSON.parse(e.data) }));
+      }
+      source.onerror = () => window.seen.push({ type: "error" });
+    }, url);
+    assert.equal((await response).headers()["content-encoding"], "gzip");
+    await page.waitForFunction(() => window.seen.some((m) => m.type === "snapshot"), null, { timeout: 10000 });
+    // A change while the stream is open arrives on its own, not when more data follows it.
+    await api("POST", `/executions/${created.execution_id}/status`, { status: "running" });
+    await page.waitForFunction(() => window.seen.some((m) => m.type === "execution.started"), null, { timeout: 10000 });
+    const seen = await page.evaluate(() => window.seen);
+    assert.deepEqual(seen.map((m) => m.type), ["snapshot", "execution.started"]);
+    const started = seen[1];
+    assert.deepEqual(started.data.data.state.input, input);
+    assert.equal(started.id, String(started.data.offset));
+  } finally {
+    await page.close();
+  }
+});

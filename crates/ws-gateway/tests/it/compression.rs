@@ -310,3 +310,68 @@ async fn with_compression_turned_off_an_offer_is_declined_and_everything_goes_pl
     assert!(!compressed);
     assert_eq!(serde_json::from_str::<Value>(&text).expect("JSON")["offset"], offset);
 }
+
+/// An SSE stream of `channel` with `Accept-Encoding` as given, past its `subscribed` event.
+async fn sse_accepting(gateway: &Gateway, channel: &str, token: &str, accept: Option<&str>) -> SseClient {
+    let mut headers = vec![("Authorization", format!("Bearer {token}"))];
+    if let Some(accept) = accept {
+        headers.push(("Accept-Encoding", accept.to_owned()));
+    }
+    let mut sse = SseClient::connect(&gateway.url(&format!("/sse?channel={channel}")), &headers).await;
+    sse.until("subscribed").await;
+    sse
+}
+
+/// SSE for a client that accepts gzip (browsers' `EventSource` does): each event arrives in a
+/// chunk that inflates at once — not held until more follow — to the records a plain stream gets,
+/// and the long ones are the bytes compressed once for every connection.
+#[tokio::test]
+async fn sse_accepting_gzip_gets_each_event_compressed_and_decodable_as_it_arrives() {
+    let world = World::start().await;
+    let gateway = world.gateway(&[]).await;
+    let token = token("acme", "viewer", 600);
+    let mut gzip = sse_accepting(&gateway, "executions:e-sse", &token, Some("gzip, deflate, br, zstd")).await;
+    let mut plain = sse_accepting(&gateway, "executions:e-sse", &token, None).await;
+    assert!(gzip.is_gzip(), "Content-Encoding: gzip");
+    assert!(!plain.is_gzip(), "no Accept-Encoding: plain");
+
+    let mut published = Vec::new();
+    for steps in [40, 1, 41] {
+        let offset = world.publish(&event_with_steps("e-sse", steps)).await;
+        published.push(offset);
+        // Read before the next is published: the chunk it came in inflates on its own.
+        let compressed = gzip.events(1).await.remove(0);
+        let expected = plain.events(1).await.remove(0);
+        assert_eq!(compressed.id, Some(offset.to_string()));
+        assert_eq!((compressed.id, compressed.event, compressed.data), (expected.id, expected.event, expected.data));
+    }
+    assert_eq!(published.len(), 3);
+    assert!(
+        gzip.wire_bytes * 3 < plain.wire_bytes,
+        "{} bytes on the wire compressed against {} plain",
+        gzip.wire_bytes,
+        plain.wire_bytes
+    );
+    let metrics = reqwest::get(gateway.url("/metrics")).await.expect("metrics").text().await.expect("text");
+    let negotiated = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("runcast_ws_compression_negotiated_total "))
+        .and_then(|value| value.trim().parse::<f64>().ok());
+    assert_eq!(negotiated, Some(1.0), "{metrics}");
+}
+
+/// gzip refused by weight, or compression turned off: the stream goes plain.
+#[tokio::test]
+async fn sse_goes_plain_when_gzip_is_refused_or_compression_is_off() {
+    let world = World::start().await;
+    let token = token("acme", "viewer", 600);
+    let on = world.gateway(&[]).await;
+    let off = world.gateway(&[("compression", "false")]).await;
+    for (gateway, accept) in [(&on, "br, gzip;q=0"), (&on, "identity"), (&off, "gzip")] {
+        let mut sse = sse_accepting(gateway, "executions:e-plain", &token, Some(accept)).await;
+        assert!(!sse.is_gzip(), "{accept}");
+        let offset = world.publish(&event_with_steps("e-plain", 40)).await;
+        let event = sse.events(1).await.remove(0);
+        assert_eq!(event.id, Some(offset.to_string()), "{accept}");
+    }
+}

@@ -12,6 +12,11 @@ async fn sigterm_sends_reconnect_to_every_client_and_exits_within_the_grace_peri
     let mut ws = gateway.connect(&token).await;
     ws.subscribe(json!({"type": "subscribe", "channel": "executions"})).await;
     let mut sse = gateway.sse("agents", &token).await;
+    let url = gateway.url("/sse?channel=agents");
+    let headers = [("Authorization", format!("Bearer {token}")), ("Accept-Encoding", "gzip".to_owned())];
+    let mut gzip = SseClient::connect(&url, &headers).await;
+    gzip.until("subscribed").await;
+    assert!(gzip.is_gzip());
 
     process.signal(nix::sys::signal::Signal::SIGTERM).expect("signalled");
     let reconnect = ws.until("reconnect").await;
@@ -19,6 +24,9 @@ async fn sigterm_sends_reconnect_to_every_client_and_exits_within_the_grace_peri
     assert_eq!(ws.expect_close().await, Some(1001));
     sse.until("reconnect").await;
     assert!(sse.next().await.is_none(), "the SSE stream ends");
+    gzip.until("reconnect").await;
+    assert!(gzip.next().await.is_none(), "the compressed one too");
+    assert!(gzip.gzip_ended_whole(), "with its final block and a trailer whose CRC checks out");
     let status = process.wait_exit(Duration::from_secs(5)).await.expect("exits within the grace period");
     assert!(status.success(), "{status}");
 }

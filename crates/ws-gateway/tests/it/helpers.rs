@@ -356,6 +356,10 @@ pub(crate) struct SseClient {
     stream: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
     buffer: String,
     pub comments: usize,
+    /// Inflates the body when it came gzip-compressed (`Content-Encoding: gzip`), chunk by chunk.
+    gzip: Option<flate2::write::GzDecoder<Vec<u8>>>,
+    /// Bytes received as sent (compressed or not).
+    pub wire_bytes: usize,
 }
 
 impl SseClient {
@@ -366,7 +370,18 @@ impl SseClient {
         }
         let response = request.send().await.expect("SSE request");
         assert_eq!(response.status(), 200, "SSE accepted");
-        Self { stream: response.bytes_stream().boxed(), buffer: String::new(), comments: 0 }
+        let gzip = response.headers().get("content-encoding").is_some_and(|encoding| encoding == "gzip");
+        let gzip = gzip.then(|| flate2::write::GzDecoder::new(Vec::new()));
+        Self { stream: response.bytes_stream().boxed(), buffer: String::new(), comments: 0, gzip, wire_bytes: 0 }
+    }
+
+    pub(crate) fn is_gzip(&self) -> bool {
+        self.gzip.is_some()
+    }
+
+    /// Once the stream ended: whether its gzip body ended whole (final block, trailer, CRC).
+    pub(crate) fn gzip_ended_whole(&mut self) -> bool {
+        self.gzip.as_mut().is_some_and(|gzip| gzip.try_finish().is_ok())
     }
 
     /// The next record; `None` when the stream ended.
@@ -396,6 +411,17 @@ impl SseClient {
             }
             let chunk =
                 tokio::time::timeout(WAIT, self.stream.next()).await.expect("SSE data arrives in time")?.ok()?;
+            self.wire_bytes += chunk.len();
+            let chunk = match self.gzip.as_mut() {
+                Some(gzip) => {
+                    use std::io::Write as _;
+                    // Each chunk must inflate whole on its own: the next one may be long in coming.
+                    gzip.write_all(&chunk).expect("a gzip chunk");
+                    gzip.flush().expect("inflates");
+                    Bytes::from(std::mem::take(gzip.get_mut()))
+                }
+                None => chunk,
+            };
             self.buffer.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
         }
     }
