@@ -472,3 +472,71 @@ async fn bench_end_to_end_grpc_call_to_websocket_frame() {
         loaded.1,
     );
 }
+
+/// One phase of [`bench_sse_gzip_against_plain_per_delivery`]: `clients` SSE streams (accepting
+/// gzip or not) each read every one of `events` events published at `rate`; the gateway's CPU
+/// and the bytes on the wire, per delivery.
+async fn sse_phase(
+    world: &World,
+    gateway: &Gateway,
+    pid: u32,
+    accept: Option<&str>,
+    (clients, events, rate): (usize, usize, u64),
+) -> (f64, f64) {
+    let token = token("acme", "bench", 3600);
+    let url = gateway.url("/sse?channel=executions");
+    let mut headers = vec![("Authorization", format!("Bearer {token}"))];
+    if let Some(accept) = accept {
+        headers.push(("Accept-Encoding", accept.to_owned()));
+    }
+    let mut readers = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let mut sse = SseClient::connect(&url, &headers).await;
+        sse.until("subscribed").await;
+        assert_eq!(sse.is_gzip(), accept.is_some());
+        readers.push(tokio::spawn(async move {
+            let offsets: Vec<String> = sse.events(events).await.into_iter().filter_map(|record| record.id).collect();
+            (offsets, sse.wire_bytes)
+        }));
+    }
+    let before = runcast_loadgen::procfs::cpu_time(pid).expect("cpu");
+    let mut tick = tokio::time::interval(std::time::Duration::from_micros(1_000_000 / rate));
+    let mut published = Vec::with_capacity(events);
+    for n in 0..events {
+        tick.tick().await;
+        published.push(world.publish(&crate::compression::event_with_steps(&format!("e-{n}"), 20)).await.to_string());
+    }
+    let mut wire_bytes = 0;
+    for reader in readers {
+        let (offsets, bytes) = reader.await.expect("reader");
+        assert_eq!(offsets, published, "every event once, in order");
+        wire_bytes += bytes;
+    }
+    let cpu = runcast_loadgen::procfs::cpu_time(pid).expect("cpu").since(&before).total();
+    let deliveries = (clients * events) as f64;
+    (cpu.as_secs_f64() * 1e6 / deliveries, wire_bytes as f64 / deliveries)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn bench_sse_gzip_against_plain_per_delivery() {
+    // BENCH_CLIENTS, BENCH_EVENTS override the load.
+    let clients: usize = std::env::var("BENCH_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    let events: usize = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000);
+    let rate = 200;
+    let world = World::start().await;
+    let (process, gateway) = world.gateway_process(&[]).await;
+    let pid = process.pid().expect("pid");
+    // Interleaved, twice each: the machine's drift falls on both.
+    let mut rows = Vec::new();
+    for accept in [None, Some("gzip, deflate, br, zstd"), None, Some("gzip, deflate, br, zstd")] {
+        let (cpu, bytes) = sse_phase(&world, &gateway, pid, accept, (clients, events, rate)).await;
+        rows.push(format!("{}: {cpu:.2} µs, {bytes:.0} bytes", if accept.is_some() { "gzip" } else { "plain" }));
+    }
+    println!(
+        "BENCH | SSE, {clients} streams × {events} events of 20 steps at {rate}/s, gateway CPU and bytes on the wire \
+         per delivery (plain, gzip, plain, gzip) | {} | – | {} |",
+        rows.join("; "),
+        runcast_loadgen::procfs::machine()
+    );
+}

@@ -168,7 +168,7 @@ fn deflate(message: &[u8]) -> Vec<u8> {
 }
 
 /// An execution event whose state lists `steps` steps: the kind of frame compression is for.
-fn event_with_steps(execution: &str, steps: usize) -> runcast_contract::v1::Event {
+pub(crate) fn event_with_steps(execution: &str, steps: usize) -> runcast_contract::v1::Event {
     let mut event = execution_event("acme", execution, "nightly", EventType::StepCompleted, ExecutionStatus::Running);
     if let Some(event::State::Execution(state)) = event.state.as_mut() {
         state.steps = (0..steps)
