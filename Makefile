@@ -55,7 +55,7 @@ test-js-stack: test-js-integration test-e2e ## Both of the above (part of `make 
 BENCH_PG_SETTINGS ?= fsync=on full_page_writes=on synchronous_commit=on
 bench: tools dashboard ## Measurements (release build, one at a time): persister drain rate, gateway memory per connection and latency
 	$(CARGO) build --release --workspace --bins --locked
-	RUNCAST_TEST_PG_SETTINGS="$(BENCH_PG_SETTINGS)" $(CARGO) nextest run --release --workspace --locked --run-ignored only --no-capture --test-threads 1 -E 'test(/^bench/) | test(/::bench_/)' 2>&1 | grep -E 'BENCH|PASS|FAIL|panicked'
+	set -o pipefail; RUNCAST_TEST_PG_SETTINGS="$(BENCH_PG_SETTINGS)" $(CARGO) nextest run --release --workspace --locked --run-ignored only --no-capture --test-threads 1 -E 'test(/^bench/) | test(/::bench_/)' 2>&1 | awk '/panicked/ { n = 3 } /BENCH|PASS|FAIL/ || n-- > 0'
 	@echo "machine: $$(nproc) cores, $$(free -g | awk '/Mem:/ {print $$2}') GiB, $$(uname -srm)"
 
 # Fan-out, issue 11: ws-gateway and nats-server's own WebSocket listener side by side, each pinned

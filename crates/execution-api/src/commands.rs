@@ -311,7 +311,7 @@ impl Executions {
             let confirmed = latest.as_ref().map_or(self.store.is_exact(read), |latest| latest.exact);
             read = Read::Leader;
             // A retry whose first try is the execution's last event: answered without a change.
-            if let (Some(request_id), Some(fingerprint), Some(latest)) = (&request_id, &fingerprint, &latest)
+            if let (Some((request_id, fingerprint)), Some(latest)) = (request, &latest)
                 && let Some(last) = latest.last_event.as_ref().filter(|last| last.request_id == request_id.as_str())
             {
                 answered_by(last, latest.fingerprint.as_deref(), request_id.as_str(), fingerprint)?;

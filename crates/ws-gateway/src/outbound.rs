@@ -92,7 +92,17 @@ pub struct Payload(Arc<SharedPayload>);
 struct SharedPayload {
     bytes: Bytes,
     text: bool,
-    compressed: OnceLock<Option<Bytes>>,
+    compressed: OnceLock<Option<Compressed>>,
+}
+
+/// A message compressed once for every connection that sends it compressed.
+#[derive(Debug)]
+pub struct Compressed {
+    /// Deflated on its own and sync-flushed, its tail stripped (RFC 7692's form).
+    pub deflated: Bytes,
+    /// The CRC-32 of the plain message, which a gzip body's trailer sums (see `sse_gzip`): taken
+    /// here once rather than by every connection.
+    pub plain_crc: flate2::Crc,
 }
 
 impl Payload {
@@ -119,10 +129,18 @@ impl Payload {
         self.0.text
     }
 
-    /// The message compressed for `permessage-deflate`, or `None` when it goes out plain (short,
-    /// or no shorter compressed). Compressed at the first call, for every clone.
-    pub fn compressed(&self) -> Option<&Bytes> {
-        self.0.compressed.get_or_init(|| crate::permessage_deflate::compress(&self.0.bytes)).as_ref()
+    /// The message compressed for `permessage-deflate` (and SSE's gzip), or `None` when it goes
+    /// out plain (short, or no shorter compressed). Compressed at the first call, for every clone.
+    pub fn compressed(&self) -> Option<&Compressed> {
+        self.0
+            .compressed
+            .get_or_init(|| {
+                let deflated = crate::permessage_deflate::compress(&self.0.bytes)?;
+                let mut plain_crc = flate2::Crc::new();
+                plain_crc.update(&self.0.bytes);
+                Some(Compressed { deflated, plain_crc })
+            })
+            .as_ref()
     }
 
     /// Whether [`compressed`](Self::compressed) ran for this payload (or a clone of it).

@@ -298,7 +298,7 @@ impl Writer {
     fn payload(&mut self, chunk: &mut BytesMut, payload: &Payload) {
         match self.gzip.as_mut() {
             Some(gzip) => match payload.compressed() {
-                Some(deflated) => gzip.deflated(chunk, deflated, payload),
+                Some(compressed) => gzip.deflated(chunk, compressed),
                 None => gzip.plain().put_slice(payload),
             },
             None => chunk.put_slice(payload),

@@ -6,9 +6,11 @@
 //! sequence and ends on a byte boundary. So an SSE connection writes each event's shared
 //! compressed bytes as they are, and its own few bytes (`id:`, `event:`, line ends, heartbeats) as
 //! stored blocks, which take no compressor. A connection keeps no compressor and no window, only
-//! the CRC-32 of what it sent (the gzip trailer's); every chunk it writes ends on a block boundary,
-//! so a browser decodes each event as soon as it arrives.
+//! the CRC-32 of what it sent (the gzip trailer's), to which each shared message adds its own,
+//! taken once; every chunk it writes ends on a block boundary, so a browser decodes each event as
+//! soon as it arrives.
 
+use crate::outbound::Compressed;
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// A gzip member's header: deflate, no name, no time, unknown OS (RFC 1952 §2.3).
@@ -37,13 +39,13 @@ impl GzipBody {
         &mut self.plain
     }
 
-    /// Appends a message deflated on its own (raw deflate, sync-flushed, its tail stripped as RFC
-    /// 7692 sends it) that inflates to `plain`, after the plain bytes before it.
-    pub(crate) fn deflated(&mut self, out: &mut BytesMut, deflated: &[u8], plain: &[u8]) {
+    /// Appends a message compressed once for every connection, after the plain bytes before it;
+    /// its CRC-32, taken once too, is added to this body's without reading the message again.
+    pub(crate) fn deflated(&mut self, out: &mut BytesMut, compressed: &Compressed) {
         self.flush(out);
-        out.put_slice(deflated);
+        out.put_slice(&compressed.deflated);
         out.put_slice(&SYNC_TAIL);
-        self.crc.update(plain);
+        self.crc.combine(&compressed.plain_crc);
     }
 
     /// Writes the plain bytes given so far as stored blocks.
@@ -160,8 +162,8 @@ mod tests {
             let prefix = format!("id: {n}\nevent: execution.progress\ndata: ");
             body.plain().put_slice(prefix.as_bytes());
             let text = event(n);
-            let deflated = crate::permessage_deflate::compress(text.as_bytes()).expect("compresses");
-            body.deflated(&mut chunk, &deflated, text.as_bytes());
+            let payload = crate::outbound::Payload::from(text.clone());
+            body.deflated(&mut chunk, payload.compressed().expect("compresses"));
             body.plain().put_slice(b"\n\n");
             body.flush(&mut chunk);
             sent.extend_from_slice(prefix.as_bytes());

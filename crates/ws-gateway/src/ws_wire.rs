@@ -53,7 +53,7 @@ impl<'a> Encoded<'a> {
                 let opcode = if frame.payload.is_text() { OPCODE_TEXT } else { OPCODE_BINARY };
                 // Control frames (RFC 6455's ping, pong, close) are never compressed.
                 let compressed = match compression {
-                    Compression::Deflate => frame.payload.compressed(),
+                    Compression::Deflate => frame.payload.compressed().map(|compressed| &compressed.deflated),
                     Compression::Off => None,
                 };
                 match compressed {
@@ -397,9 +397,9 @@ mod tests {
         assert_eq!(written[3].0, 0x80 | OPCODE_PONG);
         assert_eq!(written[4].0, 0x80 | OPCODE_CLOSE);
         // The compressed bytes are the payload's, shared: another connection sends the same ones.
-        let shared = event.payload.compressed().expect("compressed once");
+        let shared = &event.payload.compressed().expect("compressed once").deflated;
         assert_eq!(&written[0].1[..], &shared[..]);
-        assert_eq!(event.clone().payload.compressed().map(|b| b.as_ptr()), Some(shared.as_ptr()));
+        assert_eq!(event.clone().payload.compressed().map(|c| c.deflated.as_ptr()), Some(shared.as_ptr()));
         // After it, a connection without compression still sends the frame plain.
         let plain = raw_frames(&written_bytes(&frames, Compression::Off).await);
         assert_eq!(plain[0], (0x80 | OPCODE_TEXT, long.clone().into_bytes()));
