@@ -27,6 +27,7 @@
 
 pub mod channel;
 pub mod dashboard;
+mod fair_slots;
 mod gateway;
 pub mod hub;
 pub mod outbound;
@@ -164,8 +165,8 @@ pub struct GatewayArgs {
     #[arg(long, env = "RUNCAST_WS_RECENT_BYTES", default_value_t = 32 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(0..=(1u64 << 34)))]
     pub recent_bytes: u64,
 
-    /// Replays and snapshots running at once on this replica; more wait their turn. A replay
-    /// waiting for its client to read gives its slot back meanwhile.
+    /// Replays and snapshots running at once on this replica; more wait their turn, tenants in turn
+    /// (round robin). A replay waiting for its client to read gives its slot back meanwhile.
     #[arg(long, env = "RUNCAST_REPLAY_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub replay_concurrency: u32,
 
@@ -272,7 +273,7 @@ impl Application {
                 log: Arc::new(runcast_eventlog::JetStreamLog::new(nats.clone(), history)),
                 topology: nats.topology.clone(),
                 batch: config.gateway.replay_batch as usize,
-                slots: Arc::new(tokio::sync::Semaphore::new(config.gateway.replay_concurrency as usize)),
+                slots: Arc::new(fair_slots::FairSlots::new(config.gateway.replay_concurrency as usize)),
             },
             authenticator,
             limits,

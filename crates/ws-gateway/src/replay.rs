@@ -24,6 +24,7 @@
 //! one again afterwards, so a stalled client never holds a slot others wait for.
 
 use crate::channel::{Channel, Routing};
+use crate::fair_slots::{self, FairSlots};
 use crate::hub::{Dispatch, Subscriber};
 use crate::outbound::{Frame, TryPush};
 use crate::protocol::NotRecovered;
@@ -118,8 +119,8 @@ pub struct Sources {
     /// Events read per round trip.
     pub batch: usize,
     /// Replays (and snapshots) running at once on this replica: a reconnect storm after a drain
-    /// queues here instead of creating thousands of consumers at once.
-    pub slots: Arc<Semaphore>,
+    /// queues here instead of creating thousands of consumers at once, each tenant in its turn.
+    pub slots: Arc<FairSlots>,
 }
 
 /// What a channel reads from the log: its subjects on the stream, its entity in the history.
@@ -145,8 +146,9 @@ pub async fn acquire(slots: &Arc<Semaphore>, cancel: &CancellationToken) -> Opti
 /// One of the replica's replay slots, held by one replay, and given back while that replay waits
 /// for its client to make room.
 pub struct Slot {
-    slots: Arc<Semaphore>,
-    permit: Option<OwnedSemaphorePermit>,
+    slots: Arc<FairSlots>,
+    tenant: EntityId,
+    permit: Option<fair_slots::Permit>,
 }
 
 impl Slot {
@@ -159,20 +161,28 @@ impl Slot {
         self.permit = None;
     }
 
-    /// Takes a slot again (behind whoever waits already); `false` when `cancel` fires first.
+    /// Takes a slot again (in its tenant's turn); `false` when `cancel` fires first.
     async fn reacquire(&mut self, cancel: &CancellationToken) -> bool {
         if self.permit.is_none() {
-            self.permit = acquire(&self.slots, cancel).await;
+            self.permit = fair_acquire(&self.slots, &self.tenant, cancel).await;
         }
         self.permit.is_some()
     }
 }
 
+/// Waits for a slot of `slots` in `tenant`'s turn; `None` when `cancel` fires first.
+async fn fair_acquire(slots: &FairSlots, tenant: &EntityId, cancel: &CancellationToken) -> Option<fair_slots::Permit> {
+    tokio::select! {
+        _ = cancel.cancelled() => None,
+        permit = slots.acquire(tenant) => Some(permit),
+    }
+}
+
 impl Sources {
-    /// Waits for a replay slot; `None` when `cancel` fires first.
-    pub async fn slot(&self, cancel: &CancellationToken) -> Option<Slot> {
-        let permit = acquire(&self.slots, cancel).await?;
-        Some(Slot { slots: self.slots.clone(), permit: Some(permit) })
+    /// Waits for a replay slot in `tenant`'s turn; `None` when `cancel` fires first.
+    pub async fn slot(&self, tenant: &EntityId, cancel: &CancellationToken) -> Option<Slot> {
+        let permit = fair_acquire(&self.slots, tenant, cancel).await?;
+        Some(Slot { slots: self.slots.clone(), tenant: tenant.clone(), permit: Some(permit) })
     }
 
     /// The current state of the channel's entity: its last event on the stream, else its read

@@ -636,7 +636,7 @@ async fn resume_subscription(
     let Some(_own) = crate::replay::acquire(own_slots, cancel).await else {
         return Ok(()); // the subscription or the connection is gone
     };
-    let Some(mut slot) = gw.sources.slot(cancel).await else {
+    let Some(mut slot) = gw.sources.slot(&subscriber.tenant, cancel).await else {
         return Ok(());
     };
     // Live events passed this subscription by while it waited; from here they are held. The

@@ -42,7 +42,7 @@ struct World {
     gw: Arc<Gateway>,
     log: Arc<MemoryLog>,
     /// Replica replay slots: a test may start with none to hold a resume back.
-    slots: Arc<tokio::sync::Semaphore>,
+    slots: Arc<crate::fair_slots::FairSlots>,
 }
 
 impl World {
@@ -52,7 +52,7 @@ impl World {
         for kind in StreamKind::ALL {
             hub.start_stream(kind, 0, "2026-12-01T00:00:00Z");
         }
-        let slots = Arc::new(tokio::sync::Semaphore::new(replay_slots));
+        let slots = Arc::new(crate::fair_slots::FairSlots::new(replay_slots));
         let sources = Sources {
             log: log.clone(),
             topology: Topology::with_prefix("t").expect("prefix"),
@@ -285,7 +285,7 @@ async fn a_resume_replays_from_the_log_holds_live_events_meanwhile_and_goes_live
     let (event, subject, sixth) = world.append_only("e1", 6);
     world.dispatch(&event, &subject, sixth);
     assert!(client.written().await.is_empty(), "nothing before a slot is free");
-    world.slots.add_permits(1);
+    world.slots.add_slot();
 
     let mut seen = Vec::new();
     let mut kinds = Vec::new();

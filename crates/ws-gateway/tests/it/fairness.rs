@@ -92,3 +92,66 @@ async fn a_stalled_client_with_many_replays_does_not_delay_another_clients_resum
     eprintln!("resume completed in {:?}", started.elapsed());
     drop(stalled);
 }
+
+/// Replays are fair per tenant too: one tenant's clients resuming at once (its deploy, its
+/// network) do not queue another tenant's resume behind all of theirs — a freed replica slot goes
+/// to the next tenant in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_resume_storm_does_not_queue_another_tenants_resume_behind_it() {
+    const STORM: usize = 16;
+    let world = World::start().await;
+    // One replica slot: resumes run one at a time, so the order they are served in shows.
+    let gateway = world.gateway(&[("replay-concurrency", "1")]).await;
+    let storm_events = world
+        .publish_many((0..2_000).map(|i| {
+            execution_event("storm", &format!("s-{}", i % 50), "wf", EventType::StepStarted, ExecutionStatus::Running)
+        }))
+        .await;
+    let quiet_events = world
+        .publish_many(
+            (0..5).map(|_| execution_event("quiet", "q-1", "wf", EventType::StepStarted, ExecutionStatus::Running)),
+        )
+        .await;
+    let last = *quiet_events.last().expect("published");
+    runcast_testkit::eventually("the live feed to pass every published event", WAIT, || async {
+        (gateway.stats().await["streams"]["EXECUTIONS"]["head"].as_u64() >= Some(last)).then_some(())
+    })
+    .await
+    .expect("caught up");
+
+    // The storm: each client resumes all 2,000 of its tenant's events and reads them as they come.
+    let storm_token = token("storm", "ops", 600);
+    let mut storm = Vec::with_capacity(STORM);
+    for _ in 0..STORM {
+        let mut ws = gateway.connect(&storm_token).await;
+        let since = storm_events[0] - 1;
+        storm.push(tokio::spawn(async move {
+            let (subscribed, replayed) =
+                ws.subscribe(json!({"type": "subscribe", "channel": "executions", "since_offset": since})).await;
+            assert_eq!(subscribed["recovered"], true, "{subscribed}");
+            (Instant::now(), replayed.len())
+        }));
+    }
+    runcast_testkit::eventually("the storm's resumes to be queued", WAIT, || async {
+        (gateway.stats_as(&storm_token).await["subscriptions_total"].as_u64() >= Some(STORM as u64)).then_some(())
+    })
+    .await
+    .expect("every storm client subscribed");
+
+    let mut quiet = gateway.connect(&token("quiet", "alice", 600)).await;
+    let since = quiet_events[0] - 1;
+    let (subscribed, replayed) =
+        quiet.subscribe(json!({"type": "subscribe", "channel": "executions:q-1", "since_offset": since})).await;
+    let quiet_done = Instant::now();
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+    assert_eq!(offsets(&replayed), quiet_events, "exactly the missed events");
+
+    let mut served_before = 0;
+    for resume in storm {
+        let (done, replayed) = resume.await.expect("a storm client");
+        assert_eq!(replayed, storm_events.len(), "every storm client got its events");
+        served_before += usize::from(done < quiet_done);
+    }
+    // In one queue, the quiet tenant's resume came after all 16; in turns, after one or two.
+    assert!(served_before < STORM / 2, "{served_before} of the storm's {STORM} resumes were served before it");
+}
