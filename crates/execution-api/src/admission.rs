@@ -21,7 +21,7 @@ use runcast_contract::EntityId;
 use runcast_runtime::auth::Principal;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// gRPC methods whose request is a stream of unbounded length.
@@ -53,11 +53,28 @@ impl Admission {
 struct TenantSlots {
     limit: usize,
     in_flight: Mutex<HashMap<EntityId, usize>>,
+    /// When each refused tenant was last named in a warning.
+    warned: quick_cache::sync::Cache<EntityId, Instant>,
 }
+
+/// A tenant refused at its share is named in a warning at most this often, whatever its flood.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+/// Refused tenants whose last warning is remembered (the least recently refused forgotten beyond).
+const WARNED_TENANTS: usize = 1_000;
 
 impl TenantSlots {
     fn new(limit: usize) -> Self {
-        Self { limit, in_flight: Mutex::default() }
+        Self { limit, in_flight: Mutex::default(), warned: quick_cache::sync::Cache::new(WARNED_TENANTS) }
+    }
+
+    /// Whether a refusal of `tenant` at `now` is to be logged: its first, then one per
+    /// [`WARN_EVERY`].
+    fn warn_now(&self, tenant: &EntityId, now: Instant) -> bool {
+        if self.warned.get(tenant).is_some_and(|at| now.saturating_duration_since(at) < WARN_EVERY) {
+            return false;
+        }
+        self.warned.insert(tenant.clone(), now);
+        true
     }
 
     fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<EntityId, usize>> {
@@ -140,7 +157,16 @@ pub(crate) async fn admit_tenant(State(admission): State<Admission>, request: Re
     };
     let Some(slot) = admission.tenants.try_take(tenant.clone()) else {
         metrics::counter!("runcast_api_tenant_requests_shed_total", "listener" => admission.listener).increment(1);
-        tracing::debug!(%tenant, listener = admission.listener, "a tenant's request refused at its limit");
+        if admission.tenants.warn_now(&tenant, Instant::now()) {
+            tracing::warn!(
+                %tenant,
+                listener = admission.listener,
+                limit = admission.tenants.limit,
+                "a tenant's requests are refused at its share of the request slots \
+                 (RUNCAST_MAX_CONCURRENT_REQUESTS_PER_TENANT): a runaway client or a retry storm? \
+                 (said once a minute per tenant)"
+            );
+        }
         return refusal(is_grpc(&request), Refusal::TenantOverloaded(admission.tenants.limit));
     };
     let response = next.run(request).await;
@@ -223,6 +249,18 @@ mod tests {
         let third = slots.try_take(flood.clone()).expect("a slot given back is taken again");
         drop((second, third, other));
         assert!(slots.in_flight().is_empty(), "tenants without requests in flight are forgotten");
+    }
+
+    #[test]
+    fn a_refused_tenant_is_named_once_a_minute_at_most() {
+        let slots = TenantSlots::new(1);
+        let (flood, other) =
+            (EntityId::parse("tenant", "flood").expect("id"), EntityId::parse("tenant", "other").expect("id"));
+        let now = Instant::now();
+        assert!(slots.warn_now(&flood, now), "its first refusal");
+        assert!(!slots.warn_now(&flood, now + Duration::from_secs(59)));
+        assert!(slots.warn_now(&other, now + Duration::from_secs(59)), "each tenant its own");
+        assert!(slots.warn_now(&flood, now + Duration::from_secs(61)), "a minute later");
     }
 
     #[test]
