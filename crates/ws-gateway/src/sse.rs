@@ -276,10 +276,7 @@ impl Writer {
             self.text(&mut chunk).put_slice(b"\n\n");
         }
         if let Some(gzip) = self.gzip.as_mut() {
-            match self.done {
-                true => gzip.finish(&mut chunk),
-                false => gzip.flush(&mut chunk),
-            }
+            if self.done { gzip.finish(&mut chunk) } else { gzip.flush(&mut chunk) }
         }
         self.meters.written(events, oldest);
         self.heartbeat.reset();
