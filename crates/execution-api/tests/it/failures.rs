@@ -293,8 +293,7 @@ async fn a_tenant_at_its_share_of_the_slots_is_refused_while_other_tenants_get_i
     assert_eq!(replica_shed, [Some(0.0), Some(0.0)], "the replica itself never ran out of slots");
     // Operators learn which tenant: one warning per listener, however many refusals.
     let log = api.recent_log();
-    let warnings: Vec<&str> =
-        log.lines().filter(|line| line.contains("WARN") && line.contains("PER_TENANT")).collect();
+    let warnings: Vec<&str> = log.lines().filter(|line| line.contains("WARN") && line.contains("PER_TENANT")).collect();
     assert_eq!(warnings.len(), 2, "{log}");
     assert!(warnings.iter().all(|line| line.contains(crate::support::TENANT)), "{warnings:?}");
 }
