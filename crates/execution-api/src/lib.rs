@@ -219,6 +219,12 @@ impl Application {
         tasks.spawn(ops::serve(grpc, grpc_router, (&config.lifecycle).into(), shutdown.clone()));
 
         let http_router = rest::router(app)
+            // Lists and history pages carry whole states (steps and all): 5–10× smaller in gzip.
+            // zlib's fastest level: these are answers to wait for, not files to archive.
+            .layer(
+                tower_http::compression::CompressionLayer::new()
+                    .quality(tower_http::compression::CompressionLevel::Fastest),
+            )
             .layer(axum::middleware::from_fn_with_state(rest_admission.clone(), admission::admit_tenant))
             .layer(auth_layer)
             .layer(axum::middleware::from_fn_with_state(rest_admission, admission::admit))

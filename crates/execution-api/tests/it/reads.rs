@@ -104,6 +104,20 @@ async fn lists_page_through_the_read_model_with_filters_and_a_low_watermark() {
     assert!(body["as_of_offset"].as_u64().expect("number") >= running.offset);
     assert_eq!(body["next_cursor"], "");
 
+    // A client that accepts gzip (browsers, HTTP libraries) gets the same list compressed.
+    let all = api.http_url("/api/v1/executions?limit=100");
+    let plain = http().get(&all).bearer_auth(admin()).send().await.expect("sent");
+    assert_eq!(plain.headers().get("content-encoding"), None, "not asked: plain");
+    let plain: serde_json::Value = plain.json().await.expect("json");
+    let gzipped = http().get(&all).bearer_auth(admin()).header("Accept-Encoding", "gzip").send().await.expect("sent");
+    assert_eq!(gzipped.headers().get("content-encoding").and_then(|v| v.to_str().ok()), Some("gzip"));
+    let bytes = gzipped.bytes().await.expect("body");
+    let mut inflated = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes.as_ref()), &mut inflated).expect("gzip");
+    let unzipped: serde_json::Value = serde_json::from_slice(&inflated).expect("json");
+    assert_eq!(unzipped, plain);
+    assert!(bytes.len() * 2 < inflated.len(), "{} bytes for {}", bytes.len(), inflated.len());
+
     // History of one execution, oldest first, with offsets.
     let events = client
         .list_events(ListEventsRequest { execution_id: created[0].execution_id.clone(), ..Default::default() })
