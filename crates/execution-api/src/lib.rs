@@ -49,6 +49,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::codec::CompressionEncoding;
 use tonic_health::ServingStatus;
 
 pub const SERVICE: &str = "execution-api";
@@ -209,8 +210,18 @@ impl Application {
         let grpc_router = tonic::service::Routes::new(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(ExecutionServiceServer::new(app.clone()))
-            .add_service(AgentServiceServer::new(app.clone()))
+            // gzip both ways for clients that ask (`grpc-accept-encoding`): watched states and
+            // lists carry whole states; a client that does not ask gets what it got before.
+            .add_service(
+                ExecutionServiceServer::new(app.clone())
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip),
+            )
+            .add_service(
+                AgentServiceServer::new(app.clone())
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip),
+            )
             .into_axum_router()
             .layer(axum::middleware::from_fn_with_state(grpc_admission.clone(), admission::admit_tenant))
             .layer(auth_layer.clone())

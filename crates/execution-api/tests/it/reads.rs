@@ -314,3 +314,28 @@ async fn grpc_reflection_answers_in_v1_and_v1alpha() {
     };
     assert!(list.service.iter().any(|s| s.name == "runcast.v1.AgentService"), "{list:?}");
 }
+
+/// gRPC clients that ask for gzip (`grpc-accept-encoding`) get compressed answers and may send
+/// compressed requests; the others are answered as before.
+#[tokio::test]
+async fn grpc_clients_that_ask_for_gzip_get_it_both_ways() {
+    use tonic::codec::CompressionEncoding::Gzip;
+    let stack = Stack::start().await;
+    let mut api = stack.api(&[]).await;
+    let plain = executions(&mut api, Some(&admin())).await;
+    let mut gzip = plain.clone().accept_compressed(Gzip).send_compressed(Gzip);
+    // An input of ~6 KB: what makes an answer worth compressing.
+    let artifacts: Vec<String> = (0..60).map(|i| format!("artifact-{i}.tar.gz")).collect();
+    let serde_json::Value::Object(fields) = serde_json::json!({ "artifacts": artifacts }) else { unreachable!() };
+    let input = runcast_contract::json::object_to_struct(fields);
+    let request =
+        CreateExecutionRequest { workflow_id: "gzip".into(), input: Some(input.clone()), ..Default::default() };
+    let created = gzip.create_execution(request).await.expect("a compressed request is read");
+    assert_eq!(created.metadata().get("grpc-encoding").and_then(|v| v.to_str().ok()), Some("gzip"));
+    let created = created.into_inner();
+    assert_eq!(created.input.as_ref(), Some(&input));
+    let get = GetExecutionRequest { execution_id: created.execution_id.clone() };
+    let answer = plain.clone().get_execution(get).await.expect("get");
+    assert_eq!(answer.metadata().get("grpc-encoding"), None, "not asked: plain");
+    assert_eq!(answer.into_inner(), created);
+}
