@@ -45,7 +45,7 @@ const LEVEL: u32 = 1;
 
 /// RFC 7692 §7.2.1: a compressed message is sent without the empty block that ends a sync flush,
 /// and the receiver puts it back before inflating.
-const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+pub(crate) const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 /// The `Sec-WebSocket-Extensions` value of the 101 when the client offered `permessage-deflate`
 /// with parameters this side can honour, else `None` (no compression, the connection as before).

@@ -165,11 +165,11 @@ pub(crate) async fn stream(State(gw): State<Arc<Gateway>>, RawQuery(query): RawQ
     }
     let closed = CancellationToken::new();
     gw.tasks.spawn(session.run(Box::pin(futures::stream::pending::<Inbound>()), closed.clone()));
-    let gzip = (gw.limits.compression && crate::sse_gzip::accepts_gzip(&headers)).then(GzipBody::new);
-    if gzip.is_some() {
+    let compressed = gw.limits.compression && crate::sse_gzip::accepts_gzip(&headers);
+    if compressed {
         crate::permessage_deflate::negotiated();
     }
-    let compressed = gzip.is_some();
+    let gzip = compressed.then(GzipBody::new);
     let body = Body::from_stream(records(outbound, closed.drop_guard(), admission, gw.limits.sse_heartbeat, gzip));
     let mut response = body.into_response();
     let headers = response.headers_mut();

@@ -11,12 +11,11 @@
 //! soon as it arrives.
 
 use crate::outbound::Compressed;
+use crate::permessage_deflate::SYNC_TAIL;
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// A gzip member's header: deflate, no name, no time, unknown OS (RFC 1952 §2.3).
 const HEADER: [u8; 10] = [0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0xff];
-/// What RFC 7692 strips from a sync-flushed message: the empty stored block that ends it.
-const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// The most a stored block holds (its length is 16 bits).
 const MAX_STORED: usize = u16::MAX as usize;
 

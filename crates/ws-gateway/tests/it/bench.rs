@@ -484,15 +484,9 @@ async fn sse_phase(
     (clients, events, rate): (usize, usize, u64),
 ) -> (f64, f64) {
     let token = token("acme", "bench", 3600);
-    let url = gateway.url("/sse?channel=executions");
-    let mut headers = vec![("Authorization", format!("Bearer {token}"))];
-    if let Some(accept) = accept {
-        headers.push(("Accept-Encoding", accept.to_owned()));
-    }
     let mut readers = Vec::with_capacity(clients);
     for _ in 0..clients {
-        let mut sse = SseClient::connect(&url, &headers).await;
-        sse.until("subscribed").await;
+        let mut sse = gateway.sse_accepting("executions", &token, accept).await;
         assert_eq!(sse.is_gzip(), accept.is_some());
         readers.push(tokio::spawn(async move {
             let offsets: Vec<String> = sse.events(events).await.into_iter().filter_map(|record| record.id).collect();

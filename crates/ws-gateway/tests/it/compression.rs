@@ -311,17 +311,6 @@ async fn with_compression_turned_off_an_offer_is_declined_and_everything_goes_pl
     assert_eq!(serde_json::from_str::<Value>(&text).expect("JSON")["offset"], offset);
 }
 
-/// An SSE stream of `channel` with `Accept-Encoding` as given, past its `subscribed` event.
-async fn sse_accepting(gateway: &Gateway, channel: &str, token: &str, accept: Option<&str>) -> SseClient {
-    let mut headers = vec![("Authorization", format!("Bearer {token}"))];
-    if let Some(accept) = accept {
-        headers.push(("Accept-Encoding", accept.to_owned()));
-    }
-    let mut sse = SseClient::connect(&gateway.url(&format!("/sse?channel={channel}")), &headers).await;
-    sse.until("subscribed").await;
-    sse
-}
-
 /// SSE for a client that accepts gzip (browsers' `EventSource` does): each event arrives in a
 /// chunk that inflates at once — not held until more follow — to the records a plain stream gets,
 /// and the long ones are the bytes compressed once for every connection.
@@ -330,8 +319,8 @@ async fn sse_accepting_gzip_gets_each_event_compressed_and_decodable_as_it_arriv
     let world = World::start().await;
     let gateway = world.gateway(&[]).await;
     let token = token("acme", "viewer", 600);
-    let mut gzip = sse_accepting(&gateway, "executions:e-sse", &token, Some("gzip, deflate, br, zstd")).await;
-    let mut plain = sse_accepting(&gateway, "executions:e-sse", &token, None).await;
+    let mut gzip = gateway.sse_accepting("executions:e-sse", &token, Some("gzip, deflate, br, zstd")).await;
+    let mut plain = gateway.sse_accepting("executions:e-sse", &token, None).await;
     assert!(gzip.is_gzip(), "Content-Encoding: gzip");
     assert!(!plain.is_gzip(), "no Accept-Encoding: plain");
 
@@ -368,7 +357,7 @@ async fn sse_goes_plain_when_gzip_is_refused_or_compression_is_off() {
     let on = world.gateway(&[]).await;
     let off = world.gateway(&[("compression", "false")]).await;
     for (gateway, accept) in [(&on, "br, gzip;q=0"), (&on, "identity"), (&off, "gzip")] {
-        let mut sse = sse_accepting(gateway, "executions:e-plain", &token, Some(accept)).await;
+        let mut sse = gateway.sse_accepting("executions:e-plain", &token, Some(accept)).await;
         assert!(!sse.is_gzip(), "{accept}");
         let offset = world.publish(&event_with_steps("e-plain", 40)).await;
         let event = sse.events(1).await.remove(0);

@@ -12,10 +12,7 @@ async fn sigterm_sends_reconnect_to_every_client_and_exits_within_the_grace_peri
     let mut ws = gateway.connect(&token).await;
     ws.subscribe(json!({"type": "subscribe", "channel": "executions"})).await;
     let mut sse = gateway.sse("agents", &token).await;
-    let url = gateway.url("/sse?channel=agents");
-    let headers = [("Authorization", format!("Bearer {token}")), ("Accept-Encoding", "gzip".to_owned())];
-    let mut gzip = SseClient::connect(&url, &headers).await;
-    gzip.until("subscribed").await;
+    let mut gzip = gateway.sse_accepting("agents", &token, Some("gzip")).await;
     assert!(gzip.is_gzip());
 
     process.signal(nix::sys::signal::Signal::SIGTERM).expect("signalled");

@@ -159,8 +159,17 @@ impl Gateway {
 
     /// An SSE stream of `channel` with a bearer token, past its `subscribed` event.
     pub(crate) async fn sse(&self, channel: &str, token: &str) -> SseClient {
+        self.sse_accepting(channel, token, None).await
+    }
+
+    /// [`sse`](Self::sse) with `Accept-Encoding` as given.
+    pub(crate) async fn sse_accepting(&self, channel: &str, token: &str, accept: Option<&str>) -> SseClient {
         let url = self.url(&format!("/sse?channel={channel}"));
-        let mut sse = SseClient::connect(&url, &[("Authorization", format!("Bearer {token}"))]).await;
+        let mut headers = vec![("Authorization", format!("Bearer {token}"))];
+        if let Some(accept) = accept {
+            headers.push(("Accept-Encoding", accept.to_owned()));
+        }
+        let mut sse = SseClient::connect(&url, &headers).await;
         sse.until("subscribed").await;
         sse
     }
